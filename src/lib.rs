@@ -1,0 +1,13 @@
+//! dhan-relay: a low-latency relay for DhanHQ's Live Market Feed v2.
+//!
+//! One box holds the few upstream connections DhanHQ allows, decodes the
+//! binary feed without allocating, and fans the latest state of every
+//! instrument out to many local clients. This crate is the engine; the
+//! `dhan-relay` binary is a thin command line over it.
+#![warn(missing_docs, missing_debug_implementations)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod cli;
+pub mod domain;
+pub mod price;
+pub mod wire;
