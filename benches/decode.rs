@@ -12,18 +12,23 @@
 //!
 //! * `feed_packet` / `depth_packet`: one packet at a time (ticker 16 B,
 //!   quote 50 B, full 162 B, 20-level depth side 332 B), reported per packet
-//!   (`Throughput::Elements(1)`), both through `decode` and through a
-//!   one-packet frame walked with `packets` (the walker's own overhead).
+//!   (`Throughput::Elements(1)`). `decode` and `packets` (a one-packet frame
+//!   through the walker) hand the whole decoded value to `black_box`, so they
+//!   include writing it out in full (a `FeedPacket` is as big as its largest
+//!   kind, 184 bytes today), as a consumer that stores or forwards it would;
+//!   `decode_ltp` keeps only security id, LTP and LTT, as a price update
+//!   does: the decode itself, once the decoder inlines into its caller.
 //! * `feed_frame_64k` / `feed_frame_64k_bytes`: one 64 KiB frame filled with a
 //!   realistic mix (~70 % ticker, ~20 % quote, ~10 % full, a few OI and
-//!   previous-close packets; varied instruments and prices, shuffled so the
-//!   branch predictor sees no pattern), walked with `packets` and every
-//!   message consumed, reported as packets/s and as bytes/s.
+//!   previous-close packets; kinds, instruments and prices drawn from a
+//!   fixed-seed PRNG, so runs compare and the branch predictor sees no simple
+//!   pattern), walked with `packets` and every message consumed, reported as
+//!   packets/s and as bytes/s.
 //!
 //! Inputs and outputs go through `std::hint::black_box`, so the compiler can
 //! neither constant-fold the bytes nor drop the decode. The bench profile has
 //! `lto = true, codegen-units = 1` (Cargo.toml), like a release build of the
-//! relay. Timings are kept short (about a minute in all) for small, noisy
+//! relay. Timings are kept short (about 75 s of measuring) for small, noisy
 //! machines.
 //!
 //! Run:
@@ -42,6 +47,7 @@ use dhan_relay::wire::depth::{self, DepthBook, DepthMessage, DepthRow, Side};
 use dhan_relay::wire::feed::{
     self, DepthLevel, FeedData, FeedMessage, Full, Oi, PrevClose, Quote, Ticker,
 };
+use dhan_relay::wire::WireError;
 
 /// The most a WebSocket frame may carry in the mixed-frame bench.
 const FRAME_CAP: usize = 64 * 1024;
@@ -60,7 +66,7 @@ impl Rng {
 
     /// Uniform in `0..n`.
     fn below(&mut self, n: u32) -> u32 {
-        ((self.next() >> 32) * u64::from(n) >> 32) as u32
+        (((self.next() >> 32) * u64::from(n)) >> 32) as u32
     }
 
     /// A price on the 0.05 tick grid, within `lo..hi`.
@@ -229,6 +235,28 @@ fn consume(frame: &[u8]) -> Tally {
     t
 }
 
+/// What a price update needs from any data packet: security id, LTP, LTT.
+/// Used by the `decode_ltp` benches: only these fields leave the closure, so
+/// if the decoder inlines into its caller, the rest of the decoded value need
+/// never be written out.
+fn ticker_fields(packet: Result<feed::FeedPacket<'_>, WireError>) -> (u32, f32, u32) {
+    match packet {
+        Ok(feed::FeedPacket {
+            message: FeedMessage::Data(key, data),
+            ..
+        }) => {
+            let (ltp, ltt) = match data {
+                FeedData::Ticker(t) => (t.ltp, t.ltt),
+                FeedData::Quote(q) => (q.ltp, q.ltt),
+                FeedData::Full(f) => (f.quote.ltp, f.quote.ltt),
+                _ => (0.0, 0),
+            };
+            (key.security_id.0, ltp, ltt)
+        }
+        _ => (0, f32::NAN, 0),
+    }
+}
+
 fn per_packet(c: &mut Criterion) {
     let mut rng = Rng(7);
     let key = InstrumentKey::new(Segment::NseEq, 2885);
@@ -252,10 +280,15 @@ fn per_packet(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("decode", &label), &bytes, |b, bytes| {
             b.iter(|| black_box(feed::decode(black_box(bytes.as_slice()))))
         });
+        group.bench_with_input(
+            BenchmarkId::new("decode_ltp", &label),
+            &bytes,
+            |b, bytes| b.iter(|| ticker_fields(feed::decode(black_box(bytes.as_slice())))),
+        );
         group.bench_with_input(BenchmarkId::new("packets", &label), &bytes, |b, bytes| {
             b.iter(|| {
                 for packet in feed::packets(black_box(bytes.as_slice())) {
-                    black_box(packet);
+                    let _ = black_box(packet);
                 }
             })
         });
@@ -279,7 +312,11 @@ fn per_packet(c: &mut Criterion) {
 fn frame_64k(c: &mut Criterion) {
     let (frame, count) = mixed_frame();
     let check = consume(&frame);
-    assert_eq!(check.kinds[6] + check.kinds[7], 0, "mixed frame must decode");
+    assert_eq!(
+        check.kinds[6] + check.kinds[7],
+        0,
+        "mixed frame must decode"
+    );
     assert_eq!(u64::from(check.kinds.iter().sum::<u32>()), count);
     // Printed once so the mix behind the numbers is visible in the output.
     eprintln!(
@@ -294,7 +331,10 @@ fn frame_64k(c: &mut Criterion) {
 
     for (group_name, throughput) in [
         ("feed_frame_64k", Throughput::Elements(count)),
-        ("feed_frame_64k_bytes", Throughput::Bytes(frame.len() as u64)),
+        (
+            "feed_frame_64k_bytes",
+            Throughput::Bytes(frame.len() as u64),
+        ),
     ] {
         let mut group = c.benchmark_group(group_name);
         group

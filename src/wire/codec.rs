@@ -15,37 +15,45 @@ impl<'a> Reader<'a> {
         Reader { rest: bytes }
     }
 
+    #[inline(always)]
     fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
         let (head, rest) = self.rest.split_first_chunk::<N>()?;
         self.rest = rest;
         Some(*head)
     }
 
+    #[inline(always)]
     pub(crate) fn skip(&mut self, n: usize) -> Option<()> {
         self.rest = self.rest.get(n..)?;
         Some(())
     }
 
+    #[inline(always)]
     pub(crate) fn u8(&mut self) -> Option<u8> {
         self.take::<1>().map(|[b]| b)
     }
 
+    #[inline(always)]
     pub(crate) fn u16(&mut self) -> Option<u16> {
         self.take().map(u16::from_le_bytes)
     }
 
+    #[inline(always)]
     pub(crate) fn i16(&mut self) -> Option<i16> {
         self.take().map(i16::from_le_bytes)
     }
 
+    #[inline(always)]
     pub(crate) fn u32(&mut self) -> Option<u32> {
         self.take().map(u32::from_le_bytes)
     }
 
+    #[inline(always)]
     pub(crate) fn f32(&mut self) -> Option<f32> {
         self.take().map(f32::from_le_bytes)
     }
 
+    #[inline(always)]
     pub(crate) fn f64(&mut self) -> Option<f64> {
         self.take().map(f64::from_le_bytes)
     }

@@ -98,6 +98,7 @@ pub fn packets(frame: &[u8]) -> Packets<'_, Depth> {
 }
 
 /// Decodes the depth packet at the start of `bytes`.
+#[inline(always)]
 pub fn decode(bytes: &[u8]) -> Result<DepthPacket<'_>, WireError> {
     super::frame::decode::<Depth>(bytes)
 }
@@ -107,8 +108,9 @@ impl sealed::Sealed for Depth {}
 impl Format for Depth {
     type Packet<'a> = DepthPacket<'a>;
 
+    #[inline(always)]
     fn packet_len(rest: &[u8]) -> Result<usize, WireError> {
-        let Some(declared) = Reader::new(rest).i16() else {
+        let (true, Some(declared)) = (rest.len() >= HEADER_LEN, Reader::new(rest).i16()) else {
             return Err(WireError::Truncated {
                 have: rest.len(),
                 need: HEADER_LEN,
@@ -129,6 +131,7 @@ impl Format for Depth {
         Ok(declared)
     }
 
+    #[inline(always)]
     fn decode_exact(packet: &[u8]) -> Result<DepthPacket<'_>, WireError> {
         let len = packet.len();
         let truncated = WireError::Truncated {

@@ -178,6 +178,7 @@ pub fn packets(frame: &[u8]) -> Packets<'_, Feed> {
 }
 
 /// Decodes the feed packet at the start of `bytes`.
+#[inline(always)]
 pub fn decode(bytes: &[u8]) -> Result<FeedPacket<'_>, WireError> {
     super::frame::decode::<Feed>(bytes)
 }
@@ -187,9 +188,11 @@ impl sealed::Sealed for Feed {}
 impl Format for Feed {
     type Packet<'a> = FeedPacket<'a>;
 
+    #[inline(always)]
     fn packet_len(rest: &[u8]) -> Result<usize, WireError> {
         let mut r = Reader::new(rest);
-        let (Some(_code), Some(declared)) = (r.u8(), r.u16()) else {
+        let (true, Some(_code), Some(declared)) = (rest.len() >= HEADER_LEN, r.u8(), r.u16())
+        else {
             return Err(WireError::Truncated {
                 have: rest.len(),
                 need: HEADER_LEN,
@@ -210,6 +213,7 @@ impl Format for Feed {
         Ok(declared)
     }
 
+    #[inline(always)]
     fn decode_exact(packet: &[u8]) -> Result<FeedPacket<'_>, WireError> {
         let mut r = Reader::new(packet);
         let truncated = WireError::Truncated {
@@ -264,6 +268,7 @@ impl Format for Feed {
 }
 
 /// Reads a body of type `T` after checking the declared length covers it.
+#[inline(always)]
 fn read_body<T: Layout>(code: u8, declared: usize, r: &mut Reader<'_>) -> Result<T, WireError> {
     let too_short = WireError::TooShort {
         code,
@@ -286,6 +291,7 @@ pub(crate) trait Layout: Sized {
 
 impl Layout for u16 {
     const BODY_LEN: usize = 2;
+    #[inline(always)]
     fn read(r: &mut Reader<'_>) -> Option<Self> {
         r.u16()
     }
@@ -296,6 +302,7 @@ impl Layout for u16 {
 
 impl Layout for Ticker {
     const BODY_LEN: usize = 8;
+    #[inline(always)]
     fn read(r: &mut Reader<'_>) -> Option<Self> {
         Some(Ticker {
             ltp: r.f32()?,
@@ -310,6 +317,7 @@ impl Layout for Ticker {
 
 impl Quote {
     /// The seven fields that open both the quote and the full packet.
+    #[inline(always)]
     fn read_head(r: &mut Reader<'_>) -> Option<Self> {
         Some(Quote {
             ltp: r.f32()?,
@@ -323,6 +331,7 @@ impl Quote {
         })
     }
 
+    #[inline(always)]
     fn read_ohlc(&mut self, r: &mut Reader<'_>) -> Option<()> {
         self.open = r.f32()?;
         self.close = r.f32()?;
@@ -351,6 +360,7 @@ impl Quote {
 
 impl Layout for Quote {
     const BODY_LEN: usize = 42;
+    #[inline(always)]
     fn read(r: &mut Reader<'_>) -> Option<Self> {
         let mut q = Quote::read_head(r)?;
         q.read_ohlc(r)?;
@@ -364,6 +374,7 @@ impl Layout for Quote {
 
 impl Layout for Oi {
     const BODY_LEN: usize = 4;
+    #[inline(always)]
     fn read(r: &mut Reader<'_>) -> Option<Self> {
         Some(Oi { oi: r.u32()? })
     }
@@ -374,6 +385,7 @@ impl Layout for Oi {
 
 impl Layout for PrevClose {
     const BODY_LEN: usize = 8;
+    #[inline(always)]
     fn read(r: &mut Reader<'_>) -> Option<Self> {
         Some(PrevClose {
             prev_close: r.f32()?,
@@ -388,6 +400,7 @@ impl Layout for PrevClose {
 
 impl Layout for DepthLevel {
     const BODY_LEN: usize = 20;
+    #[inline(always)]
     fn read(r: &mut Reader<'_>) -> Option<Self> {
         Some(DepthLevel {
             bid_qty: r.u32()?,
@@ -410,6 +423,7 @@ impl Layout for DepthLevel {
 
 impl Layout for Full {
     const BODY_LEN: usize = 154;
+    #[inline(always)]
     fn read(r: &mut Reader<'_>) -> Option<Self> {
         let mut quote = Quote::read_head(r)?;
         let (oi, oi_day_high, oi_day_low) = (r.u32()?, r.u32()?, r.u32()?);
@@ -791,11 +805,11 @@ mod tests {
 
         let mut frame = Vec::new();
         good.encode(&mut frame);
-        frame.extend_from_slice(&[2, 100]); // three bytes short of a length
+        frame.extend_from_slice(&[2, 16, 0, 1, 5]); // a header cut short
         let got: Vec<_> = packets(&frame).map(|r| r.map(|p| p.message)).collect();
         assert_eq!(
             got,
-            vec![Ok(good), Err(WireError::Truncated { have: 2, need: 8 })]
+            vec![Ok(good), Err(WireError::Truncated { have: 5, need: 8 })]
         );
 
         let got: Vec<_> = packets(&[]).collect();

@@ -31,6 +31,7 @@ pub(crate) mod sealed {
 }
 
 /// Decodes the packet at the start of `bytes`; bytes after it are ignored.
+#[inline(always)]
 pub fn decode<F: Format>(bytes: &[u8]) -> Result<F::Packet<'_>, WireError> {
     if bytes.is_empty() {
         return Err(WireError::EmptyFrame);
@@ -61,6 +62,7 @@ impl<'a, F: Format> Packets<'a, F> {
 impl<'a, F: Format> Iterator for Packets<'a, F> {
     type Item = Result<F::Packet<'a>, WireError>;
 
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         if self.empty {
             self.empty = false;

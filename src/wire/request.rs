@@ -1,12 +1,16 @@
 //! Requests to DhanHQ: JSON text frames (PROTOCOL.md §1 and §2).
 //!
-//! Written by hand rather than through a serializer: the shape is fixed, the
-//! field order is DhanHQ's own, and the relay sends these only on
-//! subscription changes, never per tick.
+//! Encoding is written by hand rather than through a serializer: the shape is
+//! fixed, the field order is DhanHQ's own, and the relay sends these only on
+//! subscription changes, never per tick. [`parse`] is the other direction,
+//! for the simulator (and tests): it reads what a DhanHQ server would accept
+//! and reports anything else as a typed [`ParseError`].
 
 use std::fmt::{self, Write as _};
 
-use crate::domain::{InstrumentKey, Mode, Segment};
+use serde::Deserialize;
+
+use crate::domain::{BadSecurityId, InstrumentKey, Mode, Segment};
 
 /// A request's `RequestCode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -180,6 +184,146 @@ fn encode_batch(code: RequestCode, batch: &[InstrumentKey]) -> String {
     s
 }
 
+/// A request as a DhanHQ server reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// What to do.
+    pub code: RequestCode,
+    /// The instruments, in message order; empty for a disconnect.
+    pub instruments: Vec<InstrumentKey>,
+}
+
+/// Why a text frame is not a request DhanHQ would accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not JSON, or not the request's shape (a field of the wrong type, a
+    /// missing `RequestCode`). Line and column as serde_json reports them.
+    BadJson {
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+    },
+    /// A `RequestCode` DhanHQ does not define.
+    UnknownRequestCode(i64),
+    /// A subscription without `InstrumentCount` or `InstrumentList`.
+    MissingField(&'static str),
+    /// `InstrumentList[index].ExchangeSegment` is not a segment name.
+    UnknownSegment {
+        /// Position in `InstrumentList`.
+        index: usize,
+    },
+    /// `InstrumentList[index].SecurityId` is not a decimal `u32` string.
+    BadSecurityId {
+        /// Position in `InstrumentList`.
+        index: usize,
+        /// What is wrong with it.
+        reason: BadSecurityId,
+    },
+    /// `InstrumentCount` differs from the length of `InstrumentList`.
+    CountMismatch {
+        /// `InstrumentCount` as sent.
+        declared: u64,
+        /// Entries in `InstrumentList`.
+        actual: usize,
+    },
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ParseError::BadJson { line, column } => {
+                write!(f, "not a DhanHQ request (bad JSON at {line}:{column})")
+            }
+            ParseError::UnknownRequestCode(code) => write!(f, "unknown RequestCode {code}"),
+            ParseError::MissingField(field) => write!(f, "subscription without {field}"),
+            ParseError::UnknownSegment { index } => {
+                write!(f, "InstrumentList[{index}]: unknown ExchangeSegment")
+            }
+            ParseError::BadSecurityId { index, reason } => {
+                write!(f, "InstrumentList[{index}]: {reason}")
+            }
+            ParseError::CountMismatch { declared, actual } => write!(
+                f,
+                "InstrumentCount {declared} but InstrumentList has {actual} entries"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawRequest<'a> {
+    request_code: i64,
+    instrument_count: Option<u64>,
+    #[serde(borrow)]
+    instrument_list: Option<Vec<RawInstrument<'a>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawInstrument<'a> {
+    // `Cow` so an escaped string (`"NSE\u005fEQ"`) still parses.
+    #[serde(borrow)]
+    exchange_segment: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    security_id: std::borrow::Cow<'a, str>,
+}
+
+/// Parses a request text frame the way a DhanHQ server would read it.
+///
+/// Strict where DhanHQ's format is: `RequestCode` and `InstrumentCount` are
+/// JSON integers, `SecurityId` a decimal string, segment names exact.
+/// Subscription codes need both `InstrumentCount` and `InstrumentList`, and
+/// they must agree; RequestCode 12 needs neither. Unknown fields are ignored.
+/// The per-message instrument limit is not checked here: that is the server's
+/// policy, not the format's.
+pub fn parse(text: &str) -> Result<Request, ParseError> {
+    let raw: RawRequest<'_> = serde_json::from_str(text).map_err(|e| ParseError::BadJson {
+        line: e.line(),
+        column: e.column(),
+    })?;
+    let code = u8::try_from(raw.request_code)
+        .ok()
+        .and_then(RequestCode::from_code)
+        .ok_or(ParseError::UnknownRequestCode(raw.request_code))?;
+    let list = match (code, raw.instrument_count, raw.instrument_list) {
+        (RequestCode::Disconnect, _, list) => list.unwrap_or_default(),
+        (_, None, _) => return Err(ParseError::MissingField("InstrumentCount")),
+        (_, Some(_), None) => return Err(ParseError::MissingField("InstrumentList")),
+        (_, Some(declared), Some(list)) => {
+            if usize::try_from(declared).ok() != Some(list.len()) {
+                return Err(ParseError::CountMismatch {
+                    declared,
+                    actual: list.len(),
+                });
+            }
+            list
+        }
+    };
+    let instruments = list
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let segment = item
+                .exchange_segment
+                .parse::<Segment>()
+                .map_err(|_| ParseError::UnknownSegment { index })?;
+            let security_id = item
+                .security_id
+                .parse()
+                .map_err(|reason| ParseError::BadSecurityId { index, reason })?;
+            Ok(InstrumentKey {
+                segment,
+                security_id,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Request { code, instruments })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +437,143 @@ mod tests {
         }
         assert_eq!(RequestCode::subscribe(Mode::Quote).code(), 17);
         assert_eq!(RequestCode::unsubscribe(Mode::Full).code(), 22);
+    }
+    #[test]
+    fn parse_round_trips_the_encoder() {
+        let mixed = [
+            InstrumentKey::new(Segment::NseEq, 2885),
+            InstrumentKey::new(Segment::IdxI, 13),
+            InstrumentKey::new(Segment::McxComm, 0),
+            InstrumentKey::new(Segment::BseFno, u32::MAX),
+        ];
+        for code in (0..=255u8).filter_map(RequestCode::from_code) {
+            if code == RequestCode::Disconnect {
+                continue;
+            }
+            let instruments: Vec<_> = if code == RequestCode::SubscribeDepth {
+                keys(120, Segment::NseFno)
+            } else {
+                mixed
+                    .iter()
+                    .copied()
+                    .chain(keys(150, Segment::NseEq))
+                    .collect()
+            };
+            let msgs = encode_subscription(code, &instruments).unwrap();
+            let mut back = Vec::new();
+            for m in &msgs {
+                let req = parse(m).unwrap();
+                assert_eq!(req.code, code);
+                assert!(req.instruments.len() <= code.batch_limit());
+                back.extend(req.instruments);
+            }
+            assert_eq!(back, instruments, "{code:?}");
+        }
+        assert_eq!(
+            parse(DISCONNECT),
+            Ok(Request {
+                code: RequestCode::Disconnect,
+                instruments: vec![]
+            })
+        );
+    }
+
+    #[test]
+    fn parse_accepts_the_protocol_example_with_spaces_and_escapes() {
+        let text = r#"{"RequestCode": 15, "InstrumentCount": 2,
+            "InstrumentList": [{"ExchangeSegment": "NSE_EQ", "SecurityId": "2885"},
+                               {"ExchangeSegment": "IDX\u005fI",  "SecurityId": "13", "Extra": 1}]}"#;
+        assert_eq!(
+            parse(text),
+            Ok(Request {
+                code: RequestCode::SubscribeTicker,
+                instruments: vec![
+                    InstrumentKey::new(Segment::NseEq, 2885),
+                    InstrumentKey::new(Segment::IdxI, 13)
+                ]
+            })
+        );
+    }
+
+    #[test]
+    fn parse_errors() {
+        let one = |seg: &str, sid: &str| {
+            format!(
+                r#"{{"RequestCode":15,"InstrumentCount":1,"InstrumentList":[{{"ExchangeSegment":"{seg}","SecurityId":"{sid}"}}]}}"#
+            )
+        };
+        assert!(matches!(parse("not json"), Err(ParseError::BadJson { .. })));
+        assert!(matches!(parse("{}"), Err(ParseError::BadJson { .. })));
+        assert!(matches!(
+            parse(r#"{"RequestCode":"15"}"#),
+            Err(ParseError::BadJson { .. })
+        ));
+        assert!(matches!(
+            parse(
+                r#"{"RequestCode":15,"InstrumentCount":1,"InstrumentList":[{"ExchangeSegment":"NSE_EQ","SecurityId":2885}]}"#
+            ),
+            Err(ParseError::BadJson { .. })
+        ));
+        assert_eq!(
+            parse(r#"{"RequestCode":14}"#),
+            Err(ParseError::UnknownRequestCode(14))
+        );
+        assert_eq!(
+            parse(r#"{"RequestCode":271}"#),
+            Err(ParseError::UnknownRequestCode(271))
+        );
+        assert_eq!(
+            parse(r#"{"RequestCode":-1}"#),
+            Err(ParseError::UnknownRequestCode(-1))
+        );
+        assert_eq!(
+            parse(r#"{"RequestCode":15,"InstrumentList":[]}"#),
+            Err(ParseError::MissingField("InstrumentCount"))
+        );
+        assert_eq!(
+            parse(r#"{"RequestCode":15,"InstrumentCount":0}"#),
+            Err(ParseError::MissingField("InstrumentList"))
+        );
+        assert_eq!(
+            parse(&one("XYZ", "1")),
+            Err(ParseError::UnknownSegment { index: 0 })
+        );
+        assert_eq!(
+            parse(&one("nse_eq", "1")),
+            Err(ParseError::UnknownSegment { index: 0 })
+        );
+        assert_eq!(
+            parse(&one("NSE_EQ", "12a")),
+            Err(ParseError::BadSecurityId {
+                index: 0,
+                reason: BadSecurityId::NotNumeric
+            })
+        );
+        assert_eq!(
+            parse(&one("NSE_EQ", "")),
+            Err(ParseError::BadSecurityId {
+                index: 0,
+                reason: BadSecurityId::Empty
+            })
+        );
+        assert_eq!(
+            parse(&one("NSE_EQ", "4294967296")),
+            Err(ParseError::BadSecurityId {
+                index: 0,
+                reason: BadSecurityId::TooLarge
+            })
+        );
+        assert_eq!(
+            parse(
+                r#"{"RequestCode":17,"InstrumentCount":3,"InstrumentList":[{"ExchangeSegment":"NSE_EQ","SecurityId":"1"}]}"#
+            ),
+            Err(ParseError::CountMismatch {
+                declared: 3,
+                actual: 1
+            })
+        );
+        // Every error has a sentence; none echoes the input.
+        let e = parse(&one("NSE_EQ", "secret")).unwrap_err();
+        assert!(!e.to_string().contains("secret"));
     }
 }
