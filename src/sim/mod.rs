@@ -1,0 +1,456 @@
+//! A simulated DhanHQ Live Market Feed v2 server, speaking the real protocol
+//! over real sockets: for end-to-end tests, benchmarks and demo mode.
+//!
+//! Every byte it sends is built by [`crate::wire`]'s encoders and every
+//! request it reads goes through [`crate::wire::request::parse`], so the
+//! simulator and the relay cannot disagree about the format without a test
+//! noticing.
+//!
+//! # Behaviour (PROTOCOL.md §1)
+//!
+//! * WebSocket upgrades at `/?version=2&token=T&clientId=C&authType=2`
+//!   (`ws://` or `wss://`). After the handshake a missing or empty token gets
+//!   the disconnect packet (code 50) with reason 809 then a close frame; a
+//!   missing or empty client id 808; a token in
+//!   [`SimConfig::expired_tokens`] (or given to [`SimControl::expire_token`])
+//!   807; a connection beyond [`SimConfig::max_connections_per_client`] open
+//!   ones of the same client id 805. Any other path is refused with HTTP 404,
+//!   a `version` other than `2` with HTTP 400. The token is never stored,
+//!   printed or logged.
+//! * A good connection gets a market-status packet (code 7) at once, then
+//!   serves RequestCodes 15/16, 17/18, 21/22 (the latest subscribe of an
+//!   instrument sets its mode; any unsubscribe code removes it) and 12 (close
+//!   cleanly). The first subscribe of an instrument on a connection sends its
+//!   previous-close packet (code 6). A message with more than
+//!   [`SimConfig::max_per_message`] instruments is rejected whole;
+//!   instruments beyond [`SimConfig::max_per_connection`] are not applied;
+//!   both are counted in [`SimStats`]. A text frame that does not parse is
+//!   counted in `rejected_requests` and not logged.
+//! * `/twentydepth?token=..&clientId=..` is the 20-level depth feed: RequestCode
+//!   23 only, NSE_EQ / NSE_FNO only, at most 50 per message; it streams bid
+//!   (41) and ask (51) packets, the pair in one frame. Its instruments show
+//!   in [`SimControl::subscriptions`] as [`Mode::Full`].
+//! * Ticks: [`SimConfig::ticks_per_sec`] packets per second in all, spread
+//!   round-robin over every instrument some connection subscribed, each
+//!   connection getting each tick in its own mode (ticker 2, quote 4, full 8;
+//!   NSE_FNO/BSE_FNO/MCX_COMM quote and full subscribers also get an OI
+//!   packet (5) every tenth trade). Prices come from [`market`]: seeded by
+//!   (seed, instrument), so deterministic per instrument. At 1,000 ticks/s
+//!   and above, packets queued together for one connection share a frame (up
+//!   to 32); below that every packet has its own frame.
+//! * Pings every [`SimConfig::ping_interval`]; a connection from which no
+//!   frame at all has arrived for [`SimConfig::pong_timeout`] is dropped.
+//!   [`Duration::ZERO`] disables either.
+//!
+//! # Threads and back-pressure
+//!
+//! One acceptor thread, one generator thread, one thread per connection
+//! (non-blocking socket under its own `mio::Poll`, woken by the generator or
+//! the control handle through a `mio::Waker`). The generator never blocks:
+//! each connection has a bounded queue of [`QUEUE_CAPACITY`] items, and a
+//! full queue drops the item and counts it in [`SimStats::queue_drops`]. A
+//! connection whose socket is not writable stops draining its queue, so a
+//! slow client loses ticks instead of slowing the others. Dropping the
+//! [`Simulator`] stops and joins every thread within about 100 ms.
+//!
+//! # Files
+//!
+//! `mod.rs` the public API; `shared.rs` state shared by the threads;
+//! `server.rs` the acceptor; `handshake.rs` TLS, upgrade and URL;
+//! `conn.rs` one connection after that (login, requests, writes,
+//! heartbeats); `generator.rs` the tick generator;
+//! `market.rs` the price model; `tls.rs` certificates.
+
+mod conn;
+mod generator;
+mod handshake;
+mod market;
+mod server;
+mod shared;
+mod tls;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tungstenite::Bytes;
+
+use crate::domain::{InstrumentKey, Mode};
+use crate::wire::feed::FeedMessage;
+use crate::wire::request::RequestCode;
+use crate::wire::DisconnectReason;
+use shared::{lock, Control, Endpoint, Out, Settings, Shared};
+
+/// Capacity of each connection's outbound queue, in items (one packet, or
+/// one injected frame, each).
+pub const QUEUE_CAPACITY: usize = 16_384;
+
+/// How the simulator is set up. [`Default`] gives DhanHQ's published limits,
+/// plain `ws://` on an ephemeral loopback port, and no generated ticks.
+#[derive(Clone)]
+pub struct SimConfig {
+    /// Where to listen; port 0 picks a free port (see [`Simulator::addr`]).
+    pub listen: SocketAddr,
+    /// `ws://` or `wss://`.
+    pub tls: SimTls,
+    /// Generated packets per second, over all subscribed instruments
+    /// together; 0 sends only what [`SimControl`] injects.
+    pub ticks_per_sec: u32,
+    /// Seed of every instrument's price stream.
+    pub seed: u64,
+    /// Tokens that get disconnect 807 on connect.
+    pub expired_tokens: Vec<String>,
+    /// Most instruments in one subscription message (DhanHQ: 100).
+    pub max_per_message: usize,
+    /// Most instruments one connection may hold (DhanHQ: 5,000).
+    pub max_per_connection: usize,
+    /// Most simultaneous connections of one client id (DhanHQ: 5).
+    pub max_connections_per_client: usize,
+    /// How often the server pings; zero: never.
+    pub ping_interval: Duration,
+    /// Silence after which a connection is dropped; zero: never.
+    pub pong_timeout: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            tls: SimTls::None,
+            ticks_per_sec: 0,
+            seed: 0,
+            expired_tokens: Vec::new(),
+            max_per_message: 100,
+            max_per_connection: 5_000,
+            max_connections_per_client: 5,
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(40),
+        }
+    }
+}
+
+impl fmt::Debug for SimConfig {
+    /// Tokens are secrets: only their number is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("listen", &self.listen)
+            .field("tls", &self.tls)
+            .field("ticks_per_sec", &self.ticks_per_sec)
+            .field("seed", &self.seed)
+            .field("expired_tokens", &self.expired_tokens.len())
+            .field("max_per_message", &self.max_per_message)
+            .field("max_per_connection", &self.max_per_connection)
+            .field(
+                "max_connections_per_client",
+                &self.max_connections_per_client,
+            )
+            .field("ping_interval", &self.ping_interval)
+            .field("pong_timeout", &self.pong_timeout)
+            .finish()
+    }
+}
+
+/// Transport security of the simulator's listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SimTls {
+    /// Plain `ws://`.
+    #[default]
+    None,
+    /// `wss://` with a certificate for `localhost` and `127.0.0.1` generated
+    /// at start; see [`Simulator::ca_pem`].
+    SelfSigned,
+    /// `wss://` with a PEM certificate chain and a PEM private key.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+}
+
+/// Counters since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Completed WebSocket handshakes, including ones then refused with a
+    /// disconnect packet (those are also in `auth_rejects`).
+    pub connects: u64,
+    /// Logged-in connections open now.
+    pub open: usize,
+    /// Connections refused after the handshake (805, 807, 808, 809).
+    pub auth_rejects: u64,
+    /// Requests not applied: unparseable, over the per-message limit, or a
+    /// code the endpoint does not serve.
+    pub rejected_requests: u64,
+    /// Instruments not applied because the connection held
+    /// `max_per_connection` already.
+    pub rejected_instruments: u64,
+    /// Binary packets written to sockets (an injected or raw frame counts
+    /// one).
+    pub packets_sent: u64,
+    /// Pong frames received.
+    pub pongs_received: u64,
+    /// Connections dropped after `pong_timeout` of silence.
+    pub dropped_for_silence: u64,
+    /// Items dropped because a connection's queue was full or its WebSocket
+    /// write buffer was.
+    pub queue_drops: u64,
+}
+
+/// One open connection's subscriptions.
+#[derive(Clone, Debug)]
+pub struct ConnSubscriptions {
+    /// The connection's id (also in [`LoggedRequest::conn`]).
+    pub conn: u64,
+    /// The `clientId` it logged in with.
+    pub client_id: String,
+    /// Instruments and their modes; a `/twentydepth` connection's are all
+    /// [`Mode::Full`].
+    pub instruments: BTreeMap<InstrumentKey, Mode>,
+}
+
+/// A request as received (after parsing, before limits are applied).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedRequest {
+    /// The connection it came on.
+    pub conn: u64,
+    /// Its RequestCode.
+    pub code: RequestCode,
+    /// Its instruments, in message order.
+    pub instruments: Vec<InstrumentKey>,
+}
+
+/// A running simulator. Dropping it stops every thread and closes every
+/// socket.
+pub struct Simulator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    url: String,
+    ca_pem: Option<String>,
+    acceptor_waker: Arc<mio::Waker>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Simulator")
+            .field("url", &self.url)
+            .field("stats", &self.shared.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Simulator {
+    /// Binds the listener, prepares TLS and starts the threads.
+    pub fn start(cfg: SimConfig) -> io::Result<Simulator> {
+        let tls = tls::setup(&cfg.tls)?;
+        let settings = Settings {
+            ticks_per_sec: cfg.ticks_per_sec,
+            seed: cfg.seed,
+            max_per_message: cfg.max_per_message,
+            max_per_connection: cfg.max_per_connection,
+            max_connections_per_client: cfg.max_connections_per_client,
+            ping_interval: cfg.ping_interval,
+            pong_timeout: cfg.pong_timeout,
+        };
+        let (poke, poked) = crossbeam_channel::bounded::<()>(1);
+        let shared = Arc::new(Shared::new(
+            settings,
+            tls.as_ref().map(|t| t.config.clone()),
+            poke,
+        ));
+        {
+            let mut expired = lock(&shared.expired);
+            for token in &cfg.expired_tokens {
+                expired.insert(token);
+            }
+        }
+
+        let acceptor = server::Acceptor::bind(cfg.listen, shared.clone())?;
+        let addr = acceptor.local_addr();
+        let acceptor_waker = acceptor.waker();
+
+        let threads = vec![std::thread::Builder::new()
+            .name("dhan-sim-accept".into())
+            .spawn(move || acceptor.run())?];
+        let gen_shared = shared.clone();
+        let generator = std::thread::Builder::new()
+            .name("dhan-sim-generator".into())
+            .spawn(move || generator::run(&gen_shared, &poked));
+        let mut sim = Simulator {
+            shared,
+            addr,
+            url: String::new(),
+            ca_pem: tls.and_then(|t| t.ca_pem),
+            acceptor_waker,
+            threads,
+        };
+        // On error `sim` is dropped here, which stops the acceptor.
+        sim.threads.push(generator?);
+        let host = if cfg.tls != SimTls::None {
+            "wss://localhost".to_owned()
+        } else if addr.ip().is_unspecified() {
+            "ws://127.0.0.1".to_owned()
+        } else {
+            match addr {
+                SocketAddr::V4(a) => format!("ws://{}", a.ip()),
+                SocketAddr::V6(a) => format!("ws://[{}]", a.ip()),
+            }
+        };
+        sim.url = format!("{host}:{}", addr.port());
+        Ok(sim)
+    }
+
+    /// The address the listener is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://127.0.0.1:PORT` or `wss://localhost:PORT`, with no path or
+    /// query; clients append `/?version=2&token=..&clientId=..&authType=2`.
+    pub fn feed_url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// The self-signed certificate in PEM ([`SimTls::SelfSigned`] only), for
+    /// clients to add to their trust roots.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca_pem.clone()
+    }
+
+    /// A handle to steer and inspect the running simulator.
+    pub fn control(&self) -> SimControl {
+        SimControl {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = self.acceptor_waker.wake();
+        self.shared.poke_generator();
+        for conn in self.shared.all_conns() {
+            conn.wake();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Steers and inspects a running [`Simulator`] from any thread. After the
+/// simulator is dropped every method is a no-op on an empty server.
+#[derive(Clone)]
+pub struct SimControl {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SimControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimControl").finish_non_exhaustive()
+    }
+}
+
+impl SimControl {
+    /// Sends `msg`, encoded, as its own frame to every open feed connection
+    /// subscribed to its instrument (in any mode); a
+    /// [`FeedMessage::Disconnect`] goes to every open feed connection (the
+    /// packet only; the connection stays open — see
+    /// [`SimControl::send_disconnect`]).
+    pub fn inject(&self, msg: &FeedMessage) {
+        let mut bytes = Vec::with_capacity(msg.wire_len());
+        msg.encode(&mut bytes);
+        let bytes = Bytes::from(bytes);
+        for (conn, login) in self.shared.open_conns() {
+            if login.endpoint != Endpoint::Feed {
+                continue;
+            }
+            let wanted = match msg {
+                FeedMessage::Data(key, _) => lock(&conn.subs).contains_key(key),
+                FeedMessage::Disconnect(_) => true,
+            };
+            if wanted {
+                conn.push(Out::Raw(bytes.clone()), &self.shared.stats);
+                conn.notify();
+            }
+        }
+    }
+
+    /// Sends `frame` as one binary frame, as is, to every open connection.
+    pub fn send_raw(&self, frame: Vec<u8>) {
+        let bytes = Bytes::from(frame);
+        for (conn, _) in self.shared.open_conns() {
+            conn.push(Out::Raw(bytes.clone()), &self.shared.stats);
+            conn.notify();
+        }
+    }
+
+    /// Sends the disconnect packet (in the endpoint's format), then a close
+    /// frame, on every open connection.
+    pub fn send_disconnect(&self, reason: DisconnectReason) {
+        for (conn, _) in self.shared.open_conns() {
+            conn.order(Control::Disconnect(reason));
+        }
+    }
+
+    /// Shuts down every open connection's TCP socket at once: no disconnect
+    /// packet, no close frame.
+    pub fn drop_connections(&self) {
+        for (conn, _) in self.shared.open_conns() {
+            conn.order(Control::Drop);
+        }
+    }
+
+    /// While `true` the simulator is frozen: nothing is sent (no ticks, no
+    /// pings), nothing is read (so a client's close goes unnoticed and its
+    /// connection stays in `open` until the stall ends), handshakes of new
+    /// connections wait, sockets stay open and no one is dropped for
+    /// silence. Time spent stalled does not count towards `pong_timeout`.
+    /// [`SimControl::drop_connections`] still acts at once;
+    /// [`SimControl::send_disconnect`] waits for the stall to end.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.shared.stalled.store(stalled, Ordering::SeqCst);
+        if !stalled {
+            self.shared.poke_generator();
+            for conn in self.shared.all_conns() {
+                conn.wake();
+            }
+        }
+    }
+
+    /// From now on `token` gets disconnect 807 when it connects (open
+    /// connections are not touched).
+    pub fn expire_token(&self, token: &str) {
+        lock(&self.shared.expired).insert(token);
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> SimStats {
+        self.shared.stats()
+    }
+
+    /// Every open connection's subscriptions, by connection id.
+    pub fn subscriptions(&self) -> Vec<ConnSubscriptions> {
+        let open = self.shared.open_conns();
+        open.into_iter()
+            .map(|(conn, login)| ConnSubscriptions {
+                conn: conn.id,
+                client_id: login.client_id,
+                instruments: lock(&conn.subs).clone(),
+            })
+            .collect()
+    }
+
+    /// Every parsed request received, in order of arrival (the first
+    /// 100,000).
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        lock(&self.shared.requests).clone()
+    }
+}
