@@ -1,0 +1,630 @@
+//! One upstream connection slot: TCP connect → TLS → WebSocket handshake →
+//! subscribed reading, then back to a backoff wait when anything fails.
+//!
+//! Every step is non-blocking and resumable: the mio loop calls
+//! [`Conn::on_ready`] on readiness and [`Conn::on_timer`] at deadlines, and
+//! each call advances the phase as far as the socket allows, draining reads
+//! until `WouldBlock` (the socket is registered edge-triggered).
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use ringbuf::traits::{Observer, Producer};
+use ringbuf::HeapProd;
+use rustls::ClientConfig;
+use tungstenite::handshake::client::ClientHandshake;
+use tungstenite::handshake::{HandshakeError, MidHandshake};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+use super::backoff::{Backoff, BackoffConfig};
+use super::stats::{inc, SlotState, UpstreamStats};
+use super::tls::{self, Transport};
+use super::Credentials;
+use crate::clock;
+use crate::tick::Tick;
+use crate::wire::feed::{self, FeedMessage};
+use crate::wire::request::DISCONNECT;
+use crate::wire::DisconnectReason;
+
+/// A connection that stayed up this long resets its backoff when it fails.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How long a graceful close may take before the socket is simply dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Settings shared by every slot, fixed at start.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub feed_url: String,
+    pub credentials: Credentials,
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<Arc<ClientConfig>>,
+    pub silence_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub ws: WebSocketConfig,
+}
+
+/// Where decoded ticks go: the SPSC ring to the book thread.
+pub(crate) struct TickSink {
+    pub ring: HeapProd<Tick>,
+    pub consumer: Option<std::thread::Thread>,
+    pub pushed: bool,
+    /// Set by [`super::Upstream`] before it asks the thread to stop, so a
+    /// wait on a full ring cannot block shutdown.
+    pub stopping: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for TickSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TickSink")
+    }
+}
+
+impl TickSink {
+    /// Pushes one tick. A full ring is never a silent drop: the thread waits
+    /// (and counts the wait), which stops it reading the socket, so pressure
+    /// travels back to the sender through TCP. Only shutdown, or a consumer
+    /// that has gone away, makes it give up.
+    fn push(&mut self, tick: Tick, stats: &UpstreamStats) {
+        let Err(mut tick) = self.ring.try_push(tick) else {
+            self.pushed = true;
+            return;
+        };
+        inc(&stats.ring_full_waits);
+        loop {
+            if !self.ring.read_is_held() || self.stopping.load(Relaxed) {
+                return;
+            }
+            self.pushed = true;
+            self.wake();
+            std::thread::sleep(Duration::from_micros(20));
+            match self.ring.try_push(tick) {
+                Ok(()) => {
+                    self.pushed = true;
+                    return;
+                }
+                Err(back) => tick = back,
+            }
+        }
+    }
+
+    /// Wakes the consumer once per batch of pushes.
+    pub fn wake(&mut self) {
+        if std::mem::take(&mut self.pushed) {
+            if let Some(t) = &self.consumer {
+                t.unpark();
+            }
+        }
+    }
+}
+
+/// What the event loop needs to act on after a call.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Transition {
+    /// Nothing changed that the loop must act on.
+    None,
+    /// The WebSocket is open: send the slot's subscriptions.
+    Up,
+    /// The connection went down: nothing is subscribed on it any more.
+    Lost,
+}
+
+enum Phase {
+    /// Not connected; connect at `retry_at` (never, when `None`).
+    Down { retry_at: Option<Instant> },
+    /// TCP connect in flight.
+    Connecting {
+        socket: TcpStream,
+        deadline: Instant,
+    },
+    /// TLS and WebSocket handshakes in flight.
+    Handshaking {
+        mid: MidHandshake<ClientHandshake<Transport>>,
+        deadline: Instant,
+    },
+    /// Open and reading.
+    Up {
+        ws: Box<WebSocket<Transport>>,
+        since: Instant,
+        last_rx: Instant,
+        probe_sent: bool,
+    },
+    /// Sent a close; waiting for the peer's, briefly.
+    Closing {
+        ws: Box<WebSocket<Transport>>,
+        deadline: Instant,
+    },
+}
+
+/// Why a connection ended.
+enum Failure {
+    /// A transport, TLS or protocol error, already redacted.
+    Error(String),
+    /// DhanHQ sent a disconnect packet.
+    Server(DisconnectReason),
+}
+
+/// One connection slot.
+pub(crate) struct Conn {
+    slot: usize,
+    phase: Phase,
+    backoff: Backoff,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Conn {{ slot: {} }}", self.slot)
+    }
+}
+
+/// What a call may touch.
+pub(crate) struct Env<'a> {
+    pub registry: &'a Registry,
+    pub settings: &'a Settings,
+    pub stats: &'a UpstreamStats,
+    pub sink: &'a mut TickSink,
+}
+
+impl Conn {
+    pub fn new(slot: usize, backoff: BackoffConfig) -> Self {
+        Conn {
+            slot,
+            phase: Phase::Down { retry_at: None },
+            backoff: Backoff::new(backoff, clock::now_ns() ^ (slot as u64) << 32),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        matches!(self.phase, Phase::Up { .. })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Down { .. })
+    }
+
+    /// Makes sure the slot is connected or on its way there.
+    pub fn want_connected(&mut self, now: Instant) {
+        if let Phase::Down { retry_at: None } = self.phase {
+            self.phase = Phase::Down {
+                retry_at: Some(now),
+            };
+        }
+    }
+
+    /// The next moment [`Conn::on_timer`] has work to do.
+    pub fn deadline(&self, settings: &Settings) -> Option<Instant> {
+        match &self.phase {
+            Phase::Down { retry_at } => *retry_at,
+            Phase::Connecting { deadline, .. }
+            | Phase::Handshaking { deadline, .. }
+            | Phase::Closing { deadline, .. } => Some(*deadline),
+            Phase::Up {
+                last_rx,
+                probe_sent,
+                ..
+            } => Some(if *probe_sent {
+                *last_rx + settings.silence_timeout
+            } else {
+                *last_rx + settings.silence_timeout / 2
+            }),
+        }
+    }
+
+    /// Time-driven work: start a connection, enforce deadlines, detect a
+    /// silent socket.
+    pub fn on_timer(&mut self, env: &mut Env<'_>, now: Instant) -> Transition {
+        let silence = env.settings.silence_timeout;
+        match &mut self.phase {
+            Phase::Down { retry_at: Some(at) } if *at <= now => self.connect(env, now),
+            Phase::Connecting { deadline, .. } | Phase::Handshaking { deadline, .. }
+                if *deadline <= now =>
+            {
+                let why = format!("connect timed out after {:?}", env.settings.connect_timeout);
+                self.fail(env, now, Failure::Error(why))
+            }
+            Phase::Closing { deadline, .. } if *deadline <= now => {
+                self.phase = Phase::Down { retry_at: None };
+                Transition::None
+            }
+            Phase::Up {
+                ws,
+                last_rx,
+                probe_sent,
+                ..
+            } => {
+                let quiet = now.saturating_duration_since(*last_rx);
+                if quiet >= silence {
+                    inc(&env.stats.silent_drops);
+                    let why = format!("no data and no ping for {quiet:.1?}: the socket is dead");
+                    return self.fail(env, now, Failure::Error(why));
+                }
+                if quiet >= silence / 2 && !*probe_sent {
+                    // A quiet market is normal; a ping tells a live peer
+                    // from a dead socket before the timeout.
+                    *probe_sent = true;
+                    let _ = ws.write(Message::Ping(Default::default()));
+                    if let Err(e) = flush(ws) {
+                        return self.fail(env, now, e);
+                    }
+                }
+                Transition::None
+            }
+            _ => Transition::None,
+        }
+    }
+
+    /// Readiness on this slot's socket.
+    pub fn on_ready(&mut self, env: &mut Env<'_>, now: Instant) -> Transition {
+        match std::mem::replace(&mut self.phase, Phase::Down { retry_at: None }) {
+            Phase::Connecting { socket, deadline } => match socket.take_error() {
+                Ok(None) => match socket.peer_addr() {
+                    Ok(_) => self.handshake_start(env, now, socket, deadline),
+                    Err(e) if e.kind() == ErrorKind::NotConnected => {
+                        self.phase = Phase::Connecting { socket, deadline };
+                        Transition::None
+                    }
+                    Err(e) => self.fail(env, now, Failure::Error(format!("connect failed: {e}"))),
+                },
+                Ok(Some(e)) | Err(e) => {
+                    self.fail(env, now, Failure::Error(format!("connect failed: {e}")))
+                }
+            },
+            Phase::Handshaking { mid, deadline } => {
+                self.handshake_step(env, now, mid.handshake(), deadline)
+            }
+            Phase::Up {
+                ws,
+                since,
+                last_rx,
+                probe_sent,
+            } => {
+                self.phase = Phase::Up {
+                    ws,
+                    since,
+                    last_rx,
+                    probe_sent,
+                };
+                self.read_up(env, now)
+            }
+            Phase::Closing { mut ws, deadline } => {
+                loop {
+                    match ws.read() {
+                        Ok(_) => continue,
+                        Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
+                            let _ = ws.flush();
+                            self.phase = Phase::Closing { ws, deadline };
+                            break;
+                        }
+                        Err(_) => break, // closed: stay Down
+                    }
+                }
+                Transition::None
+            }
+            down @ Phase::Down { .. } => {
+                self.phase = down;
+                Transition::None
+            }
+        }
+    }
+
+    /// Sends subscription requests on an open connection.
+    pub fn send_requests(
+        &mut self,
+        env: &mut Env<'_>,
+        now: Instant,
+        requests: Vec<String>,
+    ) -> Transition {
+        let Phase::Up { ws, .. } = &mut self.phase else {
+            return Transition::None;
+        };
+        for r in requests {
+            if let Err(e) = ws.write(Message::text(r)) {
+                return self.fail(
+                    env,
+                    now,
+                    Failure::Error(
+                        env.settings
+                            .credentials
+                            .redact(&format!("send failed: {e}")),
+                    ),
+                );
+            }
+        }
+        match flush(ws) {
+            Ok(()) => Transition::None,
+            Err(e) => self.fail(env, now, e),
+        }
+    }
+
+    /// Closes politely: RequestCode 12, then a close frame. The slot stays
+    /// down afterwards until [`Conn::want_connected`].
+    pub fn close(&mut self, env: &mut Env<'_>, now: Instant) -> Transition {
+        match std::mem::replace(&mut self.phase, Phase::Down { retry_at: None }) {
+            Phase::Up { mut ws, .. } => {
+                let _ = ws.write(Message::text(DISCONNECT));
+                let _ = ws.close(None);
+                let _ = ws.flush();
+                log::info!("upstream[{}] closed (RequestCode 12 sent)", self.slot);
+                env.stats.set_slot(self.slot, SlotState::Unused);
+                self.phase = Phase::Closing {
+                    ws,
+                    deadline: now + CLOSE_GRACE,
+                };
+                Transition::Lost
+            }
+            _ => {
+                env.stats.set_slot(self.slot, SlotState::Unused);
+                Transition::None
+            }
+        }
+    }
+
+    fn connect(&mut self, env: &mut Env<'_>, now: Instant) -> Transition {
+        inc(&env.stats.connect_attempts);
+        env.stats.set_slot(self.slot, SlotState::Connecting);
+        let addr = match resolve(&env.settings.host, env.settings.port) {
+            Ok(addr) => addr,
+            Err(why) => return self.fail(env, now, Failure::Error(why)),
+        };
+        let mut socket = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                return self.fail(
+                    env,
+                    now,
+                    Failure::Error(format!("connect to {addr} failed: {e}")),
+                )
+            }
+        };
+        if let Err(e) = env.registry.register(
+            &mut socket,
+            Token(self.slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return self.fail(
+                env,
+                now,
+                Failure::Error(format!("poll registration failed: {e}")),
+            );
+        }
+        let _ = socket.set_nodelay(true);
+        self.phase = Phase::Connecting {
+            socket,
+            deadline: now + env.settings.connect_timeout,
+        };
+        Transition::None
+    }
+
+    fn handshake_start(
+        &mut self,
+        env: &mut Env<'_>,
+        now: Instant,
+        socket: TcpStream,
+        deadline: Instant,
+    ) -> Transition {
+        let settings = env.settings;
+        let transport = match &settings.tls {
+            Some(config) => match tls::wrap(config, &settings.host, socket) {
+                Ok(t) => t,
+                Err(why) => return self.fail(env, now, Failure::Error(why)),
+            },
+            None => Transport::Plain(socket),
+        };
+        let url = settings.credentials.url(&settings.feed_url);
+        let result =
+            tungstenite::client::client_with_config(url.as_str(), transport, Some(settings.ws));
+        self.handshake_step(env, now, result, deadline)
+    }
+
+    fn handshake_step(
+        &mut self,
+        env: &mut Env<'_>,
+        now: Instant,
+        result: Result<
+            (
+                WebSocket<Transport>,
+                tungstenite::handshake::client::Response,
+            ),
+            HandshakeError<ClientHandshake<Transport>>,
+        >,
+        deadline: Instant,
+    ) -> Transition {
+        match result {
+            Ok((ws, _response)) => {
+                inc(&env.stats.connects);
+                env.stats.set_slot(self.slot, SlotState::Up);
+                log::info!(
+                    "upstream[{}] connected to {}",
+                    self.slot,
+                    Credentials::redacted_url(&env.settings.feed_url)
+                );
+                self.phase = Phase::Up {
+                    ws: Box::new(ws),
+                    since: now,
+                    last_rx: now,
+                    probe_sent: false,
+                };
+                // Data may already be buffered behind the handshake response.
+                match self.read_up(env, now) {
+                    Transition::Lost => Transition::Lost,
+                    _ => Transition::Up,
+                }
+            }
+            Err(HandshakeError::Interrupted(mid)) => {
+                self.phase = Phase::Handshaking { mid, deadline };
+                Transition::None
+            }
+            Err(HandshakeError::Failure(e)) => {
+                let why = env
+                    .settings
+                    .credentials
+                    .redact(&format!("WebSocket handshake failed: {e}"));
+                self.fail(env, now, Failure::Error(why))
+            }
+        }
+    }
+
+    /// Reads every message available, decoding binary frames into ticks.
+    fn read_up(&mut self, env: &mut Env<'_>, now: Instant) -> Transition {
+        let Phase::Up {
+            ws,
+            last_rx,
+            probe_sent,
+            ..
+        } = &mut self.phase
+        else {
+            return Transition::None;
+        };
+        let mut ended = None;
+        loop {
+            match ws.read() {
+                Ok(Message::Binary(frame)) => {
+                    *last_rx = now;
+                    *probe_sent = false;
+                    if let Some(reason) = decode_frame(&frame, env) {
+                        ended = Some(Failure::Server(reason));
+                        break;
+                    }
+                }
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {
+                    *last_rx = now;
+                    *probe_sent = false;
+                }
+                Ok(Message::Text(text)) => {
+                    *last_rx = now;
+                    inc(&env.stats.text_frames);
+                    let shown: String = text.chars().take(200).collect();
+                    log::warn!(
+                        "upstream[{}] sent text: {}",
+                        self.slot,
+                        env.settings.credentials.redact(&shown)
+                    );
+                }
+                Ok(Message::Close(frame)) => {
+                    let why = match frame {
+                        Some(f) => format!(
+                            "server closed the connection ({} {})",
+                            u16::from(f.code),
+                            f.reason
+                        ),
+                        None => "server closed the connection".to_string(),
+                    };
+                    ended = Some(Failure::Error(env.settings.credentials.redact(&why)));
+                    break;
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    let why = env
+                        .settings
+                        .credentials
+                        .redact(&format!("connection lost: {e}"));
+                    ended = Some(Failure::Error(why));
+                    break;
+                }
+            }
+        }
+        // Pongs for pings just read, and any queued writes.
+        if ended.is_none() {
+            if let Err(e) = flush(ws) {
+                ended = Some(e);
+            }
+        }
+        match ended {
+            Some(failure) => self.fail(env, now, failure),
+            None => Transition::None,
+        }
+    }
+
+    /// Ends the connection and schedules the next attempt.
+    fn fail(&mut self, env: &mut Env<'_>, now: Instant, failure: Failure) -> Transition {
+        let was_up = match std::mem::replace(&mut self.phase, Phase::Down { retry_at: None }) {
+            Phase::Up { since, .. } => {
+                inc(&env.stats.disconnects);
+                if now.saturating_duration_since(since) >= STABLE_AFTER {
+                    self.backoff.reset();
+                }
+                true
+            }
+            _ => false,
+        };
+        let (delay, state) = match &failure {
+            Failure::Server(reason) => {
+                env.stats.record_disconnect(*reason);
+                if reason.is_auth_failure() {
+                    (self.backoff.auth_delay(), SlotState::AuthFailed)
+                } else {
+                    (self.backoff.next_delay(), SlotState::Backoff)
+                }
+            }
+            Failure::Error(_) => (self.backoff.next_delay(), SlotState::Backoff),
+        };
+        let why = match failure {
+            Failure::Server(reason) => format!("DhanHQ disconnected: {reason}"),
+            Failure::Error(why) => why,
+        };
+        log::warn!("upstream[{}] {why}; retrying in {delay:.1?}", self.slot);
+        env.stats.set_error(why);
+        env.stats.set_slot(self.slot, state);
+        self.phase = Phase::Down {
+            retry_at: Some(now + delay),
+        };
+        if was_up {
+            Transition::Lost
+        } else {
+            Transition::None
+        }
+    }
+}
+
+/// Decodes one binary frame into the ring; returns a disconnect reason if the
+/// frame carried one. The receive stamp is taken once per frame.
+fn decode_frame(frame: &[u8], env: &mut Env<'_>) -> Option<DisconnectReason> {
+    let recv_ns = clock::now_ns();
+    let stats = env.stats;
+    inc(&stats.frames);
+    stats
+        .bytes
+        .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let mut disconnect = None;
+    for packet in feed::packets(frame) {
+        match packet {
+            Ok(p) => {
+                stats.count_packet(&p.message);
+                match p.message {
+                    FeedMessage::Data(key, data) => {
+                        env.sink.push(Tick { key, data, recv_ns }, stats)
+                    }
+                    FeedMessage::Disconnect(reason) => disconnect = Some(reason),
+                }
+            }
+            Err(e) => {
+                if stats.count_error(&e) {
+                    log::warn!("upstream sent a bad packet ({e}); counting further ones of this kind silently");
+                }
+            }
+        }
+    }
+    disconnect
+}
+
+fn flush(ws: &mut WebSocket<Transport>) -> Result<(), Failure> {
+    match ws.flush() {
+        Ok(()) => Ok(()),
+        Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(Failure::Error(format!("write failed: {e}"))),
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} resolves to no address"))
+}
