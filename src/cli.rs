@@ -3,22 +3,344 @@
 //! Raw flags become a validated command here; `main.rs` only maps the result
 //! to an exit code.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Feed, Flags, RunConfig};
+use crate::engine::{raise_fd_limit, Engine, StartError};
+use crate::sim::{SimConfig, SimTls, Simulator};
+use crate::upstream::Credentials;
 
 /// dhan-relay: a low-latency relay for DhanHQ's Live Market Feed v2.
 #[derive(Debug, Parser)]
-#[command(version, about)]
-pub struct Cli {}
+#[command(version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to run (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `run`'s flags, accepted without the word `run`.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay (the default). Credentials come from DHAN_CLIENT_ID and
+    /// DHAN_ACCESS_TOKEN; without them, and without --feed-url, it runs
+    /// against the built-in simulator (demo mode) and says so.
+    Run(RunArgs),
+    /// Run a simulated DhanHQ Live Market Feed v2 server (demo mode, tests,
+    /// benchmarks) until interrupted. Prints its URL on one line.
+    Sim(SimArgs),
+}
+
+/// Flags of `dhan-relay run`. Each overrides the config file.
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// TOML config file (see dhan-relay.example.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address for clients, REST and metrics [default: 127.0.0.1:8000].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// DhanHQ feed URL, without query [default: wss://api-feed.dhan.co].
+    #[arg(long, value_name = "URL")]
+    pub feed_url: Option<String>,
+    /// Extra CA certificate (PEM) to trust for the feed's TLS.
+    #[arg(long, value_name = "FILE")]
+    pub feed_ca: Option<PathBuf>,
+    /// error, warn, info, debug or trace [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Ticks per second of the built-in simulator in demo mode [default: 200].
+    #[arg(long, value_name = "N")]
+    pub demo_rate: Option<u32>,
+    /// Pin threads to cores, e.g. net=2,book=3,fanout=4 [default: unpinned].
+    #[arg(long, value_name = "ROLE=CORE,...")]
+    pub pin: Option<String>,
+}
+
+impl RunArgs {
+    fn flags(&self) -> Flags {
+        Flags {
+            config: self.config.clone(),
+            listen: self.listen.clone(),
+            feed_url: self.feed_url.clone(),
+            feed_ca: self.feed_ca.clone(),
+            log_level: self.log_level.clone(),
+            demo_rate: self.demo_rate,
+            pin: self.pin.clone(),
+        }
+    }
+}
+
+/// Flags of `dhan-relay sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Serve wss:// with a self-signed certificate for localhost and
+    /// 127.0.0.1 (or with --cert/--key).
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM certificate chain for wss:// (implies --tls).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for wss:// (implies --tls).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Where to write the self-signed certificate (PEM) for clients to
+    /// trust; default: a file in the temporary directory, named on stderr.
+    #[arg(long, value_name = "FILE", requires = "tls", conflicts_with = "cert")]
+    pub ca_out: Option<PathBuf>,
+    /// Generated packets per second over all subscribed instruments.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u32,
+    /// Seed of the simulated prices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// A token to refuse with disconnect 807 (repeatable).
+    #[arg(long = "expired-token", value_name = "TOKEN")]
+    pub expired_tokens: Vec<String>,
+}
+
+impl SimArgs {
+    /// The simulator configuration these flags ask for.
+    pub fn config(&self) -> SimConfig {
+        let tls = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => SimTls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ if self.tls => SimTls::SelfSigned,
+            _ => SimTls::None,
+        };
+        SimConfig {
+            listen: self.listen,
+            tls,
+            ticks_per_sec: self.rate,
+            seed: self.seed,
+            expired_tokens: self.expired_tokens.clone(),
+            ..SimConfig::default()
+        }
+    }
+}
 
 /// Parses the process arguments and runs the chosen command.
 pub fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    eprintln!(
-        "dhan-relay {}: the wire codec is built; the engine (network, book and fanout threads) is not yet. \
-         See README.md.",
-        env!("CARGO_PKG_VERSION")
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Sim(args)) => sim(&args),
+        Some(Command::Run(args)) => run(&args),
+        None => run(&cli.run),
+    }
+}
+
+/// Exit codes: 0 clean stop, 1 the OS refused something, 2 bad flags or
+/// configuration (clap uses 2 for bad flags too), 3 listen address in use.
+fn run(args: &RunArgs) -> ExitCode {
+    let flags = args.flags();
+    let file = match &flags.config {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some((path.clone(), text)),
+            Err(e) => {
+                eprintln!(
+                    "dhan-relay: cannot read config file {}: {e}",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let file = file.as_ref().map(|(p, t)| (p.as_path(), t.as_str()));
+    let config = match RunConfig::build(&flags, file, Credentials::from_env()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dhan-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::logging::init(config.log_level);
+    raise_fd_limit(config.fanout.max_clients);
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second Ctrl-C while shutting down exits at once.
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop));
+        let _ = signal_hook::flag::register(signal, Arc::clone(&stop));
+    }
+    let engine = match Engine::start(config.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("dhan-relay: {e}");
+            return ExitCode::from(match e {
+                StartError::Bind(..) => 3,
+                StartError::Config(_) => 2,
+                StartError::Io(_) => 1,
+            });
+        }
+    };
+    announce(&engine, &config);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    log::info!("shutting down: closing clients, disconnecting upstream");
+    engine.shutdown();
+    log::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// One line a person reads first, then the start-up summary in the log.
+fn announce(engine: &Engine, config: &RunConfig) {
+    let addr = engine.addr();
+    match (&config.feed, engine.demo_feed_url()) {
+        (Feed::Demo { rate }, Some(sim_url)) => println!(
+            "dhan-relay: DEMO MODE (DHAN_CLIENT_ID / DHAN_ACCESS_TOKEN not set): simulated prices from the built-in \
+             simulator at {sim_url} ({rate} ticks/s). Open http://{addr}/  ·  GET http://{addr}/prices  ·  WebSocket ws://{addr}/ws"
+        ),
+        (Feed::Live { url, .. }, _) => println!(
+            "dhan-relay: relaying {} on http://{addr}/  ·  GET /prices  ·  WebSocket ws://{addr}/ws",
+            Credentials::redacted_url(url)
+        ),
+        _ => {}
+    }
+    let watch: Vec<String> = config
+        .fanout
+        .watchlist
+        .iter()
+        .map(|w| format!("{}={}", w.symbol, w.key))
+        .collect();
+    log::info!(
+        "dhan-relay {} listening on {addr}; watchlist {}; limits: {} clients, {} subscriptions/client, {} B frames; upstream {} × {} instruments",
+        env!("CARGO_PKG_VERSION"),
+        watch.join(" "),
+        config.fanout.max_clients,
+        config.fanout.max_subscriptions_per_client,
+        config.fanout.max_frame_bytes,
+        config.upstream_connections,
+        config.instruments_per_connection
     );
-    ExitCode::from(2)
+}
+
+/// `dhan-relay sim`: start, say where, run until killed.
+fn sim(args: &SimArgs) -> ExitCode {
+    let sim = match Simulator::start(args.config()) {
+        Ok(sim) => sim,
+        Err(e) => {
+            eprintln!("dhan-relay sim: cannot start on {}: {e}", args.listen);
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(pem) = sim.ca_pem() {
+        let path = args.ca_out.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("dhan-relay-sim-{}.pem", sim.addr().port()))
+        });
+        if let Err(e) = std::fs::write(&path, pem) {
+            eprintln!("dhan-relay sim: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+        eprintln!(
+            "dhan-relay sim: self-signed certificate for clients to trust: {}",
+            path.display()
+        );
+    }
+    println!("{}", sim.feed_url());
+    // Ctrl-C ends the process; the simulator needs no orderly stop.
+    loop {
+        std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn sim_args(args: &[&str]) -> Result<SimArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["dhan-relay", "sim"].iter().chain(args))?;
+        match cli.command {
+            Some(Command::Sim(a)) => Ok(a),
+            other => panic!("sim expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        assert!(Cli::try_parse_from(["dhan-relay"])
+            .unwrap()
+            .command
+            .is_none());
+        let cli = Cli::try_parse_from([
+            "dhan-relay",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--demo-rate",
+            "5",
+        ])
+        .unwrap();
+        let Some(Command::Run(args)) = cli.command else {
+            panic!("run expected")
+        };
+        assert_eq!(args.flags().listen.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(args.flags().demo_rate, Some(5));
+        assert!(Cli::try_parse_from(["dhan-relay", "run", "--bogus"]).is_err());
+    }
+
+    #[test]
+    fn sim_flags_become_a_config() {
+        let cfg = sim_args(&[]).unwrap().config();
+        assert_eq!(cfg.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(cfg.tls, SimTls::None);
+        assert_eq!((cfg.ticks_per_sec, cfg.seed), (100, 1));
+
+        let cfg = sim_args(&[
+            "--listen",
+            "0.0.0.0:8765",
+            "--tls",
+            "--rate",
+            "5000",
+            "--seed",
+            "9",
+            "--expired-token",
+            "a",
+            "--expired-token",
+            "b",
+        ])
+        .unwrap()
+        .config();
+        assert_eq!(cfg.listen, "0.0.0.0:8765".parse().unwrap());
+        assert_eq!(cfg.tls, SimTls::SelfSigned);
+        assert_eq!((cfg.ticks_per_sec, cfg.seed), (5000, 9));
+        assert_eq!(cfg.expired_tokens, ["a", "b"]);
+
+        let cfg = sim_args(&["--cert", "c.pem", "--key", "k.pem"])
+            .unwrap()
+            .config();
+        assert_eq!(
+            cfg.tls,
+            SimTls::Files {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            }
+        );
+    }
+
+    #[test]
+    fn inconsistent_sim_flags_are_refused() {
+        assert!(sim_args(&["--cert", "c.pem"]).is_err());
+        assert!(sim_args(&["--ca-out", "ca.pem"]).is_err());
+        assert!(sim_args(&["--tls", "--cert", "c", "--key", "k", "--ca-out", "x"]).is_err());
+        assert!(sim_args(&["--listen", "localhost"]).is_err());
+    }
 }

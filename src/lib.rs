@@ -7,7 +7,18 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod affinity;
+pub mod book;
 pub mod cli;
+pub mod clock;
+pub mod config;
 pub mod domain;
+pub mod engine;
+pub mod fanout;
+pub mod logging;
+pub mod metrics;
 pub mod price;
+pub mod sim;
+pub mod tick;
+pub mod upstream;
 pub mod wire;

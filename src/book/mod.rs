@@ -1,0 +1,395 @@
+//! The book thread: the latest state of every instrument.
+//!
+//! It pops [`Tick`]s from the network ring, applies each to a dense table
+//! (`Vec` indexed by an id handed out the first time an instrument is seen;
+//! the `HashMap` from key to id allocates only then), forwards an [`Update`]
+//! carrying the instrument's whole new state to the fanout thread through a
+//! second SPSC ring, and publishes an immutable [`Snapshot`] through
+//! `arc-swap` at most every `snapshot_interval`, and only when something
+//! changed, for REST and `/ws/prices`.
+//!
+//! Backpressure: a full update ring is never a silent drop. The thread waits
+//! (counting it) and stops popping ticks, so the network ring fills and the
+//! network thread in turn stops reading its socket.
+
+mod state;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use ringbuf::traits::{Consumer, Observer, Producer};
+use ringbuf::{HeapCons, HeapProd};
+
+pub use state::{FullExtras, InstrumentState, UpdateKind};
+
+use crate::clock;
+use crate::domain::InstrumentKey;
+use crate::metrics::{LatencyRecorder, SharedLatency};
+use crate::tick::Tick;
+
+/// One instrument changed: its whole new state, so the fanout can render
+/// any mode from it without looking anything up.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Update {
+    /// What changed.
+    pub kind: UpdateKind,
+    /// The instrument's state after the change.
+    pub state: InstrumentState,
+}
+
+/// An immutable copy of every instrument's state.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// [`clock::now_ns`] when it was taken.
+    pub taken_ns: u64,
+    /// Every instrument seen so far, in first-seen order.
+    pub instruments: Vec<InstrumentState>,
+}
+
+impl Snapshot {
+    /// The state of one instrument, if it has been seen.
+    pub fn get(&self, key: InstrumentKey) -> Option<&InstrumentState> {
+        self.instruments.iter().find(|s| s.key == key)
+    }
+}
+
+/// The latest snapshot, readable from any thread without locking.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// The table of instruments. Separate from the thread so tests and benches
+/// drive it directly.
+#[derive(Debug, Default)]
+pub struct Book {
+    ids: HashMap<InstrumentKey, usize>,
+    table: Vec<InstrumentState>,
+}
+
+impl Book {
+    /// An empty book.
+    pub fn new() -> Self {
+        Book::default()
+    }
+
+    /// Applies one tick; the update to forward, if clients can see a change.
+    pub fn apply(&mut self, tick: &Tick) -> Option<Update> {
+        let id = match self.ids.get(&tick.key) {
+            Some(&id) => id,
+            None => {
+                self.table.push(InstrumentState::new(tick.key));
+                self.ids.insert(tick.key, self.table.len() - 1);
+                self.table.len() - 1
+            }
+        };
+        let state = &mut self.table[id];
+        let kind = state.apply(tick)?;
+        Some(Update {
+            kind,
+            state: *state,
+        })
+    }
+
+    /// A snapshot of every instrument.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            taken_ns: clock::now_ns(),
+            instruments: self.table.clone(),
+        }
+    }
+}
+
+/// Book-thread settings.
+#[derive(Clone, Copy, Debug)]
+pub struct BookConfig {
+    /// Shortest time between two snapshots.
+    pub snapshot_interval: Duration,
+    /// Pin the thread to this core, when set.
+    pub core: Option<usize>,
+}
+
+impl Default for BookConfig {
+    fn default() -> Self {
+        BookConfig {
+            snapshot_interval: Duration::from_millis(50),
+            core: None,
+        }
+    }
+}
+
+/// The book thread's counters.
+#[derive(Debug, Default)]
+pub struct BookStats {
+    /// Ticks popped and applied.
+    pub ticks: AtomicU64,
+    /// Updates pushed to the fanout ring.
+    pub updates: AtomicU64,
+    /// Times an update found the fanout ring full and the thread waited.
+    pub ring_full_waits: AtomicU64,
+    /// Snapshots published.
+    pub snapshots: AtomicU64,
+}
+
+/// Something to poke after a batch of updates (the fanout thread's waker).
+pub type Notify = Box<dyn Fn() + Send>;
+
+/// The running book thread.
+#[derive(Debug)]
+pub struct BookThread {
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    /// The latest snapshot.
+    pub snapshot: SharedSnapshot,
+    /// Counters.
+    pub stats: Arc<BookStats>,
+    /// Network receive → book apply latency.
+    pub latency: SharedLatency,
+}
+
+impl BookThread {
+    /// Starts the thread.
+    pub fn spawn(
+        config: BookConfig,
+        ticks: HeapCons<Tick>,
+        updates: HeapProd<Update>,
+        notify: Option<Notify>,
+    ) -> std::io::Result<BookThread> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let stats = Arc::new(BookStats::default());
+        let latency = SharedLatency::default();
+        let worker = Worker {
+            book: Book::new(),
+            ticks,
+            updates,
+            notify,
+            stop: Arc::clone(&stop),
+            snapshot: Arc::clone(&snapshot),
+            stats: Arc::clone(&stats),
+            latency: latency.recorder(),
+            config,
+        };
+        let thread = std::thread::Builder::new()
+            .name("dhan-book".into())
+            .spawn(move || {
+                crate::affinity::pin("book", config.core);
+                worker.run();
+            })?;
+        Ok(BookThread {
+            thread: Some(thread),
+            stop,
+            snapshot,
+            stats,
+            latency,
+        })
+    }
+
+    /// The thread's handle, for the network thread to unpark it.
+    pub fn thread(&self) -> Option<std::thread::Thread> {
+        self.thread.as_ref().map(|t| t.thread().clone())
+    }
+
+    /// Stops and joins the thread.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, Relaxed);
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for BookThread {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+struct Worker {
+    book: Book,
+    ticks: HeapCons<Tick>,
+    updates: HeapProd<Update>,
+    notify: Option<Notify>,
+    stop: Arc<AtomicBool>,
+    snapshot: SharedSnapshot,
+    stats: Arc<BookStats>,
+    latency: LatencyRecorder,
+    config: BookConfig,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut last_snapshot = Instant::now();
+        let mut dirty = false;
+        while !self.stop.load(Relaxed) {
+            let mut applied = 0u64;
+            while let Some(tick) = self.ticks.try_pop() {
+                applied += 1;
+                if let Some(update) = self.book.apply(&tick) {
+                    self.latency
+                        .record(clock::now_ns().saturating_sub(tick.recv_ns));
+                    self.forward(update);
+                    dirty = true;
+                }
+                // Bounded batches keep the fanout fed during a burst.
+                if applied % 256 == 0 {
+                    self.poke();
+                }
+            }
+            if applied > 0 {
+                self.stats.ticks.fetch_add(applied, Relaxed);
+                self.poke();
+            }
+            let now = Instant::now();
+            if dirty && now.duration_since(last_snapshot) >= self.config.snapshot_interval {
+                self.snapshot.store(Arc::new(self.book.snapshot()));
+                self.stats.snapshots.fetch_add(1, Relaxed);
+                last_snapshot = now;
+                dirty = false;
+            }
+            self.latency.maybe_publish(now);
+            if applied == 0 {
+                // The network thread unparks us after each batch; the timeout
+                // bounds snapshot staleness and shutdown latency.
+                std::thread::park_timeout(self.config.snapshot_interval);
+            }
+        }
+        self.latency.publish(Instant::now());
+        self.snapshot.store(Arc::new(self.book.snapshot()));
+    }
+
+    fn forward(&mut self, update: Update) {
+        let Err(mut update) = self.updates.try_push(update) else {
+            self.stats.updates.fetch_add(1, Relaxed);
+            return;
+        };
+        self.stats.ring_full_waits.fetch_add(1, Relaxed);
+        loop {
+            if !self.updates.read_is_held() || self.stop.load(Relaxed) {
+                return;
+            }
+            self.poke();
+            std::thread::sleep(Duration::from_micros(20));
+            match self.updates.try_push(update) {
+                Ok(()) => {
+                    self.stats.updates.fetch_add(1, Relaxed);
+                    return;
+                }
+                Err(back) => update = back,
+            }
+        }
+    }
+
+    fn poke(&self) {
+        if let Some(notify) = &self.notify {
+            notify();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Segment;
+    use crate::wire::feed::{FeedData, PrevClose, Ticker};
+    use ringbuf::traits::Split;
+    use ringbuf::HeapRb;
+
+    fn tick(id: u32, data: FeedData) -> Tick {
+        Tick {
+            key: InstrumentKey::new(Segment::NseEq, id),
+            data,
+            recv_ns: clock::now_ns(),
+        }
+    }
+
+    #[test]
+    fn book_tracks_each_instrument_separately() {
+        let mut book = Book::new();
+        let u = book
+            .apply(&tick(1, FeedData::Ticker(Ticker { ltp: 10.0, ltt: 1 })))
+            .unwrap();
+        assert_eq!(
+            (u.kind, u.state.seq, u.state.ltp),
+            (UpdateKind::Ticker, 1, Some(10.0))
+        );
+        book.apply(&tick(
+            2,
+            FeedData::PrevClose(PrevClose {
+                prev_close: 5.0,
+                prev_oi: 0,
+            }),
+        ));
+        let u = book
+            .apply(&tick(1, FeedData::Ticker(Ticker { ltp: 10.5, ltt: 2 })))
+            .unwrap();
+        assert_eq!(u.state.seq, 2);
+        assert!(book.apply(&tick(3, FeedData::MarketStatus)).is_none());
+        let snap = book.snapshot();
+        assert_eq!(snap.instruments.len(), 3);
+        assert_eq!(
+            snap.get(InstrumentKey::new(Segment::NseEq, 1)).unwrap().ltp,
+            Some(10.5)
+        );
+        assert_eq!(
+            snap.get(InstrumentKey::new(Segment::NseEq, 2))
+                .unwrap()
+                .prev_close
+                .unwrap()
+                .prev_close,
+            5.0
+        );
+    }
+
+    #[test]
+    fn thread_forwards_updates_in_order_and_publishes_snapshots() {
+        let (mut tick_tx, tick_rx) = HeapRb::<Tick>::new(64).split();
+        let (update_tx, mut update_rx) = HeapRb::<Update>::new(4).split();
+        let book = BookThread::spawn(
+            BookConfig {
+                snapshot_interval: Duration::from_millis(5),
+                core: None,
+            },
+            tick_rx,
+            update_tx,
+            None,
+        )
+        .unwrap();
+        // More ticks than the update ring holds: the book must wait, not drop.
+        for i in 0..20u32 {
+            tick_tx
+                .try_push(tick(
+                    7,
+                    FeedData::Ticker(Ticker {
+                        ltp: i as f32,
+                        ltt: i,
+                    }),
+                ))
+                .unwrap();
+        }
+        book.thread().unwrap().unpark();
+        let mut seen = Vec::new();
+        let end = Instant::now() + Duration::from_secs(5);
+        while seen.len() < 20 && Instant::now() < end {
+            match update_rx.try_pop() {
+                Some(u) => seen.push(u.state.ltt),
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        assert_eq!(seen, (0..20).collect::<Vec<_>>());
+        assert!(book.stats.ring_full_waits.load(Relaxed) > 0);
+        let end = Instant::now() + Duration::from_secs(5);
+        while book.snapshot.load().instruments.is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(book.snapshot.load().instruments[0].ltt, 19);
+        assert!(book.latency.percentiles().count == 0 || book.latency.percentiles().count <= 20);
+        book.shutdown();
+    }
+}

@@ -1,0 +1,459 @@
+//! Configuration: defaults, then the TOML file (`--config`), then flags, then
+//! the credentials from the environment — validated into one [`RunConfig`]
+//! with errors that name the key (and, for the file, the line).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::LevelFilter;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::domain::{InstrumentKey, SecurityId, Segment};
+use crate::fanout::{FanoutConfig, WatchItem};
+use crate::upstream::{Credentials, DHAN_FEED_URL};
+
+/// Default listen address: loopback only; expose it on purpose.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+/// Default aggregate tick rate of the built-in simulator in demo mode.
+pub const DEFAULT_DEMO_RATE: u32 = 200;
+
+/// The watchlist the replaced backend shipped, minus CRUDEOIL: a crude
+/// future's id changes every month, and subscribing a guessed id would show
+/// a wrong contract's price. Add it by id in the config file.
+pub fn default_watchlist() -> Vec<WatchItem> {
+    [
+        ("NIFTY", Segment::IdxI, 13),
+        ("SENSEX", Segment::IdxI, 51),
+        ("RELIANCE", Segment::NseEq, 2885),
+    ]
+    .into_iter()
+    .map(|(symbol, segment, id)| WatchItem {
+        symbol: symbol.to_string(),
+        key: InstrumentKey::new(segment, id),
+    })
+    .collect()
+}
+
+/// Where prices come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Feed {
+    /// No credentials and no feed URL: the built-in simulator.
+    Demo {
+        /// Its aggregate tick rate.
+        rate: u32,
+    },
+    /// A real (or separately run simulated) DhanHQ feed.
+    Live {
+        /// `wss://…` or `ws://…`.
+        url: String,
+        /// From `DHAN_CLIENT_ID` / `DHAN_ACCESS_TOKEN`.
+        credentials: Credentials,
+    },
+}
+
+/// Flags of `dhan-relay run` (all optional; the file and defaults fill in).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Flags {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// `--listen ADDR`.
+    pub listen: Option<String>,
+    /// `--feed-url URL`.
+    pub feed_url: Option<String>,
+    /// `--feed-ca FILE`.
+    pub feed_ca: Option<PathBuf>,
+    /// `--log-level LEVEL`.
+    pub log_level: Option<String>,
+    /// `--demo-rate N`.
+    pub demo_rate: Option<u32>,
+    /// `--pin net=N,book=N,fanout=N`.
+    pub pin: Option<String>,
+}
+
+/// Cores for each thread role.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pinning {
+    /// Network thread.
+    pub net: Option<usize>,
+    /// Book thread.
+    pub book: Option<usize>,
+    /// Fanout thread.
+    pub fanout: Option<usize>,
+}
+
+/// Everything `run` needs, validated.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Public listen address.
+    pub listen: SocketAddr,
+    /// Demo or live.
+    pub feed: Feed,
+    /// Extra CA for the feed's TLS.
+    pub feed_ca: Option<PathBuf>,
+    /// Log level.
+    pub log_level: LevelFilter,
+    /// Fanout limits and the watchlist.
+    pub fanout: FanoutConfig,
+    /// Upstream connections to open at most.
+    pub upstream_connections: usize,
+    /// Instruments per upstream connection at most.
+    pub instruments_per_connection: usize,
+    /// Dead-socket detection.
+    pub silence_timeout: Duration,
+    /// CPU pinning.
+    pub pin: Pinning,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Spanned<String>>,
+    feed_url: Option<String>,
+    feed_ca: Option<PathBuf>,
+    log_level: Option<Spanned<String>>,
+    demo_rate: Option<u32>,
+    allowed_origins: Option<Vec<String>>,
+    watchlist: Option<Vec<WatchEntry>>,
+    limits: Option<Limits>,
+    pin: Option<Pinning>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchEntry {
+    symbol: String,
+    exchange_segment: Spanned<String>,
+    security_id: Spanned<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    max_clients: Option<usize>,
+    max_subscriptions_per_client: Option<usize>,
+    max_instruments_per_message: Option<usize>,
+    max_frame_bytes: Option<usize>,
+    client_queue_bytes: Option<usize>,
+    slow_client_timeout_ms: Option<u64>,
+    max_messages_per_sec: Option<u32>,
+    unsubscribe_grace_ms: Option<u64>,
+    upstream_connections: Option<usize>,
+    instruments_per_connection: Option<usize>,
+    silence_timeout_ms: Option<u64>,
+}
+
+/// Line number (1-based) of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn parse_log_level(s: &str) -> Result<LevelFilter, String> {
+    s.parse::<LevelFilter>()
+        .map_err(|_| format!("log level '{s}' is not one of error, warn, info, debug, trace, off"))
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("listen address '{s}' is not IP:PORT (e.g. 127.0.0.1:8000)"))
+}
+
+/// `net=2,book=3,fanout=4`.
+pub fn parse_pin(s: &str) -> Result<Pinning, String> {
+    let mut pin = Pinning::default();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (role, core) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--pin: '{part}' is not ROLE=CORE"))?;
+        let core: usize = core
+            .trim()
+            .parse()
+            .map_err(|_| format!("--pin: core '{core}' is not a number"))?;
+        match role.trim() {
+            "net" => pin.net = Some(core),
+            "book" => pin.book = Some(core),
+            "fanout" => pin.fanout = Some(core),
+            other => {
+                return Err(format!(
+                    "--pin: unknown role '{other}' (net, book or fanout)"
+                ))
+            }
+        }
+    }
+    Ok(pin)
+}
+
+impl RunConfig {
+    /// Builds the configuration from flags, the config file's text (with its
+    /// path, for messages) and the environment's credentials.
+    pub fn build(
+        flags: &Flags,
+        file: Option<(&Path, &str)>,
+        credentials: Option<Credentials>,
+    ) -> Result<RunConfig, String> {
+        let (fc, text, path) = match file {
+            Some((path, text)) => {
+                let fc: FileConfig = toml::from_str(text).map_err(|e| {
+                    format!("config {}: {}", path.display(), e.to_string().trim_end())
+                })?;
+                (fc, text, path.display().to_string())
+            }
+            None => (FileConfig::default(), "", String::new()),
+        };
+        let at = |offset: usize| format!("config {path}, line {}", line_of(text, offset));
+
+        let listen = match (&flags.listen, &fc.listen) {
+            (Some(l), _) => parse_listen(l).map_err(|e| format!("--listen: {e}"))?,
+            (None, Some(l)) => parse_listen(l.get_ref())
+                .map_err(|e| format!("{}: listen: {e}", at(l.span().start)))?,
+            (None, None) => DEFAULT_LISTEN.parse().expect("valid default"),
+        };
+        let log_level = match (&flags.log_level, &fc.log_level) {
+            (Some(l), _) => parse_log_level(l).map_err(|e| format!("--log-level: {e}"))?,
+            (None, Some(l)) => parse_log_level(l.get_ref())
+                .map_err(|e| format!("{}: log_level: {e}", at(l.span().start)))?,
+            (None, None) => LevelFilter::Info,
+        };
+        let pin = match (&flags.pin, fc.pin) {
+            (Some(p), _) => parse_pin(p)?,
+            (None, Some(p)) => p,
+            (None, None) => Pinning::default(),
+        };
+        let feed_url = flags.feed_url.clone().or(fc.feed_url);
+        let feed = match (feed_url, credentials) {
+            (url, Some(credentials)) => Feed::Live {
+                url: url.unwrap_or_else(|| DHAN_FEED_URL.to_string()),
+                credentials,
+            },
+            (Some(url), None) => {
+                return Err(format!(
+                    "a feed URL ({url}) is set but DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN are not: \
+                     set both, or drop the feed URL to run the built-in simulator"
+                ))
+            }
+            (None, None) => Feed::Demo {
+                rate: flags
+                    .demo_rate
+                    .or(fc.demo_rate)
+                    .unwrap_or(DEFAULT_DEMO_RATE),
+            },
+        };
+        let watchlist = match fc.watchlist {
+            None => default_watchlist(),
+            Some(entries) => entries
+                .into_iter()
+                .map(|e| {
+                    let segment: Segment = e.exchange_segment.get_ref().parse().map_err(|_| {
+                        format!(
+                            "{}: watchlist '{}': unknown exchange_segment '{}'",
+                            at(e.exchange_segment.span().start),
+                            e.symbol,
+                            e.exchange_segment.get_ref()
+                        )
+                    })?;
+                    let id_text = match e.security_id.get_ref() {
+                        toml::Value::String(s) => s.clone(),
+                        toml::Value::Integer(i) => i.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    let id: SecurityId = id_text.parse().map_err(|err| {
+                        format!(
+                            "{}: watchlist '{}': security_id '{id_text}': {err}",
+                            at(e.security_id.span().start),
+                            e.symbol
+                        )
+                    })?;
+                    Ok(WatchItem {
+                        symbol: e.symbol,
+                        key: InstrumentKey {
+                            segment,
+                            security_id: id,
+                        },
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+        };
+        let limits = fc.limits.unwrap_or_default();
+        let d = FanoutConfig::default();
+        let positive = |name: &str, v: Option<usize>, default: usize| -> Result<usize, String> {
+            match v {
+                Some(0) => Err(format!("limits.{name} must be at least 1")),
+                Some(v) => Ok(v),
+                None => Ok(default),
+            }
+        };
+        let upstream_connections =
+            positive("upstream_connections", limits.upstream_connections, 5)?;
+        if upstream_connections > crate::upstream::MAX_SLOTS {
+            return Err(format!(
+                "limits.upstream_connections is {upstream_connections}; DhanHQ allows at most {}",
+                crate::upstream::MAX_SLOTS
+            ));
+        }
+        let fanout = FanoutConfig {
+            max_clients: positive("max_clients", limits.max_clients, d.max_clients)?,
+            max_subscriptions_per_client: positive(
+                "max_subscriptions_per_client",
+                limits.max_subscriptions_per_client,
+                d.max_subscriptions_per_client,
+            )?,
+            max_instruments_per_message: positive(
+                "max_instruments_per_message",
+                limits.max_instruments_per_message,
+                d.max_instruments_per_message,
+            )?,
+            max_frame_bytes: positive(
+                "max_frame_bytes",
+                limits.max_frame_bytes,
+                d.max_frame_bytes,
+            )?,
+            client_queue_bytes: positive(
+                "client_queue_bytes",
+                limits.client_queue_bytes,
+                d.client_queue_bytes,
+            )?
+            .max(4096),
+            slow_client_timeout: limits
+                .slow_client_timeout_ms
+                .map_or(d.slow_client_timeout, Duration::from_millis),
+            max_messages_per_sec: limits
+                .max_messages_per_sec
+                .unwrap_or(d.max_messages_per_sec)
+                .max(1),
+            unsubscribe_grace: limits
+                .unsubscribe_grace_ms
+                .map_or(d.unsubscribe_grace, Duration::from_millis),
+            allowed_origins: fc.allowed_origins.unwrap_or_default(),
+            demo: matches!(feed, Feed::Demo { .. }),
+            watchlist,
+            core: pin.fanout,
+            ..d
+        };
+        Ok(RunConfig {
+            listen,
+            feed,
+            feed_ca: flags.feed_ca.clone().or(fc.feed_ca),
+            log_level,
+            fanout,
+            upstream_connections,
+            instruments_per_connection: positive(
+                "instruments_per_connection",
+                limits.instruments_per_connection,
+                5000,
+            )?,
+            silence_timeout: limits
+                .silence_timeout_ms
+                .map_or(Duration::from_secs(30), Duration::from_millis),
+            pin,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(flags: &Flags, file: Option<&str>) -> Result<RunConfig, String> {
+        RunConfig::build(flags, file.map(|t| (Path::new("relay.toml"), t)), None)
+    }
+
+    #[test]
+    fn defaults_are_demo_on_loopback() {
+        let c = build(&Flags::default(), None).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(
+            c.feed,
+            Feed::Demo {
+                rate: DEFAULT_DEMO_RATE
+            }
+        );
+        assert_eq!(c.fanout.watchlist, default_watchlist());
+        assert!(c.fanout.demo);
+        assert_eq!(c.log_level, LevelFilter::Info);
+    }
+
+    #[test]
+    fn credentials_make_it_live_and_a_url_alone_is_an_error() {
+        let c =
+            RunConfig::build(&Flags::default(), None, Some(Credentials::new("a", "b"))).unwrap();
+        assert!(matches!(&c.feed, Feed::Live { url, .. } if url == DHAN_FEED_URL));
+        let flags = Flags {
+            feed_url: Some("ws://127.0.0.1:9".into()),
+            ..Flags::default()
+        };
+        let e = build(&flags, None).unwrap_err();
+        assert!(e.contains("DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_parses_and_flags_win() {
+        let text = include_str!("../dhan-relay.example.toml");
+        let flags = Flags {
+            listen: Some("127.0.0.1:9999".into()),
+            ..Flags::default()
+        };
+        let c = build(&flags, Some(text)).unwrap();
+        assert_eq!(c.listen.port(), 9999, "flag beats file");
+        assert!(c.fanout.watchlist.iter().any(|w| w.symbol == "NIFTY"));
+        assert_eq!(c.fanout.max_clients, 10_000);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_line() {
+        let e = build(
+            &Flags::default(),
+            Some("listen = \"127.0.0.1:1\"\nlisten_port = 5\n"),
+        )
+        .unwrap_err();
+        assert!(e.contains("listen_port") && e.contains("line 2"), "{e}");
+        let e = build(&Flags::default(), Some("\n\nlisten = \"nowhere\"\n")).unwrap_err();
+        assert!(
+            e.contains("line 3") && e.contains("listen address 'nowhere'"),
+            "{e}"
+        );
+        let e = build(
+            &Flags::default(),
+            Some("[[watchlist]]\nsymbol = \"X\"\nexchange_segment = \"NSE\"\nsecurity_id = 1\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("line 3") && e.contains("unknown exchange_segment 'NSE'"),
+            "{e}"
+        );
+        let e = build(
+            &Flags::default(),
+            Some("[[watchlist]]\nsymbol = \"X\"\nexchange_segment = \"NSE_EQ\"\nsecurity_id = \"12a\"\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("line 4") && e.contains("security_id '12a'"),
+            "{e}"
+        );
+        let e = build(&Flags::default(), Some("[limits]\nmax_clients = 0\n")).unwrap_err();
+        assert!(e.contains("limits.max_clients"), "{e}");
+        let e = build(
+            &Flags::default(),
+            Some("[limits]\nupstream_connections = 9\n"),
+        )
+        .unwrap_err();
+        assert!(e.contains("at most 5"), "{e}");
+        let e = build(&Flags::default(), Some("log_level = \"loud\"\n")).unwrap_err();
+        assert!(e.contains("log_level") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn pin_flag() {
+        assert_eq!(
+            parse_pin("net=2,book=3,fanout=4").unwrap(),
+            Pinning {
+                net: Some(2),
+                book: Some(3),
+                fanout: Some(4)
+            }
+        );
+        assert!(parse_pin("disk=1").unwrap_err().contains("unknown role"));
+        assert!(parse_pin("net=x").unwrap_err().contains("not a number"));
+    }
+}

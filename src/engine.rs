@@ -1,0 +1,219 @@
+//! Starts, wires and stops the engine's threads.
+//!
+//! ```text
+//! net ──Tick ring──► book ──Update ring──► fanout ──► clients
+//!  ▲                  │ Snapshot (arc-swap) ─┘  │
+//!  └──── subscription commands (crossbeam + mio::Waker) ◄┘
+//! ```
+//!
+//! The listener is bound first, so a port in use fails before anything else
+//! starts. The fanout's waker exists before the book starts (the book pokes
+//! it), and the book thread exists before the network thread (which unparks
+//! it). Shutdown runs the other way: clients get close frames, the upstream
+//! gets RequestCode 12, then every thread is joined.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use ringbuf::traits::Split;
+use ringbuf::HeapRb;
+
+use crate::book::{BookConfig, BookThread, Update};
+use crate::config::{Feed, RunConfig};
+use crate::fanout::{Fanout, FanoutInputs, FanoutThread};
+use crate::sim::{SimConfig, Simulator};
+use crate::tick::Tick;
+use crate::upstream::{load_ca_file, Credentials, Upstream, UpstreamConfig};
+
+/// Capacity of each SPSC ring (ticks, updates).
+const RING: usize = 65_536;
+
+/// Why the engine did not start; each maps to an exit code.
+#[derive(Debug)]
+pub enum StartError {
+    /// The listen address is in use or not ours (exit 3).
+    Bind(SocketAddr, std::io::Error),
+    /// Bad configuration: CA file, feed URL… (exit 2).
+    Config(String),
+    /// The OS refused a thread, a poll or a socket (exit 1).
+    Io(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Bind(addr, e) if e.kind() == std::io::ErrorKind::AddrInUse => write!(
+                f,
+                "cannot listen on {addr}: the port is in use (another dhan-relay?); pick another with --listen"
+            ),
+            StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            StartError::Config(e) => f.write_str(e),
+            StartError::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The running engine.
+#[derive(Debug)]
+pub struct Engine {
+    addr: SocketAddr,
+    demo: Option<Simulator>,
+    fanout: Option<FanoutThread>,
+    upstream: Option<Upstream>,
+    book: Option<BookThread>,
+}
+
+impl Engine {
+    /// Binds, starts every thread, and subscribes the watchlist.
+    pub fn start(config: RunConfig) -> Result<Engine, StartError> {
+        let listener =
+            TcpListener::bind(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Io(e.to_string()))?;
+        let extra_ca = match &config.feed_ca {
+            Some(path) => load_ca_file(path).map_err(StartError::Config)?,
+            None => Vec::new(),
+        };
+        let (demo, feed_url, credentials) = match &config.feed {
+            Feed::Demo { rate } => {
+                let sim = Simulator::start(SimConfig {
+                    ticks_per_sec: *rate,
+                    ..SimConfig::default()
+                })
+                .map_err(|e| StartError::Io(format!("cannot start the built-in simulator: {e}")))?;
+                let url = sim.feed_url();
+                (
+                    Some(sim),
+                    url,
+                    Credentials::new("demo-client", "demo-token"),
+                )
+            }
+            Feed::Live { url, credentials } => (None, url.clone(), credentials.clone()),
+        };
+        let fanout = Fanout::new(listener, config.fanout.clone())
+            .map_err(|e| StartError::Io(e.to_string()))?;
+        let (tick_tx, tick_rx) = HeapRb::<Tick>::new(RING).split();
+        let (update_tx, update_rx) = HeapRb::<Update>::new(RING).split();
+        let waker = fanout.waker();
+        let book = BookThread::spawn(
+            BookConfig {
+                core: config.pin.book,
+                ..BookConfig::default()
+            },
+            tick_rx,
+            update_tx,
+            Some(Box::new(move || {
+                let _ = waker.wake();
+            })),
+        )
+        .map_err(|e| StartError::Io(format!("cannot start the book thread: {e}")))?;
+        let upstream = Upstream::spawn(
+            UpstreamConfig {
+                feed_url,
+                credentials,
+                extra_ca,
+                max_connections: config.upstream_connections,
+                max_per_connection: config.instruments_per_connection,
+                silence_timeout: config.silence_timeout,
+                core: config.pin.net,
+                ..UpstreamConfig::default()
+            },
+            tick_tx,
+            book.thread(),
+        )
+        .map_err(StartError::Config)?;
+        let fanout = fanout
+            .start(FanoutInputs {
+                updates: update_rx,
+                snapshot: book.snapshot.clone(),
+                upstream: upstream.control(),
+                upstream_stats: upstream.stats(),
+                book_stats: book.stats.clone(),
+                receive_to_book: book.latency.clone(),
+            })
+            .map_err(|e| StartError::Io(format!("cannot start the fanout thread: {e}")))?;
+        Ok(Engine {
+            addr,
+            demo,
+            fanout: Some(fanout),
+            upstream: Some(upstream),
+            book: Some(book),
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The built-in simulator's URL, in demo mode.
+    pub fn demo_feed_url(&self) -> Option<String> {
+        self.demo.as_ref().map(Simulator::feed_url)
+    }
+
+    /// The built-in simulator, in demo mode (tests inject packets through it).
+    pub fn demo_simulator(&self) -> Option<&Simulator> {
+        self.demo.as_ref()
+    }
+
+    /// Orderly stop: close frames to clients, RequestCode 12 upstream, join.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(f) = self.fanout.take() {
+            f.shutdown();
+        }
+        if let Some(u) = self.upstream.take() {
+            u.shutdown();
+        }
+        if let Some(b) = self.book.take() {
+            b.shutdown();
+        }
+        // Give the simulator's connection thread a moment to log the close.
+        if self.demo.take().is_some() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Raises the open-file limit to its hard maximum (each client is a file
+/// descriptor); warns when even that is short of `max_clients`.
+pub fn raise_fd_limit(max_clients: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let wanted = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let needed = max_clients as u64 + 512;
+    if lim.rlim_cur < needed {
+        log::warn!(
+            "open-file limit is {} but max_clients {} needs about {needed}; raise it with `ulimit -n` or lower limits.max_clients",
+            lim.rlim_cur,
+            max_clients
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! Allocation counts on the hot path of the real engine, under real load.
+//!
+//! The simulator runs as a separate process (`dhan-relay sim`) and the
+//! clients read raw bytes into a stack buffer, so every allocation this
+//! process makes during the measured window is the engine's own. The
+//! network → book path must not allocate per tick; the fanout may allocate
+//! at most once per update (the shared payload) and never per subscriber.
+//! Book snapshots (at most 20 a second, two allocations each) are the only
+//! other allocations allowed.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dhan_relay::config::{Flags, RunConfig};
+use dhan_relay::engine::Engine;
+use dhan_relay::upstream::Credentials;
+use serde_json::Value;
+use tungstenite::Message;
+
+struct Counting;
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call unchanged to the system allocator; the counter
+// is a static atomic that never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The simulator as a child process, killed on drop.
+struct SimProcess(Child, String);
+
+impl SimProcess {
+    fn start(rate: u32) -> SimProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dhan-relay"))
+            .args([
+                "sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--rate",
+                &rate.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("simulator process starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        SimProcess(child, line.trim().to_string())
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn counters(addr: std::net::SocketAddr) -> Value {
+    let mut s = TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut s, b"GET /stats HTTP/1.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str::<Value>(body).unwrap()["counters"].clone()
+}
+
+fn counter(v: &Value, name: &str) -> u64 {
+    v[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// A client that subscribes the watchlist, then reads raw bytes forever
+/// into a stack buffer (no allocation per message).
+fn raw_client(addr: std::net::SocketAddr, received: Arc<AtomicU64>) {
+    let stream = TcpStream::connect(addr).unwrap();
+    let (mut ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), stream).unwrap();
+    ws.send(Message::text(
+        r#"{"type":"subscribe","instruments":[{"symbol":"NIFTY"},{"symbol":"SENSEX"},{"symbol":"RELIANCE"}]}"#,
+    ))
+    .unwrap();
+    let mut stream = ws.into_inner();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            received.fetch_add(n as u64, Relaxed);
+        }
+    });
+}
+
+#[test]
+fn hot_paths_allocate_per_update_at_most_once_and_never_per_tick_or_subscriber() {
+    let sim = SimProcess::start(3000);
+    let flags = Flags {
+        listen: Some("127.0.0.1:0".into()),
+        feed_url: Some(sim.1.clone()),
+        ..Flags::default()
+    };
+    let config = RunConfig::build(&flags, None, Some(Credentials::new("c", "t"))).unwrap();
+    let engine = Engine::start(config).unwrap();
+    let addr = engine.addr();
+
+    // Warm up: connection, subscriptions, buffers grown to their working size.
+    std::thread::sleep(Duration::from_millis(1500));
+    // Allocations during `secs` seconds, and how far each counter moved.
+    // The /stats requests that read the counters sit outside the window, so
+    // a few ticks at its edges are counted without their (zero) allocations.
+    let window = |secs: u64| {
+        let before = counters(addr);
+        let a0 = ALLOCATIONS.load(Relaxed);
+        std::thread::sleep(Duration::from_secs(secs));
+        let a1 = ALLOCATIONS.load(Relaxed);
+        (a1 - a0, before, counters(addr))
+    };
+    let delta =
+        |before: &Value, after: &Value, name: &str| counter(after, name) - counter(before, name);
+
+    // 1. Network → book (→ fanout with no client): nothing per tick.
+    let (allocs, before, after) = window(2);
+    let ticks = delta(&before, &after, "book_ticks_total");
+    assert!(ticks >= 2000, "only {ticks} ticks flowed");
+    // Snapshots: at most 20 a second, two allocations each.
+    let allowed = 2 * 20 * 3 + 16;
+    println!("network→book: {allocs} allocations for {ticks} ticks (allowed {allowed})");
+    assert!(allocs <= allowed, "{allocs} allocations for {ticks} ticks");
+
+    // 2. Fanout to 20 subscribers of the same instruments.
+    let received = Arc::new(AtomicU64::new(0));
+    for _ in 0..20 {
+        raw_client(addr, Arc::clone(&received));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let (allocs, before, after) = window(2);
+    let updates = delta(&before, &after, "fanout_updates_total");
+    let messages = delta(&before, &after, "fanout_messages_total");
+    assert!(updates >= 2000, "only {updates} updates");
+    assert!(
+        messages >= updates * 19,
+        "{messages} messages for {updates} updates × 20 clients"
+    );
+    // The requirement is at most one per update; the renderer's arena makes
+    // it about one per 64 KiB of output, and the test holds it to that.
+    let allowed = updates / 10 + 2 * 20 * 3 + 64;
+    println!(
+        "fanout: {allocs} allocations for {updates} updates and {messages} messages (allowed {allowed})"
+    );
+    assert!(
+        allocs <= allowed,
+        "{allocs} allocations for {updates} updates to 20 subscribers"
+    );
+    assert!(received.load(Relaxed) > 0);
+    engine.shutdown();
+}
