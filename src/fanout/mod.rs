@@ -9,6 +9,7 @@
 //! second. No client can make the loop wait: every socket is non-blocking
 //! and every buffer bounded (see [`session`]).
 
+mod assets;
 pub mod http;
 pub mod protocol;
 pub mod render;
@@ -530,6 +531,9 @@ impl Worker {
         } else {
             None
         };
+        if let Some((ctype, body)) = assets::get(&head.path) {
+            return self.respond(stream, http::response(200, ctype, body, None), now);
+        }
         let ctx_out = {
             let snapshot = self.inputs.snapshot.load();
             let ctx = self.rest_context(&snapshot);
@@ -541,16 +545,17 @@ impl Worker {
                 }
                 "/stats" => Some((200, "application/json", ctx.stats())),
                 "/metrics" => Some((200, "text/plain; version=0.0.4", ctx.metrics())),
+                "/api/watchlist" => Some((200, "application/json", ctx.watchlist())),
                 "/api/v2/subscriptions/active" => {
                     Some((200, "application/json", ctx.subscriptions()))
                 }
-                "/" => Some((200, "text/plain; charset=utf-8", index_text())),
+                "/api" => Some((200, "text/plain; charset=utf-8", index_text())),
                 _ => None,
             }
         };
         let out = match ctx_out {
             Some((code, ctype, body)) => http::response(code, ctype, body.as_bytes(), cors),
-            None => http::error_response(404, "no such endpoint; see GET /"),
+            None => http::error_response(404, "no such endpoint; see GET /api"),
         };
         self.respond(stream, out, now)
     }
@@ -1038,6 +1043,7 @@ fn index_text() -> String {
      GET  /stats                         latency percentiles and counters (JSON)\n\
      GET  /metrics                       Prometheus text\n\
      GET  /api/v2/subscriptions/active   upstream subscriptions with modes and client counts\n\
+     GET  /api/watchlist                 the configured watchlist\n\
      WS   /ws                            subscribe/unsubscribe protocol (JSON)\n\
      WS   /ws/prices                     the /prices object every second\n"
         .to_string()

@@ -135,6 +135,22 @@ impl RestContext<'_> {
         (if up > 0 { 200 } else { 503 }, body.to_string())
     }
 
+    /// `/api/watchlist`: the configured watchlist, in order.
+    pub fn watchlist(&self) -> String {
+        let list: Vec<Value> = self
+            .watchlist
+            .iter()
+            .map(|w| {
+                json!({
+                    "symbol": w.symbol,
+                    "exchangeSegment": w.key.segment.name(),
+                    "securityId": w.key.security_id.to_string(),
+                })
+            })
+            .collect();
+        json!({ "watchlist": list }).to_string()
+    }
+
     /// `/api/v2/subscriptions/active`.
     pub fn subscriptions(&self) -> String {
         let list: Vec<Value> = self
@@ -461,6 +477,11 @@ mod tests {
         assert_eq!(
             (h["status"].clone(), h["demo"].clone()),
             (json!("down"), json!(true))
+        );
+        let w: Value = serde_json::from_str(&ctx.watchlist()).unwrap();
+        assert_eq!(
+            w["watchlist"][1],
+            json!({"symbol": "RELIANCE", "exchangeSegment": "NSE_EQ", "securityId": "2885"})
         );
         let subs: Value = serde_json::from_str(&ctx.subscriptions()).unwrap();
         assert_eq!(subs["subscriptions"][0]["mode"], "quote");

@@ -1,0 +1,2 @@
+//! loadgen: placeholder, replaced by the load tool.
+fn main() {}
