@@ -1,0 +1,233 @@
+//! ingest: how fast the network thread takes packets from a DhanHQ feed
+//! through TLS/WebSocket, decode and into the tick ring.
+//!
+//! The simulator runs as a separate process (`dhan-relay sim`), so its cost
+//! is not this process's; the network thread runs here exactly as in the
+//! engine, with a consumer thread draining the ring. The figure that matters
+//! is the network thread's own CPU time per packet (read from
+//! `/proc/self/task/*/stat` for the thread named `dhan-net`): it does not
+//! depend on how fast the simulator can send.
+//!
+//! ```text
+//! cargo run --release --bin ingest -- --rate 200000 --instruments 100 --mode quote --seconds 5 [--tls]
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dhan_relay::domain::{InstrumentKey, Mode, Segment};
+use dhan_relay::tick::Tick;
+use dhan_relay::upstream::{
+    load_ca_file, Command as NetCommand, Credentials, Upstream, UpstreamConfig, UpstreamStats,
+};
+use ringbuf::traits::{Consumer, Split};
+use ringbuf::HeapRb;
+
+struct Args {
+    rate: u32,
+    instruments: u32,
+    mode: Mode,
+    seconds: u64,
+    tls: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        rate: 200_000,
+        instruments: 100,
+        mode: Mode::Quote,
+        seconds: 5,
+        tls: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--rate" => a.rate = value()?.parse().map_err(|_| "--rate: a number")?,
+            "--instruments" => a.instruments = value()?.parse().map_err(|_| "--instruments: a number")?,
+            "--mode" => a.mode = value()?.parse().map_err(|_| "--mode: ticker, quote or full")?,
+            "--seconds" => a.seconds = value()?.parse::<u64>().map_err(|_| "--seconds: a number")?.clamp(1, 60),
+            "--tls" => a.tls = true,
+            "-h" | "--help" => {
+                return Err("usage: ingest [--rate N] [--instruments N] [--mode ticker|quote|full] [--seconds N] [--tls]".into())
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(a)
+}
+
+/// CPU seconds used so far by this process's thread named `name`.
+fn thread_cpu(name: &str) -> f64 {
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised comm: state is 3rd, utime 14th, stime 15th.
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        return (utime + stime) / ticks_per_sec;
+    }
+    0.0
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ingest: {e}");
+            std::process::exit(2);
+        }
+    };
+    let exe = std::env::current_exe().expect("own path");
+    let relay = exe.with_file_name("dhan-relay");
+    let ca_path =
+        std::env::temp_dir().join(format!("dhan-relay-ingest-{}.pem", std::process::id()));
+    let mut cmd = Command::new(&relay);
+    cmd.args([
+        "sim",
+        "--listen",
+        "127.0.0.1:0",
+        "--rate",
+        &args.rate.to_string(),
+    ]);
+    if args.tls {
+        cmd.args(["--tls", "--ca-out"]).arg(&ca_path);
+    }
+    let mut sim = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (cargo build --release --bins first)",
+                relay.display()
+            )
+        });
+    let mut url = String::new();
+    BufReader::new(sim.stdout.take().expect("stdout"))
+        .read_line(&mut url)
+        .expect("simulator URL");
+    let url = url.trim().to_string();
+
+    let (prod, mut cons) = HeapRb::<Tick>::new(65_536).split();
+    let popped = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumer = {
+        let (popped, stop) = (Arc::clone(&popped), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("consumer".into())
+            .spawn(move || {
+                let mut sum = 0f64;
+                while !stop.load(Relaxed) {
+                    let mut n = 0;
+                    while let Some(t) = cons.try_pop() {
+                        if let dhan_relay::wire::feed::FeedData::Quote(q) = t.data {
+                            sum += f64::from(q.ltp);
+                        }
+                        n += 1;
+                    }
+                    popped.fetch_add(n, Relaxed);
+                    if n == 0 {
+                        std::thread::park_timeout(Duration::from_millis(1));
+                    }
+                }
+                std::hint::black_box(sum);
+            })
+            .expect("consumer thread")
+    };
+    let extra_ca = if args.tls {
+        load_ca_file(&ca_path).expect("CA")
+    } else {
+        Vec::new()
+    };
+    let up = Upstream::spawn(
+        UpstreamConfig {
+            feed_url: url.clone(),
+            credentials: Credentials::new("ingest", "ingest"),
+            extra_ca,
+            ..UpstreamConfig::default()
+        },
+        prod,
+        Some(consumer.thread().clone()),
+    )
+    .expect("network thread");
+    let keys: Vec<_> = (0..args.instruments)
+        .map(|i| (InstrumentKey::new(Segment::NseFno, 40_000 + i), args.mode))
+        .collect();
+    up.control().send(NetCommand::Subscribe(keys));
+    let stats = up.stats();
+    std::thread::sleep(Duration::from_secs(1)); // warm up
+    let (p0, f0, b0, c0, t0) = (
+        popped.load(Relaxed),
+        UpstreamStats::get(&stats.frames),
+        UpstreamStats::get(&stats.bytes),
+        thread_cpu("dhan-net"),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs(args.seconds));
+    let (p1, f1, b1, c1, secs) = (
+        popped.load(Relaxed),
+        UpstreamStats::get(&stats.frames),
+        UpstreamStats::get(&stats.bytes),
+        thread_cpu("dhan-net"),
+        t0.elapsed().as_secs_f64(),
+    );
+    let packets = (p1 - p0) as f64;
+    let cpu = c1 - c0;
+    println!(
+        "ingest: {} over {}, {} instruments in {} mode, simulator asked for {} packets/s",
+        if args.tls { "wss" } else { "ws" },
+        url,
+        args.instruments,
+        args.mode,
+        args.rate
+    );
+    println!("  packets into the ring   {:>12.0} /s", packets / secs);
+    println!(
+        "  frames                  {:>12.0} /s",
+        (f1 - f0) as f64 / secs
+    );
+    println!(
+        "  wire bytes              {:>12.1} MB/s",
+        (b1 - b0) as f64 / secs / 1e6
+    );
+    println!("  network thread CPU      {:>12.1} %", cpu / secs * 100.0);
+    if packets > 0.0 {
+        println!(
+            "  network thread CPU/pkt  {:>12.0} ns   (10 ms clock ticks: ±{:.0} ns)",
+            cpu / packets * 1e9,
+            0.01 / packets * 1e9
+        );
+    }
+    println!(
+        "  ring-full waits         {:>12}",
+        UpstreamStats::get(&stats.ring_full_waits)
+    );
+    println!(
+        "  decode errors           {:>12}",
+        stats
+            .decode_errors
+            .iter()
+            .map(UpstreamStats::get)
+            .sum::<u64>()
+    );
+    stop.store(true, Relaxed);
+    up.shutdown();
+    let _ = consumer.join();
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let _ = std::fs::remove_file(&ca_path);
+}
