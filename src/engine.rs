@@ -13,7 +13,6 @@
 //! gets RequestCode 12, then every thread is joined.
 
 use std::net::{SocketAddr, TcpListener};
-use std::time::Duration;
 
 use ringbuf::traits::Split;
 use ringbuf::HeapRb;
@@ -174,10 +173,7 @@ impl Engine {
         if let Some(b) = self.book.take() {
             b.shutdown();
         }
-        // Give the simulator's connection thread a moment to log the close.
-        if self.demo.take().is_some() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        drop(self.demo.take());
     }
 }
 
