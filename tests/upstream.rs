@@ -317,6 +317,11 @@ fn an_expired_token_backs_off_instead_of_looping() {
     );
     assert_eq!(stats.slot_states()[0], SlotState::AuthFailed);
     assert_eq!(UpstreamStats::get(&stats.auth_failures), 1);
+    assert_eq!(
+        UpstreamStats::get(&stats.disconnect_reasons[2]),
+        1,
+        "807 by name"
+    );
     let err = stats.last_error().unwrap();
     assert!(
         err.contains("807") && err.contains("DHAN_ACCESS_TOKEN"),

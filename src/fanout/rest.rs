@@ -14,7 +14,7 @@ use crate::book::{BookStats, Snapshot};
 use crate::domain::{InstrumentKey, Mode};
 use crate::logging::civil_from_days;
 use crate::metrics::Percentiles;
-use crate::upstream::{UpstreamStats, PACKET_KINDS};
+use crate::upstream::{UpstreamStats, DISCONNECT_REASONS, PACKET_KINDS};
 use crate::wire::WireError;
 
 /// A configured watchlist entry: the symbol clients of the replaced backend
@@ -328,6 +328,15 @@ impl RestContext<'_> {
                 UpstreamStats::get(&self.upstream.decode_errors[i])
             );
         }
+        out.push_str("# HELP dhan_relay_upstream_disconnect_reasons_total DhanHQ disconnect packets, by reason\n# TYPE dhan_relay_upstream_disconnect_reasons_total counter\n");
+        for (i, reason) in DISCONNECT_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "dhan_relay_upstream_disconnect_reasons_total{{reason=\"{}\"}} {}",
+                reason.name(),
+                UpstreamStats::get(&self.upstream.disconnect_reasons[i])
+            );
+        }
         for (name, help, p) in [
             (
                 "receive_to_book_seconds",
@@ -491,6 +500,9 @@ mod tests {
             .contains("# TYPE dhan_relay_fanout_clients gauge\ndhan_relay_fanout_clients 0\n"));
         assert!(metrics.contains("dhan_relay_upstream_decode_errors_total{kind=\"too_short\"} 0"));
         assert!(metrics.contains("dhan_relay_tick_to_wire_seconds{quantile=\"0.99\"} 0"));
+        assert!(metrics.contains(
+            "dhan_relay_upstream_disconnect_reasons_total{reason=\"access_token_expired\"} 0"
+        ));
         let stats: Value = serde_json::from_str(&ctx.stats()).unwrap();
         assert_eq!(stats["latency"]["tickToWire"]["count"], 0);
         assert_eq!(stats["counters"]["upstream_connects_total"], 0);

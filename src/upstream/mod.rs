@@ -32,7 +32,7 @@ use rustls::pki_types::CertificateDer;
 
 pub use backoff::BackoffConfig;
 pub use credentials::{Credentials, REDACTED};
-pub use stats::{SlotState, UpstreamStats, MAX_SLOTS, PACKET_KINDS};
+pub use stats::{SlotState, UpstreamStats, DISCONNECT_REASONS, MAX_SLOTS, PACKET_KINDS};
 pub use tls::load_ca_file;
 
 use crate::domain::{InstrumentKey, Mode};

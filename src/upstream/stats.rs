@@ -21,6 +21,16 @@ pub const PACKET_KINDS: [&str; 7] = [
     "disconnect",
 ];
 
+/// Disconnect reasons counted by name in [`UpstreamStats::disconnect_reasons`].
+pub const DISCONNECT_REASONS: [DisconnectReason; 6] = [
+    DisconnectReason::TooManyConnections,
+    DisconnectReason::DataApiNotSubscribed,
+    DisconnectReason::TokenExpired,
+    DisconnectReason::InvalidClientId,
+    DisconnectReason::AuthFailed,
+    DisconnectReason::Other(0),
+];
+
 /// Most connection slots (DhanHQ's per-account limit).
 pub const MAX_SLOTS: usize = 5;
 
@@ -92,6 +102,9 @@ pub struct UpstreamStats {
     pub text_frames: AtomicU64,
     /// The most recent disconnect reason code (0 = none yet).
     pub last_disconnect_code: AtomicU32,
+    /// Disconnect packets by reason, in [`DISCONNECT_REASONS`] order (the
+    /// last counts every undocumented code).
+    pub disconnect_reasons: [AtomicU64; 6],
     slots: [AtomicU8; MAX_SLOTS],
     error_logged: [AtomicBool; 7],
     last_error: Mutex<Option<String>>,
@@ -142,6 +155,11 @@ impl UpstreamStats {
         if reason.is_auth_failure() {
             inc(&self.auth_failures);
         }
+        let i = DISCONNECT_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(DISCONNECT_REASONS.len() - 1);
+        inc(&self.disconnect_reasons[i]);
     }
 
     /// The state of each slot.
