@@ -1,6 +1,9 @@
 //! The whole engine over real sockets on 127.0.0.1: the built-in simulator
 //! upstream, WebSocket and HTTP clients downstream.
 
+mod common;
+use common::wait_for;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -14,8 +17,6 @@ use dhan_relay::wire::request::RequestCode;
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
-
-const WAIT: Duration = Duration::from_secs(10);
 
 fn config() -> RunConfig {
     let flags = Flags {
@@ -35,17 +36,6 @@ fn start(tweak: impl FnOnce(&mut RunConfig)) -> (Engine, SimControl) {
     let sim = engine.demo_simulator().expect("demo mode").control();
     wait_for("upstream up", || sim.subscriptions().len() == 1);
     (engine, sim)
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + WAIT;
-    while Instant::now() < end {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 struct Client(WebSocket<TcpStream>);

@@ -2,6 +2,9 @@
 //! 127.0.0.1: values, subscriptions, reconnects, dead sockets, auth
 //! failures, sharding, bad packets and shutdown.
 
+mod common;
+use common::wait_for;
+
 use std::time::{Duration, Instant};
 
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
@@ -15,8 +18,6 @@ use dhan_relay::wire::request::RequestCode;
 use dhan_relay::wire::DisconnectReason;
 use ringbuf::traits::{Consumer, Split};
 use ringbuf::{HeapCons, HeapRb};
-
-const WAIT: Duration = Duration::from_secs(10);
 
 struct Rig {
     sim: Simulator,
@@ -69,18 +70,6 @@ fn rig_with(sim_cfg: SimConfig, tweak: impl FnOnce(&mut UpstreamConfig)) -> Rig 
 
 fn rig() -> Rig {
     rig_with(sim_config(), |_| {})
-}
-
-/// Polls `cond` until it holds or `WAIT` passes.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + WAIT;
-    while Instant::now() < end {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn nse(id: u32) -> InstrumentKey {
