@@ -1,3 +1,1249 @@
-// Placeholder: the dashboard lands with the dashboard issue.
-const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
-ws.onmessage = (e) => { const m = JSON.parse(e.data); if (m.type === "status") document.getElementById("status").textContent = m.message; };
+// dhan-relay's dashboard: a live watchlist over the relay's own WebSocket.
+//
+// No build step and no dependencies: an ES module the engine serves from its
+// binary. Everything is same-origin and relative to this page (`ws`,
+// `stats`, `health`, `api/...`), so the page works on whatever host, port or
+// path prefix it is served from; the WebSocket URL takes ws/wss from the
+// page's own scheme.
+//
+// Data flow: each WebSocket message is parsed and merged into its row's
+// state, and the row is marked dirty; nothing touches the DOM there. Once per
+// animation frame the dirty rows write only the cells whose text changed, so
+// 1,000 updates/s over 200 rows cost one batch of DOM writes per frame. Rows
+// scrolled out of view are not written at all until they come back into
+// view (an IntersectionObserver tells which are visible), and every value
+// sits in a fixed-size box (style.css) so a new price never re-lays out the
+// table. The flash is a class set for FLASH_MS, not a running animation.
+// Batches are at least MIN_RENDER_MS apart (~30 Hz).
+//
+// Protocol (PROTOCOL.md §3): subscribe/unsubscribe with {exchangeSegment,
+// securityId}; the watchlist is subscribed in the chosen mode (ticker or
+// quote), the instrument open in the detail panel in full mode (depth).
+// Client messages are rate-limited by the relay (50/s), so subscriptions go
+// out in as few messages as possible.
+
+import { PriceChart } from './chart.js';
+
+const SEGMENTS = ['IDX_I', 'NSE_EQ', 'NSE_FNO', 'NSE_CURRENCY', 'BSE_EQ', 'MCX_COMM', 'BSE_CURRENCY', 'BSE_FNO'];
+const STORE_WATCHLIST = 'dhan-relay.watchlist.v1';
+const STORE_MODE = 'dhan-relay.mode';
+const STORE_THEME = 'dhan-relay.theme';
+/** Reconnect delays (ms) by attempt; the last repeats. ±20% jitter. */
+const BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
+/** Instruments per subscribe message (the relay allows 1,000). */
+const PER_MESSAGE = 500;
+/** Points kept per instrument for the chart before thinning by half. */
+const HISTORY_CAP = 2400;
+/** Updates closer together than this replace the last chart point. */
+const HISTORY_STEP_MS = 250;
+/**
+ * Least time between two batches of DOM writes: prices redraw at up to
+ * ~30 Hz, which the eye cannot tell from 60 and which halves the browser's
+ * style/paint passes under a heavy stream (measured: fewer dropped frames
+ * at 1,000 updates/s on a busy two-core machine).
+ */
+const MIN_RENDER_MS = 30;
+/** How long a cell stays flashed after an update. */
+const FLASH_MS = 280;
+/** From this many rows on, the flash does not fade (fades repaint every frame). */
+const MANY_ROWS = 40;
+const STATS_EVERY_MS = 1000;
+const HEALTH_EVERY_MS = 5000;
+const SEARCH_DEBOUNCE_MS = 120;
+/** After a 404 from /api/instruments, ask again only after this long. */
+const SEARCH_RECHECK_MS = 30000;
+
+const $ = (id) => document.getElementById(id);
+const el = {
+  conn: $('conn'),
+  connText: $('conn-text'),
+  banner: $('banner'),
+  demo: $('demo'),
+  tps: $('m-tps'),
+  p99: $('m-p99'),
+  rx: $('m-rx'),
+  theme: $('theme'),
+  search: $('search'),
+  results: $('search-results'),
+  searchMsg: $('search-msg'),
+  reset: $('reset'),
+  table: $('watchlist'),
+  rows: $('rows'),
+  empty: $('empty'),
+  tpl: $('row-tpl'),
+  detail: $('detail'),
+  toast: $('toast'),
+};
+
+// ---------------------------------------------------------------- format
+
+const nf = (d) => new Intl.NumberFormat('en-IN', { minimumFractionDigits: d, maximumFractionDigits: d });
+const priceFormats = { 2: nf(2), 4: nf(4) };
+const intFormat = new Intl.NumberFormat('en-IN', { maximumFractionDigits: 0 });
+const decimalsFor = (segment) => (segment.endsWith('CURRENCY') ? 4 : 2);
+const isNum = (v) => typeof v === 'number' && Number.isFinite(v);
+const fmtPrice = (v, d) => (isNum(v) ? priceFormats[d].format(v) : '–');
+const fmtInt = (v) => (isNum(v) ? intFormat.format(v) : '–');
+const fmtSigned = (v, d) => (isNum(v) ? (v > 0 ? '+' : v < 0 ? '−' : '') + priceFormats[d].format(Math.abs(v)) : '–');
+const fmtPct = (v) => (isNum(v) ? (v > 0 ? '+' : v < 0 ? '−' : '') + Math.abs(v).toFixed(2) + '%' : '–');
+const signClass = (v) => (!isNum(v) || v === 0 ? 'flat' : v > 0 ? 'up' : 'down');
+
+let clockSec = -1;
+let clockText = '';
+/** Local wall-clock time of `ms`, HH:MM:SS; cached per second. */
+function clockOf(ms) {
+  const sec = Math.floor(ms / 1000);
+  if (sec !== clockSec) {
+    clockSec = sec;
+    const d = new Date(ms);
+    const two = (v) => String(v).padStart(2, '0');
+    clockText = `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
+  }
+  return clockText;
+}
+
+function fmtMicros(us) {
+  if (!isNum(us)) return '–';
+  if (us < 1000) return `${us < 10 ? us.toFixed(1) : Math.round(us)} µs`;
+  return `${(us / 1000).toFixed(us < 10000 ? 2 : 1)} ms`;
+}
+
+const keyOf = (i) => `${i.exchangeSegment}:${i.securityId}`;
+const refOf = (i) => ({ exchangeSegment: i.exchangeSegment, securityId: i.securityId });
+
+// ---------------------------------------------------------------- state
+
+const state = {
+  /** 'ticker' | 'quote' for the watchlist. */
+  mode: 'quote',
+  /** @type {Map<string, Row>} in watchlist order */
+  rows: new Map(),
+  /** Key of the row open in the detail panel. */
+  selected: null,
+  ws: null,
+  wsOpen: false,
+  feedUp: false,
+  attempt: 0,
+  retryAt: 0,
+  retryTimer: 0,
+  countdownTimer: 0,
+  statsTimer: 0,
+  healthTimer: 0,
+  /** False while the watchlist is the configured default (not stored). */
+  custom: false,
+  /** True once the watchlist is known (stored, or fetched). */
+  loaded: false,
+};
+
+// Counters the browser test reads (window.dhanRelay) and the header shows.
+const perf = {
+  received: 0,
+  frames: 0,
+  renderMs: new Float64Array(1024),
+  renderCount: 0,
+  rxWindow: [],
+};
+
+// ---------------------------------------------------------------- rows
+
+class Row {
+  constructor(item) {
+    this.seg = item.exchangeSegment;
+    this.id = String(item.securityId);
+    this.key = `${this.seg}:${this.id}`;
+    this.symbol = item.symbol || '';
+    this.name = item.name || '';
+    this.decimals = decimalsFor(this.seg);
+    /** Latest known fields, merged from every message. */
+    this.s = {};
+    this.at = 0;
+    this.dirty = false;
+    /** In view (or near it): only such rows are written to the DOM. */
+    this.visible = true;
+    /** Changed while out of view: render when it comes back. */
+    this.stale = false;
+    this.flashUntil = 0;
+    this.hist = { t: [], p: [] };
+    this.shownLtp = NaN;
+    this.shown = {};
+
+    const tr = el.tpl.content.firstElementChild.cloneNode(true);
+    tr.dataset.key = this.key;
+    const q = (sel) => tr.querySelector(sel);
+    this.tr = tr;
+    this.c = {
+      name: q('.sym-name'),
+      sub: q('.sym-sub'),
+      ltpCell: q('.ltp'),
+      chgCell: q('.chg'),
+      ltp: q('.ltp .v'),
+      chg: q('.chg .v'),
+      pct: q('.pct .pill'),
+      vol: q('.vol .v'),
+      open: q('.open .v'),
+      high: q('.high .v'),
+      low: q('.low .v'),
+      rng: q('.rng'),
+      mark: q('.rng i'),
+      time: q('.time .v'),
+    };
+    q('.seg').textContent = this.seg;
+    const rm = q('.rm');
+    rm.setAttribute('aria-label', `Remove ${this.label()}`);
+    rm.title = `Remove ${this.label()}`;
+    this.setLabels();
+  }
+
+  get exchangeSegment() {
+    return this.seg;
+  }
+
+  get securityId() {
+    return this.id;
+  }
+
+  label() {
+    return this.symbol || `${this.seg} ${this.id}`;
+  }
+
+  setLabels() {
+    this.c.name.textContent = this.label();
+    // Under the symbol where the segment column is hidden (narrow screens).
+    this.c.sub.textContent = this.name ? `${this.name} · ${this.seg}` : this.symbol ? `${this.seg} · ${this.id}` : '';
+    this.tr.title = `${this.seg}:${this.id}${this.name ? ' · ' + this.name : ''}`;
+  }
+
+  item() {
+    const i = { exchangeSegment: this.seg, securityId: this.id };
+    if (this.symbol) i.symbol = this.symbol;
+    if (this.name) i.name = this.name;
+    return i;
+  }
+
+  /** Merges an update; no DOM work. */
+  apply(m, now) {
+    const s = this.s;
+    for (const k in m) s[k] = m[k];
+    if (!this.symbol && m.symbol) {
+      this.symbol = m.symbol;
+      this.setLabels();
+    }
+    this.at = now;
+    if (isNum(m.ltp)) {
+      const h = this.hist;
+      const n = h.t.length;
+      if (n > 0 && now - h.t[n - 1] < HISTORY_STEP_MS) {
+        h.p[n - 1] = m.ltp;
+      } else {
+        h.t.push(now);
+        h.p.push(m.ltp);
+        if (h.t.length > HISTORY_CAP) thin(h);
+      }
+    }
+  }
+
+  /** Reference for change figures: previous close, else the quote's close. */
+  ref() {
+    const s = this.s;
+    if (isNum(s.prevClose) && s.prevClose !== 0) return s.prevClose;
+    if (isNum(s.close) && s.close !== 0) return s.close;
+    return NaN;
+  }
+
+  /** Writes what changed since the last frame. */
+  render() {
+    const s = this.s;
+    const c = this.c;
+    const sh = this.shown;
+    const d = this.decimals;
+    const ltp = s.ltp;
+    if (isNum(ltp)) {
+      const prev = this.shownLtp;
+      const dir = Number.isNaN(prev) || ltp === prev ? 'n' : ltp > prev ? 'u' : 'd';
+      this.shownLtp = ltp;
+      set(c.ltp, sh, 'ltp', fmtPrice(ltp, d));
+      // Alternating animation names restart the flash without a reflow.
+      const flash = `num ltp f${dir}`;
+      if (sh.flash !== flash) {
+        sh.flash = flash;
+        c.ltpCell.className = flash;
+      }
+      this.flashUntil = frameTime + FLASH_MS;
+      flashing.add(this);
+      const ref = this.ref();
+      const chg = ltp - ref;
+      const cls = signClass(chg);
+      set(c.chg, sh, 'chg', fmtSigned(chg, d));
+      set(c.pct, sh, 'pct', fmtPct((chg / ref) * 100));
+      if (sh.cls !== cls) {
+        sh.cls = cls;
+        c.chgCell.className = `num chg ${cls}`;
+        c.pct.className = `pill ${cls}`;
+      }
+    }
+    set(c.vol, sh, 'vol', fmtInt(s.volume));
+    set(c.open, sh, 'open', fmtPrice(s.open, d));
+    set(c.high, sh, 'high', fmtPrice(s.high, d));
+    set(c.low, sh, 'low', fmtPrice(s.low, d));
+    if (isNum(s.high) && isNum(s.low) && s.high > s.low && isNum(ltp)) {
+      const pos = Math.min(1, Math.max(0, (ltp - s.low) / (s.high - s.low)));
+      // A transform moves the marker without a layout.
+      const move = `translateX(${(pos * 100).toFixed(1)}%)`;
+      if (sh.move !== move) {
+        if (sh.move === undefined) c.rng.classList.add('on');
+        sh.move = move;
+        c.mark.style.transform = move;
+      }
+    }
+    set(c.time, sh, 'time', clockOf(this.at));
+  }
+}
+
+function set(node, shown, field, text) {
+  if (shown[field] !== text) {
+    shown[field] = text;
+    node.textContent = text;
+  }
+}
+
+/** Halves a history, keeping its first and last points. */
+function thin(h) {
+  const t = [];
+  const p = [];
+  const n = h.t.length;
+  for (let i = 0; i < n - 1; i += 2) {
+    t.push(h.t[i]);
+    p.push(h.p[i]);
+  }
+  t.push(h.t[n - 1]);
+  p.push(h.p[n - 1]);
+  h.t = t;
+  h.p = p;
+}
+
+// ---------------------------------------------------------------- frames
+
+let dirty = [];
+let framePending = false;
+let frameTime = 0;
+/** Rows whose LTP cell is flashed, to be unflashed when due. */
+const flashing = new Set();
+
+function markDirty(row) {
+  if (!row.dirty) {
+    row.dirty = true;
+    dirty.push(row);
+  }
+  requestFrame();
+}
+
+function requestFrame() {
+  if (!framePending) {
+    framePending = true;
+    requestAnimationFrame(frame);
+  }
+}
+
+let lastRender = -1e9;
+
+function frame(now) {
+  framePending = false;
+  if (now - lastRender < MIN_RENDER_MS) {
+    requestFrame(); // the next frame, then
+    return;
+  }
+  lastRender = now;
+  frameTime = now;
+  const t0 = performance.now();
+  const batch = dirty;
+  dirty = [];
+  let selectedDirty = false;
+  for (const row of batch) {
+    row.dirty = false;
+    if (row.key === state.selected) selectedDirty = true;
+    if (!row.visible) {
+      row.stale = true;
+      continue;
+    }
+    row.stale = false;
+    row.render();
+  }
+  for (const row of flashing) {
+    if (now >= row.flashUntil) {
+      flashing.delete(row);
+      row.shown.flash = 'num ltp';
+      row.c.ltpCell.className = 'num ltp';
+    }
+  }
+  if (flashing.size) requestFrame();
+  if (selectedDirty) renderDetail();
+  perf.frames++;
+  perf.renderMs[perf.renderCount++ % perf.renderMs.length] = performance.now() - t0;
+}
+
+// Which rows are in view (with a margin, so a scroll finds them drawn).
+const rowOfTr = new WeakMap();
+const visibility = new IntersectionObserver(
+  (entries) => {
+    for (const e of entries) {
+      const row = rowOfTr.get(e.target);
+      if (!row) continue;
+      row.visible = e.isIntersecting;
+      if (row.visible && row.stale) markDirty(row);
+    }
+  },
+  { rootMargin: '300px 0px' },
+);
+
+function attach(row) {
+  rowOfTr.set(row.tr, row);
+  visibility.observe(row.tr);
+}
+
+function detach(row) {
+  visibility.unobserve(row.tr);
+  flashing.delete(row);
+  row.tr.remove();
+}
+
+// ---------------------------------------------------------------- watchlist
+
+function saveWatchlist() {
+  state.custom = true;
+  try {
+    localStorage.setItem(STORE_WATCHLIST, JSON.stringify([...state.rows.values()].map((r) => r.item())));
+  } catch {
+    // Storage full or disabled: the watchlist still works for this visit.
+  }
+}
+
+function storedWatchlist() {
+  try {
+    const raw = localStorage.getItem(STORE_WATCHLIST);
+    if (raw === null) return null;
+    const list = JSON.parse(raw);
+    if (!Array.isArray(list)) return null;
+    return list.filter((i) => i && SEGMENTS.includes(i.exchangeSegment) && /^\d+$/.test(String(i.securityId)));
+  } catch {
+    return null;
+  }
+}
+
+async function configuredWatchlist() {
+  const r = await fetch('api/watchlist', { cache: 'no-store' });
+  if (!r.ok) throw new Error(`HTTP ${r.status}`);
+  const body = await r.json();
+  return Array.isArray(body.watchlist) ? body.watchlist : [];
+}
+
+/** Replaces the rows (no messages sent). */
+function setRows(items) {
+  for (const row of state.rows.values()) detach(row);
+  state.rows.clear();
+  const frag = document.createDocumentFragment();
+  for (const item of items) {
+    const row = new Row(item);
+    if (state.rows.has(row.key)) continue;
+    state.rows.set(row.key, row);
+    frag.append(row.tr);
+    attach(row);
+  }
+  el.rows.append(frag);
+  updateEmpty();
+}
+
+function updateEmpty() {
+  el.empty.hidden = state.rows.size > 0 || !state.loaded;
+  document.body.classList.toggle('many', state.rows.size >= MANY_ROWS);
+}
+
+let loading = null;
+
+/** Loads the watchlist once (stored, else the relay's configured one). */
+function ensureLoaded() {
+  if (state.loaded) return Promise.resolve();
+  if (!loading) loading = loadWatchlist().finally(() => (loading = null));
+  return loading;
+}
+
+async function loadWatchlist() {
+  const stored = storedWatchlist();
+  if (stored) {
+    state.custom = true;
+    state.loaded = true;
+    setRows(stored);
+    return;
+  }
+  try {
+    setRows(await configuredWatchlist());
+    state.loaded = true;
+  } catch {
+    // The relay is not reachable yet; `onOpen` tries again.
+  }
+  updateEmpty();
+}
+
+function addInstrument(item) {
+  const key = keyOf(item);
+  const existing = state.rows.get(key);
+  if (existing) {
+    highlight(existing);
+    toast(`${existing.label()} is already in the watchlist`);
+    return existing;
+  }
+  const row = new Row(item);
+  state.rows.set(key, row);
+  el.rows.append(row.tr);
+  attach(row);
+  state.loaded = true;
+  updateEmpty();
+  saveWatchlist();
+  send({ type: 'subscribe', instruments: [refOf(item)], mode: state.mode });
+  highlight(row);
+  return row;
+}
+
+function removeRow(row) {
+  const next = row.tr.nextElementSibling || row.tr.previousElementSibling;
+  if (state.selected === row.key) closeDetail(false);
+  state.rows.delete(row.key);
+  detach(row);
+  saveWatchlist();
+  updateEmpty();
+  send({ type: 'unsubscribe', instruments: [refOf(row)] });
+  return next;
+}
+
+function highlight(row) {
+  row.tr.scrollIntoView({ block: 'nearest' });
+  row.tr.classList.remove('added');
+  // Restart the highlight animation.
+  void row.tr.offsetWidth;
+  row.tr.classList.add('added');
+}
+
+async function resetWatchlist() {
+  let items;
+  try {
+    items = await configuredWatchlist();
+  } catch {
+    toast('Cannot reach the relay to read its watchlist', 'error');
+    return;
+  }
+  const old = [...state.rows.values()].map(refOf);
+  closeDetail(false);
+  try {
+    localStorage.removeItem(STORE_WATCHLIST);
+  } catch {
+    // ignore
+  }
+  state.custom = false;
+  if (old.length) sendChunked('unsubscribe', old);
+  setRows(items);
+  subscribeAll();
+}
+
+// ---------------------------------------------------------------- socket
+
+function socketUrl() {
+  const u = new URL('ws', location.href);
+  u.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return u.href;
+}
+
+function send(msg) {
+  if (state.ws && state.wsOpen) state.ws.send(JSON.stringify(msg));
+}
+
+function sendChunked(type, refs, mode) {
+  for (let i = 0; i < refs.length; i += PER_MESSAGE) {
+    const msg = { type, instruments: refs.slice(i, i + PER_MESSAGE) };
+    if (mode) msg.mode = mode;
+    send(msg);
+  }
+}
+
+function subscribeAll() {
+  const refs = [];
+  for (const row of state.rows.values()) if (row.key !== state.selected) refs.push(refOf(row));
+  sendChunked('subscribe', refs, state.mode);
+  const sel = state.rows.get(state.selected);
+  if (sel) send({ type: 'subscribe', instruments: [refOf(sel)], mode: 'full' });
+}
+
+function connect() {
+  clearTimeout(state.retryTimer);
+  clearInterval(state.countdownTimer);
+  if (state.attempt > 0) setConn('reconnecting', 'Reconnecting…');
+  else setConn('connecting', 'Connecting…');
+  let ws;
+  try {
+    ws = new WebSocket(socketUrl());
+  } catch {
+    scheduleReconnect();
+    return;
+  }
+  state.ws = ws;
+  ws.onopen = () => onOpen(ws);
+  ws.onmessage = onMessage;
+  ws.onerror = () => {}; // a close event follows and handles it
+  ws.onclose = () => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    state.wsOpen = false;
+    state.feedUp = false;
+    stopPolling();
+    scheduleReconnect();
+  };
+}
+
+async function onOpen(ws) {
+  state.attempt = 0;
+  state.wsOpen = true;
+  await ensureLoaded();
+  if (state.ws !== ws) return;
+  subscribeAll();
+  startPolling();
+}
+
+function scheduleReconnect() {
+  const base = BACKOFF_MS[Math.min(state.attempt, BACKOFF_MS.length - 1)];
+  const delay = Math.round(base * (0.8 + Math.random() * 0.4));
+  state.attempt++;
+  state.retryAt = Date.now() + delay;
+  state.retryTimer = setTimeout(connect, delay);
+  const tick = () => {
+    const left = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
+    setConn('reconnecting', `Reconnecting in ${left} s`);
+  };
+  tick();
+  clearInterval(state.countdownTimer);
+  state.countdownTimer = setInterval(tick, 250);
+}
+
+function onMessage(ev) {
+  let m;
+  try {
+    m = JSON.parse(ev.data);
+  } catch {
+    return;
+  }
+  switch (m.type) {
+    case 'ticker':
+    case 'quote':
+    case 'full': {
+      perf.received++;
+      const row = state.rows.get(`${m.exchangeSegment}:${m.securityId}`);
+      if (row) {
+        row.apply(m, Date.now());
+        markDirty(row);
+      }
+      break;
+    }
+    case 'status':
+      onStatus(String(m.message || ''));
+      break;
+    case 'error':
+      toast(String(m.message || 'error'), 'error');
+      break;
+    default:
+      break;
+  }
+}
+
+function onStatus(message) {
+  if (message.startsWith('Connected')) {
+    state.feedUp = true;
+    setConn('live', 'Live');
+    showBanner(null);
+    clearInterval(state.healthTimer);
+    state.healthTimer = 0;
+    refreshHealth();
+  } else {
+    state.feedUp = false;
+    const why = message.replace(/^(Waiting for price feed|Price feed disconnected):\s*/, '');
+    setConn('down', 'Upstream down');
+    showBanner(`Upstream feed down: ${why}`);
+    refreshHealth();
+    if (!state.healthTimer) state.healthTimer = setInterval(refreshHealth, HEALTH_EVERY_MS);
+  }
+}
+
+function setConn(kind, text) {
+  if (el.conn.dataset.state !== kind) {
+    el.conn.dataset.state = kind;
+    document.body.dataset.conn = kind;
+  }
+  if (el.connText.textContent !== text) el.connText.textContent = text;
+}
+
+function showBanner(text) {
+  el.banner.hidden = !text;
+  if (text) el.banner.textContent = text;
+}
+
+// ---------------------------------------------------------------- REST polling
+
+let lastTicks = null;
+
+function startPolling() {
+  stopPolling();
+  pollStats();
+  state.statsTimer = setInterval(pollStats, STATS_EVERY_MS);
+}
+
+function stopPolling() {
+  clearInterval(state.statsTimer);
+  clearInterval(state.healthTimer);
+  state.statsTimer = 0;
+  state.healthTimer = 0;
+  lastTicks = null;
+  el.tps.textContent = '–';
+  el.p99.textContent = '–';
+  el.rx.textContent = '–';
+}
+
+async function pollStats() {
+  // Updates per second here, over the last few seconds.
+  const now = performance.now();
+  const w = perf.rxWindow;
+  w.push([now, perf.received]);
+  while (w.length > 4) w.shift();
+  if (w.length > 1) {
+    const [t0, n0] = w[0];
+    el.rx.textContent = fmtInt(((perf.received - n0) * 1000) / (now - t0));
+  }
+  let body;
+  try {
+    const r = await fetch('stats', { cache: 'no-store' });
+    if (!r.ok) return;
+    body = await r.json();
+  } catch {
+    return;
+  }
+  const t = performance.now();
+  const ticks = body.counters?.book_ticks_total;
+  if (isNum(ticks)) {
+    if (lastTicks && t > lastTicks.t) {
+      el.tps.textContent = fmtInt(((ticks - lastTicks.ticks) * 1000) / (t - lastTicks.t));
+    }
+    lastTicks = { t, ticks };
+  }
+  const ttw = body.latency?.tickToWire;
+  el.p99.textContent = ttw && ttw.count > 0 ? fmtMicros(ttw.p99_us) : '–';
+}
+
+async function refreshHealth() {
+  let h;
+  try {
+    const r = await fetch('health', { cache: 'no-store' });
+    h = await r.json(); // 503 carries the same body
+  } catch {
+    return;
+  }
+  el.demo.hidden = !h.demo;
+  if (state.feedUp || h.status === 'ok') return;
+  const reason = healthReason(h);
+  el.conn.title = `Upstream down: ${reason}`;
+  setConn('down', 'Upstream down');
+  showBanner(`Upstream feed down: ${reason}`);
+}
+
+function healthReason(h) {
+  const u = h.upstream || {};
+  const d = u.lastDisconnect;
+  if (d) return `${d.name} (${d.code})${d.hint ? ` — ${d.hint}` : ''}`;
+  if (u.lastError) return String(u.lastError);
+  return String(h.detail || 'no upstream connection');
+}
+
+// ---------------------------------------------------------------- search
+
+const search = {
+  results: [],
+  active: -1,
+  timer: 0,
+  abort: null,
+  unavailableAt: 0,
+  seq: 0,
+};
+
+/** `NSE_EQ:2885`, `nse_eq 2885` or `NSE_EQ/2885` → an instrument. */
+function parseDirect(q) {
+  const m = q.trim().match(/^([A-Za-z_]+)\s*[:/\s]\s*(\d{1,10})$/);
+  if (!m) return null;
+  const seg = m[1].toUpperCase();
+  return SEGMENTS.includes(seg) ? { exchangeSegment: seg, securityId: m[2] } : null;
+}
+
+function onSearchInput() {
+  clearTimeout(search.timer);
+  const q = el.search.value.trim();
+  if (!q) {
+    closeResults();
+    return;
+  }
+  search.timer = setTimeout(() => runSearch(q), SEARCH_DEBOUNCE_MS);
+}
+
+async function runSearch(q) {
+  const seq = ++search.seq;
+  const direct = parseDirect(q);
+  const options = direct ? [{ ...direct, direct: true }] : [];
+  let message = '';
+  if (search.abort) search.abort.abort();
+  if (Date.now() - search.unavailableAt < SEARCH_RECHECK_MS) {
+    message = unavailableText(direct);
+  } else {
+    const ctl = new AbortController();
+    search.abort = ctl;
+    try {
+      const r = await fetch(`api/instruments?q=${encodeURIComponent(q)}&limit=20`, { signal: ctl.signal, cache: 'no-store' });
+      if (r.status === 404) {
+        search.unavailableAt = Date.now();
+        message = unavailableText(direct);
+      } else if (!r.ok) {
+        message = `Search failed (HTTP ${r.status})`;
+      } else {
+        const body = await r.json();
+        for (const it of body.results || []) {
+          if (SEGMENTS.includes(it.exchangeSegment) && it.securityId !== undefined) {
+            options.push({ ...it, securityId: String(it.securityId) });
+          }
+        }
+        if (options.length === 0) message = `No instrument matches “${q}”`;
+      }
+    } catch (e) {
+      if (e && e.name === 'AbortError') return;
+      message = 'Search failed: the relay is not reachable';
+    }
+  }
+  if (seq !== search.seq) return; // a newer query is on its way
+  showResults(options, message);
+}
+
+function unavailableText(direct) {
+  return direct
+    ? 'Search unavailable on this relay; add by SEGMENT:ID as above'
+    : 'Search unavailable on this relay. Add by SEGMENT:ID, e.g. NSE_EQ:1333';
+}
+
+function showResults(options, message) {
+  search.results = options;
+  search.active = options.length ? 0 : -1;
+  el.results.replaceChildren(
+    ...options.map((o, i) => {
+      const li = document.createElement('li');
+      li.id = `opt-${i}`;
+      li.setAttribute('role', 'option');
+      li.dataset.index = String(i);
+      // Symbol and segment·id on the first line; what it is on the second.
+      const sym = document.createElement('b');
+      sym.className = 'opt-sym';
+      sym.textContent = o.direct ? `Add ${o.exchangeSegment} ${o.securityId}` : o.symbol || o.securityId;
+      const seg = document.createElement('span');
+      seg.className = 'opt-seg';
+      seg.textContent = o.direct ? '' : `${o.exchangeSegment} · ${o.securityId}`;
+      const info = document.createElement('span');
+      info.className = 'opt-info';
+      const bits = [];
+      if (o.name && o.name !== o.symbol) bits.push(o.name);
+      if (o.instrument) bits.push(o.instrument);
+      if (o.expiry) bits.push(`expiry ${o.expiry}`);
+      if (o.lotSize > 1) bits.push(`lot ${o.lotSize}`);
+      info.textContent = o.direct ? 'by segment and security id' : bits.join(' · ');
+      li.append(sym, seg, info);
+      if (state.rows.has(keyOf(o))) li.classList.add('held');
+      return li;
+    }),
+  );
+  el.results.hidden = options.length === 0;
+  el.search.setAttribute('aria-expanded', String(options.length > 0));
+  el.searchMsg.hidden = !message;
+  el.searchMsg.textContent = message;
+  markActive();
+}
+
+function markActive() {
+  const items = el.results.children;
+  for (let i = 0; i < items.length; i++) {
+    const on = i === search.active;
+    items[i].classList.toggle('active', on);
+    items[i].setAttribute('aria-selected', String(on));
+    if (on) items[i].scrollIntoView({ block: 'nearest' });
+  }
+  if (search.active >= 0) el.search.setAttribute('aria-activedescendant', `opt-${search.active}`);
+  else el.search.removeAttribute('aria-activedescendant');
+}
+
+function closeResults() {
+  search.seq++;
+  if (search.abort) search.abort.abort();
+  search.results = [];
+  search.active = -1;
+  el.results.hidden = true;
+  el.results.replaceChildren();
+  el.search.setAttribute('aria-expanded', 'false');
+  el.search.removeAttribute('aria-activedescendant');
+  el.searchMsg.hidden = true;
+}
+
+function pick(i) {
+  const o = search.results[i];
+  if (!o) return;
+  const item = { exchangeSegment: o.exchangeSegment, securityId: String(o.securityId) };
+  if (o.symbol) item.symbol = o.symbol;
+  if (o.name && o.name !== o.symbol) item.name = o.name;
+  addInstrument(item);
+  el.search.value = '';
+  closeResults();
+  el.search.focus();
+}
+
+function onSearchKey(e) {
+  const n = search.results.length;
+  switch (e.key) {
+    case 'ArrowDown':
+      e.preventDefault();
+      if (n === 0) {
+        if (el.search.value.trim()) runSearch(el.search.value.trim());
+      } else {
+        search.active = (search.active + 1) % n;
+        markActive();
+      }
+      break;
+    case 'ArrowUp':
+      e.preventDefault();
+      if (n) {
+        search.active = (search.active - 1 + n) % n;
+        markActive();
+      }
+      break;
+    case 'Enter': {
+      e.preventDefault();
+      if (n) {
+        pick(Math.max(0, search.active));
+      } else {
+        const direct = parseDirect(el.search.value);
+        if (direct) {
+          addInstrument(direct);
+          el.search.value = '';
+          closeResults();
+        } else if (el.search.value.trim()) {
+          clearTimeout(search.timer);
+          runSearch(el.search.value.trim());
+        }
+      }
+      break;
+    }
+    case 'Escape':
+      if (!el.results.hidden || !el.searchMsg.hidden) {
+        closeResults();
+      } else if (el.search.value) {
+        el.search.value = '';
+      } else {
+        el.search.blur();
+      }
+      e.preventDefault();
+      break;
+    default:
+      break;
+  }
+}
+
+// ---------------------------------------------------------------- detail
+
+const d = {
+  symbol: $('d-symbol'),
+  sub: $('d-sub'),
+  ltp: $('d-ltp'),
+  chg: $('d-chg'),
+  open: $('d-open'),
+  high: $('d-high'),
+  low: $('d-low'),
+  prev: $('d-prev'),
+  vol: $('d-vol'),
+  avg: $('d-avg'),
+  ltq: $('d-ltq'),
+  oi: $('d-oi'),
+  time: $('d-time'),
+  buy: $('d-buy'),
+  sell: $('d-sell'),
+  buybar: $('d-buybar'),
+  depth: $('d-depth'),
+  depthTable: $('d-depth').closest('table'),
+  nodepth: $('d-nodepth'),
+  close: $('d-close'),
+};
+const chart = new PriceChart($('d-chart'));
+const depthCells = [];
+for (let i = 0; i < 5; i++) {
+  const tr = document.createElement('tr');
+  const cells = [];
+  for (let j = 0; j < 6; j++) {
+    const td = document.createElement('td');
+    td.className = `num ${j < 3 ? 'bid' : 'ask'}`;
+    td.textContent = '–';
+    tr.append(td);
+    cells.push(td);
+  }
+  d.depth.append(tr);
+  depthCells.push(cells);
+}
+
+function openDetail(row) {
+  if (state.selected === row.key) return;
+  const prev = state.rows.get(state.selected);
+  if (prev) {
+    prev.tr.classList.remove('selected');
+    send({ type: 'subscribe', instruments: [refOf(prev)], mode: state.mode });
+  }
+  state.selected = row.key;
+  row.tr.classList.add('selected');
+  send({ type: 'subscribe', instruments: [refOf(row)], mode: 'full' });
+  d.symbol.textContent = row.label();
+  d.sub.textContent = `${row.name ? row.name + ' · ' : ''}${row.seg} · ${row.id}`;
+  el.detail.hidden = false;
+  document.body.classList.add('detail-open');
+  chart.resize();
+  renderDetail();
+}
+
+/** Closes the panel; `resubscribe` drops the instrument back to the list's mode. */
+function closeDetail(resubscribe = true) {
+  const row = state.rows.get(state.selected);
+  state.selected = null;
+  el.detail.hidden = true;
+  document.body.classList.remove('detail-open');
+  if (row) {
+    row.tr.classList.remove('selected');
+    if (resubscribe) send({ type: 'subscribe', instruments: [refOf(row)], mode: state.mode });
+  }
+}
+
+function renderDetail() {
+  const row = state.rows.get(state.selected);
+  if (!row) return;
+  const s = row.s;
+  const dec = row.decimals;
+  const ref = row.ref();
+  const chg = s.ltp - ref;
+  d.ltp.textContent = fmtPrice(s.ltp, dec);
+  d.chg.textContent = isNum(chg) ? `${fmtSigned(chg, dec)} (${fmtPct((chg / ref) * 100)})` : '–';
+  d.chg.className = signClass(chg);
+  d.open.textContent = fmtPrice(s.open, dec);
+  d.high.textContent = fmtPrice(s.high, dec);
+  d.low.textContent = fmtPrice(s.low, dec);
+  d.prev.textContent = fmtPrice(ref, dec);
+  d.vol.textContent = fmtInt(s.volume);
+  d.avg.textContent = fmtPrice(s.avgPrice, dec);
+  d.ltq.textContent = fmtInt(s.ltq);
+  d.oi.textContent = s.oi ? fmtInt(s.oi) : '–';
+  d.time.textContent = row.at ? clockOf(row.at) : '–';
+  d.buy.textContent = fmtInt(s.totalBuyQuantity);
+  d.sell.textContent = fmtInt(s.totalSellQuantity);
+  const tb = s.totalBuyQuantity;
+  const ts = s.totalSellQuantity;
+  d.buybar.style.width = isNum(tb) && isNum(ts) && tb + ts > 0 ? `${((tb / (tb + ts)) * 100).toFixed(1)}%` : '50%';
+  const depth = Array.isArray(s.depth) ? s.depth : null;
+  d.nodepth.hidden = !!depth;
+  d.depthTable.hidden = !depth;
+  if (!depth) d.nodepth.textContent = row.seg === 'IDX_I' ? 'An index has no market depth.' : 'Waiting for full-mode data (depth)…';
+  if (depth) {
+    let max = 1;
+    for (const l of depth) max = Math.max(max, l.bidQuantity || 0, l.askQuantity || 0);
+    for (let i = 0; i < 5; i++) {
+      const l = depth[i] || {};
+      const c = depthCells[i];
+      c[0].textContent = fmtInt(l.bidOrders);
+      c[1].textContent = fmtInt(l.bidQuantity);
+      c[2].textContent = l.bidPrice ? fmtPrice(l.bidPrice, dec) : '–';
+      c[3].textContent = l.askPrice ? fmtPrice(l.askPrice, dec) : '–';
+      c[4].textContent = fmtInt(l.askQuantity);
+      c[5].textContent = fmtInt(l.askOrders);
+      c[1].style.setProperty('--w', `${(((l.bidQuantity || 0) / max) * 100).toFixed(1)}%`);
+      c[4].style.setProperty('--w', `${(((l.askQuantity || 0) / max) * 100).toFixed(1)}%`);
+    }
+  }
+  chart.set(row.hist, ref, (p) => fmtPrice(p, dec));
+  chart.draw();
+}
+
+// ---------------------------------------------------------------- mode, theme, toast
+
+function setMode(mode, announce = true) {
+  if (mode !== 'ticker' && mode !== 'quote') return;
+  const changed = state.mode !== mode;
+  state.mode = mode;
+  document.body.dataset.mode = mode;
+  for (const b of document.querySelectorAll('.seg-toggle button')) {
+    b.setAttribute('aria-pressed', String(b.dataset.mode === mode));
+  }
+  try {
+    localStorage.setItem(STORE_MODE, mode);
+  } catch {
+    // ignore
+  }
+  if (changed && announce) subscribeAll();
+}
+
+const THEMES = ['auto', 'dark', 'light'];
+function applyTheme(theme) {
+  if (theme === 'auto') delete document.documentElement.dataset.theme;
+  else document.documentElement.dataset.theme = theme;
+  const label = theme === 'auto' ? 'Theme: follows the system' : `Theme: ${theme}`;
+  el.theme.title = label;
+  el.theme.setAttribute('aria-label', label);
+  chart.themeChanged();
+}
+
+let toastTimer = 0;
+function toast(text, kind = 'info') {
+  el.toast.textContent = text;
+  el.toast.dataset.kind = kind;
+  el.toast.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => {
+    el.toast.hidden = true;
+  }, 4000);
+}
+
+// ---------------------------------------------------------------- events
+
+el.search.addEventListener('input', onSearchInput);
+el.search.addEventListener('keydown', onSearchKey);
+el.search.addEventListener('blur', () => setTimeout(() => {
+  if (document.activeElement !== el.search) closeResults();
+}, 150));
+el.results.addEventListener('mousedown', (e) => {
+  const li = e.target.closest('li[data-index]');
+  if (!li) return;
+  e.preventDefault(); // keep focus in the box
+  pick(Number(li.dataset.index));
+});
+
+el.rows.addEventListener('click', (e) => {
+  const tr = e.target.closest('tr.row');
+  if (!tr) return;
+  const row = state.rows.get(tr.dataset.key);
+  if (!row) return;
+  if (e.target.closest('.rm')) {
+    const next = removeRow(row);
+    if (next) next.focus();
+    return;
+  }
+  openDetail(row);
+});
+
+el.rows.addEventListener('keydown', (e) => {
+  const tr = e.target.closest('tr.row');
+  if (!tr || e.target.closest('button')) return;
+  const row = state.rows.get(tr.dataset.key);
+  if (!row) return;
+  if (e.key === 'Enter' || e.key === ' ') {
+    e.preventDefault();
+    openDetail(row);
+  } else if (e.key === 'Delete' || e.key === 'Backspace') {
+    e.preventDefault();
+    const next = removeRow(row);
+    if (next) next.focus();
+    else el.search.focus();
+  } else if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
+    e.preventDefault();
+    const to = e.key === 'ArrowDown' ? tr.nextElementSibling : tr.previousElementSibling;
+    if (to) to.focus();
+  }
+});
+
+d.close.addEventListener('click', () => closeDetail());
+$('scrim').addEventListener('click', () => closeDetail());
+el.reset.addEventListener('click', () => resetWatchlist());
+el.conn.addEventListener('click', () => {
+  if (!state.ws) connect(); // retry now instead of waiting out the countdown
+});
+for (const b of document.querySelectorAll('.seg-toggle button')) {
+  b.addEventListener('click', () => setMode(b.dataset.mode));
+}
+el.theme.addEventListener('click', () => {
+  let theme = 'auto';
+  try {
+    theme = localStorage.getItem(STORE_THEME) || 'auto';
+  } catch {
+    // ignore
+  }
+  theme = THEMES[(THEMES.indexOf(theme) + 1) % THEMES.length];
+  try {
+    localStorage.setItem(STORE_THEME, theme);
+  } catch {
+    // ignore
+  }
+  applyTheme(theme);
+});
+window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => chart.themeChanged());
+
+document.addEventListener('keydown', (e) => {
+  const typing = e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement;
+  if (e.key === '/' && !typing && !e.ctrlKey && !e.metaKey && !e.altKey) {
+    e.preventDefault();
+    el.search.focus();
+    el.search.select();
+  } else if (e.key === 'Escape' && !typing && state.selected) {
+    const row = state.rows.get(state.selected);
+    closeDetail();
+    if (row) row.tr.focus();
+  }
+});
+
+// Other tabs of this dashboard changed the watchlist: follow them.
+window.addEventListener('storage', (e) => {
+  if (e.key !== STORE_WATCHLIST || e.newValue === null) return;
+  const list = storedWatchlist();
+  if (!list) return;
+  const old = [...state.rows.values()].map(refOf);
+  closeDetail(false);
+  if (old.length) sendChunked('unsubscribe', old);
+  setRows(list);
+  subscribeAll();
+});
+
+// ---------------------------------------------------------------- start
+
+// Read by the browser test (and handy from the console).
+window.dhanRelay = {
+  stats() {
+    const n = Math.min(perf.renderCount, perf.renderMs.length);
+    const times = Array.from(perf.renderMs.subarray(0, n)).sort((a, b) => a - b);
+    const q = (p) => (n ? times[Math.min(n - 1, Math.floor(p * n))] : 0);
+    let priced = 0;
+    let drawn = 0;
+    for (const row of state.rows.values()) {
+      if (isNum(row.s.ltp)) priced++;
+      if (row.shown.ltp !== undefined) drawn++;
+    }
+    return {
+      received: perf.received,
+      frames: perf.frames,
+      rows: state.rows.size,
+      /** Rows with a price received. */
+      priced,
+      /** Rows whose price was written to the page at least once. */
+      drawn,
+      renderMs: { p50: q(0.5), p95: q(0.95), p99: q(0.99), max: n ? times[n - 1] : 0 },
+    };
+  },
+};
+
+(function start() {
+  let mode = 'quote';
+  let theme = 'auto';
+  try {
+    mode = localStorage.getItem(STORE_MODE) || 'quote';
+    theme = localStorage.getItem(STORE_THEME) || 'auto';
+  } catch {
+    // ignore
+  }
+  setMode(mode, false);
+  applyTheme(THEMES.includes(theme) ? theme : 'auto');
+  ensureLoaded();
+  connect();
+})();
