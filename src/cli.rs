@@ -66,6 +66,11 @@ pub struct RunArgs {
     /// Pin threads to cores, e.g. net=2,book=3,fanout=4 [default: unpinned].
     #[arg(long, value_name = "ROLE=CORE,...")]
     pub pin: Option<String>,
+    /// Instrument master: a DhanHQ scrip-master CSV file, an http(s) URL
+    /// (downloaded, cached for the day), or `sample` (embedded) [default:
+    /// DhanHQ's published CSV when relaying DhanHQ; the sample in demo mode].
+    #[arg(long, value_name = "FILE")]
+    pub instruments: Option<String>,
 }
 
 impl RunArgs {
@@ -78,6 +83,7 @@ impl RunArgs {
             log_level: self.log_level.clone(),
             demo_rate: self.demo_rate,
             pin: self.pin.clone(),
+            instruments: self.instruments.clone(),
         }
     }
 }
@@ -213,9 +219,8 @@ fn announce(engine: &Engine, config: &RunConfig) {
         ),
         _ => {}
     }
-    let watch: Vec<String> = config
-        .fanout
-        .watchlist
+    let watch: Vec<String> = engine
+        .watchlist()
         .iter()
         .map(|w| format!("{}={}", w.symbol, w.key))
         .collect();
@@ -295,6 +300,11 @@ mod tests {
         assert_eq!(args.flags().listen.as_deref(), Some("127.0.0.1:0"));
         assert_eq!(args.flags().demo_rate, Some(5));
         assert!(Cli::try_parse_from(["dhan-relay", "run", "--bogus"]).is_err());
+        let cli = Cli::try_parse_from(["dhan-relay", "--instruments", "/data/master.csv"]).unwrap();
+        assert_eq!(
+            cli.run.flags().instruments.as_deref(),
+            Some("/data/master.csv")
+        );
     }
 
     #[test]

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::domain::{InstrumentKey, SecurityId, Segment};
-use crate::fanout::{FanoutConfig, WatchItem};
+use crate::fanout::FanoutConfig;
+use crate::instrument::source::{Source, SourceConfig, DHAN_MASTER_URL};
+use crate::instrument::watch::WatchSpec;
+use crate::instrument::{TimeOfDay, WallClock};
 use crate::upstream::{Credentials, DHAN_FEED_URL};
 
 /// Default listen address: loopback only; expose it on purpose.
@@ -19,21 +22,19 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 /// Default aggregate tick rate of the built-in simulator in demo mode.
 pub const DEFAULT_DEMO_RATE: u32 = 200;
 
-/// The watchlist the replaced backend shipped, minus CRUDEOIL: a crude
-/// future's id changes every month, and subscribing a guessed id would show
-/// a wrong contract's price. Add it by id in the config file.
-pub fn default_watchlist() -> Vec<WatchItem> {
-    [
-        ("NIFTY", Segment::IdxI, 13),
-        ("SENSEX", Segment::IdxI, 51),
-        ("RELIANCE", Segment::NseEq, 2885),
-    ]
-    .into_iter()
-    .map(|(symbol, segment, id)| WatchItem {
-        symbol: symbol.to_string(),
-        key: InstrumentKey::new(segment, id),
-    })
-    .collect()
+/// Default time of the daily expiry check (India time): before NSE's
+/// pre-open and MCX's open at 09:00.
+pub const DEFAULT_ROLL_AT: &str = "08:45";
+
+/// The watchlist the replaced backend shipped, resolved through the
+/// instrument master at start: NIFTY → IDX_I 13, SENSEX → IDX_I 51,
+/// RELIANCE → NSE_EQ 2885, CRUDEOIL → the nearest unexpired MCX future
+/// (rolled to the next one after expiry).
+pub fn default_watchlist() -> Vec<WatchSpec> {
+    ["NIFTY", "SENSEX", "RELIANCE", "CRUDEOIL"]
+        .into_iter()
+        .map(WatchSpec::by_symbol)
+        .collect()
 }
 
 /// Where prices come from.
@@ -70,6 +71,8 @@ pub struct Flags {
     pub demo_rate: Option<u32>,
     /// `--pin net=N,book=N,fanout=N`.
     pub pin: Option<String>,
+    /// `--instruments FILE|URL|sample`.
+    pub instruments: Option<String>,
 }
 
 /// Cores for each thread role.
@@ -105,6 +108,15 @@ pub struct RunConfig {
     pub silence_timeout: Duration,
     /// CPU pinning.
     pub pin: Pinning,
+    /// The watchlist as configured; the engine resolves it against the
+    /// instrument master at start (into `fanout.watchlist`).
+    pub watch: Vec<WatchSpec>,
+    /// Where the instrument master comes from.
+    pub instruments: SourceConfig,
+    /// When the daily expiry check runs (India time).
+    pub roll_at: TimeOfDay,
+    /// The wall clock for calendar decisions (today's date, expiry rolls).
+    pub clock: WallClock,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,14 +131,17 @@ struct FileConfig {
     watchlist: Option<Vec<WatchEntry>>,
     limits: Option<Limits>,
     pin: Option<Pinning>,
+    instruments: Option<String>,
+    instruments_cache: Option<PathBuf>,
+    roll_at: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WatchEntry {
-    symbol: String,
-    exchange_segment: Spanned<String>,
-    security_id: Spanned<toml::Value>,
+    symbol: Spanned<String>,
+    exchange_segment: Option<Spanned<String>>,
+    security_id: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -240,40 +255,37 @@ impl RunConfig {
                     .unwrap_or(DEFAULT_DEMO_RATE),
             },
         };
-        let watchlist = match fc.watchlist {
+        let watch = match fc.watchlist {
             None => default_watchlist(),
             Some(entries) => entries
                 .into_iter()
-                .map(|e| {
-                    let segment: Segment = e.exchange_segment.get_ref().parse().map_err(|_| {
-                        format!(
-                            "{}: watchlist '{}': unknown exchange_segment '{}'",
-                            at(e.exchange_segment.span().start),
-                            e.symbol,
-                            e.exchange_segment.get_ref()
-                        )
-                    })?;
-                    let id_text = match e.security_id.get_ref() {
-                        toml::Value::String(s) => s.clone(),
-                        toml::Value::Integer(i) => i.to_string(),
-                        other => format!("{other:?}"),
-                    };
-                    let id: SecurityId = id_text.parse().map_err(|err| {
-                        format!(
-                            "{}: watchlist '{}': security_id '{id_text}': {err}",
-                            at(e.security_id.span().start),
-                            e.symbol
-                        )
-                    })?;
-                    Ok(WatchItem {
-                        symbol: e.symbol,
-                        key: InstrumentKey {
-                            segment,
-                            security_id: id,
-                        },
-                    })
-                })
+                .map(|e| watch_spec(e, &at, &|o| line_of(text, o)))
                 .collect::<Result<Vec<_>, String>>()?,
+        };
+        let demo = matches!(feed, Feed::Demo { .. });
+        let source = match (&flags.instruments, &fc.instruments) {
+            (Some(s), _) | (None, Some(s)) => Source::parse(s),
+            // Demo mode never touches the network.
+            (None, None) if demo => Source::Sample,
+            (None, None) => match &feed {
+                // DhanHQ's feed: DhanHQ's master. Another feed (a simulator,
+                // a test) gets the sample unless told otherwise.
+                Feed::Live { url, .. } if url.starts_with(DHAN_FEED_URL) => {
+                    Source::Url(DHAN_MASTER_URL.to_string())
+                }
+                _ => Source::Sample,
+            },
+        };
+        let instruments = SourceConfig {
+            cache_dir: fc.instruments_cache.clone(),
+            ..SourceConfig::new(source)
+        };
+        let roll_at = match &fc.roll_at {
+            Some(r) => r
+                .get_ref()
+                .parse::<TimeOfDay>()
+                .map_err(|e| format!("{}: roll_at: {e}", at(r.span().start)))?,
+            None => DEFAULT_ROLL_AT.parse().expect("valid default"),
         };
         let limits = fc.limits.unwrap_or_default();
         let d = FanoutConfig::default();
@@ -326,8 +338,7 @@ impl RunConfig {
                 .unsubscribe_grace_ms
                 .map_or(d.unsubscribe_grace, Duration::from_millis),
             allowed_origins: fc.allowed_origins.unwrap_or_default(),
-            demo: matches!(feed, Feed::Demo { .. }),
-            watchlist,
+            demo,
             core: pin.fanout,
             ..d
         };
@@ -347,8 +358,78 @@ impl RunConfig {
                 .silence_timeout_ms
                 .map_or(Duration::from_secs(30), Duration::from_millis),
             pin,
+            watch,
+            instruments,
+            roll_at,
+            clock: WallClock::system(),
         })
     }
+}
+
+/// One `[[watchlist]]` entry: `symbol` alone (resolved through the master)
+/// or with both `exchange_segment` and `security_id`.
+fn watch_spec(
+    e: WatchEntry,
+    at: &dyn Fn(usize) -> String,
+    line_of: &dyn Fn(usize) -> usize,
+) -> Result<WatchSpec, String> {
+    let symbol = e.symbol.get_ref().trim().to_string();
+    if symbol.is_empty() {
+        return Err(format!(
+            "{}: watchlist: symbol is empty",
+            at(e.symbol.span().start)
+        ));
+    }
+    let line = Some(line_of(e.symbol.span().start));
+    let (segment, id) = match (e.exchange_segment, e.security_id) {
+        (None, None) => {
+            return Ok(WatchSpec {
+                line,
+                ..WatchSpec::by_symbol(&symbol)
+            })
+        }
+        (Some(seg), Some(id)) => (seg, id),
+        (Some(seg), None) => {
+            return Err(format!(
+                "{}: watchlist '{symbol}': exchange_segment without security_id (give both, or neither to resolve the symbol)",
+                at(seg.span().start)
+            ))
+        }
+        (None, Some(id)) => {
+            return Err(format!(
+                "{}: watchlist '{symbol}': security_id without exchange_segment (give both, or neither to resolve the symbol)",
+                at(id.span().start)
+            ))
+        }
+    };
+    let parsed: Segment = segment.get_ref().parse().map_err(|_| {
+        format!(
+            "{}: watchlist '{symbol}': unknown exchange_segment '{}'",
+            at(segment.span().start),
+            segment.get_ref()
+        )
+    })?;
+    let id_text = match id.get_ref() {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        other => format!("{other:?}"),
+    };
+    let sid: SecurityId = id_text.parse().map_err(|err| {
+        format!(
+            "{}: watchlist '{symbol}': security_id '{id_text}': {err}",
+            at(id.span().start)
+        )
+    })?;
+    Ok(WatchSpec {
+        line,
+        ..WatchSpec::by_key(
+            &symbol,
+            InstrumentKey {
+                segment: parsed,
+                security_id: sid,
+            },
+        )
+    })
 }
 
 #[cfg(test)]
@@ -369,7 +450,17 @@ mod tests {
                 rate: DEFAULT_DEMO_RATE
             }
         );
-        assert_eq!(c.fanout.watchlist, default_watchlist());
+        assert_eq!(c.watch, default_watchlist());
+        assert_eq!(
+            c.watch
+                .iter()
+                .map(|w| w.symbol.as_str())
+                .collect::<Vec<_>>(),
+            ["NIFTY", "SENSEX", "RELIANCE", "CRUDEOIL"]
+        );
+        assert!(c.fanout.watchlist.is_empty(), "resolved by the engine");
+        assert_eq!(c.instruments.source, Source::Sample, "demo: no network");
+        assert_eq!(c.roll_at.to_string(), DEFAULT_ROLL_AT);
         assert!(c.fanout.demo);
         assert_eq!(c.log_level, LevelFilter::Info);
     }
@@ -379,6 +470,11 @@ mod tests {
         let c =
             RunConfig::build(&Flags::default(), None, Some(Credentials::new("a", "b"))).unwrap();
         assert!(matches!(&c.feed, Feed::Live { url, .. } if url == DHAN_FEED_URL));
+        assert_eq!(
+            c.instruments.source,
+            Source::Url(DHAN_MASTER_URL.into()),
+            "live on DhanHQ: DhanHQ's master"
+        );
         let flags = Flags {
             feed_url: Some("ws://127.0.0.1:9".into()),
             ..Flags::default()
@@ -396,7 +492,11 @@ mod tests {
         };
         let c = build(&flags, Some(text)).unwrap();
         assert_eq!(c.listen.port(), 9999, "flag beats file");
-        assert!(c.fanout.watchlist.iter().any(|w| w.symbol == "NIFTY"));
+        assert!(c.watch.iter().any(|w| w.symbol == "NIFTY"));
+        let crude = c.watch.iter().find(|w| w.symbol == "CRUDEOIL").unwrap();
+        assert_eq!(crude.key, None, "resolved through the master");
+        let sensex = c.watch.iter().find(|w| w.symbol == "SENSEX").unwrap();
+        assert_eq!(sensex.key, Some(InstrumentKey::new(Segment::IdxI, 51)));
         assert_eq!(c.fanout.max_clients, 10_000);
     }
 
@@ -441,6 +541,81 @@ mod tests {
         assert!(e.contains("at most 5"), "{e}");
         let e = build(&Flags::default(), Some("log_level = \"loud\"\n")).unwrap_err();
         assert!(e.contains("log_level") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn instrument_sources_and_symbol_only_watchlists() {
+        let live = |flags: &Flags, file: Option<&str>| {
+            RunConfig::build(
+                flags,
+                file.map(|t| (Path::new("relay.toml"), t)),
+                Some(Credentials::new("a", "b")),
+            )
+        };
+        // Another feed (a simulator): the sample, never the network.
+        let sim = Flags {
+            feed_url: Some("ws://127.0.0.1:9".into()),
+            ..Flags::default()
+        };
+        assert_eq!(live(&sim, None).unwrap().instruments.source, Source::Sample);
+        let c = live(
+            &Flags {
+                instruments: Some("/tmp/master.csv".into()),
+                ..Flags::default()
+            },
+            Some(
+                "instruments = \"https://example.invalid/m.csv\"\ninstruments_cache = \"/tmp/c\"\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            c.instruments.source,
+            Source::File("/tmp/master.csv".into()),
+            "flag wins"
+        );
+        assert_eq!(c.instruments.cache_dir, Some(PathBuf::from("/tmp/c")));
+        let c = build(
+            &Flags::default(),
+            Some("instruments = \"https://example.invalid/m.csv\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.instruments.source,
+            Source::Url("https://example.invalid/m.csv".into())
+        );
+
+        let c = build(
+            &Flags::default(),
+            Some("roll_at = \"09:05\"\n[[watchlist]]\nsymbol = \"CRUDEOIL\"\n\n[[watchlist]]\nsymbol = \"MYREL\"\nexchange_segment = \"BSE_EQ\"\nsecurity_id = 500325\n"),
+        )
+        .unwrap();
+        assert_eq!(c.roll_at.to_string(), "09:05");
+        assert_eq!(c.watch[0].symbol, "CRUDEOIL");
+        assert_eq!((c.watch[0].key, c.watch[0].line), (None, Some(3)));
+        assert_eq!(
+            c.watch[1].key,
+            Some(InstrumentKey::new(Segment::BseEq, 500325))
+        );
+
+        let e = build(
+            &Flags::default(),
+            Some("[[watchlist]]\nsymbol = \"X\"\nsecurity_id = 5\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("line 3") && e.contains("security_id without exchange_segment"),
+            "{e}"
+        );
+        let e = build(&Flags::default(), Some("[[watchlist]]\nsymbol = \"  \"\n")).unwrap_err();
+        assert!(e.contains("line 2") && e.contains("symbol is empty"), "{e}");
+        let e = build(&Flags::default(), Some("\nroll_at = \"25:00\"\n")).unwrap_err();
+        assert!(e.contains("line 2") && e.contains("roll_at"), "{e}");
+        let e = build(
+            &Flags::default(),
+            Some("[[watchlist]]\nsymbol = \"A\"\nexpiry = 1\n"),
+        )
+        .unwrap_err();
+        assert!(e.contains("expiry") && e.contains("line 3"), "{e}");
     }
 
     #[test]

@@ -13,13 +13,16 @@
 //! gets RequestCode 12, then every thread is joined.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 
 use ringbuf::traits::Split;
 use ringbuf::HeapRb;
 
 use crate::book::{BookConfig, BookThread, Update};
 use crate::config::{Feed, RunConfig};
-use crate::fanout::{Fanout, FanoutInputs, FanoutThread};
+use crate::fanout::{Fanout, FanoutInputs, FanoutThread, WatchItem};
+use crate::instrument::watch::resolve_watchlist;
+use crate::instrument::{source, Master};
 use crate::sim::{SimConfig, Simulator};
 use crate::tick::Tick;
 use crate::upstream::{load_ca_file, Credentials, Upstream, UpstreamConfig};
@@ -62,16 +65,22 @@ pub struct Engine {
     fanout: Option<FanoutThread>,
     upstream: Option<Upstream>,
     book: Option<BookThread>,
+    master: Arc<Master>,
+    watchlist: Vec<WatchItem>,
 }
 
 impl Engine {
-    /// Binds, starts every thread, and subscribes the watchlist.
+    /// Binds, loads the instrument master and resolves the watchlist,
+    /// starts every thread, and subscribes the watchlist.
     pub fn start(config: RunConfig) -> Result<Engine, StartError> {
         let listener =
             TcpListener::bind(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Io(e.to_string()))?;
+        let mut fanout_config = config.fanout.clone();
+        let master = instruments(&config, &mut fanout_config)?;
+        let watchlist = fanout_config.watchlist.clone();
         let extra_ca = match &config.feed_ca {
             Some(path) => load_ca_file(path).map_err(StartError::Config)?,
             None => Vec::new(),
@@ -92,8 +101,8 @@ impl Engine {
             }
             Feed::Live { url, credentials } => (None, url.clone(), credentials.clone()),
         };
-        let fanout = Fanout::new(listener, config.fanout.clone())
-            .map_err(|e| StartError::Io(e.to_string()))?;
+        let fanout =
+            Fanout::new(listener, fanout_config).map_err(|e| StartError::Io(e.to_string()))?;
         let (tick_tx, tick_rx) = HeapRb::<Tick>::new(RING).split();
         let (update_tx, update_rx) = HeapRb::<Update>::new(RING).split();
         let waker = fanout.waker();
@@ -140,7 +149,19 @@ impl Engine {
             fanout: Some(fanout),
             upstream: Some(upstream),
             book: Some(book),
+            master,
+            watchlist,
         })
+    }
+
+    /// The instrument master in use.
+    pub fn instruments(&self) -> &Arc<Master> {
+        &self.master
+    }
+
+    /// The watchlist as resolved at start.
+    pub fn watchlist(&self) -> &[WatchItem] {
+        &self.watchlist
     }
 
     /// The address clients connect to.
@@ -181,6 +202,50 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Loads the master (logging where from and what was wrong with it),
+/// resolves the configured watchlist against it, and fills the fanout's
+/// watchlist, master and roll settings. Entries already in
+/// `fanout.watchlist` (set by code, not the config) are kept after the
+/// configured ones.
+fn instruments(
+    config: &RunConfig,
+    fanout: &mut crate::fanout::FanoutConfig,
+) -> Result<Arc<Master>, StartError> {
+    let loaded =
+        source::load(&config.instruments, config.clock.now()).map_err(StartError::Config)?;
+    for w in &loaded.warnings {
+        log::warn!("{w}");
+    }
+    // The report names the first bad rows by line: worth a warning.
+    if loaded.master.report().bad > 0 {
+        log::warn!("{}", loaded.describe());
+    } else {
+        log::info!("{}", loaded.describe());
+    }
+    let today = config.clock.today();
+    let resolved = resolve_watchlist(&config.watch, &loaded.master, today, loaded.authoritative())
+        .map_err(StartError::Config)?;
+    for n in &resolved.notes {
+        log::info!("{n}");
+    }
+    for s in &resolved.skipped {
+        log::warn!("{s}");
+    }
+    let mut watchlist = resolved.items;
+    for extra in std::mem::take(&mut fanout.watchlist) {
+        if !watchlist.iter().any(|w| w.symbol == extra.symbol) {
+            watchlist.push(extra);
+        }
+    }
+    let master = Arc::new(loaded.master);
+    fanout.watchlist = watchlist;
+    fanout.master = Arc::clone(&master);
+    fanout.rolling = resolved.rolling;
+    fanout.roll_at = config.roll_at;
+    fanout.clock = config.clock.clone();
+    Ok(master)
 }
 
 /// Raises the open-file limit to its hard maximum (each client is a file

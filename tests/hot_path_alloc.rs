@@ -100,7 +100,7 @@ fn raw_client(addr: std::net::SocketAddr, received: Arc<AtomicU64>) {
     let stream = TcpStream::connect(addr).unwrap();
     let (mut ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), stream).unwrap();
     ws.send(Message::text(
-        r#"{"type":"subscribe","instruments":[{"symbol":"NIFTY"},{"symbol":"SENSEX"},{"symbol":"RELIANCE"}]}"#,
+        r#"{"type":"subscribe","instruments":[{"symbol":"NIFTY"},{"symbol":"SENSEX"},{"symbol":"RELIANCE"},{"symbol":"CRUDEOIL"}]}"#,
     ))
     .unwrap();
     let mut stream = ws.into_inner();

@@ -36,6 +36,8 @@ use tungstenite::{Message, Utf8Bytes, WebSocket};
 use crate::book::{BookStats, SharedSnapshot, Update};
 use crate::clock;
 use crate::domain::{InstrumentKey, Mode};
+use crate::instrument::watch::{plan_rolls, RollSchedule};
+use crate::instrument::{Master, TimeOfDay, WallClock};
 use crate::metrics::{LatencyRecorder, SharedLatency};
 use crate::upstream::{Command, UpstreamControl, UpstreamStats};
 use http::{Head, Parsed};
@@ -81,6 +83,15 @@ pub struct FanoutConfig {
     pub demo: bool,
     /// Pin the thread to this core, when set.
     pub core: Option<usize>,
+    /// The instrument master: symbol resolution, search, symbol names.
+    pub master: Arc<Master>,
+    /// Watchlist symbols resolved to a dated contract: re-resolved daily
+    /// at `roll_at`, and moved to the next contract once theirs expired.
+    pub rolling: Vec<String>,
+    /// When the daily expiry check runs (India time).
+    pub roll_at: TimeOfDay,
+    /// The wall clock for calendar decisions.
+    pub clock: WallClock,
 }
 
 impl Default for FanoutConfig {
@@ -99,6 +110,10 @@ impl Default for FanoutConfig {
             watchlist: Vec::new(),
             demo: false,
             core: None,
+            master: Arc::new(Master::empty()),
+            rolling: Vec::new(),
+            roll_at: TimeOfDay::new(8, 45).expect("valid"),
+            clock: WallClock::system(),
         }
     }
 }
@@ -175,6 +190,7 @@ impl Fanout {
             .map(|w| (w.symbol.to_ascii_uppercase(), w.key))
             .collect();
         let core = self.config.core;
+        let roll = RollSchedule::new(self.config.roll_at, self.config.clock.today());
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(self.config.client_queue_bytes / 2)
@@ -197,6 +213,7 @@ impl Fanout {
             latency: tick_to_wire.recorder(),
             symbols,
             by_symbol,
+            roll,
             started: Instant::now(),
             upstream_up: false,
             next_second: Instant::now(),
@@ -286,6 +303,7 @@ struct Worker {
     latency: LatencyRecorder,
     symbols: HashMap<InstrumentKey, String>,
     by_symbol: HashMap<String, InstrumentKey>,
+    roll: RollSchedule,
     started: Instant,
     upstream_up: bool,
     next_second: Instant,
@@ -546,6 +564,10 @@ impl Worker {
                 "/stats" => Some((200, "application/json", ctx.stats())),
                 "/metrics" => Some((200, "text/plain; version=0.0.4", ctx.metrics())),
                 "/api/watchlist" => Some((200, "application/json", ctx.watchlist())),
+                "/api/instruments" => {
+                    let (code, body) = rest::search(&self.config.master, &head.query);
+                    Some((code, "application/json", body))
+                }
                 "/api/v2/subscriptions/active" => {
                     Some((200, "application/json", ctx.subscriptions()))
                 }
@@ -707,27 +729,21 @@ impl Worker {
         s.reply(protocol::error_message(message), &self.stats);
     }
 
-    /// Resolves refs to keys; unknown symbols are reported and skipped.
+    /// Resolves refs to keys: symbols through the instrument master as of
+    /// today, then the watchlist's names; what does not resolve is reported
+    /// (with the closest candidates) and skipped.
     fn resolve(&self, s: &mut Session, refs: Vec<InstrumentRef>) -> Vec<InstrumentKey> {
         let mut keys = Vec::with_capacity(refs.len());
+        let today = self.config.clock.today();
         for r in refs {
             match r {
                 InstrumentRef::Key(k) => keys.push(k),
-                InstrumentRef::Symbol(sym) => match self.by_symbol.get(&sym.to_ascii_uppercase()) {
-                    Some(k) => keys.push(*k),
-                    None => {
-                        let mut known: Vec<&str> = self
-                            .config
-                            .watchlist
-                            .iter()
-                            .map(|w| w.symbol.as_str())
-                            .collect();
-                        known.sort_unstable();
-                        self.client_error(s, &format!(
-                            "unknown symbol '{sym}' (known: {}); or give exchangeSegment and securityId",
-                            known.join(", ")
-                        ));
-                    }
+                InstrumentRef::Symbol(sym) => match self.config.master.resolve(&sym, today) {
+                    Ok(inst) => keys.push(inst.key()),
+                    Err(e) => match self.by_symbol.get(&sym.to_ascii_uppercase()) {
+                        Some(k) => keys.push(*k),
+                        None => self.client_error(s, &e.to_string()),
+                    },
                 },
             }
         }
@@ -755,6 +771,12 @@ impl Worker {
         add(&self.stats.subscriptions, new as u64);
         let snapshot = self.inputs.snapshot.load();
         for key in keys {
+            // Name it once here, so every update (a look-up) carries it.
+            if !self.symbols.contains_key(&key) {
+                if let Some(inst) = self.config.master.get(key) {
+                    self.symbols.insert(key, inst.symbol().to_string());
+                }
+            }
             s.subs.insert(key, mode);
             self.topics.add(i, key, mode);
             // Snapshot on subscribe: the fanout's own latest, else the book's.
@@ -906,6 +928,7 @@ impl Worker {
     }
 
     fn every_second(&mut self, now: Instant) {
+        self.check_roll();
         // Rendered once for every /ws/prices client, and only if there is one.
         let any_prices = self
             .conns
@@ -961,6 +984,45 @@ impl Worker {
         }
         self.flush_dirty(now);
         self.latency.maybe_publish(now);
+    }
+
+    /// The daily expiry check: watchlist entries whose contract expired move
+    /// to the next one; the old one is released (unsubscribed upstream
+    /// after the grace period unless a client holds it).
+    fn check_roll(&mut self) {
+        if self.config.rolling.is_empty() {
+            return;
+        }
+        let Some(today) = self.roll.due(self.config.clock.now()) else {
+            return;
+        };
+        let (rolls, warnings) = plan_rolls(
+            &self.config.master,
+            &self.config.watchlist,
+            &self.config.rolling,
+            today,
+        );
+        for w in warnings {
+            log::warn!("{w}");
+        }
+        for roll in rolls {
+            log::info!("{}", roll.message);
+            self.topics.remove(Topics::RELAY, roll.from);
+            self.topics.add(Topics::RELAY, roll.to, Mode::Ticker);
+            self.config.watchlist[roll.index].key = roll.to;
+            self.by_symbol
+                .insert(roll.symbol.to_ascii_uppercase(), roll.to);
+            // The old contract keeps its own name for anyone still holding it.
+            match self.config.master.get(roll.from) {
+                Some(old) => {
+                    self.symbols.insert(roll.from, old.symbol().to_string());
+                }
+                None => {
+                    self.symbols.remove(&roll.from);
+                }
+            }
+            self.symbols.insert(roll.to, roll.symbol);
+        }
     }
 
     fn drop_session(&mut self, i: usize, s: &Session) {
@@ -1044,6 +1106,7 @@ fn index_text() -> String {
      GET  /metrics                       Prometheus text\n\
      GET  /api/v2/subscriptions/active   upstream subscriptions with modes and client counts\n\
      GET  /api/watchlist                 the configured watchlist\n\
+     GET  /api/instruments?q=relia&limit=20  instrument search (exact, prefix, substring)\n\
      WS   /ws                            subscribe/unsubscribe protocol (JSON)\n\
      WS   /ws/prices                     the /prices object every second\n"
         .to_string()

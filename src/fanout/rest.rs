@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use super::stats::{get, FanoutStats};
 use crate::book::{BookStats, Snapshot};
 use crate::domain::{InstrumentKey, Mode};
+use crate::instrument::Master;
 use crate::logging::civil_from_days;
 use crate::metrics::Percentiles;
 use crate::upstream::{UpstreamStats, DISCONNECT_REASONS, PACKET_KINDS};
@@ -387,6 +388,67 @@ impl RestContext<'_> {
     }
 }
 
+/// Results of `/api/instruments` when `limit` is not given.
+pub const DEFAULT_SEARCH_LIMIT: usize = 20;
+
+/// A query-string value: `+` is a space, `%XX` a byte; invalid escapes are
+/// kept as written, invalid UTF-8 replaced.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET /api/instruments?q=relia&limit=20`: `{"query","count","results"}`,
+/// or 400 with `{"error"}` for a missing or empty `q` or a bad `limit`
+/// (default 20, at most 100).
+pub fn search(master: &Master, query: &str) -> (u16, String) {
+    let bad = |m: &str| (400, json!({ "error": m }).to_string());
+    let q = query_param(query, "q").unwrap_or_default();
+    if q.trim().is_empty() {
+        return bad("missing query: give q, e.g. /api/instruments?q=relia&limit=20");
+    }
+    let limit = match query_param(query, "limit") {
+        None => DEFAULT_SEARCH_LIMIT,
+        Some(l) => match l.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n.min(crate::instrument::search::MAX_LIMIT),
+            _ => return bad("limit must be a whole number from 1 to 100"),
+        },
+    };
+    let results: Vec<Value> = master
+        .search(&q, limit)
+        .iter()
+        .map(|i| i.to_json())
+        .collect();
+    (
+        200,
+        json!({ "query": q, "count": results.len(), "results": results }).to_string(),
+    )
+}
+
 /// A price as JSON: the shortest round-trip decimal, or `null`.
 fn price_value(p: Option<f32>) -> Value {
     let mut f = crate::price::PriceFormatter::new();
@@ -416,6 +478,51 @@ mod tests {
     use crate::book::InstrumentState;
     use crate::domain::Segment;
     use crate::wire::feed::PrevClose;
+
+    #[test]
+    fn query_strings_decode() {
+        assert_eq!(
+            query_param("q=relia&limit=20", "q").as_deref(),
+            Some("relia")
+        );
+        assert_eq!(
+            query_param("limit=5&q=nifty+25000%20CE", "q").as_deref(),
+            Some("nifty 25000 CE")
+        );
+        assert_eq!(query_param("q=M%26M", "q").as_deref(), Some("M&M"));
+        assert_eq!(query_param("q=100%", "q").as_deref(), Some("100%"));
+        assert_eq!(query_param("q=%zz", "q").as_deref(), Some("%zz"));
+        assert_eq!(query_param("q", "q").as_deref(), Some(""));
+        assert_eq!(query_param("x=1", "q"), None);
+    }
+
+    #[test]
+    fn instrument_search_bodies() {
+        let m = Master::sample();
+        let (code, body) = search(&m, "q=relia&limit=2");
+        assert_eq!(code, 200);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["query"], "relia");
+        assert_eq!(v["count"], 2);
+        assert_eq!(v["results"][0]["symbol"], "RELIANCE");
+        assert_eq!(v["results"][1]["exchangeSegment"], "BSE_EQ");
+        let (_, body) = search(&m, "q=zzzz");
+        assert_eq!(body, r#"{"count":0,"query":"zzzz","results":[]}"#);
+        for bad in [
+            "",
+            "q=",
+            "q=+",
+            "limit=3",
+            "q=a&limit=0",
+            "q=a&limit=-1",
+            "q=a&limit=x",
+        ] {
+            let (code, body) = search(&m, bad);
+            assert_eq!(code, 400, "{bad}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert!(v["error"].is_string(), "{bad}");
+        }
+    }
 
     #[test]
     fn ist_timestamps() {
