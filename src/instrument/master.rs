@@ -805,6 +805,7 @@ impl Master {
         }
         report.unsupported = unsupported;
         report.rows = rows.len();
+        arena.shrink_to_fit();
         let mut master = Master {
             rows,
             text: arena,
