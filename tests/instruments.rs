@@ -4,12 +4,15 @@
 //! server, and the whole engine in demo mode with the embedded sample
 //! master. Nothing here touches the network beyond 127.0.0.1.
 
+mod common;
+use common::wait_for;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
@@ -27,7 +30,6 @@ const SHUFFLED: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/data/scrip-master-shuffled.csv"
 );
-const WAIT: Duration = Duration::from_secs(10);
 
 fn fixture() -> Master {
     Master::parse(&std::fs::read(FIXTURE).unwrap()).unwrap()
@@ -632,17 +634,6 @@ fn downloads_are_cached_for_the_day_and_the_cache_and_sample_are_fallbacks() {
 }
 
 // ------------------------------------------------------------- end to end
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + WAIT;
-    while Instant::now() < end {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for {what}");
-}
 
 fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
     let mut s = TcpStream::connect(addr).unwrap();
