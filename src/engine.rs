@@ -251,30 +251,17 @@ fn instruments(
 /// Raises the open-file limit to its hard maximum (each client is a file
 /// descriptor); warns when even that is short of `max_clients`.
 pub fn raise_fd_limit(max_clients: usize) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return;
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let wanted = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
+    let soft = match crate::fdlimit::raise_to_hard_limit() {
+        Ok(soft) => soft,
+        Err(e) => {
+            log::warn!("cannot read the open-file limit: {e}");
+            return;
         }
-    }
+    };
     let needed = max_clients as u64 + 512;
-    if lim.rlim_cur < needed {
+    if soft < needed {
         log::warn!(
-            "open-file limit is {} but max_clients {} needs about {needed}; raise it with `ulimit -n` or lower limits.max_clients",
-            lim.rlim_cur,
-            max_clients
+            "open-file limit is {soft} but max_clients {max_clients} needs about {needed}; raise it with `ulimit -n` or lower limits.max_clients"
         );
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod fanout;
+pub mod fdlimit;
 pub mod instrument;
 pub mod logging;
 pub mod metrics;

@@ -77,28 +77,11 @@ pub fn pin_current(cpus: &[usize]) -> Result<(), String> {
     }
 }
 
-/// Raises the soft open-file limit to the hard limit; returns the new soft
-/// limit.
+/// Raises the soft open-file limit to the hard limit
+/// ([`dhan_relay::fdlimit::raise_to_hard_limit`]); returns the new soft
+/// limit, 0 when it cannot be read (the caller then reports it as short).
 pub fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 0;
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let wanted = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
-        }
-    }
-    lim.rlim_cur
+    dhan_relay::fdlimit::raise_to_hard_limit().unwrap_or(0)
 }
 
 /// Sets a socket's receive buffer (`SO_RCVBUF`; the kernel doubles it).
