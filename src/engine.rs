@@ -132,7 +132,10 @@ impl Engine {
             tick_tx,
             book.thread(),
         )
-        .map_err(StartError::Config)?;
+        .map_err(|e| match e {
+            crate::upstream::SpawnError::Config(why) => StartError::Config(why),
+            io @ crate::upstream::SpawnError::Io { .. } => StartError::Io(io.to_string()),
+        })?;
         let fanout = fanout
             .start(FanoutInputs {
                 updates: update_rx,

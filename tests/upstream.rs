@@ -1,6 +1,7 @@
 //! The network thread against the real simulator over real sockets on
 //! 127.0.0.1: values, subscriptions, reconnects, dead sockets, auth
-//! failures, sharding, bad packets and shutdown.
+//! failures, sharding, bad packets, shutdown, name lookups off the thread,
+//! and capacity.
 
 mod common;
 use common::wait_for;
@@ -11,7 +12,8 @@ use dhan_relay::domain::{InstrumentKey, Mode, Segment};
 use dhan_relay::sim::{SimConfig, SimControl, SimTls, Simulator};
 use dhan_relay::tick::Tick;
 use dhan_relay::upstream::{
-    BackoffConfig, Command, Credentials, SlotState, Upstream, UpstreamConfig, UpstreamStats,
+    BackoffConfig, Command, Credentials, SlotState, SpawnError, Upstream, UpstreamConfig,
+    UpstreamStats,
 };
 use dhan_relay::wire::feed::{DepthLevel, FeedData, FeedMessage, Full, Quote, Ticker};
 use dhan_relay::wire::request::RequestCode;
@@ -433,9 +435,10 @@ fn a_full_ring_waits_and_loses_nothing() {
     up.shutdown();
 }
 
-mod secrets {
-    //! Every log line the network thread writes, checked for the secrets.
-    use super::*;
+mod logs {
+    //! Every log line the relay would print, captured for assertions. One
+    //! logger per process: every test that reads lines installs this one,
+    //! and picks its own lines out by content (tests run in parallel).
     use std::sync::Mutex;
 
     static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -455,10 +458,35 @@ mod secrets {
     }
     static CAPTURE: Capture = Capture;
 
-    #[test]
-    fn credentials_never_reach_a_log_line_or_an_error() {
+    /// Starts capturing (again is harmless).
+    pub fn install() {
         let _ = log::set_logger(&CAPTURE);
         log::set_max_level(log::LevelFilter::Trace);
+    }
+
+    /// The lines so far that contain `needle`.
+    pub fn lines_with(needle: &str) -> Vec<String> {
+        let lines = LINES.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// Every line so far.
+    pub fn all() -> Vec<String> {
+        LINES.lock().unwrap().clone()
+    }
+}
+
+mod secrets {
+    //! Every log line the network thread writes, checked for the secrets.
+    use super::*;
+
+    #[test]
+    fn credentials_never_reach_a_log_line_or_an_error() {
+        logs::install();
         // A failed TLS handshake, a successful connect, an 807, a redacted text frame.
         let r = rig_with(
             SimConfig {
@@ -482,7 +510,7 @@ mod secrets {
         wait_for("a failed handshake", || {
             bad_tls.stats().last_error().is_some()
         });
-        let lines = LINES.lock().unwrap().clone();
+        let lines = logs::all();
         assert!(
             lines.iter().any(|l| l.contains("connected to")),
             "{lines:?}"
@@ -496,4 +524,243 @@ mod secrets {
             );
         }
     }
+}
+
+mod dns {
+    //! Name lookups run off the network thread: a stuck one holds up only
+    //! its own slot.
+    use super::*;
+    use dhan_relay::upstream::Resolver;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+
+    /// Answers 127.0.0.1 for `feed.test`; while the gate is shut, a lookup
+    /// hangs until the test opens it (or 20 s pass, so a failed test cannot
+    /// leave a thread behind for ever).
+    #[derive(Debug)]
+    struct GatedDns {
+        shut: AtomicBool,
+        started: AtomicUsize,
+        finished: AtomicUsize,
+    }
+
+    impl GatedDns {
+        fn new(shut: bool) -> Arc<Self> {
+            Arc::new(GatedDns {
+                shut: AtomicBool::new(shut),
+                started: AtomicUsize::new(0),
+                finished: AtomicUsize::new(0),
+            })
+        }
+        fn started(&self) -> usize {
+            self.started.load(SeqCst)
+        }
+        fn finished(&self) -> usize {
+            self.finished.load(SeqCst)
+        }
+    }
+
+    impl Resolver for GatedDns {
+        fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+            self.started.fetch_add(1, SeqCst);
+            let give_up = Instant::now() + Duration::from_secs(20);
+            while self.shut.load(SeqCst) && Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.finished.fetch_add(1, SeqCst);
+            if host != "feed.test" {
+                return Err(std::io::Error::other(format!(
+                    "unexpected lookup of {host}"
+                )));
+            }
+            Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
+        }
+    }
+
+    /// Points the rig at the simulator by name, looked up through `dns`.
+    fn by_name(cfg: &mut UpstreamConfig, dns: &Arc<GatedDns>) {
+        let port = cfg.feed_url.rsplit(':').next().unwrap().to_string();
+        cfg.feed_url = format!("ws://feed.test:{port}");
+        cfg.resolver = dns.clone();
+    }
+
+    #[test]
+    fn a_stuck_lookup_does_not_stall_a_connected_slot() {
+        let dns = GatedDns::new(false);
+        let mut r = rig_with(sim_config(), |cfg| {
+            by_name(cfg, &dns);
+            cfg.max_per_connection = 1;
+        });
+        let (a, b) = (nse(11), nse(12));
+        r.subscribe(&[a], Mode::Ticker);
+        r.wait_subscribed(&[a], Mode::Ticker);
+        assert_eq!(dns.finished(), 1, "slot 0 found the feed by name");
+
+        dns.shut.store(true, SeqCst);
+        r.subscribe(&[b], Mode::Ticker); // needs slot 1, whose lookup hangs
+        let stats = r.stats();
+        wait_for("slot 1's lookup to hang", || {
+            dns.started() == 2 && stats.slot_states()[1] == SlotState::Resolving
+        });
+        // Meanwhile slot 0's ticks arrive and commands are applied.
+        r.ctl.inject(&FeedMessage::Data(
+            a,
+            FeedData::Ticker(Ticker { ltp: 1.5, ltt: 2 }),
+        ));
+        assert_eq!(r.next_data(1)[0].key, a);
+        r.subscribe(&[a], Mode::Full);
+        r.wait_subscribed(&[a], Mode::Full);
+        assert_eq!(dns.finished(), 1, "all of that while the lookup hung");
+        assert_eq!(stats.slot_states()[1], SlotState::Resolving);
+
+        // The late answer still opens slot 1.
+        dns.shut.store(false, SeqCst);
+        r.wait_subscribed(&[b], Mode::Ticker);
+        assert_eq!(stats.connections_up(), 2);
+    }
+
+    #[test]
+    fn a_lookup_past_its_deadline_fails_the_attempt_and_is_not_doubled() {
+        let dns = GatedDns::new(true);
+        let r = rig_with(sim_config(), |cfg| {
+            by_name(cfg, &dns);
+            cfg.resolve_timeout = Duration::from_millis(200);
+        });
+        let stats = r.stats();
+        wait_for("two timed-out attempts", || {
+            UpstreamStats::get(&stats.connect_attempts) >= 3
+        });
+        let err = stats.last_error().unwrap();
+        assert_eq!(err, "DNS lookup of feed.test took longer than 200ms");
+        assert_eq!(dns.started(), 1, "retries adopt the hung lookup");
+        assert_eq!(UpstreamStats::get(&stats.connects), 0);
+
+        // The thread still serves commands...
+        r.subscribe(&[nse(3)], Mode::Ticker);
+        wait_for("the command to be applied", || {
+            UpstreamStats::get(&stats.instruments_held) == 1
+        });
+        // ...and, once the resolver answers, connects with that answer.
+        dns.shut.store(false, SeqCst);
+        r.wait_subscribed(&[nse(3)], Mode::Ticker);
+        assert_eq!(dns.started(), 1);
+    }
+
+    #[test]
+    fn shutdown_is_prompt_while_a_lookup_hangs() {
+        let dns = GatedDns::new(true);
+        let r = rig_with(sim_config(), |cfg| by_name(cfg, &dns));
+        let stats = r.stats();
+        wait_for("the lookup to hang", || {
+            dns.started() == 1 && stats.slot_states()[0] == SlotState::Resolving
+        });
+        let started = Instant::now();
+        r.up.shutdown();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        dns.shut.store(false, SeqCst);
+    }
+
+    #[test]
+    fn ip_literal_hosts_never_reach_the_resolver() {
+        let dns = GatedDns::new(true);
+        let r = rig_with(sim_config(), |cfg| cfg.resolver = dns.clone());
+        let stats = r.stats();
+        wait_for("connection", || stats.connections_up() == 1);
+        assert_eq!(dns.started(), 0);
+    }
+}
+
+mod capacity {
+    //! The account's capacity, what is held, and refusals past it.
+    use super::*;
+
+    fn fno(id: u32) -> InstrumentKey {
+        InstrumentKey::new(Segment::NseFno, id)
+    }
+
+    #[test]
+    fn capacity_and_held_instruments_are_readable() {
+        let r = rig_with(sim_config(), |cfg| {
+            cfg.max_connections = 2;
+            cfg.max_per_connection = 3;
+        });
+        let stats = r.stats();
+        assert_eq!(UpstreamStats::get(&stats.instrument_capacity), 6);
+        let keys: Vec<_> = (0..4).map(nse).collect();
+        r.subscribe(&keys, Mode::Ticker);
+        wait_for("4 held", || {
+            UpstreamStats::get(&stats.instruments_held) == 4
+        });
+        assert!(r.up.control().send(Command::Unsubscribe(vec![keys[0]])));
+        wait_for("3 held", || {
+            UpstreamStats::get(&stats.instruments_held) == 3
+        });
+
+        let clamped = rig_with(sim_config(), |cfg| cfg.max_connections = 9);
+        assert_eq!(
+            UpstreamStats::get(&clamped.stats().instrument_capacity),
+            5 * 5000,
+            "DhanHQ's 5 connections × 5,000"
+        );
+    }
+
+    #[test]
+    fn refusals_past_capacity_log_one_line_per_batch() {
+        logs::install();
+        let r = rig_with(sim_config(), |cfg| {
+            cfg.max_connections = 1;
+            cfg.max_per_connection = 3;
+        });
+        let stats = r.stats();
+        let keys: Vec<_> = (6_025_000..6_025_010).map(fno).collect();
+        r.subscribe(&keys, Mode::Ticker);
+        wait_for("the refusal line", || {
+            !logs::lines_with("first: NSE_FNO:6025003").is_empty()
+        });
+        let lines = logs::lines_with("NSE_FNO:6025");
+        assert_eq!(lines.len(), 1, "one line for the batch: {lines:?}");
+        assert!(
+            lines[0].starts_with("upstream capacity full: 7 instruments refused"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(UpstreamStats::get(&stats.rejected_subscriptions), 7);
+        assert_eq!(UpstreamStats::get(&stats.instruments_held), 3);
+        r.wait_subscribed(&keys[..3], Mode::Ticker);
+
+        // A second batch is a second event.
+        r.subscribe(&[fno(6_025_100), fno(6_025_101)], Mode::Ticker);
+        wait_for("the second line", || {
+            logs::lines_with("NSE_FNO:6025").len() == 2
+        });
+        let second = logs::lines_with("first: NSE_FNO:6025100");
+        assert_eq!(second.len(), 1);
+        assert!(
+            second[0].contains(": 2 instruments refused"),
+            "{}",
+            second[0]
+        );
+        assert_eq!(UpstreamStats::get(&stats.rejected_subscriptions), 9);
+    }
+}
+
+#[test]
+fn a_bad_feed_url_is_a_config_error_not_an_os_one() {
+    let (prod, _cons) = HeapRb::<Tick>::new(8).split();
+    let err = Upstream::spawn(
+        UpstreamConfig {
+            feed_url: "ftp://example.com".into(),
+            ..UpstreamConfig::default()
+        },
+        prod,
+        None,
+    )
+    .unwrap_err();
+    assert!(matches!(err, SpawnError::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("wss:// or ws://"), "{err}");
 }

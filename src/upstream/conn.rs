@@ -1,13 +1,16 @@
-//! One upstream connection slot: TCP connect → TLS → WebSocket handshake →
-//! subscribed reading, then back to a backoff wait when anything fails.
+//! One upstream connection slot: name lookup → TCP connect → TLS →
+//! WebSocket handshake → subscribed reading, then back to a backoff wait when
+//! anything fails.
 //!
 //! Every step is non-blocking and resumable: the mio loop calls
 //! [`Conn::on_ready`] on readiness and [`Conn::on_timer`] at deadlines, and
 //! each call advances the phase as far as the socket allows, draining reads
-//! until `WouldBlock` (the socket is registered edge-triggered).
+//! until `WouldBlock` (the socket is registered edge-triggered). The name
+//! lookup runs on another thread ([`super::dns`]); its answer arrives through
+//! [`Conn::on_resolved`].
 
 use std::io::ErrorKind;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +26,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
 use super::backoff::{Backoff, BackoffConfig};
+use super::dns::Lookups;
 use super::stats::{inc, SlotState, UpstreamStats};
 use super::tls::{self, Transport};
 use super::Credentials;
@@ -44,6 +48,10 @@ pub(crate) struct Settings {
     pub credentials: Credentials,
     pub host: String,
     pub port: u16,
+    /// The address when `host` is an IP literal: no lookup needed.
+    pub literal: Option<SocketAddr>,
+    /// How long a name lookup may take before the attempt counts as failed.
+    pub resolve_timeout: Duration,
     pub tls: Option<Arc<ClientConfig>>,
     pub silence_timeout: Duration,
     pub connect_timeout: Duration,
@@ -118,6 +126,8 @@ pub(crate) enum Transition {
 enum Phase {
     /// Not connected; connect at `retry_at` (never, when `None`).
     Down { retry_at: Option<Instant> },
+    /// Waiting for the answer of name lookup `lookup`.
+    Resolving { lookup: u64, deadline: Instant },
     /// TCP connect in flight.
     Connecting {
         socket: TcpStream,
@@ -169,6 +179,7 @@ pub(crate) struct Env<'a> {
     pub settings: &'a Settings,
     pub stats: &'a UpstreamStats,
     pub sink: &'a mut TickSink,
+    pub lookups: &'a mut Lookups,
 }
 
 impl Conn {
@@ -201,7 +212,8 @@ impl Conn {
     pub fn deadline(&self, settings: &Settings) -> Option<Instant> {
         match &self.phase {
             Phase::Down { retry_at } => *retry_at,
-            Phase::Connecting { deadline, .. }
+            Phase::Resolving { deadline, .. }
+            | Phase::Connecting { deadline, .. }
             | Phase::Handshaking { deadline, .. }
             | Phase::Closing { deadline, .. } => Some(*deadline),
             Phase::Up {
@@ -222,6 +234,15 @@ impl Conn {
         let silence = env.settings.silence_timeout;
         match &mut self.phase {
             Phase::Down { retry_at: Some(at) } if *at <= now => self.connect(env, now),
+            Phase::Resolving { deadline, .. } if *deadline <= now => {
+                // The lookup thread may still be stuck; the next attempt
+                // adopts it rather than starting another.
+                let why = format!(
+                    "DNS lookup of {} took longer than {:?}",
+                    env.settings.host, env.settings.resolve_timeout
+                );
+                self.fail(env, now, Failure::Error(why))
+            }
             Phase::Connecting { deadline, .. } | Phase::Handshaking { deadline, .. }
                 if *deadline <= now =>
             {
@@ -306,10 +327,28 @@ impl Conn {
                 }
                 Transition::None
             }
-            down @ Phase::Down { .. } => {
-                self.phase = down;
+            // No socket yet: nothing to read.
+            idle @ (Phase::Down { .. } | Phase::Resolving { .. }) => {
+                self.phase = idle;
                 Transition::None
             }
+        }
+    }
+
+    /// The answer of a name lookup. One this slot no longer waits for (it
+    /// timed out, or the slot was closed) is dropped.
+    pub fn on_resolved(
+        &mut self,
+        env: &mut Env<'_>,
+        now: Instant,
+        lookup: u64,
+        result: Result<SocketAddr, String>,
+    ) -> Transition {
+        let waited = matches!(self.phase, Phase::Resolving { lookup: l, .. } if l == lookup);
+        match result {
+            _ if !waited => Transition::None,
+            Ok(addr) => self.open(env, now, addr),
+            Err(why) => self.fail(env, now, Failure::Error(why)),
         }
     }
 
@@ -365,13 +404,34 @@ impl Conn {
         }
     }
 
+    /// Starts an attempt: straight to TCP for an IP literal, else a name
+    /// lookup on another thread (resolved afresh for every attempt).
     fn connect(&mut self, env: &mut Env<'_>, now: Instant) -> Transition {
         inc(&env.stats.connect_attempts);
+        let settings = env.settings;
+        if let Some(addr) = settings.literal {
+            return self.open(env, now, addr);
+        }
+        match env.lookups.start(self.slot, &settings.host, settings.port) {
+            Ok(lookup) => {
+                env.stats.set_slot(self.slot, SlotState::Resolving);
+                self.phase = Phase::Resolving {
+                    lookup,
+                    deadline: now + settings.resolve_timeout,
+                };
+                Transition::None
+            }
+            Err(e) => self.fail(
+                env,
+                now,
+                Failure::Error(format!("cannot start a DNS lookup thread: {e}")),
+            ),
+        }
+    }
+
+    /// Opens the TCP connection; the handshake deadline starts now.
+    fn open(&mut self, env: &mut Env<'_>, now: Instant, addr: SocketAddr) -> Transition {
         env.stats.set_slot(self.slot, SlotState::Connecting);
-        let addr = match resolve(&env.settings.host, env.settings.port) {
-            Ok(addr) => addr,
-            Err(why) => return self.fail(env, now, Failure::Error(why)),
-        };
         let mut socket = match TcpStream::connect(addr) {
             Ok(s) => s,
             Err(e) => {
@@ -619,12 +679,4 @@ fn flush(ws: &mut WebSocket<Transport>) -> Result<(), Failure> {
         Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => Ok(()),
         Err(e) => Err(Failure::Error(format!("write failed: {e}"))),
     }
-}
-
-fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host} resolves to no address"))
 }

@@ -10,16 +10,28 @@
 //! reconnected. Reconnects use capped exponential backoff with jitter, and a
 //! long fixed wait after DhanHQ says the credentials are bad (807–809).
 //!
+//! The feed host's name is looked up afresh for every connect attempt, but
+//! never on this thread ([`dns`]): a hung lookup must not stall the other
+//! connections. Its answer comes back through the same waker as commands.
+//!
+//! Capacity: the account carries at most `max_connections ×
+//! max_per_connection` instruments ([`UpstreamStats::instrument_capacity`]).
+//! Subscriptions past that are refused here, counted, and logged once per
+//! command batch; callers are expected to check
+//! [`UpstreamStats::instruments_held`] first, so this is a safety net.
+//!
 //! Secrets: the feed URL carries the token, so it is built only for the
 //! handshake; logs and errors show [`Credentials::redacted_url`].
 
 mod backoff;
 mod conn;
 mod credentials;
+mod dns;
 pub mod shard;
 mod stats;
 mod tls;
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
@@ -32,12 +44,14 @@ use rustls::pki_types::CertificateDer;
 
 pub use backoff::BackoffConfig;
 pub use credentials::{Credentials, REDACTED};
+pub use dns::{Resolver, SystemResolver};
 pub use stats::{SlotState, UpstreamStats, DISCONNECT_REASONS, MAX_SLOTS, PACKET_KINDS};
 pub use tls::load_ca_file;
 
 use crate::domain::{InstrumentKey, Mode};
 use crate::tick::Tick;
 use conn::{Conn, Env, Settings, TickSink, Transition};
+use dns::Lookups;
 use shard::Shards;
 
 /// DhanHQ's Live Market Feed v2 address (credentials are appended).
@@ -62,6 +76,11 @@ pub struct UpstreamConfig {
     pub silence_timeout: Duration,
     /// TCP + TLS + WebSocket handshake limit.
     pub connect_timeout: Duration,
+    /// Name lookup limit; a slower lookup fails the attempt (and backs off).
+    pub resolve_timeout: Duration,
+    /// Looks up the feed host (never called for an IP literal, and never on
+    /// the network thread).
+    pub resolver: Arc<dyn Resolver>,
     /// Reconnect delays.
     pub backoff: BackoffConfig,
     /// Largest WebSocket message accepted from upstream.
@@ -80,6 +99,8 @@ impl Default for UpstreamConfig {
             max_per_connection: 5000,
             silence_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            resolve_timeout: Duration::from_secs(10),
+            resolver: Arc::new(SystemResolver),
             backoff: BackoffConfig::default(),
             max_message_bytes: 1 << 20,
             core: None,
@@ -112,6 +133,43 @@ impl UpstreamControl {
     }
 }
 
+/// Why [`Upstream::spawn`] failed.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The configuration is unusable (feed URL, CA certificates, TLS setup):
+    /// the operator must change it.
+    Config(String),
+    /// The OS refused a resource: `what` could not be created.
+    Io {
+        /// The resource, e.g. "network thread".
+        what: &'static str,
+        /// The OS's reason.
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpawnError::Config(why) => f.write_str(why),
+            SpawnError::Io { what, source } => write!(f, "cannot create the {what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SpawnError::Config(_) => None,
+            SpawnError::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> SpawnError {
+    move |source| SpawnError::Io { what, source }
+}
+
 /// The running network thread.
 #[derive(Debug)]
 pub struct Upstream {
@@ -128,17 +186,21 @@ impl Upstream {
         config: UpstreamConfig,
         ring: HeapProd<Tick>,
         consumer: Option<Thread>,
-    ) -> Result<Upstream, String> {
-        let settings = settings(&config)?;
-        let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
-        let waker = Arc::new(
-            Waker::new(poll.registry(), WAKER).map_err(|e| format!("cannot create waker: {e}"))?,
-        );
+    ) -> Result<Upstream, SpawnError> {
+        let settings = settings(&config).map_err(SpawnError::Config)?;
+        let poll = Poll::new().map_err(os("network thread's poll"))?;
+        let waker =
+            Arc::new(Waker::new(poll.registry(), WAKER).map_err(os("network thread's waker"))?);
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(UpstreamStats::default());
         let slots = config.max_connections.clamp(1, MAX_SLOTS);
+        let shards = Shards::new(slots, config.max_per_connection);
+        stats
+            .instrument_capacity
+            .store(shards.capacity() as u64, Ordering::Relaxed);
         let stopping = Arc::new(AtomicBool::new(false));
         let net = Net {
+            lookups: Lookups::new(Arc::clone(&config.resolver), Arc::clone(&waker), slots),
             poll,
             rx,
             settings,
@@ -149,7 +211,7 @@ impl Upstream {
                 pushed: false,
                 stopping: Arc::clone(&stopping),
             },
-            shards: Shards::new(slots, config.max_per_connection),
+            shards,
             conns: (0..slots).map(|i| Conn::new(i, config.backoff)).collect(),
         };
         let core = config.core;
@@ -159,7 +221,7 @@ impl Upstream {
                 crate::affinity::pin("net", core);
                 net.run();
             })
-            .map_err(|e| format!("cannot start the network thread: {e}"))?;
+            .map_err(os("network thread"))?;
         Ok(Upstream {
             control: UpstreamControl { tx, waker },
             stopping,
@@ -226,6 +288,10 @@ fn settings(config: &UpstreamConfig) -> Result<Settings, String> {
         .trim_end_matches(']')
         .to_string();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let literal = host
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| std::net::SocketAddr::new(ip, port));
     let tls = if secure {
         Some(tls::client_config(&config.extra_ca)?)
     } else {
@@ -236,9 +302,11 @@ fn settings(config: &UpstreamConfig) -> Result<Settings, String> {
         credentials: config.credentials.clone(),
         host,
         port,
+        literal,
         tls,
         silence_timeout: config.silence_timeout,
         connect_timeout: config.connect_timeout,
+        resolve_timeout: config.resolve_timeout,
         // tungstenite zero-fills its whole read buffer on every read; the
         // 128 KiB default cost ~11 % of the thread's cycles (loadgen profile).
         ws: tungstenite::protocol::WebSocketConfig::default()
@@ -257,6 +325,7 @@ struct Net {
     sink: TickSink,
     shards: Shards,
     conns: Vec<Conn>,
+    lookups: Lookups,
 }
 
 impl Net {
@@ -289,9 +358,12 @@ impl Net {
                     Token(_) => {}
                 }
             }
-            if commands && self.apply_commands(now) {
-                self.shutdown();
-                return;
+            if commands {
+                self.take_answers(now);
+                if self.apply_commands(now) {
+                    self.shutdown();
+                    return;
+                }
             }
             for slot in 0..self.conns.len() {
                 let t = self.with_env(slot, |conn, env| conn.on_timer(env, now));
@@ -307,6 +379,7 @@ impl Net {
             settings: &self.settings,
             stats: &self.stats,
             sink: &mut self.sink,
+            lookups: &mut self.lookups,
         };
         f(&mut self.conns[slot], &mut env)
     }
@@ -334,19 +407,31 @@ impl Net {
         }
     }
 
-    /// Drains the command channel; true on shutdown.
+    /// Hands finished name lookups to their slots.
+    fn take_answers(&mut self, now: Instant) {
+        while let Some(answer) = self.lookups.try_next() {
+            let slot = answer.slot;
+            let t = self.with_env(slot, |conn, env| {
+                conn.on_resolved(env, now, answer.lookup, answer.result)
+            });
+            self.after(slot, t, now);
+        }
+    }
+
+    /// Drains the command channel; true on shutdown. Refusals for lack of
+    /// capacity are counted per instrument but logged once per batch: a client
+    /// asking for 10,000 instruments too many is one event, not 10,000.
     fn apply_commands(&mut self, now: Instant) -> bool {
+        let mut refused = 0u64;
+        let mut first_refused = None;
+        let mut shutdown = false;
         while let Ok(command) = self.rx.try_recv() {
             match command {
                 Command::Subscribe(items) => {
                     for (key, mode) in items {
                         if self.shards.set(key, mode).is_err() {
-                            stats::inc(&self.stats.rejected_subscriptions);
-                            log::warn!(
-                                "cannot subscribe {key}: all {} connections hold {} instruments",
-                                self.shards.len(),
-                                self.shards.total()
-                            );
+                            refused += 1;
+                            first_refused.get_or_insert(key);
                         }
                     }
                 }
@@ -355,8 +440,28 @@ impl Net {
                         self.shards.remove(key);
                     }
                 }
-                Command::Shutdown => return true,
+                Command::Shutdown => {
+                    shutdown = true;
+                    break;
+                }
             }
+        }
+        self.stats
+            .instruments_held
+            .store(self.shards.total() as u64, Ordering::Relaxed);
+        if let Some(first) = first_refused {
+            self.stats
+                .rejected_subscriptions
+                .fetch_add(refused, Ordering::Relaxed);
+            log::warn!(
+                "upstream capacity full: {refused} instruments refused (first: {first}); \
+                 {} connections × {} instruments are all taken",
+                self.shards.len(),
+                self.shards.per_slot()
+            );
+        }
+        if shutdown {
+            return true;
         }
         self.reconcile(now);
         false
@@ -406,5 +511,73 @@ impl Net {
             }
         }
         log::info!("network thread stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringbuf::traits::Split;
+    use ringbuf::HeapRb;
+
+    fn spawn(feed_url: &str) -> Result<Upstream, SpawnError> {
+        let (prod, _cons) = HeapRb::<Tick>::new(8).split();
+        Upstream::spawn(
+            UpstreamConfig {
+                feed_url: feed_url.into(),
+                ..UpstreamConfig::default()
+            },
+            prod,
+            None,
+        )
+    }
+
+    #[test]
+    fn a_bad_feed_url_is_a_config_error() {
+        for url in [
+            "not a url",
+            "http://example.com",
+            "wss://example.com/?token=x",
+        ] {
+            match spawn(url) {
+                Err(SpawnError::Config(why)) => assert!(why.contains("feed URL"), "{why}"),
+                other => panic!("{url}: expected a config error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_os_refusal_says_what_was_refused() {
+        let e = SpawnError::Io {
+            what: "network thread",
+            source: std::io::Error::from_raw_os_error(libc::EAGAIN),
+        };
+        assert!(e
+            .to_string()
+            .starts_with("cannot create the network thread: "));
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn ip_literals_skip_the_lookup_and_names_do_not() {
+        let literal = |url: &str| {
+            settings(&UpstreamConfig {
+                feed_url: url.into(),
+                ..UpstreamConfig::default()
+            })
+            .unwrap()
+            .literal
+        };
+        assert_eq!(
+            literal("ws://127.0.0.1:9000"),
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
+        assert_eq!(
+            literal("ws://[::1]:9000"),
+            Some("[::1]:9000".parse().unwrap())
+        );
+        assert_eq!(literal("wss://[::1]"), Some("[::1]:443".parse().unwrap()));
+        assert_eq!(literal(DHAN_FEED_URL), None);
+        assert_eq!(literal("ws://localhost:9000"), None);
     }
 }

@@ -83,6 +83,16 @@ impl Shards {
         self.slots[slot].wanted.len()
     }
 
+    /// Most instruments per slot.
+    pub fn per_slot(&self) -> usize {
+        self.per_slot
+    }
+
+    /// Most instruments over all slots.
+    pub fn capacity(&self) -> usize {
+        self.slots.len() * self.per_slot
+    }
+
     /// Instruments wanted in total.
     pub fn total(&self) -> usize {
         self.slot_of.len()
@@ -172,7 +182,7 @@ mod tests {
             s.set(key(i), Mode::Ticker).unwrap();
         }
         assert_eq!(s.set(key(9), Mode::Ticker), Err(NoCapacity));
-        assert_eq!(s.total(), 4);
+        assert_eq!((s.total(), s.capacity()), (4, 4));
     }
 
     #[test]

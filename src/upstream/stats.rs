@@ -48,6 +48,8 @@ pub enum SlotState {
     Up = 3,
     /// Waiting a long interval after an authentication failure.
     AuthFailed = 4,
+    /// Waiting for the feed host's name lookup (on another thread).
+    Resolving = 5,
 }
 
 impl SlotState {
@@ -57,6 +59,7 @@ impl SlotState {
             2 => SlotState::Connecting,
             3 => SlotState::Up,
             4 => SlotState::AuthFailed,
+            5 => SlotState::Resolving,
             _ => SlotState::Unused,
         }
     }
@@ -69,6 +72,7 @@ impl SlotState {
             SlotState::Connecting => "connecting",
             SlotState::Up => "up",
             SlotState::AuthFailed => "auth_failed",
+            SlotState::Resolving => "resolving",
         }
     }
 }
@@ -98,6 +102,15 @@ pub struct UpstreamStats {
     pub ring_full_waits: AtomicU64,
     /// Subscriptions refused because every connection was full.
     pub rejected_subscriptions: AtomicU64,
+    /// Instruments the account's connections can carry: connection slots
+    /// (`max_connections`, at most [`MAX_SLOTS`]) × `max_per_connection`.
+    /// Fixed at start, so a caller can refuse a subscription before sending
+    /// it rather than have it counted in `rejected_subscriptions`.
+    pub instrument_capacity: AtomicU64,
+    /// Instruments subscribed (or waiting for a connection to carry them)
+    /// across all connections, as of the last command batch the network
+    /// thread applied; at most `instrument_capacity`.
+    pub instruments_held: AtomicU64,
     /// Text frames from the server (DhanHQ sends binary; text is logged).
     pub text_frames: AtomicU64,
     /// The most recent disconnect reason code (0 = none yet).
