@@ -11,7 +11,7 @@
 //! long fixed wait after DhanHQ says the credentials are bad (807–809).
 //!
 //! The feed host's name is looked up afresh for every connect attempt, but
-//! never on this thread ([`dns`]): a hung lookup must not stall the other
+//! never on this thread (see `dns.rs`): a hung lookup must not stall the other
 //! connections. Its answer comes back through the same waker as commands.
 //!
 //! Capacity: the account carries at most `max_connections ×
