@@ -18,6 +18,7 @@ pub mod fanout;
 pub mod instrument;
 pub mod logging;
 pub mod metrics;
+pub mod percent;
 pub mod price;
 pub mod sim;
 pub mod tick;
