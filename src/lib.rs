@@ -19,6 +19,7 @@ pub mod fdlimit;
 pub mod instrument;
 pub mod logging;
 pub mod metrics;
+pub mod percent;
 pub mod price;
 pub mod sim;
 pub mod tick;

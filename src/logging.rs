@@ -10,9 +10,14 @@
 //! says.
 
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
+
+/// Kept for callers that imported it from here; the calendar maths lives in
+/// [`crate::instrument::date`].
+pub use crate::instrument::date::civil_from_days;
+use crate::instrument::date::CivilTime;
 
 struct StderrLogger;
 
@@ -55,37 +60,14 @@ pub fn init(level: LevelFilter) {
 
 /// Now as ISO 8601 UTC with milliseconds.
 pub fn utc_now() -> String {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format_utc(since.as_secs(), since.subsec_millis())
+    let c = CivilTime::at(SystemTime::now(), 0);
+    format!("{c}.{:03}Z", c.micros / 1000)
 }
 
 /// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn format_utc(secs: u64, millis: u32) -> String {
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// `civil_from_days`).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let c = CivilTime::from_epoch(secs as i64, 0);
+    format!("{c}.{millis:03}Z")
 }
 
 #[cfg(test)]

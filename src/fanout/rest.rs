@@ -18,15 +18,7 @@ use crate::metrics::Percentiles;
 use crate::upstream::{UpstreamStats, DISCONNECT_REASONS, PACKET_KINDS};
 use crate::wire::WireError;
 
-/// A configured watchlist entry: the symbol clients of the replaced backend
-/// read as a flat key in `/prices`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WatchItem {
-    /// The name shown (`NIFTY`).
-    pub symbol: String,
-    /// The instrument.
-    pub key: InstrumentKey,
-}
+pub use crate::instrument::watch::WatchItem;
 
 /// Everything the REST bodies read.
 #[derive(Debug)]

@@ -2,6 +2,12 @@
 //! UTC+05:30 all year (no daylight saving), so "today in Asia/Kolkata" is a
 //! fixed offset from the epoch.
 //!
+//! The crate's one home for calendar maths: the day-number conversions,
+//! [`CivilTime`] (an instant split into calendar fields) and the timestamp
+//! formats built on it — India time for API bodies ([`ist_timestamp`]), UTC
+//! for log lines (`crate::logging`). Nothing else repeats the offset or the
+//! arithmetic.
+//!
 //! Time is passed in ([`WallClock`]): resolution and expiry rolls take
 //! `today` as an argument, so tests pin the date and replay is exact.
 
@@ -27,6 +33,21 @@ impl fmt::Display for BadDate {
 }
 
 impl std::error::Error for BadDate {}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// `civil_from_days`): year, month (1–12), day (1–31).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
 
 /// Days from 1970-01-01 to `y-m-d` (Howard Hinnant's `days_from_civil`).
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
@@ -59,7 +80,7 @@ impl Date {
 
     /// Year, month (1–12), day (1–31).
     pub fn ymd(self) -> (i32, u32, u32) {
-        let (y, m, d) = crate::logging::civil_from_days(i64::from(self.0));
+        let (y, m, d) = civil_from_days(i64::from(self.0));
         (y as i32, m, d)
     }
 
@@ -123,13 +144,87 @@ impl std::str::FromStr for Date {
     }
 }
 
+/// Whole seconds since the epoch (rounded down, also before 1970) and the
+/// microseconds past that second.
+fn since_epoch(t: SystemTime) -> (i64, u32) {
+    let micros: i128 = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i128,
+        Err(e) => -(e.duration().as_micros() as i128),
+    };
+    (
+        micros.div_euclid(1_000_000) as i64,
+        micros.rem_euclid(1_000_000) as u32,
+    )
+}
+
 /// Seconds since the epoch, shifted to India's wall clock.
 fn ist_seconds(t: SystemTime) -> i64 {
-    let secs = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    };
-    secs + IST_OFFSET_SECS
+    since_epoch(t).0 + IST_OFFSET_SECS
+}
+
+/// An instant split into calendar fields on some fixed-offset clock: what
+/// timestamps print. Built by [`CivilTime::at`] or [`CivilTime::from_epoch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CivilTime {
+    /// Year (proleptic Gregorian).
+    pub year: i64,
+    /// Month, 1–12.
+    pub month: u32,
+    /// Day of the month, 1–31.
+    pub day: u32,
+    /// Hour, 0–23.
+    pub hour: u32,
+    /// Minute, 0–59.
+    pub minute: u32,
+    /// Second, 0–59 (the epoch count has no leap seconds).
+    pub second: u32,
+    /// Microseconds past the second.
+    pub micros: u32,
+}
+
+impl CivilTime {
+    /// `secs` whole seconds since the epoch on the clock in question (already
+    /// shifted by its offset) plus `micros`.
+    pub fn from_epoch(secs: i64, micros: u32) -> CivilTime {
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        let rem = secs.rem_euclid(86_400) as u32;
+        CivilTime {
+            year,
+            month,
+            day,
+            hour: rem / 3600,
+            minute: rem % 3600 / 60,
+            second: rem % 60,
+            micros,
+        }
+    }
+
+    /// The wall clock `offset_secs` east of UTC at `t`: 0 for UTC,
+    /// [`IST_OFFSET_SECS`] for India.
+    pub fn at(t: SystemTime, offset_secs: i64) -> CivilTime {
+        let (secs, micros) = since_epoch(t);
+        CivilTime::from_epoch(secs + offset_secs, micros)
+    }
+}
+
+impl fmt::Display for CivilTime {
+    /// `YYYY-MM-DDTHH:MM:SS` (ISO 8601 without fraction or zone: callers
+    /// add the precision and zone they need).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+}
+
+/// India time at `t` as ISO 8601 with microseconds and no zone
+/// (`2026-02-03T09:09:55.456386`): the `/prices` timestamp, as the replaced
+/// backend printed it.
+pub fn ist_timestamp(t: SystemTime) -> String {
+    let c = CivilTime::at(t, IST_OFFSET_SECS);
+    format!("{c}.{:06}", c.micros)
 }
 
 /// A time of day in India (minutes after midnight), e.g. when the daily
@@ -289,6 +384,41 @@ mod tests {
             TimeOfDay::new(8, 45).unwrap()
         );
         assert_eq!(WallClock::fixed(ist_instant(nov22, 23, 59)).today(), nov22);
+    }
+
+    #[test]
+    fn civil_days_round_trip() {
+        for days in [-719_468, -1, 0, 1, 10_957, 11_016, 20_000, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn ist_timestamps() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_770_089_995_456_386);
+        assert_eq!(ist_timestamp(t), "2026-02-03T09:09:55.456386");
+        // 18:30 UTC is midnight in India: the date turns.
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_285_800);
+        assert_eq!(ist_timestamp(t), "2026-11-22T00:00:00.000000");
+        assert_eq!(ist_timestamp(UNIX_EPOCH), "1970-01-01T05:30:00.000000");
+        // Before the epoch the fields still count forwards within the second.
+        let t = UNIX_EPOCH - Duration::from_micros(19_800_000_001);
+        assert_eq!(ist_timestamp(t), "1969-12-31T23:59:59.999999");
+    }
+
+    #[test]
+    fn civil_times() {
+        let c = CivilTime::at(UNIX_EPOCH + Duration::from_millis(1_729_412_345_007), 0);
+        assert_eq!(c.to_string(), "2024-10-20T08:19:05");
+        assert_eq!(c.micros, 7_000);
+        assert_eq!(
+            CivilTime::from_epoch(-1, 0).to_string(),
+            "1969-12-31T23:59:59"
+        );
     }
 
     #[test]

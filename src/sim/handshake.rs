@@ -22,6 +22,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{HandshakeError, WebSocket};
 
 use super::shared::{Endpoint, Shared};
+use crate::percent::query_param;
 
 /// A client must finish TLS and the WebSocket upgrade within this.
 pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -159,53 +160,30 @@ pub(super) fn handshake(
 }
 
 /// Reads the upgrade request's path and query.
+///
+/// Parameters are decoded by query-string rules ([`crate::percent`]): `+`
+/// is a space, so a literal `+` must arrive as `%2B`. That costs nothing
+/// real: DhanHQ access tokens are JWTs — base64url segments joined by dots,
+/// an alphabet without `+`, `/` or `=` — and client ids are digits; the
+/// relay's own client escapes every other byte anyway. The simulator thus
+/// decodes the way an ordinary web server would, instead of special-casing
+/// `+` for tokens that do not contain it.
 fn route(uri: &Uri) -> Result<Login, (StatusCode, &'static str)> {
     let endpoint = match uri.path() {
         "" | "/" => Endpoint::Feed,
         "/twentydepth" => Endpoint::Depth,
         _ => return Err((StatusCode::NOT_FOUND, "no such endpoint")),
     };
-    let mut login = Login {
-        endpoint,
-        token: None,
-        client_id: None,
-    };
-    let mut version = None;
-    for pair in uri.query().unwrap_or("").split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match name {
-            "token" => login.token = Some(percent_decode(value)),
-            "clientId" => login.client_id = Some(percent_decode(value)),
-            "version" => version = Some(value),
-            _ => {}
-        }
-    }
-    if endpoint == Endpoint::Feed && version != Some("2") {
+    let query = uri.query().unwrap_or("");
+    let version = query_param(query, "version");
+    if endpoint == Endpoint::Feed && version.as_deref() != Some("2") {
         return Err((StatusCode::BAD_REQUEST, "this server speaks version=2 only"));
     }
-    Ok(login)
-}
-
-/// `%XX` escapes decoded; anything malformed kept as is. `+` stays `+`:
-/// tokens may be base64 and clients rarely escape it.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let hex = |j: usize| bytes.get(j).and_then(|c| (*c as char).to_digit(16));
-        match (b, hex(i + 1), hex(i + 2)) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(Login {
+        endpoint,
+        token: query_param(query, "token"),
+        client_id: query_param(query, "clientId"),
+    })
 }
 
 impl Stream {
@@ -234,10 +212,21 @@ mod tests {
 
     #[test]
     fn routes_and_query_parameters() {
-        let l = route(&uri("/?version=2&token=a%2Eb+c&clientId=110&authType=2")).unwrap();
+        let l = route(&uri("/?version=2&token=a%2Eb%2Bc&clientId=110&authType=2")).unwrap();
         assert_eq!(l.endpoint, Endpoint::Feed);
         assert_eq!(l.token.as_deref(), Some("a.b+c"));
         assert_eq!(l.client_id.as_deref(), Some("110"));
+        // A JWT arrives as is; an unescaped `+` is a space (query rules).
+        let jwt = "eyJhbGciOiJIUzUxMiJ9.eyJpc3MiOiJkaGFuIn0.s-ig_N";
+        let l = route(&uri(&format!("/?version=2&token={jwt}&clientId=1"))).unwrap();
+        assert_eq!(l.token.as_deref(), Some(jwt));
+        let l = route(&uri("/?version=2&token=a+b&clientId=1")).unwrap();
+        assert_eq!(l.token.as_deref(), Some("a b"));
+        let l = route(&uri("/?version=%32&token&clientId=")).unwrap();
+        assert_eq!(
+            (l.token.as_deref(), l.client_id.as_deref()),
+            (Some(""), Some(""))
+        );
         let l = route(&uri("/?version=2")).unwrap();
         assert!(l.token.is_none() && l.client_id.is_none());
         let l = route(&uri("/twentydepth?token=t&clientId=c&authType=2")).unwrap();
@@ -254,14 +243,5 @@ mod tests {
             route(&uri("/feed?version=2")).err().map(|e| e.0),
             Some(StatusCode::NOT_FOUND)
         );
-    }
-
-    #[test]
-    fn percent_decoding_is_lenient() {
-        assert_eq!(percent_decode("abc"), "abc");
-        assert_eq!(percent_decode("a%20b%3d"), "a b=");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        assert_eq!(percent_decode("%ff"), "\u{fffd}");
     }
 }
