@@ -11,7 +11,9 @@
 //!   preceded by `\n`), which search scans with SIMD substring search
 //!   (`memchr::memmem`) and stops as soon as it has enough;
 //! - exact symbols (trading and custom) sit in an open-addressing table of
-//!   row ids; instrument keys and underlyings in hash maps.
+//!   row ids; instrument keys, underlyings and the company names of indices
+//!   and equities in hash maps, so resolving a name (known or not) is a few
+//!   hash look-ups and never a scan.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -260,6 +262,8 @@ pub struct Master {
     by_key: Vec<(u64, u32)>,
     exact: ExactTable,
     pub(crate) by_under: FxMap<Box<str>, Vec<u32>>,
+    /// Upper-cased company name → index and equity rows, in rank order.
+    by_name: FxMap<Box<[u8]>, Vec<u32>>,
     pub(crate) grams: Grams,
     instruments: Vec<Box<str>>,
     report: LoadReport,
@@ -557,6 +561,7 @@ impl Master {
             by_key: Vec::new(),
             exact: ExactTable::default(),
             by_under: FxMap::default(),
+            by_name: FxMap::default(),
             grams: Grams::default(),
             instruments: Vec::new(),
             report: LoadReport::default(),
@@ -814,6 +819,7 @@ impl Master {
             by_key: keys,
             exact: ExactTable::default(),
             by_under: FxMap::default(),
+            by_name: FxMap::default(),
             grams: Grams::default(),
             instruments,
             report,
@@ -922,14 +928,15 @@ impl Master {
             let grams = scope.spawn(|| Grams::build(&this.hay, &this.starts, this.rows.len()));
             let exact = scope.spawn(|| this.build_exact(exact_entries));
             let by_under = this.build_underlyings();
+            let by_name = this.build_names();
             (
                 exact.join().expect("exact index"),
-                by_under,
+                (by_under, by_name),
                 grams.join().expect("n-gram index"),
             )
         });
         self.exact = exact;
-        self.by_under = by_under;
+        (self.by_under, self.by_name) = by_under;
         self.grams = grams;
         lap("indexes", &mut phases);
         self.report.phases.extend(phases);
@@ -968,6 +975,36 @@ impl Master {
             }
         }
         by_under
+    }
+
+    fn build_names(&self) -> FxMap<Box<[u8]>, Vec<u32>> {
+        let mut by_name: FxMap<Box<[u8]>, Vec<u32>> = FxMap::default();
+        for (i, r) in self.rows.iter().enumerate() {
+            if !matches!(r.kind, Kind::Index | Kind::Equity) {
+                continue;
+            }
+            let name = self.name_upper(i as u32);
+            match by_name.get_mut(name) {
+                Some(v) => v.push(i as u32),
+                None => {
+                    by_name.insert(name.into(), vec![i as u32]);
+                }
+            }
+        }
+        by_name
+    }
+
+    /// The upper-cased `SM_SYMBOL_NAME` (the record's last field).
+    pub(crate) fn name_upper(&self, row: u32) -> &[u8] {
+        let r = &self.rows[row as usize];
+        let end = self.starts[row as usize + 1] as usize;
+        &self.hay[end - r.name.len as usize..end]
+    }
+
+    /// Index and equity rows whose upper-cased company name is exactly
+    /// `name`, in rank order.
+    pub(crate) fn named(&self, name: &[u8]) -> &[u32] {
+        self.by_name.get(name).map_or(&[], |v| v.as_slice())
     }
 
     /// The upper-cased trading symbol (field 0) or custom symbol (field 1).
@@ -1035,11 +1072,8 @@ impl Master {
             + self.starts.capacity() * 4
             + self.by_key.capacity() * size_of::<(u64, u32)>()
             + self.exact.slots.capacity() * 4
-            + self
-                .by_under
-                .iter()
-                .map(|(k, v)| k.len() + v.capacity() * 4 + 48)
-                .sum::<usize>()
+            + list_map_bytes(self.by_under.iter().map(|(k, v)| (k.len(), v)))
+            + list_map_bytes(self.by_name.iter().map(|(k, v)| (k.len(), v)))
             + self.grams.heap_bytes()
     }
 
@@ -1070,6 +1104,12 @@ impl Master {
     pub fn iter(&self) -> impl Iterator<Item = Instrument<'_>> {
         (0..self.rows.len() as u32).map(|i| self.at(i))
     }
+}
+
+/// Heap bytes of a map from strings to row lists, given each key's length
+/// and list (48: the entry and allocation overhead, roughly).
+fn list_map_bytes<'a>(entries: impl Iterator<Item = (usize, &'a Vec<u32>)>) -> usize {
+    entries.map(|(k, v)| k + v.capacity() * 4 + 48).sum()
 }
 
 /// One instrument of a [`Master`], borrowed.
