@@ -15,13 +15,14 @@
 //!   fanout thread writes once per update and message type, per update.
 //! * `fanout_subscribers/N` for N = 1, 10, 100, 1,000: one update rendered
 //!   once, then for each of N subscribers what the fanout thread does per
-//!   client: clone the rendered `Utf8Bytes` (a reference count), write it as
-//!   a text frame into that client's tungstenite `WebSocket`, and flush it.
-//!   The sockets are in-memory sinks, so the kernel `send` the relay makes
-//!   per dirty client and loop turn is **not** included. Reported per
-//!   subscriber (`Throughput::Elements(N)`): as N grows the per-subscriber
-//!   cost falls to the clone + frame + copy, which is the "encode once, N
-//!   subscribers cost N × tiny" figure; N = 1 shows render + one client.
+//!   client: queue the rendered `Bytes` (a reference count plus a frame
+//!   header) on that client's [`Outbound`] queue and hand it to one
+//!   vectored write. The sockets are in-memory sinks, so the kernel `send`
+//!   the relay makes per dirty client and loop turn is **not** included.
+//!   Reported per subscriber (`Throughput::Elements(N)`): as N grows the
+//!   per-subscriber cost falls to the refcount + header, which is the
+//!   "encode once, N subscribers cost N × tiny" figure; N = 1 shows render
+//!   + one client.
 //!
 //! Inputs come from a fixed-seed PRNG so runs compare. The bench profile has
 //! `lto = true, codegen-units = 1`. Timings are short (about a minute in
@@ -33,17 +34,16 @@
 //! ```
 
 use std::hint::black_box;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dhan_relay::book::{Book, Update};
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
+use dhan_relay::fanout::outbound::Outbound;
 use dhan_relay::fanout::render::Renderer;
 use dhan_relay::tick::Tick;
 use dhan_relay::wire::feed::{DepthLevel, FeedData, Full, Oi, PrevClose, Quote, Ticker};
-use tungstenite::protocol::{Role, WebSocketConfig};
-use tungstenite::{Message, WebSocket};
 
 /// Instruments in the book.
 const INSTRUMENTS: u32 = 500;
@@ -225,19 +225,18 @@ fn fanout_render(c: &mut Criterion) {
     g.finish();
 }
 
-/// An in-memory socket: reads nothing, takes every byte written.
+/// An in-memory socket: takes every byte written.
 struct Sink(u64);
-
-impl Read for Sink {
-    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
-        Ok(0)
-    }
-}
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0 = self.0.wrapping_add(buf.len() as u64);
         Ok(buf.len())
+    }
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let n: usize = bufs.iter().map(|b| b.len()).sum();
+        self.0 = self.0.wrapping_add(n as u64);
+        Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -249,15 +248,10 @@ fn fanout_subscribers(c: &mut Criterion) {
     g.warm_up_time(Duration::from_millis(800))
         .measurement_time(Duration::from_secs(4));
     let [(_, update, _), ..] = updates();
-    // The relay's per-client settings (src/fanout/mod.rs).
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(128 * 1024)
-        .max_write_buffer_size(256 * 1024);
     let mut renderer = Renderer::new();
     for n in [1usize, 10, 100, 1000] {
-        let mut sockets: Vec<WebSocket<Sink>> = (0..n)
-            .map(|_| WebSocket::from_raw_socket(Sink(0), Role::Server, Some(config)))
+        let mut sockets: Vec<(Outbound, Sink)> = (0..n)
+            .map(|_| (Outbound::with_capacity(64), Sink(0)))
             .collect();
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::from_parameter(n), |b| {
@@ -265,13 +259,13 @@ fn fanout_subscribers(c: &mut Criterion) {
                 let msg = renderer
                     .update(black_box(&update), Mode::Ticker, None)
                     .expect("rendered");
-                for ws in &mut sockets {
-                    ws.write(Message::Text(msg.clone())).expect("buffered");
-                    ws.flush().expect("sink takes everything");
+                for (queue, sink) in &mut sockets {
+                    queue.push_text(&msg);
+                    queue.write_to(sink).expect("sink takes everything");
                 }
             })
         });
-        black_box(sockets.iter().map(|ws| ws.get_ref().0).sum::<u64>());
+        black_box(sockets.iter().map(|(_, sink)| sink.0).sum::<u64>());
     }
     g.finish();
 }

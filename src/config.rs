@@ -98,7 +98,7 @@ pub struct RunConfig {
     pub feed_ca: Option<PathBuf>,
     /// Log level.
     pub log_level: LevelFilter,
-    /// Fanout limits and the watchlist.
+    /// Fanout and listener limits.
     pub fanout: FanoutConfig,
     /// Upstream connections to open at most.
     pub upstream_connections: usize,
@@ -109,7 +109,7 @@ pub struct RunConfig {
     /// CPU pinning.
     pub pin: Pinning,
     /// The watchlist as configured; the engine resolves it against the
-    /// instrument master at start (into `fanout.watchlist`).
+    /// instrument master at start.
     pub watch: Vec<WatchSpec>,
     /// Where the instrument master comes from.
     pub instruments: SourceConfig,
@@ -128,6 +128,7 @@ struct FileConfig {
     log_level: Option<Spanned<String>>,
     demo_rate: Option<u32>,
     allowed_origins: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
     watchlist: Option<Vec<WatchEntry>>,
     limits: Option<Limits>,
     pin: Option<Pinning>,
@@ -153,6 +154,9 @@ struct Limits {
     max_frame_bytes: Option<usize>,
     client_queue_bytes: Option<usize>,
     slow_client_timeout_ms: Option<u64>,
+    client_send_buffer: Option<usize>,
+    keep_alive_idle_ms: Option<u64>,
+    keep_alive_requests: Option<u32>,
     max_messages_per_sec: Option<u32>,
     unsubscribe_grace_ms: Option<u64>,
     upstream_connections: Option<usize>,
@@ -304,6 +308,11 @@ impl RunConfig {
                 crate::upstream::MAX_SLOTS
             ));
         }
+        let instruments_per_connection = positive(
+            "instruments_per_connection",
+            limits.instruments_per_connection,
+            5000,
+        )?;
         let fanout = FanoutConfig {
             max_clients: positive("max_clients", limits.max_clients, d.max_clients)?,
             max_subscriptions_per_client: positive(
@@ -330,6 +339,15 @@ impl RunConfig {
             slow_client_timeout: limits
                 .slow_client_timeout_ms
                 .map_or(d.slow_client_timeout, Duration::from_millis),
+            client_send_buffer: limits.client_send_buffer.unwrap_or(d.client_send_buffer),
+            keep_alive_idle: limits
+                .keep_alive_idle_ms
+                .map_or(d.keep_alive_idle, Duration::from_millis),
+            keep_alive_requests: limits
+                .keep_alive_requests
+                .unwrap_or(d.keep_alive_requests)
+                .max(1),
+            upstream_capacity: upstream_connections * instruments_per_connection,
             max_messages_per_sec: limits
                 .max_messages_per_sec
                 .unwrap_or(d.max_messages_per_sec)
@@ -338,6 +356,7 @@ impl RunConfig {
                 .unsubscribe_grace_ms
                 .map_or(d.unsubscribe_grace, Duration::from_millis),
             allowed_origins: fc.allowed_origins.unwrap_or_default(),
+            allowed_hosts: fc.allowed_hosts.unwrap_or_default(),
             demo,
             core: pin.fanout,
             ..d
@@ -349,11 +368,7 @@ impl RunConfig {
             log_level,
             fanout,
             upstream_connections,
-            instruments_per_connection: positive(
-                "instruments_per_connection",
-                limits.instruments_per_connection,
-                5000,
-            )?,
+            instruments_per_connection,
             silence_timeout: limits
                 .silence_timeout_ms
                 .map_or(Duration::from_secs(30), Duration::from_millis),
@@ -458,7 +473,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["NIFTY", "SENSEX", "RELIANCE", "CRUDEOIL"]
         );
-        assert!(c.fanout.watchlist.is_empty(), "resolved by the engine");
+        assert_eq!(c.fanout.upstream_capacity, 25_000, "5 connections x 5,000");
         assert_eq!(c.instruments.source, Source::Sample, "demo: no network");
         assert_eq!(c.roll_at.to_string(), DEFAULT_ROLL_AT);
         assert!(c.fanout.demo);

@@ -20,8 +20,8 @@ use ringbuf::HeapRb;
 
 use crate::book::{BookConfig, BookThread, Update};
 use crate::config::{Feed, RunConfig};
-use crate::fanout::{Fanout, FanoutInputs, FanoutThread, WatchItem};
-use crate::instrument::watch::resolve_watchlist;
+use crate::fanout::{Fanout, FanoutInputs, FanoutThread};
+use crate::instrument::watch::{resolve_watchlist, WatchItem, Watchlist};
 use crate::instrument::{source, Master};
 use crate::sim::{SimConfig, Simulator};
 use crate::tick::Tick;
@@ -78,9 +78,7 @@ impl Engine {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Io(e.to_string()))?;
-        let mut fanout_config = config.fanout.clone();
-        let master = instruments(&config, &mut fanout_config)?;
-        let watchlist = fanout_config.watchlist.clone();
+        let (master, watchlist) = instruments(&config)?;
         let extra_ca = match &config.feed_ca {
             Some(path) => load_ca_file(path).map_err(StartError::Config)?,
             None => Vec::new(),
@@ -101,8 +99,8 @@ impl Engine {
             }
             Feed::Live { url, credentials } => (None, url.clone(), credentials.clone()),
         };
-        let fanout =
-            Fanout::new(listener, fanout_config).map_err(|e| StartError::Io(e.to_string()))?;
+        let fanout = Fanout::new(listener, config.fanout.clone())
+            .map_err(|e| StartError::Io(e.to_string()))?;
         let (tick_tx, tick_rx) = HeapRb::<Tick>::new(RING).split();
         let (update_tx, update_rx) = HeapRb::<Update>::new(RING).split();
         let waker = fanout.waker();
@@ -144,6 +142,9 @@ impl Engine {
                 upstream_stats: upstream.stats(),
                 book_stats: book.stats.clone(),
                 receive_to_book: book.latency.clone(),
+                master: Arc::clone(&master),
+                watchlist: watchlist.clone(),
+                clock: config.clock.clone(),
             })
             .map_err(|e| StartError::Io(format!("cannot start the fanout thread: {e}")))?;
         Ok(Engine {
@@ -153,7 +154,7 @@ impl Engine {
             upstream: Some(upstream),
             book: Some(book),
             master,
-            watchlist,
+            watchlist: watchlist.items().to_vec(),
         })
     }
 
@@ -207,15 +208,9 @@ impl Drop for Engine {
     }
 }
 
-/// Loads the master (logging where from and what was wrong with it),
-/// resolves the configured watchlist against it, and fills the fanout's
-/// watchlist, master and roll settings. Entries already in
-/// `fanout.watchlist` (set by code, not the config) are kept after the
-/// configured ones.
-fn instruments(
-    config: &RunConfig,
-    fanout: &mut crate::fanout::FanoutConfig,
-) -> Result<Arc<Master>, StartError> {
+/// Loads the master (logging where from and what was wrong with it) and
+/// resolves the configured watchlist against it.
+fn instruments(config: &RunConfig) -> Result<(Arc<Master>, Watchlist), StartError> {
     let loaded =
         source::load(&config.instruments, config.clock.now()).map_err(StartError::Config)?;
     for w in &loaded.warnings {
@@ -236,19 +231,8 @@ fn instruments(
     for s in &resolved.skipped {
         log::warn!("{s}");
     }
-    let mut watchlist = resolved.items;
-    for extra in std::mem::take(&mut fanout.watchlist) {
-        if !watchlist.iter().any(|w| w.symbol == extra.symbol) {
-            watchlist.push(extra);
-        }
-    }
-    let master = Arc::new(loaded.master);
-    fanout.watchlist = watchlist;
-    fanout.master = Arc::clone(&master);
-    fanout.rolling = resolved.rolling;
-    fanout.roll_at = config.roll_at;
-    fanout.clock = config.clock.clone();
-    Ok(master)
+    let watchlist = Watchlist::new(resolved, config.roll_at, today);
+    Ok((Arc::new(loaded.master), watchlist))
 }
 
 /// Raises the open-file limit to its hard maximum (each client is a file

@@ -1,12 +1,19 @@
-//! Latency histograms that live in their thread and are published
-//! periodically, so recording is a plain array increment and readers never
-//! touch the hot path.
+//! Counters that describe themselves, and latency histograms that live in
+//! their thread and are published periodically, so recording is a plain
+//! array increment and readers never touch the hot path.
+//!
+//! A [`Counter`] carries its Prometheus name and help text, so `/metrics`
+//! and `/stats` render every counter of a thread from one list and a new
+//! counter cannot be forgotten there. Names ending in `_total` are
+//! counters; the rest are gauges.
 //!
 //! Each recording thread owns a [`LatencyRecorder`]: `record` adds to a
 //! thread-local `hdrhistogram` (no allocation, no lock); about once a second
 //! `maybe_publish` folds it into a shared histogram behind a mutex that only
 //! `/metrics`, `/stats` and tests read.
 
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +23,76 @@ use hdrhistogram::Histogram;
 const MAX_NS: u64 = 60_000_000_000;
 /// How often a recorder folds its local counts into the shared histogram.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// A relaxed atomic counter (or gauge) with its metric name and help.
+#[derive(Debug)]
+pub struct Counter {
+    value: AtomicU64,
+    /// The metric name without the `dhan_relay_` prefix.
+    pub name: &'static str,
+    /// One line for `# HELP`.
+    pub help: &'static str,
+}
+
+impl Counter {
+    /// A zeroed counter.
+    pub const fn new(name: &'static str, help: &'static str) -> Self {
+        Counter {
+            value: AtomicU64::new(0),
+            name,
+            help,
+        }
+    }
+
+    /// Adds one.
+    pub fn inc(&self) {
+        self.value.fetch_add(1, Relaxed);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.value.fetch_add(n, Relaxed);
+    }
+
+    /// Subtracts `n` (gauges).
+    pub fn sub(&self, n: u64) {
+        self.value.fetch_sub(n, Relaxed);
+    }
+
+    /// Sets the value (gauges).
+    pub fn set(&self, n: u64) {
+        self.value.store(n, Relaxed);
+    }
+
+    /// The value now.
+    pub fn get(&self) -> u64 {
+        self.value.load(Relaxed)
+    }
+
+    /// `(name, help, value)` now.
+    pub fn sample(&self) -> Sample {
+        (self.name, self.help, self.get())
+    }
+}
+
+/// A counter's name, help and value at one moment.
+pub type Sample = (&'static str, &'static str, u64);
+
+/// Appends samples in Prometheus text format: names ending in `_total` are
+/// counters, the rest gauges.
+pub fn render_prometheus(out: &mut String, samples: &[Sample]) {
+    for (name, help, value) in samples {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(
+            out,
+            "# HELP dhan_relay_{name} {help}\n# TYPE dhan_relay_{name} {kind}\ndhan_relay_{name} {value}"
+        );
+    }
+}
 
 fn new_histogram() -> Histogram<u64> {
     // 3 significant digits over 1 ns ..= 60 s: ~0.1 % resolution.
@@ -119,6 +196,23 @@ impl LatencyRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_render_with_their_kind() {
+        let total = Counter::new("things_total", "Things seen");
+        let level = Counter::new("things", "Things now");
+        total.add(3);
+        total.inc();
+        level.set(7);
+        level.sub(2);
+        let mut out = String::new();
+        render_prometheus(&mut out, &[total.sample(), level.sample()]);
+        assert_eq!(
+            out,
+            "# HELP dhan_relay_things_total Things seen\n# TYPE dhan_relay_things_total counter\ndhan_relay_things_total 4\n\
+             # HELP dhan_relay_things Things now\n# TYPE dhan_relay_things gauge\ndhan_relay_things 5\n"
+        );
+    }
 
     #[test]
     fn records_publish_and_report_microseconds() {

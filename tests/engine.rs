@@ -113,7 +113,11 @@ impl Client {
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text[9..12].parse().unwrap();
@@ -185,7 +189,7 @@ fn greets_with_status_and_delivers_exact_values_in_each_mode() {
     let mut c = Client::connect(engine.addr(), "/ws");
     assert_eq!(
         c.recv(),
-        json!({"type": "status", "message": "Connected to price feed"})
+        json!({"type": "status", "state": "connected", "message": "Connected to price feed"})
     );
     let k = key(2885);
     c.subscribe(k, "full");
@@ -267,16 +271,20 @@ fn two_clients_share_one_upstream_subscription_released_after_both_leave() {
     ));
     assert_eq!(a.recv_type("ticker")["ltp"], json!(10.5));
     assert_eq!(b.recv_type("ticker")["ltp"], json!(10.5));
-    let (code, body) = http_get(engine.addr(), "/api/v2/subscriptions/active");
-    assert_eq!(code, 200);
-    let active: Value = serde_json::from_str(&body).unwrap();
-    let entry = active["subscriptions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["securityId"] == "11")
-        .unwrap()
-        .clone();
+    // The list is published by the fanout at most every 100 ms.
+    let entry = || {
+        let (code, body) = http_get(engine.addr(), "/api/v2/subscriptions/active");
+        assert_eq!(code, 200);
+        let active: Value = serde_json::from_str(&body).unwrap();
+        active["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["securityId"] == "11")
+            .cloned()
+    };
+    wait_for("the subscription listed", || entry().is_some());
+    let entry = entry().unwrap();
     assert_eq!(
         (entry["mode"].clone(), entry["clients"].clone()),
         (json!("ticker"), json!(2))
@@ -348,7 +356,7 @@ fn bad_input_gets_an_error_and_a_healthy_client_keeps_receiving() {
         (json!({"type": "subscribe", "instruments": [{"exchangeSegment": "XYZ", "securityId": "1"}]}).to_string(), "unknown exchangeSegment 'XYZ'"),
         (json!({"type": "subscribe", "instruments": [{"exchangeSegment": "NSE_EQ", "securityId": "abc"}]}).to_string(), "securityId 'abc'"),
         (json!({"type": "subscribe", "instruments": [{"symbol": "A"}, {"symbol": "B"}, {"symbol": "C"}, {"symbol": "D"}]}).to_string(), "too many instruments"),
-        (json!({"type": "subscribe", "instruments": [{"symbol": "NOSUCH"}]}).to_string(), "unknown symbol 'NOSUCH'"),
+        (json!({"type": "subscribe", "instruments": [{"symbol": "NOSUCH"}]}).to_string(), "symbols not found: NOSUCH"),
         (json!({"type": "subscribe", "instruments": [{"symbol": "NIFTY"}], "mode": "depth"}).to_string(), "unknown mode 'depth'"),
     ];
     for (text, expected) in cases {

@@ -81,7 +81,11 @@ impl Drop for SimProcess {
 
 fn counters(addr: std::net::SocketAddr) -> Value {
     let mut s = TcpStream::connect(addr).unwrap();
-    std::io::Write::write_all(&mut s, b"GET /stats HTTP/1.1\r\n\r\n").unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let body = text.split_once("\r\n\r\n").unwrap().1;

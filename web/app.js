@@ -641,7 +641,10 @@ function onMessage(ev) {
       break;
     }
     case 'status':
-      onStatus(String(m.message || ''));
+      // Upstream state changes carry a machine-readable `state`; other
+      // status notes (capacity freed) have none and change nothing here.
+      if (m.state) onStatus(String(m.state), String(m.message || ''));
+      else if (m.message) toast(String(m.message), 'info');
       break;
     case 'error':
       toast(String(m.message || 'error'), 'error');
@@ -651,8 +654,8 @@ function onMessage(ev) {
   }
 }
 
-function onStatus(message) {
-  if (message.startsWith('Connected')) {
+function onStatus(upstream, message) {
+  if (upstream === 'connected') {
     state.feedUp = true;
     setConn('live', 'Live');
     showBanner(null);
@@ -661,7 +664,8 @@ function onStatus(message) {
     refreshHealth();
   } else {
     state.feedUp = false;
-    const why = message.replace(/^(Waiting for price feed|Price feed disconnected):\s*/, '');
+    // The sentence after the prefix says why ("reconnecting: …").
+    const why = message.includes(': ') ? message.slice(message.indexOf(': ') + 2) : message;
     setConn('down', 'Upstream down');
     showBanner(`Upstream feed down: ${why}`);
     refreshHealth();

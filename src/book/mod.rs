@@ -15,7 +15,7 @@
 mod state;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ pub use state::{FullExtras, InstrumentState, UpdateKind};
 
 use crate::clock;
 use crate::domain::InstrumentKey;
-use crate::metrics::{LatencyRecorder, SharedLatency};
+use crate::metrics::{Counter, LatencyRecorder, SharedLatency};
 use crate::tick::Tick;
 
 /// One instrument changed: its whole new state, so the fanout can render
@@ -48,12 +48,29 @@ pub struct Snapshot {
     pub taken_ns: u64,
     /// Every instrument seen so far, in first-seen order.
     pub instruments: Vec<InstrumentState>,
+    /// Key → index in `instruments`; shared with the book and the other
+    /// snapshots (cloned only when instruments were added since).
+    ids: Arc<HashMap<InstrumentKey, usize>>,
 }
 
 impl Snapshot {
-    /// The state of one instrument, if it has been seen.
+    /// A snapshot of these states (tests, tools).
+    pub fn from_states(taken_ns: u64, instruments: Vec<InstrumentState>) -> Snapshot {
+        let ids = instruments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key, i))
+            .collect();
+        Snapshot {
+            taken_ns,
+            instruments,
+            ids: Arc::new(ids),
+        }
+    }
+
+    /// The state of one instrument, if it has been seen: O(1).
     pub fn get(&self, key: InstrumentKey) -> Option<&InstrumentState> {
-        self.instruments.iter().find(|s| s.key == key)
+        self.ids.get(&key).and_then(|&i| self.instruments.get(i))
     }
 }
 
@@ -64,7 +81,9 @@ pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 /// drive it directly.
 #[derive(Debug, Default)]
 pub struct Book {
-    ids: HashMap<InstrumentKey, usize>,
+    /// Shared with snapshots; copied on write only when a new instrument
+    /// arrives while a snapshot still holds it.
+    ids: Arc<HashMap<InstrumentKey, usize>>,
     table: Vec<InstrumentState>,
 }
 
@@ -80,7 +99,7 @@ impl Book {
             Some(&id) => id,
             None => {
                 self.table.push(InstrumentState::new(tick.key));
-                self.ids.insert(tick.key, self.table.len() - 1);
+                Arc::make_mut(&mut self.ids).insert(tick.key, self.table.len() - 1);
                 self.table.len() - 1
             }
         };
@@ -97,6 +116,7 @@ impl Book {
         Snapshot {
             taken_ns: clock::now_ns(),
             instruments: self.table.clone(),
+            ids: Arc::clone(&self.ids),
         }
     }
 }
@@ -120,16 +140,42 @@ impl Default for BookConfig {
 }
 
 /// The book thread's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BookStats {
     /// Ticks popped and applied.
-    pub ticks: AtomicU64,
+    pub ticks: Counter,
     /// Updates pushed to the fanout ring.
-    pub updates: AtomicU64,
+    pub updates: Counter,
     /// Times an update found the fanout ring full and the thread waited.
-    pub ring_full_waits: AtomicU64,
+    pub ring_full_waits: Counter,
     /// Snapshots published.
-    pub snapshots: AtomicU64,
+    pub snapshots: Counter,
+}
+
+impl Default for BookStats {
+    fn default() -> Self {
+        BookStats {
+            ticks: Counter::new("book_ticks_total", "Ticks applied by the book"),
+            updates: Counter::new("book_updates_total", "Updates forwarded to the fanout"),
+            ring_full_waits: Counter::new(
+                "book_ring_full_waits_total",
+                "Times the book waited on a full update ring",
+            ),
+            snapshots: Counter::new("book_snapshots_total", "Snapshots published"),
+        }
+    }
+}
+
+impl BookStats {
+    /// Every counter, in `/metrics` order.
+    pub fn counters(&self) -> [&Counter; 4] {
+        [
+            &self.ticks,
+            &self.updates,
+            &self.ring_full_waits,
+            &self.snapshots,
+        ]
+    }
 }
 
 /// Something to poke after a batch of updates (the fanout thread's waker).
@@ -243,13 +289,13 @@ impl Worker {
                 }
             }
             if applied > 0 {
-                self.stats.ticks.fetch_add(applied, Relaxed);
+                self.stats.ticks.add(applied);
                 self.poke();
             }
             let now = Instant::now();
             if dirty && now.duration_since(last_snapshot) >= self.config.snapshot_interval {
                 self.snapshot.store(Arc::new(self.book.snapshot()));
-                self.stats.snapshots.fetch_add(1, Relaxed);
+                self.stats.snapshots.inc();
                 last_snapshot = now;
                 dirty = false;
             }
@@ -266,10 +312,10 @@ impl Worker {
 
     fn forward(&mut self, update: Update) {
         let Err(mut update) = self.updates.try_push(update) else {
-            self.stats.updates.fetch_add(1, Relaxed);
+            self.stats.updates.inc();
             return;
         };
-        self.stats.ring_full_waits.fetch_add(1, Relaxed);
+        self.stats.ring_full_waits.inc();
         loop {
             if !self.updates.read_is_held() || self.stop.load(Relaxed) {
                 return;
@@ -278,7 +324,7 @@ impl Worker {
             std::thread::sleep(Duration::from_micros(20));
             match self.updates.try_push(update) {
                 Ok(()) => {
-                    self.stats.updates.fetch_add(1, Relaxed);
+                    self.stats.updates.inc();
                     return;
                 }
                 Err(back) => update = back,
@@ -337,6 +383,14 @@ mod tests {
             snap.get(InstrumentKey::new(Segment::NseEq, 1)).unwrap().ltp,
             Some(10.5)
         );
+        assert!(snap.get(InstrumentKey::new(Segment::NseEq, 9)).is_none());
+        // A later instrument does not leak into the earlier snapshot.
+        book.apply(&tick(9, FeedData::Ticker(Ticker { ltp: 1.0, ltt: 1 })));
+        assert!(snap.get(InstrumentKey::new(Segment::NseEq, 9)).is_none());
+        assert!(book
+            .snapshot()
+            .get(InstrumentKey::new(Segment::NseEq, 9))
+            .is_some());
         assert_eq!(
             snap.get(InstrumentKey::new(Segment::NseEq, 2))
                 .unwrap()
@@ -383,7 +437,7 @@ mod tests {
             }
         }
         assert_eq!(seen, (0..20).collect::<Vec<_>>());
-        assert!(book.stats.ring_full_waits.load(Relaxed) > 0);
+        assert!(book.stats.ring_full_waits.get() > 0);
         let end = Instant::now() + Duration::from_secs(5);
         while book.snapshot.load().instruments.is_empty() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(1));

@@ -1,60 +1,79 @@
-//! The fanout thread: the public listener, HTTP routing, WebSocket clients
-//! and the REST endpoints, in one mio loop.
+//! Everything that faces clients: three threads around one contract.
 //!
-//! Each loop turn: accept and read what is ready; take every update the book
-//! thread queued; render each update once per message type and append the
-//! same bytes to every subscriber's bounded buffer; flush each dirty client
-//! with one write; send subscription changes upstream. Time-driven work
-//! (the `/ws/prices` push, slow-client and slowloris checks) runs once a
-//! second. No client can make the loop wait: every socket is non-blocking
-//! and every buffer bounded (see [`session`]).
+//! - **front door** ([`front`]): the listener, HTTP heads, REST
+//!   ([`rest`]), the dashboard, WebSocket handshakes. Upgraded sockets are
+//!   handed to the fanout over a channel.
+//! - **fanout** (this module, [`client`], [`pump`]): WebSocket sessions
+//!   only. Each loop turn: take new clients and resolver answers, read
+//!   what clients sent (a budget of frames per client per turn), take every
+//!   update the book queued, render each once per message type and queue
+//!   the same bytes to every subscriber, flush each dirty client with one
+//!   vectored write, tell the network thread what changed upstream.
+//! - **resolver** ([`resolver`]): symbol look-ups for subscribe messages,
+//!   so a client sending 1,000 unknown names costs the others nothing.
+//!
+//! No client can make the fanout loop wait: sockets are non-blocking,
+//! queues bounded ([`session`]), work per client per turn budgeted, and
+//! anything heavy (REST bodies, the `/ws/prices` object, search, symbol
+//! resolution) runs on the other two threads. The fanout publishes what
+//! they need — the upstream subscriptions and the watchlist — as a
+//! [`rest::View`] through `arc-swap`.
 
 mod assets;
+mod client;
+pub mod front;
 pub mod http;
+pub mod outbound;
 pub mod protocol;
+mod pump;
 pub mod render;
+pub mod resolver;
 pub mod rest;
-mod session;
+pub mod session;
 pub mod stats;
 pub mod topics;
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
-use ringbuf::traits::Consumer;
 use ringbuf::HeapCons;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{Role, WebSocketConfig};
-use tungstenite::{Message, Utf8Bytes, WebSocket};
+use tungstenite::protocol::WebSocketConfig;
 
 use crate::book::{BookStats, SharedSnapshot, Update};
-use crate::clock;
 use crate::domain::{InstrumentKey, Mode};
-use crate::instrument::watch::{plan_rolls, RollSchedule};
-use crate::instrument::{Master, TimeOfDay, WallClock};
+use crate::instrument::watch::Watchlist;
+use crate::instrument::{Master, WallClock};
 use crate::metrics::{LatencyRecorder, SharedLatency};
-use crate::upstream::{Command, UpstreamControl, UpstreamStats};
-use http::{Head, Parsed};
-use protocol::{ClientMessage, InstrumentRef};
-use render::{message_mode, Renderer};
-use rest::RestContext;
-pub use rest::WatchItem;
-use session::{Health, Kind, Session, Slot};
-use stats::{add, get, sub, FanoutStats};
+use crate::upstream::{UpstreamControl, UpstreamStats};
+use front::{FrontDoor, Handoff, NewClient};
+use render::Renderer;
+use resolver::{Answer, Job};
+use rest::{RestState, SharedView, UpstreamStatus, View};
+use session::{Kind, Session, Slot};
+use stats::FanoutStats;
 use topics::Topics;
 
-const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 /// How long a queued close frame may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Frames read from one client per loop turn; the rest wait a turn.
+pub const READ_BUDGET: usize = 16;
+/// New clients taken from the front door per loop turn.
+const ACCEPT_BUDGET: usize = 256;
+/// Shortest time between two published views.
+const VIEW_EVERY: Duration = Duration::from_millis(100);
 
-/// Fanout settings and limits.
+/// Fanout limits and listener settings.
 #[derive(Clone, Debug)]
 pub struct FanoutConfig {
     /// Most WebSocket clients at once.
@@ -67,31 +86,36 @@ pub struct FanoutConfig {
     pub max_frame_bytes: usize,
     /// Outbound buffer per client before it counts as behind.
     pub client_queue_bytes: usize,
+    /// Kernel send buffer per client socket (`SO_SNDBUF`; Linux doubles
+    /// it). Small enough that a client that stops reading is noticed, and
+    /// conflated, within about a second instead of after megabytes of
+    /// kernel buffering; 0 leaves the kernel's autotuning.
+    pub client_send_buffer: usize,
     /// A client behind for longer than this is closed with 1008.
     pub slow_client_timeout: Duration,
     /// A request head must arrive within this.
     pub head_timeout: Duration,
-    /// Client messages allowed per second (bursts of twice that).
+    /// An idle kept-alive HTTP connection is closed after this.
+    pub keep_alive_idle: Duration,
+    /// Requests served on one HTTP connection before it is closed.
+    pub keep_alive_requests: u32,
+    /// Client messages (frames, pings included) allowed per second
+    /// (bursts of twice that).
     pub max_messages_per_sec: u32,
     /// Grace before an instrument nobody wants is unsubscribed upstream.
     pub unsubscribe_grace: Duration,
+    /// The account's upstream capacity in instruments (connections ×
+    /// instruments per connection).
+    pub upstream_capacity: usize,
     /// Extra browser origins allowed to open WebSockets (`*` for any).
     pub allowed_origins: Vec<String>,
-    /// The configured watchlist, subscribed at start.
-    pub watchlist: Vec<WatchItem>,
+    /// Host names (besides IP literals and `localhost`) requests may name
+    /// in `Host` (`*` for any): DNS-rebinding protection.
+    pub allowed_hosts: Vec<String>,
     /// Running against the built-in simulator.
     pub demo: bool,
-    /// Pin the thread to this core, when set.
+    /// Pin the fanout thread to this core, when set.
     pub core: Option<usize>,
-    /// The instrument master: symbol resolution, search, symbol names.
-    pub master: Arc<Master>,
-    /// Watchlist symbols resolved to a dated contract: re-resolved daily
-    /// at `roll_at`, and moved to the next contract once theirs expired.
-    pub rolling: Vec<String>,
-    /// When the daily expiry check runs (India time).
-    pub roll_at: TimeOfDay,
-    /// The wall clock for calendar decisions.
-    pub clock: WallClock,
 }
 
 impl Default for FanoutConfig {
@@ -102,23 +126,23 @@ impl Default for FanoutConfig {
             max_instruments_per_message: 1_000,
             max_frame_bytes: 64 * 1024,
             client_queue_bytes: 256 * 1024,
+            client_send_buffer: 64 * 1024,
             slow_client_timeout: Duration::from_secs(5),
             head_timeout: Duration::from_secs(5),
+            keep_alive_idle: Duration::from_secs(10),
+            keep_alive_requests: 1_000,
             max_messages_per_sec: 50,
             unsubscribe_grace: Duration::from_secs(2),
+            upstream_capacity: 25_000,
             allowed_origins: Vec::new(),
-            watchlist: Vec::new(),
+            allowed_hosts: Vec::new(),
             demo: false,
             core: None,
-            master: Arc::new(Master::empty()),
-            rolling: Vec::new(),
-            roll_at: TimeOfDay::new(8, 45).expect("valid"),
-            clock: WallClock::system(),
         }
     }
 }
 
-/// What the fanout reads from the other threads.
+/// What the fanout reads from the rest of the engine at run time.
 pub struct FanoutInputs {
     /// Updates from the book thread.
     pub updates: HeapCons<Update>,
@@ -132,6 +156,12 @@ pub struct FanoutInputs {
     pub book_stats: Arc<BookStats>,
     /// Network receive → book apply latency.
     pub receive_to_book: SharedLatency,
+    /// The instrument master: names, resolution, search.
+    pub master: Arc<Master>,
+    /// The watchlist, resolved, with its daily expiry roll.
+    pub watchlist: Watchlist,
+    /// The wall clock for calendar decisions.
+    pub clock: WallClock,
 }
 
 impl std::fmt::Debug for FanoutInputs {
@@ -140,108 +170,162 @@ impl std::fmt::Debug for FanoutInputs {
     }
 }
 
-/// The listener and poll, created before the thread so other threads can
-/// be given its waker.
+/// The listener and the fanout's poll, created before the threads so the
+/// book thread can be given the fanout's waker.
 #[derive(Debug)]
 pub struct Fanout {
     poll: Poll,
     waker: Arc<Waker>,
-    listener: TcpListener,
+    front: FrontDoor,
     config: FanoutConfig,
 }
 
 impl Fanout {
     /// Takes over a bound listener.
     pub fn new(listener: std::net::TcpListener, config: FanoutConfig) -> std::io::Result<Fanout> {
-        listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(listener);
+        let front = FrontDoor::new(listener)?;
         let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Fanout {
             poll,
             waker,
-            listener,
+            front,
             config,
         })
     }
 
-    /// Wakes the loop (the book thread calls it after a batch of updates).
+    /// Wakes the fanout loop (the book thread calls it after a batch).
     pub fn waker(&self) -> Arc<Waker> {
         Arc::clone(&self.waker)
     }
 
-    /// Starts the thread.
+    /// Starts the front door, resolver and fanout threads.
     pub fn start(self, inputs: FanoutInputs) -> std::io::Result<FanoutThread> {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(FanoutStats::default());
+        stats
+            .upstream_capacity
+            .set(self.config.upstream_capacity as u64);
         let tick_to_wire = SharedLatency::default();
-        let symbols: HashMap<InstrumentKey, String> = self
-            .config
+        let client_message = SharedLatency::default();
+        let view: SharedView = Arc::new(ArcSwap::from_pointee(View {
+            watchlist: inputs.watchlist.items().to_vec(),
+            active: Vec::new(),
+        }));
+        let (handoff_tx, handoff_rx) = crossbeam_channel::unbounded::<Handoff>();
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
+        let (answer_tx, answer_rx) = crossbeam_channel::unbounded::<Answer>();
+        let mut threads = Vec::new();
+
+        let resolver = {
+            let (waker, master, view, clock) = (
+                Arc::clone(&self.waker),
+                Arc::clone(&inputs.master),
+                Arc::clone(&view),
+                inputs.clock.clone(),
+            );
+            std::thread::Builder::new()
+                .name("dhan-resolver".into())
+                .spawn(move || resolver::run(job_rx, answer_tx, waker, master, view, clock))?
+        };
+        threads.push(resolver);
+
+        let rest = RestState {
+            snapshot: Arc::clone(&inputs.snapshot),
+            view: Arc::clone(&view),
+            master: Arc::clone(&inputs.master),
+            upstream: Arc::clone(&inputs.upstream_stats),
+            book: Arc::clone(&inputs.book_stats),
+            fanout: Arc::clone(&stats),
+            receive_to_book: inputs.receive_to_book.clone(),
+            tick_to_wire: tick_to_wire.clone(),
+            client_message: client_message.clone(),
+            started: Instant::now(),
+            demo: self.config.demo,
+        };
+        let front_waker = self.front.waker();
+        let front = {
+            let (config, waker, stop) = (
+                self.config.clone(),
+                Arc::clone(&self.waker),
+                Arc::clone(&stop),
+            );
+            let door = self.front;
+            std::thread::Builder::new()
+                .name("dhan-front".into())
+                .spawn(move || door.run(config, rest, handoff_tx, waker, stop))?
+        };
+        threads.push(front);
+
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(Some(self.config.max_frame_bytes))
+            .max_frame_size(Some(self.config.max_frame_bytes));
+        let symbols = inputs
             .watchlist
+            .items()
             .iter()
             .map(|w| (w.key, w.symbol.clone()))
             .collect();
-        let by_symbol = self
-            .config
-            .watchlist
-            .iter()
-            .map(|w| (w.symbol.to_ascii_uppercase(), w.key))
-            .collect();
         let core = self.config.core;
-        let roll = RollSchedule::new(self.config.roll_at, self.config.clock.today());
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(self.config.client_queue_bytes / 2)
-            .max_write_buffer_size(self.config.client_queue_bytes)
-            .max_message_size(Some(self.config.max_frame_bytes))
-            .max_frame_size(Some(self.config.max_frame_bytes));
-        let waker = Arc::clone(&self.waker);
         let worker = Worker {
-            topics: Topics::new(self.config.unsubscribe_grace),
+            topics: Topics::new(self.config.unsubscribe_grace, self.config.upstream_capacity),
             poll: self.poll,
-            listener: self.listener,
             stop: Arc::clone(&stop),
-            config: self.config,
             ws_config,
-            inputs,
-            conns: Vec::new(),
+            updates: inputs.updates,
+            snapshot: inputs.snapshot,
+            upstream: inputs.upstream,
+            upstream_stats: inputs.upstream_stats,
+            master: inputs.master,
+            clock: inputs.clock,
+            watchlist: inputs.watchlist,
+            config: self.config,
+            sessions: Vec::new(),
             free: Vec::new(),
+            next_id: 1,
+            readable: Vec::with_capacity(64),
             renderer: Renderer::new(),
             stats: Arc::clone(&stats),
             latency: tick_to_wire.recorder(),
+            message_latency: client_message.recorder(),
             symbols,
-            by_symbol,
-            roll,
-            started: Instant::now(),
+            view,
+            view_dirty: true,
+            next_view: Instant::now(),
+            handoff: handoff_rx,
+            jobs: job_tx,
+            answers: answer_rx,
             upstream_up: false,
+            announced: "connecting",
             next_second: Instant::now(),
             turn_recv: Vec::with_capacity(1024),
             dirty: Vec::with_capacity(1024),
         };
-        let thread = std::thread::Builder::new()
+        let fanout = std::thread::Builder::new()
             .name("dhan-fanout".into())
             .spawn(move || {
                 crate::affinity::pin("fanout", core);
                 worker.run();
             })?;
+        threads.push(fanout);
         Ok(FanoutThread {
-            thread: Some(thread),
+            threads,
             stop,
-            waker,
+            wakers: [Arc::clone(&self.waker), front_waker],
             stats,
             tick_to_wire,
         })
     }
 }
 
-/// The running fanout thread.
+/// The running fanout, front door and resolver threads.
 #[derive(Debug)]
 pub struct FanoutThread {
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    wakers: [Arc<Waker>; 2],
     /// Counters.
     pub stats: Arc<FanoutStats>,
     /// Network receive → client socket write latency.
@@ -249,15 +333,19 @@ pub struct FanoutThread {
 }
 
 impl FanoutThread {
-    /// Sends close frames (1001) to every client and joins the thread.
+    /// Sends close frames (1001) to every client and joins the threads.
     pub fn shutdown(mut self) {
         self.stop_now();
     }
 
     fn stop_now(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.stop.store(true, Relaxed);
-            let _ = self.waker.wake();
+        self.stop.store(true, Relaxed);
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+        // The fanout owns the resolver's job sender: joining the fanout
+        // first closes that channel and ends the resolver.
+        while let Some(t) = self.threads.pop() {
             let _ = t.join();
         }
     }
@@ -269,43 +357,43 @@ impl Drop for FanoutThread {
     }
 }
 
-/// A connection on the public listener, by phase.
-enum Conn {
-    /// Reading the request head.
-    Head {
-        stream: TcpStream,
-        buf: Vec<u8>,
-        since: Instant,
-    },
-    /// Writing a plain response, then closing.
-    Http {
-        stream: TcpStream,
-        out: Vec<u8>,
-        pos: usize,
-        since: Instant,
-    },
-    /// A WebSocket client.
-    Ws(Box<Session>),
-}
-
+/// The fanout thread's state.
 struct Worker {
     poll: Poll,
-    listener: TcpListener,
     stop: Arc<AtomicBool>,
     config: FanoutConfig,
     ws_config: WebSocketConfig,
-    inputs: FanoutInputs,
-    conns: Vec<Option<Conn>>,
+    updates: HeapCons<Update>,
+    snapshot: SharedSnapshot,
+    upstream: UpstreamControl,
+    upstream_stats: Arc<UpstreamStats>,
+    master: Arc<Master>,
+    clock: WallClock,
+    watchlist: Watchlist,
+    /// Sessions by slot (the mio token).
+    sessions: Vec<Option<Box<Session>>>,
     free: Vec<usize>,
+    next_id: u64,
+    /// Sessions to read this turn: readiness events, plus those whose
+    /// read budget ran out last turn (edge-triggered readiness will not
+    /// report them again).
+    readable: Vec<usize>,
     topics: Topics,
     renderer: Renderer,
     stats: Arc<FanoutStats>,
     latency: LatencyRecorder,
+    message_latency: LatencyRecorder,
+    /// Names shown on updates: the watchlist's, then the master's.
     symbols: HashMap<InstrumentKey, String>,
-    by_symbol: HashMap<String, InstrumentKey>,
-    roll: RollSchedule,
-    started: Instant,
+    view: SharedView,
+    view_dirty: bool,
+    next_view: Instant,
+    handoff: Receiver<Handoff>,
+    jobs: Sender<Job>,
+    answers: Receiver<Answer>,
     upstream_up: bool,
+    /// The upstream state last announced to clients.
+    announced: &'static str,
     next_second: Instant,
     /// Receive stamps of the updates delivered this turn.
     turn_recv: Vec<u64>,
@@ -316,15 +404,22 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let watch: Vec<InstrumentKey> = self.config.watchlist.iter().map(|w| w.key).collect();
-        for key in watch {
-            self.topics.add(Topics::RELAY, key, Mode::Ticker);
+        for w in self.watchlist.items() {
+            self.topics.add(Topics::RELAY, w.key, Mode::Ticker);
         }
         loop {
-            if let Err(e) = self
-                .poll
-                .poll(&mut events, Some(Duration::from_millis(100)))
-            {
+            let timeout = if self.readable.is_empty() {
+                let until = self
+                    .topics
+                    .next_deadline()
+                    .map(|d| d.saturating_duration_since(Instant::now()));
+                until.map_or(Duration::from_millis(100), |u| {
+                    u.min(Duration::from_millis(100))
+                })
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     log::error!("fanout poll failed: {e}; stopping");
                     return;
@@ -333,19 +428,31 @@ impl Worker {
             let now = Instant::now();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(now),
                     WAKER => {}
-                    Token(i) => self.ready(i, now),
+                    Token(i) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.readable.push(i);
+                        }
+                        if event.is_writable() {
+                            self.dirty.push(i);
+                        }
+                    }
                 }
             }
             if self.stop.load(Relaxed) {
                 self.shutdown();
                 return;
             }
+            self.take_handoffs(now);
+            self.take_answers(now);
+            self.read_clients(now);
             self.drain_updates(now);
-            self.check_upstream();
+            self.check_upstream(now);
             self.flush_dirty(now);
             self.push_changes(now);
+            if self.view_dirty && now >= self.next_view {
+                self.publish_view(now);
+            }
             if now >= self.next_second {
                 self.next_second = now + Duration::from_secs(1);
                 self.every_second(now);
@@ -353,667 +460,169 @@ impl Worker {
         }
     }
 
-    fn accept(&mut self, now: Instant) {
-        loop {
-            match self.listener.accept() {
-                Ok((mut stream, _peer)) => {
-                    let open = self.conns.len() - self.free.len();
-                    if open >= self.config.max_clients + 256 {
-                        // Past the limit even for plain requests: refuse at once.
-                        add(&self.stats.clients_rejected, 1);
-                        let _ = stream.write(&http::error_response(503, "too many connections"));
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    let slot = self.free.pop().unwrap_or_else(|| {
-                        self.conns.push(None);
-                        self.conns.len() - 1
-                    });
-                    if self
-                        .poll
-                        .registry()
-                        .register(
-                            &mut stream,
-                            Token(slot),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
-                        .is_err()
-                    {
-                        self.free.push(slot);
-                        continue;
-                    }
-                    self.conns[slot] = Some(Conn::Head {
-                        stream,
-                        buf: Vec::with_capacity(1024),
-                        since: now,
-                    });
-                    // Data may already be waiting; edge-triggered readiness
-                    // would not report it again.
-                    self.ready(slot, now);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // EMFILE and friends: log once per burst, keep serving.
-                    log::warn!("accept failed: {e}");
-                    return;
-                }
+    /// New clients and this second's prices object from the front door.
+    fn take_handoffs(&mut self, now: Instant) {
+        for _ in 0..ACCEPT_BUDGET {
+            match self.handoff.try_recv() {
+                Ok(Handoff::Client(c)) => self.add_client(c, now),
+                Ok(Handoff::Prices(body)) => self.push_prices(&body, now),
+                Err(_) => return,
             }
         }
     }
 
-    /// Readiness on connection `i`. A panic while serving one connection
-    /// (a bug, ours or a dependency's) drops that connection only.
-    fn ready(&mut self, i: usize, now: Instant) {
-        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(i, now)));
-        if served.is_err() {
-            log::error!("a connection handler panicked; that connection was dropped");
-            self.topics.remove_client(i);
-            if self.conns.get(i).is_some_and(Option::is_none) && !self.free.contains(&i) {
-                self.free.push(i);
-            }
-            let open = self
-                .conns
-                .iter()
-                .flatten()
-                .filter(|c| matches!(c, Conn::Ws(_)))
-                .count();
-            self.stats.clients.store(open as u64, Relaxed);
-        }
-    }
-
-    fn serve(&mut self, i: usize, now: Instant) {
-        let Some(conn) = self.conns.get_mut(i).and_then(Option::take) else {
+    fn add_client(&mut self, c: NewClient, now: Instant) {
+        let NewClient {
+            mut stream,
+            early,
+            kind,
+            prices,
+        } = c;
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.sessions.push(None);
+            self.sessions.len() - 1
+        });
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("cannot watch a new client: {e}");
+            self.free.push(slot);
             return;
-        };
-        let next = match conn {
-            Conn::Head { stream, buf, since } => self.read_head(stream, buf, since, now),
-            Conn::Http {
-                mut stream,
-                out,
-                mut pos,
-                since,
-            } => match write_some(&mut stream, &out, &mut pos) {
-                Ok(true) => None,
-                Ok(false) => Some(Conn::Http {
-                    stream,
-                    out,
-                    pos,
-                    since,
-                }),
-                Err(_) => None,
-            },
-            Conn::Ws(mut s) => match self.read_ws(i, &mut s, now) {
-                Health::Ok => Some(Conn::Ws(s)),
-                Health::Gone => {
-                    self.drop_session(i, &s);
-                    None
-                }
-            },
-        };
-        self.put(i, next);
-    }
-
-    /// Puts a connection back in its slot (queueing a flush if it has
-    /// output), or frees the slot.
-    fn put(&mut self, i: usize, conn: Option<Conn>) {
-        match conn {
-            Some(c) => {
-                if matches!(&c, Conn::Ws(s) if s.is_dirty()) {
-                    self.dirty.push(i);
-                }
-                self.conns[i] = Some(c);
-            }
-            None => {
-                self.conns[i] = None;
-                self.free.push(i);
-            }
         }
-    }
-
-    fn read_head(
-        &mut self,
-        mut stream: TcpStream,
-        mut buf: Vec<u8>,
-        since: Instant,
-        now: Instant,
-    ) -> Option<Conn> {
-        let mut chunk = [0u8; 2048];
-        loop {
-            match stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() >= http::MAX_HEAD_BYTES {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => return None,
-            }
-        }
-        match http::parse_head(&buf) {
-            Parsed::Partial => Some(Conn::Head { stream, buf, since }),
-            Parsed::Bad(status, why) => {
-                self.respond(stream, http::error_response(status, why), now)
-            }
-            Parsed::Done(head) => {
-                let rest = buf.split_off(head.len);
-                self.route(stream, head, rest, now)
-            }
-        }
-    }
-
-    fn respond(&mut self, mut stream: TcpStream, out: Vec<u8>, now: Instant) -> Option<Conn> {
-        add(&self.stats.http_requests, 1);
-        let mut pos = 0;
-        match write_some(&mut stream, &out, &mut pos) {
-            Ok(false) => Some(Conn::Http {
-                stream,
-                out,
-                pos,
-                since: now,
-            }),
-            _ => None,
-        }
-    }
-
-    fn route(
-        &mut self,
-        stream: TcpStream,
-        head: Head,
-        rest: Vec<u8>,
-        now: Instant,
-    ) -> Option<Conn> {
-        if head.method != "GET" {
-            return self.respond(
-                stream,
-                http::error_response(405, "only GET is served here"),
-                now,
-            );
-        }
-        let allowed = http::origin_allowed(
-            head.origin.as_deref(),
-            head.host.as_deref(),
-            &self.config.allowed_origins,
-        );
-        let kind = match head.path.as_str() {
-            "/ws" => Some(Kind::Feed),
-            "/ws/prices" => Some(Kind::Prices),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            return self.upgrade(stream, head, rest, kind, allowed, now);
-        }
-        let cors = if allowed {
-            head.origin.as_deref()
-        } else {
-            None
-        };
-        if let Some((ctype, body)) = assets::get(&head.path) {
-            return self.respond(stream, http::response(200, ctype, body, None), now);
-        }
-        let ctx_out = {
-            let snapshot = self.inputs.snapshot.load();
-            let ctx = self.rest_context(&snapshot);
-            match head.path.as_str() {
-                "/prices" => Some((200, "application/json", ctx.prices())),
-                "/health" => {
-                    let (code, body) = ctx.health();
-                    Some((code, "application/json", body))
-                }
-                "/stats" => Some((200, "application/json", ctx.stats())),
-                "/metrics" => Some((200, "text/plain; version=0.0.4", ctx.metrics())),
-                "/api/watchlist" => Some((200, "application/json", ctx.watchlist())),
-                "/api/instruments" => {
-                    let (code, body) = rest::search(&self.config.master, &head.query);
-                    Some((code, "application/json", body))
-                }
-                "/api/v2/subscriptions/active" => {
-                    Some((200, "application/json", ctx.subscriptions()))
-                }
-                "/api" => Some((200, "text/plain; charset=utf-8", index_text())),
-                _ => None,
-            }
-        };
-        let out = match ctx_out {
-            Some((code, ctype, body)) => http::response(code, ctype, body.as_bytes(), cors),
-            None => http::error_response(404, "no such endpoint; see GET /api"),
-        };
-        self.respond(stream, out, now)
-    }
-
-    fn upgrade(
-        &mut self,
-        mut stream: TcpStream,
-        head: Head,
-        rest: Vec<u8>,
-        kind: Kind,
-        allowed: bool,
-        now: Instant,
-    ) -> Option<Conn> {
-        let Some(key) = head.ws_key.as_deref() else {
-            return self.respond(
-                stream,
-                http::error_response(
-                    426,
-                    "this endpoint speaks WebSocket; connect with a WebSocket client",
-                ),
-                now,
-            );
-        };
-        if head.ws_version.as_deref() != Some("13") {
-            return self.respond(
-                stream,
-                http::error_response(400, "unsupported Sec-WebSocket-Version (13 required)"),
-                now,
-            );
-        }
-        if !allowed {
-            log::debug!("refused WebSocket from origin {:?}", head.origin);
-            return self.respond(stream, http::error_response(403, "origin not allowed"), now);
-        }
-        if get(&self.stats.clients) as usize >= self.config.max_clients {
-            add(&self.stats.clients_rejected, 1);
-            return self.respond(stream, http::error_response(503, "too many clients"), now);
-        }
-        let answer = http::upgrade_response(key);
-        let mut pos = 0;
-        // A fresh socket's send buffer takes a ~150-byte answer whole.
-        if !matches!(write_some(&mut stream, &answer, &mut pos), Ok(true)) {
-            return None;
-        }
-        let ws = WebSocket::from_partially_read(stream, rest, Role::Server, Some(self.ws_config));
-        let mut s = Box::new(Session::new(ws, kind, self.config.max_messages_per_sec));
-        add(&self.stats.clients, 1);
-        add(&self.stats.clients_total, 1);
-        // Bring the upstream view up to date first, so this client's greeting
-        // and any later transition message agree (no duplicate "Connected").
-        self.check_upstream();
+        set_send_buffer(&stream, self.config.client_send_buffer);
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut s = Box::new(Session::new(
+            id,
+            stream,
+            early,
+            kind,
+            self.ws_config,
+            self.config.client_queue_bytes,
+            self.config.max_messages_per_sec,
+        ));
+        self.stats.clients.inc();
+        self.stats.clients_total.inc();
         match kind {
             Kind::Feed => {
-                let status = self.status_text();
-                s.reply(protocol::status_message(&status), &self.stats);
+                let status = UpstreamStatus::of(&self.upstream_stats);
+                let text = if status.is_up() {
+                    "Connected to price feed".to_string()
+                } else {
+                    format!("Waiting for price feed: {}", status.detail)
+                };
+                s.reply(
+                    protocol::status_message(Some(status.state), &text),
+                    &self.stats,
+                    now,
+                );
             }
             Kind::Prices => {
-                let snapshot = self.inputs.snapshot.load();
-                let prices = Utf8Bytes::from(self.rest_context(&snapshot).prices());
-                s.deliver(Slot::Prices, &prices, &self.stats, now);
+                self.stats.prices_clients.inc();
+                if let Some(body) = prices {
+                    s.deliver(Slot::Prices, &body, &self.stats, now);
+                }
             }
         }
-        log::debug!("client connected to {}", head.path);
-        Some(Conn::Ws(s))
+        log::debug!("client {id} connected");
+        self.sessions[slot] = Some(s);
+        self.dirty.push(slot);
+        // A frame sent together with the handshake is already buffered.
+        self.readable.push(slot);
     }
 
-    fn status_text(&self) -> String {
-        if self.upstream_up {
+    fn push_prices(&mut self, body: &Bytes, now: Instant) {
+        for (i, s) in self.sessions.iter_mut().enumerate() {
+            if let Some(s) = s.as_mut().filter(|s| s.kind == Kind::Prices) {
+                s.deliver(Slot::Prices, body, &self.stats, now);
+                self.dirty.push(i);
+            }
+        }
+    }
+
+    /// Tells `/ws` clients when the upstream goes down or comes back; the
+    /// per-turn check is one atomic read.
+    fn check_upstream(&mut self, now: Instant) {
+        let up = self.upstream_stats.connections_up() > 0;
+        if up != self.upstream_up {
+            self.upstream_up = up;
+            self.announce_status(now);
+        }
+    }
+
+    /// Sends the upstream state to every `/ws` client if it changed since
+    /// the last announcement.
+    fn announce_status(&mut self, now: Instant) {
+        let status = UpstreamStatus::of(&self.upstream_stats);
+        if status.state == self.announced {
+            return;
+        }
+        self.announced = status.state;
+        let text = if status.is_up() {
             "Connected to price feed".to_string()
         } else {
-            let snapshot = self.inputs.snapshot.load();
-            format!(
-                "Waiting for price feed: {}",
-                self.rest_context(&snapshot).status()
-            )
-        }
-    }
-
-    /// Reads every message the client sent; replies and closes as needed.
-    fn read_ws(&mut self, i: usize, s: &mut Session, now: Instant) -> Health {
-        // After a close we only drain our output: a reader that failed on an
-        // oversized or broken frame must not be called again.
-        while s.closing.is_none() {
-            match s.ws.read() {
-                Ok(Message::Text(text)) => self.on_text(i, s, text.as_str(), now),
-                Ok(Message::Binary(_)) => {
-                    add(&self.stats.protocol_closes, 1);
-                    s.close(
-                        CloseCode::Unsupported,
-                        "binary frames are not understood; send JSON text",
-                        now,
-                    );
-                }
-                Ok(_) => {} // ping (pong queued by tungstenite), pong, close
-                Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(tungstenite::Error::Capacity(_)) => {
-                    add(&self.stats.protocol_closes, 1);
-                    let why = format!(
-                        "message too big (limit {} bytes)",
-                        self.config.max_frame_bytes
-                    );
-                    s.close(CloseCode::Size, &why, now);
-                    break;
-                }
-                Err(tungstenite::Error::Utf8(_)) => {
-                    add(&self.stats.protocol_closes, 1);
-                    s.close(CloseCode::Invalid, "text frame is not valid UTF-8", now);
-                    break;
-                }
-                Err(tungstenite::Error::Protocol(e)) if s.closing.is_none() => {
-                    add(&self.stats.protocol_closes, 1);
-                    s.close(CloseCode::Protocol, &format!("protocol error: {e}"), now);
-                    break;
-                }
-                Err(_) => return Health::Gone,
-            }
-        }
-        // Pongs, replies and close frames go out now, not next turn.
-        s.flush(&self.stats, now)
-    }
-
-    fn on_text(&mut self, i: usize, s: &mut Session, text: &str, now: Instant) {
-        if !s.allow_request(now) {
-            self.client_error(
-                s,
-                &format!(
-                    "rate limit: at most {} messages per second; message ignored",
-                    self.config.max_messages_per_sec
-                ),
-            );
-            return;
-        }
-        if s.kind == Kind::Prices {
-            self.client_error(s, "/ws/prices only sends; subscribe on /ws");
-            return;
-        }
-        match protocol::parse(text, self.config.max_instruments_per_message) {
-            Err(e) => self.client_error(s, &e),
-            Ok(ClientMessage::Ping) => s.reply(r#"{"type":"pong"}"#.to_string(), &self.stats),
-            Ok(ClientMessage::Subscribe { instruments, mode }) => {
-                self.subscribe(i, s, instruments, mode, now)
-            }
-            Ok(ClientMessage::Unsubscribe { instruments }) => self.unsubscribe(i, s, instruments),
-        }
-    }
-
-    fn client_error(&self, s: &mut Session, message: &str) {
-        add(&self.stats.client_errors, 1);
-        s.reply(protocol::error_message(message), &self.stats);
-    }
-
-    /// Resolves refs to keys: symbols through the instrument master as of
-    /// today, then the watchlist's names; what does not resolve is reported
-    /// (with the closest candidates) and skipped.
-    fn resolve(&self, s: &mut Session, refs: Vec<InstrumentRef>) -> Vec<InstrumentKey> {
-        let mut keys = Vec::with_capacity(refs.len());
-        let today = self.config.clock.today();
-        for r in refs {
-            match r {
-                InstrumentRef::Key(k) => keys.push(k),
-                InstrumentRef::Symbol(sym) => match self.config.master.resolve(&sym, today) {
-                    Ok(inst) => keys.push(inst.key()),
-                    Err(e) => match self.by_symbol.get(&sym.to_ascii_uppercase()) {
-                        Some(k) => keys.push(*k),
-                        None => self.client_error(s, &e.to_string()),
-                    },
-                },
-            }
-        }
-        keys
-    }
-
-    fn subscribe(
-        &mut self,
-        i: usize,
-        s: &mut Session,
-        refs: Vec<InstrumentRef>,
-        mode: Mode,
-        now: Instant,
-    ) {
-        let keys = self.resolve(s, refs);
-        let new = keys.iter().filter(|k| !s.subs.contains_key(k)).count();
-        if s.subs.len() + new > self.config.max_subscriptions_per_client {
-            self.client_error(s, &format!(
-                "subscription limit: a client may hold {} instruments (holding {}, asked for {new} more); nothing subscribed",
-                self.config.max_subscriptions_per_client,
-                s.subs.len()
-            ));
-            return;
-        }
-        add(&self.stats.subscriptions, new as u64);
-        let snapshot = self.inputs.snapshot.load();
-        for key in keys {
-            // Name it once here, so every update (a look-up) carries it.
-            if !self.symbols.contains_key(&key) {
-                if let Some(inst) = self.config.master.get(key) {
-                    self.symbols.insert(key, inst.symbol().to_string());
-                }
-            }
-            s.subs.insert(key, mode);
-            self.topics.add(i, key, mode);
-            // Snapshot on subscribe: the fanout's own latest, else the book's.
-            let state = self
-                .topics
-                .get(&key)
-                .and_then(|t| t.last.map(|u| u.state))
-                .or_else(|| snapshot.get(key).copied());
-            if let Some(state) = state {
-                let symbol = self.symbols.get(&key).map(String::as_str);
-                if let Some(msg) = self.renderer.state(&state, mode, symbol) {
-                    s.deliver(Slot::Instrument(key), &msg, &self.stats, now);
-                }
-            }
-        }
-    }
-
-    fn unsubscribe(&mut self, i: usize, s: &mut Session, refs: Vec<InstrumentRef>) {
-        let keys = self.resolve(s, refs);
-        let mut missing = Vec::new();
-        for key in keys {
-            if s.subs.remove(&key).is_some() {
-                self.topics.remove(i, key);
-                sub(&self.stats.subscriptions, 1);
-            } else {
-                missing.push(key.to_string());
-            }
-        }
-        if !missing.is_empty() {
-            self.client_error(s, &format!("not subscribed: {}", missing.join(", ")));
-        }
-    }
-
-    /// Takes every queued update and hands it to its subscribers.
-    fn drain_updates(&mut self, now: Instant) {
-        let Worker {
-            inputs,
-            topics,
-            conns,
-            renderer,
-            stats,
-            symbols,
-            turn_recv,
-            dirty,
-            ..
-        } = self;
-        let mut n = 0u64;
-        while let Some(update) = inputs.updates.try_pop() {
-            n += 1;
-            let key = update.state.key;
-            let Some(topic) = topics.get_mut(&key) else {
-                continue;
-            };
-            topic.last = Some(update);
-            // Rendered at most once per message type, shared by all.
-            let mut rendered: [Option<Option<Utf8Bytes>>; 3] = [None, None, None];
-            let mut delivered = false;
-            for &(client, mode) in &topic.subscribers {
-                let Some(Some(Conn::Ws(s))) = conns.get_mut(client) else {
-                    continue; // the relay's own watchlist entry
-                };
-                let as_mode = message_mode(update.kind, mode);
-                let msg = rendered[as_mode as usize].get_or_insert_with(|| {
-                    renderer.update(&update, as_mode, symbols.get(&key).map(String::as_str))
-                });
-                if let Some(msg) = msg {
-                    if !s.is_dirty() {
-                        dirty.push(client);
-                    }
-                    s.deliver(Slot::Instrument(key), msg, stats, now);
-                    delivered = true;
-                }
-            }
-            if delivered {
-                turn_recv.push(update.state.recv_ns);
-            }
-        }
-        if n > 0 {
-            add(&stats.updates, n);
-        }
-    }
-
-    /// One write per dirty client, then the tick-to-wire latencies.
-    fn flush_dirty(&mut self, now: Instant) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for &i in &dirty {
-            let Some(Some(Conn::Ws(s))) = self.conns.get_mut(i) else {
-                continue;
-            };
-            let health = s.flush(&self.stats, now);
-            let done_closing = s.closing.is_some() && !s.is_dirty();
-            if health == Health::Gone || done_closing {
-                if let Some(Conn::Ws(s)) = self.conns[i].take() {
-                    self.drop_session(i, &s);
-                }
-                self.free.push(i);
-            }
-        }
-        self.dirty = dirty;
-        self.dirty.clear();
-        let wire_ns = clock::now_ns();
-        for recv in self.turn_recv.drain(..) {
-            self.latency.record(wire_ns.saturating_sub(recv));
-        }
-    }
-
-    /// Tells the network thread what changed.
-    fn push_changes(&mut self, now: Instant) {
-        let changes = self.topics.take_changes(now);
-        if !changes.subscribe.is_empty() {
-            self.inputs
-                .upstream
-                .send(Command::Subscribe(changes.subscribe));
-        }
-        if !changes.unsubscribe.is_empty() {
-            self.inputs
-                .upstream
-                .send(Command::Unsubscribe(changes.unsubscribe));
-        }
-    }
-
-    /// Tells `/ws` clients when the upstream goes down or comes back.
-    fn check_upstream(&mut self) {
-        let up = self.inputs.upstream_stats.connections_up() > 0;
-        if up == self.upstream_up {
-            return;
-        }
-        self.upstream_up = up;
-        let text = if up {
-            "Connected to price feed".to_string()
-        } else {
-            format!(
-                "Price feed disconnected: {}",
-                self.status_text()
-                    .trim_start_matches("Waiting for price feed: ")
-            )
+            format!("Price feed disconnected: {}", status.detail)
         };
-        let msg = protocol::status_message(&text);
-        for i in 0..self.conns.len() {
-            if let Some(Conn::Ws(s)) = &mut self.conns[i] {
-                if s.kind == Kind::Feed {
-                    s.reply(msg.clone(), &self.stats);
-                    self.dirty.push(i);
-                }
+        let msg = protocol::status_message(Some(status.state), &text);
+        for (i, s) in self.sessions.iter_mut().enumerate() {
+            if let Some(s) = s.as_mut().filter(|s| s.kind == Kind::Feed) {
+                s.reply(msg.clone(), &self.stats, now);
+                self.dirty.push(i);
             }
         }
     }
 
     fn every_second(&mut self, now: Instant) {
         self.check_roll();
-        // Rendered once for every /ws/prices client, and only if there is one.
-        let any_prices = self
-            .conns
-            .iter()
-            .flatten()
-            .any(|c| matches!(c, Conn::Ws(s) if s.kind == Kind::Prices));
-        let prices = any_prices.then(|| {
-            let snapshot = self.inputs.snapshot.load();
-            Utf8Bytes::from(self.rest_context(&snapshot).prices())
-        });
-        for i in 0..self.conns.len() {
-            let Some(conn) = self.conns[i].take() else {
+        self.announce_status(now);
+        let limit = self.config.slow_client_timeout;
+        let abuse = self.config.max_messages_per_sec.saturating_mul(10);
+        for i in 0..self.sessions.len() {
+            let Some(s) = self.sessions[i].as_mut() else {
                 continue;
             };
-            let next = match conn {
-                Conn::Head { stream, since, .. }
-                    if now.duration_since(since) > self.config.head_timeout =>
-                {
-                    self.respond(
-                        stream,
-                        http::error_response(408, "request head not received in time"),
-                        now,
-                    )
-                }
-                Conn::Http { since, .. }
-                    if now.duration_since(since) > self.config.head_timeout =>
-                {
-                    None
-                }
-                Conn::Ws(mut s) => {
-                    if s.closing
-                        .is_some_and(|at| now.duration_since(at) > CLOSE_GRACE)
-                    {
-                        self.drop_session(i, &s);
-                        None
-                    } else {
-                        if s.too_slow(now, self.config.slow_client_timeout) {
-                            add(&self.stats.slow_closes, 1);
-                            log::info!(
-                                "closing a client that stayed behind for {:?}",
-                                self.config.slow_client_timeout
-                            );
-                            s.close(CloseCode::Policy, "too slow: not reading its messages", now);
-                        } else if let (Kind::Prices, Some(prices)) = (s.kind, &prices) {
-                            s.deliver(Slot::Prices, prices, &self.stats, now);
-                        }
-                        Some(Conn::Ws(s))
-                    }
-                }
-                other => Some(other),
-            };
-            self.put(i, next);
+            if s.closing
+                .is_some_and(|at| now.duration_since(at) > CLOSE_GRACE)
+            {
+                self.close_slot(i);
+                continue;
+            }
+            if s.too_slow(now, limit) {
+                self.stats.slow_closes.inc();
+                log::info!(
+                    "closing client {} ({} bytes queued): behind for over {limit:?}",
+                    s.id,
+                    s.queued_bytes()
+                );
+                s.close(CloseCode::Policy, "too slow: not reading its messages", now);
+                self.dirty.push(i);
+            } else if s.take_ignored_this_second() > abuse {
+                self.stats.protocol_closes.inc();
+                log::info!("closing client {}: rate limit exceeded tenfold", s.id);
+                s.close(
+                    CloseCode::Policy,
+                    "rate limit exceeded: too many messages",
+                    now,
+                );
+                self.dirty.push(i);
+            }
         }
         self.flush_dirty(now);
         self.latency.maybe_publish(now);
+        self.message_latency.maybe_publish(now);
     }
 
     /// The daily expiry check: watchlist entries whose contract expired move
     /// to the next one; the old one is released (unsubscribed upstream
     /// after the grace period unless a client holds it).
     fn check_roll(&mut self) {
-        if self.config.rolling.is_empty() {
-            return;
-        }
-        let Some(today) = self.roll.due(self.config.clock.now()) else {
-            return;
-        };
-        let (rolls, warnings) = plan_rolls(
-            &self.config.master,
-            &self.config.watchlist,
-            &self.config.rolling,
-            today,
-        );
-        for w in warnings {
-            log::warn!("{w}");
-        }
-        for roll in rolls {
-            log::info!("{}", roll.message);
+        for roll in self.watchlist.roll_due(&self.master, self.clock.now()) {
             self.topics.remove(Topics::RELAY, roll.from);
             self.topics.add(Topics::RELAY, roll.to, Mode::Ticker);
-            self.config.watchlist[roll.index].key = roll.to;
-            self.by_symbol
-                .insert(roll.symbol.to_ascii_uppercase(), roll.to);
             // The old contract keeps its own name for anyone still holding it.
-            match self.config.master.get(roll.from) {
+            match self.master.get(roll.from) {
                 Some(old) => {
                     self.symbols.insert(roll.from, old.symbol().to_string());
                 }
@@ -1022,92 +631,83 @@ impl Worker {
                 }
             }
             self.symbols.insert(roll.to, roll.symbol);
+            self.view_dirty = true;
         }
     }
 
-    fn drop_session(&mut self, i: usize, s: &Session) {
+    /// Publishes the upstream subscriptions and the watchlist for REST and
+    /// the resolver (at most every [`VIEW_EVERY`]).
+    fn publish_view(&mut self, now: Instant) {
+        self.view_dirty = false;
+        self.next_view = now + VIEW_EVERY;
+        self.view.store(Arc::new(View {
+            watchlist: self.watchlist.items().to_vec(),
+            active: self.topics.active(),
+        }));
+    }
+
+    /// Removes the session in slot `i` and everything it held.
+    fn close_slot(&mut self, i: usize) {
+        let Some(mut s) = self.sessions.get_mut(i).and_then(Option::take) else {
+            return;
+        };
         for key in s.subs.keys() {
             self.topics.remove(i, *key);
         }
-        sub(&self.stats.subscriptions, s.subs.len() as u64);
-        sub(&self.stats.clients, 1);
-        log::debug!("client closed");
-    }
-
-    fn rest_context<'a>(&'a self, snapshot: &'a crate::book::Snapshot) -> RestContext<'a> {
-        RestContext {
-            snapshot,
-            watchlist: &self.config.watchlist,
-            symbols: &self.symbols,
-            upstream: &self.inputs.upstream_stats,
-            book: &self.inputs.book_stats,
-            fanout: &self.stats,
-            receive_to_book: self.inputs.receive_to_book.percentiles(),
-            tick_to_wire: self.latency_percentiles(),
-            active: self.topics.active(),
-            uptime: self.started.elapsed(),
-            demo: self.config.demo,
+        self.view_dirty |= !s.subs.is_empty();
+        self.stats.subscriptions.sub(s.subs.len() as u64);
+        self.stats.clients.sub(1);
+        if s.kind == Kind::Prices {
+            self.stats.prices_clients.sub(1);
         }
-    }
-
-    fn latency_percentiles(&self) -> crate::metrics::Percentiles {
-        self.latency.shared().percentiles()
+        let _ = self.poll.registry().deregister(s.tcp_mut());
+        self.free.push(i);
+        log::debug!("client {} closed", s.id);
     }
 
     /// Close frames (1001) to every client, a short wait for them to go out.
     fn shutdown(&mut self) {
         let now = Instant::now();
-        for conn in self.conns.iter_mut().flatten() {
-            if let Conn::Ws(s) = conn {
-                s.close(CloseCode::Away, "server shutting down", now);
-                let _ = s.flush(&self.stats, now);
-            }
+        for s in self.sessions.iter_mut().flatten() {
+            s.close(CloseCode::Away, "server shutting down", now);
+            let _ = s.flush(&self.stats, now);
         }
         let deadline = now + Duration::from_millis(500);
         let mut events = Events::with_capacity(256);
         while Instant::now() < deadline
-            && self
-                .conns
-                .iter()
-                .flatten()
-                .any(|c| matches!(c, Conn::Ws(s) if s.is_dirty()))
+            && self.sessions.iter().flatten().any(|s| s.queued_bytes() > 0)
         {
             let _ = self.poll.poll(&mut events, Some(Duration::from_millis(20)));
             let now = Instant::now();
-            for conn in self.conns.iter_mut().flatten() {
-                if let Conn::Ws(s) = conn {
-                    let _ = s.flush(&self.stats, now);
-                }
+            for s in self.sessions.iter_mut().flatten() {
+                let _ = s.flush(&self.stats, now);
             }
         }
         self.latency.publish(Instant::now());
+        self.message_latency.publish(Instant::now());
         log::info!("fanout stopped");
     }
 }
 
-/// Writes from `pos`; `Ok(true)` once everything is written.
-fn write_some(stream: &mut TcpStream, out: &[u8], pos: &mut usize) -> std::io::Result<bool> {
-    while *pos < out.len() {
-        match stream.write(&out[*pos..]) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => *pos += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
-        }
+/// Caps the kernel send buffer of a client socket (see
+/// [`FanoutConfig::client_send_buffer`]).
+fn set_send_buffer(stream: &mio::net::TcpStream, bytes: usize) {
+    if bytes == 0 {
+        return;
     }
-    Ok(true)
-}
-
-fn index_text() -> String {
-    "dhan-relay\n\n\
-     GET  /prices                        watchlist prices (JSON)\n\
-     GET  /health                        upstream state; 503 while no upstream connection is up\n\
-     GET  /stats                         latency percentiles and counters (JSON)\n\
-     GET  /metrics                       Prometheus text\n\
-     GET  /api/v2/subscriptions/active   upstream subscriptions with modes and client counts\n\
-     GET  /api/watchlist                 the configured watchlist\n\
-     GET  /api/instruments?q=relia&limit=20  instrument search (exact, prefix, substring)\n\
-     WS   /ws                            subscribe/unsubscribe protocol (JSON)\n\
-     WS   /ws/prices                     the /prices object every second\n"
-        .to_string()
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local
+    // `c_int`; the descriptor is owned by `stream` for the whole call.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        log::debug!("SO_SNDBUF not set: {}", std::io::Error::last_os_error());
+    }
 }

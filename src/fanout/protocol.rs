@@ -1,5 +1,5 @@
-//! Client → relay messages (PROTOCOL.md §3), parsed with a clear error for
-//! every way they can be wrong. Errors are sent back as
+//! Client → relay messages (`docs/dhanhq-protocol.md`, the relay's client
+//! protocol), parsed with a clear error for every way they can be wrong. Errors are sent back as
 //! `{"type":"error","message":…}` and the connection stays open.
 
 use serde_json::{Map, Value};
@@ -168,9 +168,16 @@ pub fn error_message(message: &str) -> String {
     serde_json::json!({"type": "error", "message": message}).to_string()
 }
 
-/// `{"type":"status","message":…}`.
-pub fn status_message(message: &str) -> String {
-    serde_json::json!({"type": "status", "message": message}).to_string()
+/// `{"type":"status","state":…,"message":…}`: `state` is the upstream's
+/// machine-readable state (`connected`, `connecting`, `reconnecting`,
+/// `down`) when the message is about it.
+pub fn status_message(state: Option<&str>, message: &str) -> String {
+    match state {
+        Some(state) => {
+            serde_json::json!({"type": "status", "state": state, "message": message}).to_string()
+        }
+        None => serde_json::json!({"type": "status", "message": message}).to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -303,7 +310,16 @@ mod tests {
             v,
             serde_json::json!({"type":"error","message":"bad \"thing\""})
         );
-        let v: Value = serde_json::from_str(&status_message("Connected to price feed")).unwrap();
-        assert_eq!(v["type"], "status");
+        let v: Value = serde_json::from_str(&status_message(
+            Some("connected"),
+            "Connected to price feed",
+        ))
+        .unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["state"].as_str()),
+            (Some("status"), Some("connected"))
+        );
+        let v: Value = serde_json::from_str(&status_message(None, "note")).unwrap();
+        assert!(v.get("state").is_none());
     }
 }

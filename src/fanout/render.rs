@@ -1,5 +1,5 @@
-//! Updates as the client protocol's JSON (PROTOCOL.md §3), written once per
-//! update and mode and shared by every subscriber.
+//! Updates as the client protocol's JSON (`docs/dhanhq-protocol.md`), written
+//! once per update and mode and shared by every subscriber.
 //!
 //! Hand-written into a reused buffer: field order is fixed, numbers come from
 //! the price formatter (shortest round-trip `f32`). Finished messages are
@@ -18,8 +18,7 @@
 
 use std::fmt::Write as _;
 
-use bytes::BytesMut;
-use tungstenite::Utf8Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::book::{InstrumentState, Update, UpdateKind};
 use crate::domain::Mode;
@@ -53,12 +52,7 @@ impl Renderer {
 
     /// The message for `update` as a `mode` subscriber sees it; `None` when
     /// there is nothing to show yet (no price known).
-    pub fn update(
-        &mut self,
-        update: &Update,
-        mode: Mode,
-        symbol: Option<&str>,
-    ) -> Option<Utf8Bytes> {
+    pub fn update(&mut self, update: &Update, mode: Mode, symbol: Option<&str>) -> Option<Bytes> {
         self.state(&update.state, message_mode(update.kind, mode), symbol)
     }
 
@@ -69,7 +63,7 @@ impl Renderer {
         s: &InstrumentState,
         mode: Mode,
         symbol: Option<&str>,
-    ) -> Option<Utf8Bytes> {
+    ) -> Option<Bytes> {
         let ltp = s.ltp?;
         let mode = match (mode, s.quote, s.full) {
             (Mode::Full, Some(_), Some(_)) => Mode::Full,
@@ -137,8 +131,8 @@ impl Renderer {
             self.arena.reserve(ARENA.max(self.buf.len()));
         }
         self.arena.extend_from_slice(self.buf.as_bytes());
-        // Built from a `String`, so always valid UTF-8.
-        Utf8Bytes::try_from(self.arena.split().freeze()).ok()
+        // Built from a `String`: valid UTF-8, as a text frame needs.
+        Some(self.arena.split().freeze())
     }
 
     /// `,"name":price`, or `,"name":null` for NaN/infinity (a garbled packet
@@ -184,8 +178,8 @@ mod tests {
         s
     }
 
-    fn parse(b: Option<Utf8Bytes>) -> Value {
-        serde_json::from_str(b.expect("rendered").as_str()).unwrap()
+    fn parse(b: Option<Bytes>) -> Value {
+        serde_json::from_slice(&b.expect("rendered")).unwrap()
     }
 
     #[test]
@@ -266,10 +260,9 @@ mod tests {
                    "bidPrice": 1465.35, "askPrice": 1465.45})
         );
         // Printed text keeps the exchange's digits.
-        assert!(r
-            .state(&s, Mode::Full, None)
+        let text = r.state(&s, Mode::Full, None).unwrap();
+        assert!(std::str::from_utf8(&text)
             .unwrap()
-            .as_str()
             .contains(r#""bidPrice":1465.35,"#));
     }
 

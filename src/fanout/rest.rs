@@ -1,79 +1,189 @@
-//! The REST bodies: `/prices`, `/health`, `/stats`, `/metrics` and
-//! `/api/v2/subscriptions/active`, rendered from the latest snapshot and the
-//! threads' counters. Off the hot path: built per request, or once a second
-//! for `/ws/prices`.
+//! The REST surface: the route table and its handlers, served by the front
+//! door thread from published state (the book's snapshot, the fanout's
+//! [`View`], every thread's counters), never on the fanout thread.
+//!
+//! `GET` and `HEAD` are served; `OPTIONS` answers CORS preflights. Large
+//! answers are bounded: `/api/v2/subscriptions/active` pages (`offset`,
+//! `limit`) and filters (`segment`, `state`).
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use serde_json::{json, Map, Value};
 
-use super::stats::{get, FanoutStats};
-use crate::book::{BookStats, Snapshot};
-use crate::domain::{InstrumentKey, Mode};
+use super::assets;
+use super::http::Response;
+use super::stats::FanoutStats;
+use super::topics::ActiveSub;
+use crate::book::{BookStats, SharedSnapshot};
+use crate::domain::{InstrumentKey, Segment};
+use crate::instrument::date::ist_timestamp;
+use crate::instrument::watch::WatchItem;
 use crate::instrument::Master;
-use crate::logging::civil_from_days;
-use crate::metrics::Percentiles;
+use crate::metrics::{render_prometheus, Percentiles, Sample, SharedLatency};
+use crate::percent::query_param;
 use crate::upstream::{UpstreamStats, DISCONNECT_REASONS, PACKET_KINDS};
 use crate::wire::WireError;
 
-pub use crate::instrument::watch::WatchItem;
+/// What the fanout thread publishes for REST and the resolver: the
+/// watchlist as it stands (it rolls) and the upstream subscriptions.
+#[derive(Debug, Default)]
+pub struct View {
+    /// The configured watchlist, in order.
+    pub watchlist: Vec<WatchItem>,
+    /// Instruments held upstream or queued, sorted.
+    pub active: Vec<ActiveSub>,
+}
 
-/// Everything the REST bodies read.
+impl View {
+    /// The watchlist entry named `symbol` (case-insensitive).
+    pub fn watch_key(&self, symbol: &str) -> Option<InstrumentKey> {
+        self.watchlist
+            .iter()
+            .find(|w| w.symbol.eq_ignore_ascii_case(symbol))
+            .map(|w| w.key)
+    }
+}
+
+/// The latest [`View`], readable from any thread without locking.
+pub type SharedView = Arc<ArcSwap<View>>;
+
+/// The upstream's state for clients and `/health`: a machine-readable
+/// `state` and a sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamStatus {
+    /// `connected`, `connecting`, `reconnecting` or `down` (DhanHQ refused
+    /// the credentials: retrying slowly until someone fixes them).
+    pub state: &'static str,
+    /// `active`, or why not.
+    pub detail: String,
+}
+
+impl UpstreamStatus {
+    /// Read from the network thread's counters (cheap: no snapshot).
+    pub fn of(u: &UpstreamStats) -> UpstreamStatus {
+        if u.connections_up() > 0 {
+            return UpstreamStatus {
+                state: "connected",
+                detail: "active".into(),
+            };
+        }
+        match (u.last_disconnect(), u.last_error()) {
+            (Some(reason), _) if reason.is_auth_failure() => UpstreamStatus {
+                state: "down",
+                detail: format!("upstream down: {reason}"),
+            },
+            (_, Some(err)) => UpstreamStatus {
+                state: "reconnecting",
+                detail: format!("reconnecting: {err}"),
+            },
+            _ => UpstreamStatus {
+                state: "connecting",
+                detail: "connecting".into(),
+            },
+        }
+    }
+
+    /// Up.
+    pub fn is_up(&self) -> bool {
+        self.state == "connected"
+    }
+}
+
+/// Everything the REST handlers read; owned by the front door thread.
 #[derive(Debug)]
-pub struct RestContext<'a> {
-    /// The latest book snapshot.
-    pub snapshot: &'a Snapshot,
-    /// The configured watchlist.
-    pub watchlist: &'a [WatchItem],
-    /// Symbol names known for instruments.
-    pub symbols: &'a HashMap<InstrumentKey, String>,
+pub struct RestState {
+    /// The book's latest snapshot.
+    pub snapshot: SharedSnapshot,
+    /// The fanout's latest view.
+    pub view: SharedView,
+    /// The instrument master.
+    pub master: Arc<Master>,
     /// Network-thread counters.
-    pub upstream: &'a UpstreamStats,
+    pub upstream: Arc<UpstreamStats>,
     /// Book-thread counters.
-    pub book: &'a BookStats,
-    /// Fanout-thread counters.
-    pub fanout: &'a FanoutStats,
+    pub book: Arc<BookStats>,
+    /// Fanout counters.
+    pub fanout: Arc<FanoutStats>,
     /// Network receive → book apply.
-    pub receive_to_book: Percentiles,
+    pub receive_to_book: SharedLatency,
     /// Network receive → client socket write.
-    pub tick_to_wire: Percentiles,
-    /// Upstream subscriptions: instrument, mode, client count.
-    pub active: Vec<(InstrumentKey, Mode, usize)>,
-    /// Time since start.
-    pub uptime: Duration,
+    pub tick_to_wire: SharedLatency,
+    /// Fanout-thread time per client message.
+    pub client_message: SharedLatency,
+    /// When the engine started.
+    pub started: Instant,
     /// Running against the built-in simulator.
     pub demo: bool,
 }
 
-impl RestContext<'_> {
-    /// `active` while an upstream connection is up; otherwise why not.
-    pub fn status(&self) -> String {
-        if self.upstream.connections_up() > 0 {
-            return "active".into();
+/// Rows of `/api/v2/subscriptions/active` when `limit` is not given, and
+/// at most.
+pub const DEFAULT_PAGE: usize = 1_000;
+/// Largest `limit` for `/api/v2/subscriptions/active`.
+pub const MAX_PAGE: usize = 10_000;
+/// Results of `/api/instruments` when `limit` is not given.
+pub const DEFAULT_SEARCH_LIMIT: usize = 20;
+
+const JSON: &str = "application/json";
+
+impl RestState {
+    /// The answer for `GET path?query`, `None` for an unknown path.
+    pub fn route(&self, path: &str, query: &str) -> Option<Response> {
+        if let Some((ctype, body)) = assets::get(path) {
+            return Some(Response::new(200, ctype, body));
         }
-        match (self.upstream.last_disconnect(), self.upstream.last_error()) {
-            (Some(reason), _) if reason.is_auth_failure() => format!("upstream down: {reason}"),
-            (_, Some(err)) => format!("reconnecting: {err}"),
-            _ => "connecting".into(),
-        }
+        Some(match path {
+            "/prices" => Response::new(200, JSON, self.prices()),
+            "/health" => {
+                let (code, body) = self.health();
+                Response::new(code, JSON, body)
+            }
+            "/stats" => Response::new(200, JSON, self.stats()),
+            "/metrics" => Response::new(200, "text/plain; version=0.0.4", self.metrics()),
+            "/api/watchlist" => Response::new(200, JSON, self.watchlist()),
+            "/api/instruments" => {
+                let (code, body) = search(&self.master, query);
+                Response::new(code, JSON, body)
+            }
+            "/api/v2/subscriptions/active" => {
+                let (code, body) = self.subscriptions(query);
+                Response::new(code, JSON, body)
+            }
+            "/api" => Response::new(200, "text/plain; charset=utf-8", INDEX),
+            _ => return None,
+        })
     }
 
-    /// The seed-compatible prices object (PROTOCOL.md §3).
+    /// The symbol shown for `key`: its watchlist name, else the master's.
+    fn symbol_of<'a>(&'a self, view: &'a View, key: InstrumentKey) -> Option<&'a str> {
+        view.watchlist
+            .iter()
+            .find(|w| w.key == key)
+            .map(|w| w.symbol.as_str())
+            .or_else(|| self.master.get(key).map(|i| i.symbol()))
+    }
+
+    /// The seed-compatible prices object (`docs/dhanhq-protocol.md`, the
+    /// relay's REST side).
     pub fn prices(&self) -> String {
+        let snapshot = self.snapshot.load();
+        let view = self.view.load();
         let mut obj = Map::new();
-        for item in self.watchlist {
-            let ltp = self.snapshot.get(item.key).and_then(|s| s.ltp);
+        for item in &view.watchlist {
+            let ltp = snapshot.get(item.key).and_then(|s| s.ltp);
             obj.insert(item.symbol.clone(), price_value(ltp));
         }
         obj.insert(
             "timestamp".into(),
             Value::String(ist_timestamp(SystemTime::now())),
         );
-        obj.insert("status".into(), Value::String(self.status()));
-        let instruments: Vec<Value> = self
-            .snapshot
+        obj.insert(
+            "status".into(),
+            Value::String(UpstreamStatus::of(&self.upstream).detail),
+        );
+        let instruments: Vec<Value> = snapshot
             .instruments
             .iter()
             .filter(|s| s.ltp.is_some())
@@ -84,8 +194,8 @@ impl RestContext<'_> {
                     "ltp": price_value(s.ltp),
                     "ltt": s.ltt,
                 });
-                if let Some(symbol) = self.symbols.get(&s.key) {
-                    v["symbol"] = Value::String(symbol.clone());
+                if let Some(symbol) = self.symbol_of(&view, s.key) {
+                    v["symbol"] = Value::String(symbol.to_string());
                 }
                 if let Some(p) = s.prev_close {
                     v["prevClose"] = price_value(Some(p.prev_close));
@@ -99,7 +209,7 @@ impl RestContext<'_> {
 
     /// `/health`: 200 while an upstream connection is up, else 503.
     pub fn health(&self) -> (u16, String) {
-        let up = self.upstream.connections_up();
+        let status = UpstreamStatus::of(&self.upstream);
         let connections: Vec<Value> = self
             .upstream
             .slot_states()
@@ -112,25 +222,33 @@ impl RestContext<'_> {
             .upstream
             .last_disconnect()
             .map(|r| json!({"code": r.code(), "name": r.name(), "hint": r.hint()}));
+        let f = &self.fanout;
         let body = json!({
-            "status": if up > 0 { "ok" } else { "down" },
-            "detail": self.status(),
+            "status": if status.is_up() { "ok" } else { "down" },
+            "state": status.state,
+            "detail": status.detail,
             "demo": self.demo,
-            "uptimeSeconds": self.uptime.as_secs(),
+            "uptimeSeconds": self.started.elapsed().as_secs(),
             "upstream": {
-                "connectionsUp": up,
+                "connectionsUp": self.upstream.connections_up(),
                 "connections": connections,
                 "lastDisconnect": last,
                 "lastError": self.upstream.last_error(),
+                "capacity": {
+                    "instruments": f.upstream_held.get(),
+                    "limit": f.upstream_capacity.get(),
+                    "queued": f.upstream_queued.get(),
+                },
             },
-            "clients": get(&self.fanout.clients),
+            "clients": f.clients.get(),
         });
-        (if up > 0 { 200 } else { 503 }, body.to_string())
+        (if status.is_up() { 200 } else { 503 }, body.to_string())
     }
 
-    /// `/api/watchlist`: the configured watchlist, in order.
+    /// `/api/watchlist`: the watchlist, in order.
     pub fn watchlist(&self) -> String {
-        let list: Vec<Value> = self
+        let view = self.view.load();
+        let list: Vec<Value> = view
             .watchlist
             .iter()
             .map(|w| {
@@ -144,207 +262,120 @@ impl RestContext<'_> {
         json!({ "watchlist": list }).to_string()
     }
 
-    /// `/api/v2/subscriptions/active`.
-    pub fn subscriptions(&self) -> String {
-        let list: Vec<Value> = self
-            .active
-            .iter()
-            .map(|(key, mode, clients)| {
+    /// `/api/v2/subscriptions/active?offset=0&limit=1000&segment=NSE_FNO&state=queued`:
+    /// one page of upstream subscriptions, `count` of all that match.
+    pub fn subscriptions(&self, query: &str) -> (u16, String) {
+        let bad = |m: String| (400, json!({ "error": m }).to_string());
+        let number = |name: &str, default: usize, max: usize| match query_param(query, name) {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n <= max => Ok(n),
+                _ => Err(format!("{name} must be a whole number from 0 to {max}")),
+            },
+        };
+        let offset = match number("offset", 0, usize::MAX) {
+            Ok(n) => n,
+            Err(e) => return bad(e),
+        };
+        let limit = match number("limit", DEFAULT_PAGE, MAX_PAGE) {
+            Ok(n) => n,
+            Err(e) => return bad(e),
+        };
+        let segment = match query_param(query, "segment") {
+            None => None,
+            Some(s) => match s.parse::<Segment>() {
+                Ok(seg) => Some(seg),
+                Err(_) => return bad(format!("unknown segment '{s}'")),
+            },
+        };
+        let queued = match query_param(query, "state").as_deref() {
+            None => None,
+            Some("active") => Some(false),
+            Some("queued") => Some(true),
+            Some(_) => return bad("state must be active or queued".into()),
+        };
+        let view = self.view.load();
+        let matching = view.active.iter().filter(|a| {
+            segment.is_none_or(|s| a.key.segment == s) && queued.is_none_or(|q| a.queued == q)
+        });
+        let count = matching.clone().count();
+        let list: Vec<Value> = matching
+            .skip(offset)
+            .take(limit)
+            .map(|a| {
                 json!({
-                    "exchangeSegment": key.segment.name(),
-                    "securityId": key.security_id.to_string(),
-                    "symbol": self.symbols.get(key),
-                    "mode": mode.name(),
-                    "clients": clients,
+                    "exchangeSegment": a.key.segment.name(),
+                    "securityId": a.key.security_id.to_string(),
+                    "symbol": self.symbol_of(&view, a.key),
+                    "mode": a.mode.name(),
+                    "clients": a.clients,
+                    "state": if a.queued { "queued" } else { "active" },
                 })
             })
             .collect();
-        json!({ "count": list.len(), "subscriptions": list }).to_string()
+        let f = &self.fanout;
+        let body = json!({
+            "count": count,
+            "offset": offset,
+            "limit": limit,
+            "returned": list.len(),
+            "capacity": {
+                "instruments": f.upstream_held.get(),
+                "limit": f.upstream_capacity.get(),
+                "queued": f.upstream_queued.get(),
+            },
+            "subscriptions": list,
+        });
+        (200, body.to_string())
     }
 
-    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let u = self.upstream;
-        let f = self.fanout;
-        vec![
-            (
-                "upstream_frames_total",
-                "Binary frames received from DhanHQ",
-                UpstreamStats::get(&u.frames),
-            ),
-            (
-                "upstream_bytes_total",
-                "Bytes of binary frames received",
-                UpstreamStats::get(&u.bytes),
-            ),
-            (
-                "upstream_connect_attempts_total",
-                "Upstream connection attempts",
-                UpstreamStats::get(&u.connect_attempts),
-            ),
-            (
-                "upstream_connects_total",
-                "Upstream WebSocket handshakes completed",
-                UpstreamStats::get(&u.connects),
-            ),
-            (
-                "upstream_disconnects_total",
-                "Upstream connections lost",
-                UpstreamStats::get(&u.disconnects),
-            ),
-            (
-                "upstream_silent_drops_total",
-                "Upstream sockets dropped for silence",
-                UpstreamStats::get(&u.silent_drops),
-            ),
-            (
-                "upstream_auth_failures_total",
-                "Disconnects with 807, 808 or 809",
-                UpstreamStats::get(&u.auth_failures),
-            ),
-            (
-                "upstream_ring_full_waits_total",
-                "Times the network thread waited on a full tick ring",
-                UpstreamStats::get(&u.ring_full_waits),
-            ),
-            (
-                "upstream_rejected_subscriptions_total",
-                "Subscriptions refused: every connection full",
-                UpstreamStats::get(&u.rejected_subscriptions),
-            ),
-            (
-                "upstream_connections_up",
-                "Upstream connections up now",
-                u.connections_up() as u64,
-            ),
-            (
-                "book_ticks_total",
-                "Ticks applied by the book",
-                get(&self.book.ticks),
-            ),
-            (
-                "book_updates_total",
-                "Updates forwarded to the fanout",
-                get(&self.book.updates),
-            ),
-            (
-                "book_ring_full_waits_total",
-                "Times the book waited on a full update ring",
-                get(&self.book.ring_full_waits),
-            ),
-            (
-                "fanout_updates_total",
-                "Updates taken from the book",
-                get(&f.updates),
-            ),
-            (
-                "fanout_clients",
-                "WebSocket clients connected",
-                get(&f.clients),
-            ),
-            (
-                "fanout_subscriptions",
-                "Client subscriptions held",
-                get(&f.subscriptions),
-            ),
-            (
-                "fanout_clients_total",
-                "WebSocket clients accepted",
-                get(&f.clients_total),
-            ),
-            (
-                "fanout_clients_rejected_total",
-                "Clients refused at the client limit",
-                get(&f.clients_rejected),
-            ),
-            (
-                "fanout_messages_total",
-                "Messages queued to clients",
-                get(&f.messages),
-            ),
-            (
-                "fanout_bytes_total",
-                "Payload bytes queued to clients",
-                get(&f.bytes),
-            ),
-            (
-                "fanout_conflated_total",
-                "Messages replaced by newer ones for lagging clients",
-                get(&f.conflated),
-            ),
-            (
-                "fanout_slow_closes_total",
-                "Clients closed for staying behind",
-                get(&f.slow_closes),
-            ),
-            (
-                "fanout_client_errors_total",
-                "Error replies to bad client messages",
-                get(&f.client_errors),
-            ),
-            (
-                "fanout_protocol_closes_total",
-                "Clients closed for protocol violations",
-                get(&f.protocol_closes),
-            ),
-            (
-                "http_requests_total",
-                "Plain HTTP requests answered",
-                get(&f.http_requests),
-            ),
-        ]
+    /// Every counter of every thread, sampled now.
+    fn counters(&self) -> Vec<Sample> {
+        let mut v = upstream_samples(&self.upstream);
+        v.extend(self.book.counters().iter().map(|c| c.sample()));
+        v.extend(self.fanout.all().iter().map(|c| c.sample()));
+        v
     }
 
     /// `/metrics` in Prometheus text format.
     pub fn metrics(&self) -> String {
         let mut out = String::new();
-        for (name, help, value) in self.counters() {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(out, "# HELP dhan_relay_{name} {help}\n# TYPE dhan_relay_{name} {kind}\ndhan_relay_{name} {value}");
-        }
-        out.push_str("# HELP dhan_relay_upstream_packets_total Packets decoded, by kind\n# TYPE dhan_relay_upstream_packets_total counter\n");
-        for (i, kind) in PACKET_KINDS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "dhan_relay_upstream_packets_total{{kind=\"{kind}\"}} {}",
-                UpstreamStats::get(&self.upstream.packets[i])
-            );
-        }
-        out.push_str("# HELP dhan_relay_upstream_decode_errors_total Bad packets, by kind\n# TYPE dhan_relay_upstream_decode_errors_total counter\n");
-        for (i, kind) in WireError::KINDS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "dhan_relay_upstream_decode_errors_total{{kind=\"{kind}\"}} {}",
-                UpstreamStats::get(&self.upstream.decode_errors[i])
-            );
-        }
-        out.push_str("# HELP dhan_relay_upstream_disconnect_reasons_total DhanHQ disconnect packets, by reason\n# TYPE dhan_relay_upstream_disconnect_reasons_total counter\n");
-        for (i, reason) in DISCONNECT_REASONS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "dhan_relay_upstream_disconnect_reasons_total{{reason=\"{}\"}} {}",
-                reason.name(),
-                UpstreamStats::get(&self.upstream.disconnect_reasons[i])
-            );
-        }
-        for (name, help, p) in [
-            (
-                "receive_to_book_seconds",
-                "Network receive to book apply",
-                self.receive_to_book,
-            ),
-            (
-                "tick_to_wire_seconds",
-                "Network receive to client socket write",
-                self.tick_to_wire,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP dhan_relay_{name} {help}\n# TYPE dhan_relay_{name} summary"
+        let u = &self.upstream;
+        render_prometheus(&mut out, &self.counters());
+        labelled(
+            &mut out,
+            "upstream_packets_total",
+            "Packets decoded, by kind",
+            "kind",
+            PACKET_KINDS
+                .iter()
+                .copied()
+                .zip(u.packets.iter().map(UpstreamStats::get)),
+        );
+        labelled(
+            &mut out,
+            "upstream_decode_errors_total",
+            "Bad packets, by kind",
+            "kind",
+            WireError::KINDS
+                .iter()
+                .copied()
+                .zip(u.decode_errors.iter().map(UpstreamStats::get)),
+        );
+        labelled(
+            &mut out,
+            "upstream_disconnect_reasons_total",
+            "DhanHQ disconnect packets, by reason",
+            "reason",
+            DISCONNECT_REASONS
+                .iter()
+                .map(|r| r.name())
+                .zip(u.disconnect_reasons.iter().map(UpstreamStats::get)),
+        );
+        for (name, help, p) in self.latencies() {
+            let _ = std::fmt::Write::write_fmt(
+                &mut out,
+                format_args!("# HELP dhan_relay_{name} {help}\n# TYPE dhan_relay_{name} summary\n"),
             );
             for (q, us) in [
                 ("0.5", p.p50_us),
@@ -353,11 +384,37 @@ impl RestContext<'_> {
                 ("0.999", p.p999_us),
                 ("1", p.max_us),
             ] {
-                let _ = writeln!(out, "dhan_relay_{name}{{quantile=\"{q}\"}} {}", us / 1e6);
+                let _ = std::fmt::Write::write_fmt(
+                    &mut out,
+                    format_args!("dhan_relay_{name}{{quantile=\"{q}\"}} {}\n", us / 1e6),
+                );
             }
-            let _ = writeln!(out, "dhan_relay_{name}_count {}", p.count);
+            let _ = std::fmt::Write::write_fmt(
+                &mut out,
+                format_args!("dhan_relay_{name}_count {}\n", p.count),
+            );
         }
         out
+    }
+
+    fn latencies(&self) -> [(&'static str, &'static str, Percentiles); 3] {
+        [
+            (
+                "receive_to_book_seconds",
+                "Network receive to book apply",
+                self.receive_to_book.percentiles(),
+            ),
+            (
+                "tick_to_wire_seconds",
+                "Network receive to client socket write",
+                self.tick_to_wire.percentiles(),
+            ),
+            (
+                "client_message_seconds",
+                "Fanout-thread time per client message",
+                self.client_message.percentiles(),
+            ),
+        ]
     }
 
     /// `/stats`: latency percentiles and counters as JSON.
@@ -367,12 +424,14 @@ impl RestContext<'_> {
             .into_iter()
             .map(|(name, _, v)| (name.to_string(), Value::from(v)))
             .collect();
+        let [book, wire, message] = self.latencies();
         json!({
-            "uptimeSeconds": self.uptime.as_secs_f64(),
-            "status": self.status(),
+            "uptimeSeconds": self.started.elapsed().as_secs_f64(),
+            "status": UpstreamStatus::of(&self.upstream).detail,
             "latency": {
-                "receiveToBook": self.receive_to_book,
-                "tickToWire": self.tick_to_wire,
+                "receiveToBook": book.2,
+                "tickToWire": wire.2,
+                "clientMessage": message.2,
             },
             "counters": counters,
         })
@@ -380,39 +439,93 @@ impl RestContext<'_> {
     }
 }
 
-/// Results of `/api/instruments` when `limit` is not given.
-pub const DEFAULT_SEARCH_LIMIT: usize = 20;
-
-/// A query-string value: `+` is a space, `%XX` a byte; invalid escapes are
-/// kept as written, invalid UTF-8 replaced.
-pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
-    })
+/// The network thread's scalar counters.
+fn upstream_samples(u: &UpstreamStats) -> Vec<Sample> {
+    let g = UpstreamStats::get;
+    vec![
+        (
+            "upstream_frames_total",
+            "Binary frames received from DhanHQ",
+            g(&u.frames),
+        ),
+        (
+            "upstream_bytes_total",
+            "Bytes of binary frames received",
+            g(&u.bytes),
+        ),
+        (
+            "upstream_connect_attempts_total",
+            "Upstream connection attempts",
+            g(&u.connect_attempts),
+        ),
+        (
+            "upstream_connects_total",
+            "Upstream WebSocket handshakes completed",
+            g(&u.connects),
+        ),
+        (
+            "upstream_disconnects_total",
+            "Upstream connections lost",
+            g(&u.disconnects),
+        ),
+        (
+            "upstream_silent_drops_total",
+            "Upstream sockets dropped for silence",
+            g(&u.silent_drops),
+        ),
+        (
+            "upstream_auth_failures_total",
+            "Disconnects with 807, 808 or 809",
+            g(&u.auth_failures),
+        ),
+        (
+            "upstream_ring_full_waits_total",
+            "Times the network thread waited on a full tick ring",
+            g(&u.ring_full_waits),
+        ),
+        (
+            "upstream_rejected_subscriptions_total",
+            "Subscriptions refused: every connection full",
+            g(&u.rejected_subscriptions),
+        ),
+        (
+            "upstream_connections_up",
+            "Upstream connections up now",
+            u.connections_up() as u64,
+        ),
+    ]
 }
 
-fn percent_decode(s: &str) -> String {
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
+/// One labelled counter family in Prometheus text format.
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (&'a str, u64)>,
+) {
+    let _ = std::fmt::Write::write_fmt(
+        out,
+        format_args!("# HELP dhan_relay_{name} {help}\n# TYPE dhan_relay_{name} counter\n"),
+    );
+    for (l, v) in values {
+        let _ = std::fmt::Write::write_fmt(
+            out,
+            format_args!("dhan_relay_{name}{{{label}=\"{l}\"}} {v}\n"),
+        );
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
+
+const INDEX: &str = "dhan-relay\n\n\
+     GET  /prices                        watchlist prices (JSON)\n\
+     GET  /health                        upstream state and capacity; 503 while no upstream connection is up\n\
+     GET  /stats                         latency percentiles and counters (JSON)\n\
+     GET  /metrics                       Prometheus text\n\
+     GET  /api/v2/subscriptions/active   upstream subscriptions (?offset=&limit=&segment=&state=active|queued)\n\
+     GET  /api/watchlist                 the configured watchlist\n\
+     GET  /api/instruments?q=relia&limit=20  instrument search (exact, prefix, substring)\n\
+     WS   /ws (or /)                     subscribe/unsubscribe protocol (JSON)\n\
+     WS   /ws/prices                     the /prices object every second\n";
 
 /// `GET /api/instruments?q=relia&limit=20`: `{"query","count","results"}`,
 /// or 400 with `{"error"}` for a missing or empty `q` or a bad `limit`
@@ -448,45 +561,12 @@ fn price_value(p: Option<f32>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// India time (UTC+05:30, no DST), ISO 8601 with microseconds and no zone,
-/// as the replaced backend printed it.
-pub fn ist_timestamp(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default() + Duration::from_secs(19_800);
-    let secs = d.as_secs();
-    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::book::InstrumentState;
-    use crate::domain::Segment;
+    use crate::book::{InstrumentState, Snapshot};
+    use crate::domain::Mode;
     use crate::wire::feed::PrevClose;
-
-    #[test]
-    fn query_strings_decode() {
-        assert_eq!(
-            query_param("q=relia&limit=20", "q").as_deref(),
-            Some("relia")
-        );
-        assert_eq!(
-            query_param("limit=5&q=nifty+25000%20CE", "q").as_deref(),
-            Some("nifty 25000 CE")
-        );
-        assert_eq!(query_param("q=M%26M", "q").as_deref(), Some("M&M"));
-        assert_eq!(query_param("q=100%", "q").as_deref(), Some("100%"));
-        assert_eq!(query_param("q=%zz", "q").as_deref(), Some("%zz"));
-        assert_eq!(query_param("q", "q").as_deref(), Some(""));
-        assert_eq!(query_param("x=1", "q"), None);
-    }
 
     #[test]
     fn instrument_search_bodies() {
@@ -516,16 +596,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ist_timestamps() {
-        let t = UNIX_EPOCH + Duration::from_micros(1_770_089_995_456_386);
-        assert_eq!(ist_timestamp(t), "2026-02-03T09:09:55.456386");
+    fn key(seg: Segment, id: u32) -> InstrumentKey {
+        InstrumentKey::new(seg, id)
     }
 
-    #[test]
-    fn prices_object_keeps_the_seed_shape() {
-        let nifty = InstrumentKey::new(Segment::IdxI, 13);
-        let rel = InstrumentKey::new(Segment::NseEq, 2885);
+    fn state(active: Vec<ActiveSub>) -> RestState {
+        let nifty = key(Segment::IdxI, 13);
+        let rel = key(Segment::NseEq, 2885);
         let mut s = InstrumentState::new(nifty);
         s.ltp = Some(25760.85);
         s.ltt = 1;
@@ -533,10 +610,7 @@ mod tests {
             prev_close: 25700.0,
             prev_oi: 0,
         });
-        let snapshot = Snapshot {
-            taken_ns: 0,
-            instruments: vec![s, InstrumentState::new(rel)],
-        };
+        let snapshot = Snapshot::from_states(0, vec![s, InstrumentState::new(rel)]);
         let watchlist = vec![
             WatchItem {
                 symbol: "NIFTY".into(),
@@ -547,29 +621,31 @@ mod tests {
                 key: rel,
             },
         ];
-        let symbols: HashMap<_, _> = watchlist
-            .iter()
-            .map(|w| (w.key, w.symbol.clone()))
-            .collect();
-        let (up, book, fan) = (
-            UpstreamStats::default(),
-            BookStats::default(),
-            FanoutStats::default(),
-        );
-        let ctx = RestContext {
-            snapshot: &snapshot,
-            watchlist: &watchlist,
-            symbols: &symbols,
-            upstream: &up,
-            book: &book,
-            fanout: &fan,
-            receive_to_book: Percentiles::default(),
-            tick_to_wire: Percentiles::default(),
-            active: vec![(nifty, Mode::Quote, 2)],
-            uptime: Duration::from_secs(5),
+        RestState {
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            view: Arc::new(ArcSwap::from_pointee(View { watchlist, active })),
+            master: Arc::new(Master::sample()),
+            upstream: Arc::default(),
+            book: Arc::default(),
+            fanout: Arc::default(),
+            receive_to_book: SharedLatency::default(),
+            tick_to_wire: SharedLatency::default(),
+            client_message: SharedLatency::default(),
+            started: Instant::now(),
             demo: true,
-        };
-        let v: Value = serde_json::from_str(&ctx.prices()).unwrap();
+        }
+    }
+
+    #[test]
+    fn bodies_keep_the_seed_shape() {
+        let nifty = key(Segment::IdxI, 13);
+        let rest = state(vec![ActiveSub {
+            key: nifty,
+            mode: Mode::Quote,
+            clients: 2,
+            queued: false,
+        }]);
+        let v: Value = serde_json::from_str(&rest.prices()).unwrap();
         assert_eq!(v["NIFTY"], json!(25760.85));
         assert_eq!(v["RELIANCE"], Value::Null, "no price yet");
         assert_eq!(v["status"], "connecting");
@@ -579,31 +655,94 @@ mod tests {
             json!([{"symbol": "NIFTY", "exchangeSegment": "IDX_I", "securityId": "13",
                     "ltp": 25760.85, "ltt": 1, "prevClose": 25700.0}])
         );
-        let (code, health) = ctx.health();
+        let (code, health) = rest.health();
         assert_eq!(code, 503);
         let h: Value = serde_json::from_str(&health).unwrap();
         assert_eq!(
-            (h["status"].clone(), h["demo"].clone()),
-            (json!("down"), json!(true))
+            (h["status"].clone(), h["state"].clone(), h["demo"].clone()),
+            (json!("down"), json!("connecting"), json!(true))
         );
-        let w: Value = serde_json::from_str(&ctx.watchlist()).unwrap();
+        assert!(h["upstream"]["capacity"]["limit"].is_u64());
+        let w: Value = serde_json::from_str(&rest.watchlist()).unwrap();
         assert_eq!(
             w["watchlist"][1],
             json!({"symbol": "RELIANCE", "exchangeSegment": "NSE_EQ", "securityId": "2885"})
         );
-        let subs: Value = serde_json::from_str(&ctx.subscriptions()).unwrap();
-        assert_eq!(subs["subscriptions"][0]["mode"], "quote");
-        assert_eq!(subs["subscriptions"][0]["clients"], 2);
-        let metrics = ctx.metrics();
+        let metrics = rest.metrics();
         assert!(metrics
             .contains("# TYPE dhan_relay_fanout_clients gauge\ndhan_relay_fanout_clients 0\n"));
         assert!(metrics.contains("dhan_relay_upstream_decode_errors_total{kind=\"too_short\"} 0"));
         assert!(metrics.contains("dhan_relay_tick_to_wire_seconds{quantile=\"0.99\"} 0"));
+        assert!(metrics.contains("dhan_relay_client_message_seconds_count 0"));
+        assert!(metrics.contains("# TYPE dhan_relay_upstream_capacity_instruments gauge"));
         assert!(metrics.contains(
             "dhan_relay_upstream_disconnect_reasons_total{reason=\"access_token_expired\"} 0"
         ));
-        let stats: Value = serde_json::from_str(&ctx.stats()).unwrap();
+        assert_eq!(
+            metrics
+                .matches("# TYPE dhan_relay_upstream_connections_up ")
+                .count(),
+            1
+        );
+        let stats: Value = serde_json::from_str(&rest.stats()).unwrap();
         assert_eq!(stats["latency"]["tickToWire"]["count"], 0);
         assert_eq!(stats["counters"]["upstream_connects_total"], 0);
+        assert_eq!(stats["counters"]["book_ticks_total"], 0);
+        assert!(rest.route("/nope", "").is_none());
+        assert_eq!(rest.route("/", "").unwrap().status, 200, "the dashboard");
+    }
+
+    #[test]
+    fn subscriptions_are_paged_and_filtered() {
+        // Regression: 30,000 subscriptions came back as one 2.85 MB body.
+        let active: Vec<ActiveSub> = (0..2_500u32)
+            .map(|i| ActiveSub {
+                key: key(
+                    if i % 2 == 0 {
+                        Segment::NseFno
+                    } else {
+                        Segment::NseEq
+                    },
+                    i,
+                ),
+                mode: Mode::Ticker,
+                clients: 1,
+                queued: i >= 2_400,
+            })
+            .collect();
+        let rest = state(active);
+        let page = |q: &str| -> Value {
+            let (code, body) = rest.subscriptions(q);
+            assert_eq!(code, 200, "{q}: {body}");
+            serde_json::from_str(&body).unwrap()
+        };
+        let v = page("");
+        assert_eq!(
+            (v["count"].as_u64(), v["returned"].as_u64()),
+            (Some(2_500), Some(1_000))
+        );
+        assert_eq!(v["limit"], 1_000);
+        let v = page("offset=2400&limit=200");
+        assert_eq!(v["returned"], 100);
+        assert_eq!(v["subscriptions"][0]["state"], "queued");
+        let v = page("segment=NSE_FNO&state=active");
+        assert_eq!(v["count"], 1_200);
+        assert!(v["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["exchangeSegment"] == "NSE_FNO" && s["state"] == "active"));
+        assert_eq!(page("state=queued")["count"], 100);
+        for bad in [
+            "limit=10001",
+            "limit=x",
+            "offset=-1",
+            "segment=XYZ",
+            "state=maybe",
+        ] {
+            let (code, body) = rest.subscriptions(bad);
+            assert_eq!(code, 400, "{bad}");
+            assert!(body.contains("error"), "{bad}");
+        }
     }
 }

@@ -1,137 +1,244 @@
-//! One WebSocket client: its subscriptions and its bounded outbound queue.
+//! One WebSocket client: its subscriptions, its rate limit and its bounded
+//! outbound queue.
 //!
-//! Outbound messages go into tungstenite's write buffer, which is capped at
-//! the client's queue size; the fanout thread flushes every dirty client
-//! once per loop turn (one `write` per client per turn). When the buffer is
-//! full the client is behind: from then on only the newest message per
-//! instrument is kept (conflation, counted), and those are written as the
-//! socket drains. A client behind for longer than the slow-client limit is
-//! closed with 1008 and a reason. Nothing here ever blocks or waits, so one
-//! slow client costs the others nothing.
+//! Reading goes through tungstenite (frame parsing, masking, UTF-8, size
+//! limits, the close handshake) over a [`ClientStream`] whose write side is
+//! a byte sink: whatever tungstenite answers by itself (pongs, close
+//! replies) lands there and is moved into our own [`Outbound`] queue at a
+//! frame boundary. Everything else we frame ourselves, so a rendered
+//! message is shared by every subscriber.
+//!
+//! Queue policy, per client (`client_queue_bytes` = `cap`):
+//! - A price message is queued while fewer than `cap` bytes wait; a single
+//!   message larger than `cap` still goes out whole (it waits for an empty
+//!   queue, never forever).
+//! - Past `cap` the client is **behind**: only the newest message per
+//!   instrument is kept (conflation, counted) and those are queued as the
+//!   socket drains.
+//! - Replies (errors, pongs, status) are never conflated or dropped; a
+//!   client that lets more than `4 × cap` of them pile up is closed with
+//!   1008 and a reason.
+//! - A client behind for longer than the slow-client limit is closed with
+//!   1008 `too slow`.
+//!
+//! Nothing here blocks, so one slow client costs the others nothing.
 
 use std::collections::HashMap;
-use std::io::ErrorKind;
+use std::io::{self, ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::CloseFrame;
-use tungstenite::{Message, Utf8Bytes, WebSocket};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::WebSocket;
 
-use super::stats::{add, FanoutStats};
+use super::outbound::Outbound;
+use super::stats::FanoutStats;
 use crate::domain::{InstrumentKey, Mode};
 
 /// What the client connected to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// `/ws`: the subscribe protocol.
+    /// `/ws` (or `/`): the subscribe protocol.
     Feed,
     /// `/ws/prices`: the watchlist object every second.
     Prices,
 }
 
-/// Where a queued message came from: its instrument, or a one-off reply.
+/// Where a queued message came from: conflation keeps the newest per slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Slot {
-    /// Latest value of an instrument (conflatable).
+    /// Latest value of an instrument.
     Instrument(InstrumentKey),
-    /// The `/ws/prices` object (conflatable).
+    /// The `/ws/prices` object.
     Prices,
+}
+
+/// The socket as tungstenite sees it: reads come from TCP, writes (only
+/// ever pongs and close frames) are collected for our queue.
+#[derive(Debug)]
+pub struct ClientStream {
+    tcp: TcpStream,
+    ctrl: Vec<u8>,
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.ctrl.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What happened to a session.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Health {
+    /// Fine.
+    Ok,
+    /// The connection is gone (closed, reset, or closed by us and flushed).
+    Gone,
 }
 
 /// A connected client.
 #[derive(Debug)]
 pub struct Session {
-    /// The socket.
-    pub ws: WebSocket<TcpStream>,
+    /// Unique for the life of the process (slots are reused; ids are not).
+    pub id: u64,
+    ws: WebSocket<ClientStream>,
+    out: Outbound,
+    cap: usize,
     /// `/ws` or `/ws/prices`.
     pub kind: Kind,
     /// What the client holds, in which mode.
     pub subs: HashMap<InstrumentKey, Mode>,
-    /// Newest message per slot while behind.
-    conflated: HashMap<Slot, Utf8Bytes>,
-    /// Since when the client has had data the socket would not take.
+    conflated: HashMap<Slot, Bytes>,
     behind_since: Option<Instant>,
-    /// Something was written since the last flush.
     dirty: bool,
-    /// Request-rate limit.
     bucket: TokenBucket,
-    /// A close frame was queued at this time; drop soon after.
+    /// Messages ignored for the rate limit since the last notice.
+    ignored: u32,
+    /// Messages ignored in the current second (for the abuse close).
+    ignored_this_second: u32,
+    last_notice: Option<Instant>,
+    /// A close frame was queued at this time; dropped once it is written or
+    /// soon after.
     pub closing: Option<Instant>,
-}
-
-/// What happened to a session.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Health {
-    /// Fine.
-    Ok,
-    /// The connection is gone (closed, reset, or closed by us).
-    Gone,
+    /// A symbol resolution for this client is in flight: its socket is not
+    /// read until the answer is applied, so its messages keep their order.
+    pub awaiting: bool,
 }
 
 impl Session {
-    /// A session over an upgraded socket.
-    pub fn new(ws: WebSocket<TcpStream>, kind: Kind, max_per_sec: u32) -> Self {
+    /// A session over an upgraded socket; `early` holds bytes read past
+    /// the request head (a first frame sent with the handshake).
+    pub fn new(
+        id: u64,
+        tcp: TcpStream,
+        early: Vec<u8>,
+        kind: Kind,
+        config: WebSocketConfig,
+        cap: usize,
+        max_per_sec: u32,
+    ) -> Self {
+        let stream = ClientStream {
+            tcp,
+            ctrl: Vec::new(),
+        };
         Session {
-            ws,
+            id,
+            ws: WebSocket::from_partially_read(stream, early, Role::Server, Some(config)),
+            out: Outbound::with_capacity(64),
+            cap,
             kind,
             subs: HashMap::new(),
             conflated: HashMap::new(),
             behind_since: None,
             dirty: false,
             bucket: TokenBucket::new(max_per_sec),
+            ignored: 0,
+            ignored_this_second: 0,
+            last_notice: None,
             closing: None,
+            awaiting: false,
         }
     }
 
-    /// Whether the next client request fits the rate limit.
-    pub fn allow_request(&mut self, now: Instant) -> bool {
-        self.bucket.take(now)
+    /// The socket, for (de)registration.
+    pub fn tcp_mut(&mut self) -> &mut TcpStream {
+        &mut self.ws.get_mut().tcp
     }
 
-    /// Queues a message; conflates once the client is behind.
-    pub fn deliver(&mut self, slot: Slot, msg: &Utf8Bytes, stats: &FanoutStats, now: Instant) {
+    /// The next frame from the client (tungstenite's `read`).
+    pub fn read(&mut self) -> tungstenite::Result<tungstenite::Message> {
+        self.ws.read()
+    }
+
+    /// Moves what tungstenite wrote by itself (pongs, close replies) into
+    /// the queue. Call after reading.
+    pub fn take_control_frames(&mut self) {
+        let _ = self.ws.flush();
+        let ctrl = &mut self.ws.get_mut().ctrl;
+        if !ctrl.is_empty() {
+            let raw = Bytes::from(std::mem::take(ctrl));
+            self.out.push_raw(raw);
+            self.dirty = true;
+        }
+    }
+
+    /// Whether the next client frame fits the rate limit. Every frame
+    /// counts, pings included. An ignored frame is counted; the client
+    /// hears about it at most once a second (see [`Session::rate_notice`]).
+    pub fn allow_frame(&mut self, now: Instant) -> bool {
+        if self.bucket.take(now) {
+            return true;
+        }
+        self.ignored += 1;
+        self.ignored_this_second += 1;
+        false
+    }
+
+    /// The count of frames ignored since the last notice, when a notice is
+    /// due (at most one a second).
+    pub fn rate_notice(&mut self, now: Instant) -> Option<u32> {
+        let due = self
+            .last_notice
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        if self.ignored == 0 || !due {
+            return None;
+        }
+        self.last_notice = Some(now);
+        Some(std::mem::take(&mut self.ignored))
+    }
+
+    /// Frames ignored in the second that just ended (and a new second).
+    pub fn take_ignored_this_second(&mut self) -> u32 {
+        std::mem::take(&mut self.ignored_this_second)
+    }
+
+    /// Queues a price message; conflates once the client is behind.
+    pub fn deliver(&mut self, slot: Slot, msg: &Bytes, stats: &FanoutStats, now: Instant) {
         if self.closing.is_some() {
             return;
         }
-        if self.behind_since.is_some() {
-            self.conflate(slot, msg, stats);
+        self.dirty = true;
+        if self.out.bytes() >= self.cap || !self.conflated.is_empty() {
+            self.behind_since.get_or_insert(now);
+            if self.conflated.insert(slot, msg.clone()).is_some() {
+                stats.conflated.inc();
+            }
             return;
         }
-        match self.ws.write(Message::Text(msg.clone())) {
-            Ok(()) => self.queued(msg, stats),
-            Err(tungstenite::Error::WriteBufferFull(_)) => {
-                self.behind_since = Some(now);
-                self.conflate(slot, msg, stats);
-            }
-            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
-                // Buffered; the socket is full.
-                self.queued(msg, stats);
-                self.behind_since.get_or_insert(now);
-            }
-            Err(_) => self.dirty = true, // the flush will find the error
-        }
+        self.out.push_text(msg);
+        stats.count_message(msg.len());
     }
 
-    /// Queues a reply that must not be conflated away (errors, status).
-    pub fn reply(&mut self, text: String, stats: &FanoutStats) {
-        let msg = Utf8Bytes::from(text);
-        if self.ws.write(Message::Text(msg.clone())).is_ok() {
-            self.queued(&msg, stats);
+    /// Queues a reply that must not be conflated away (errors, pongs,
+    /// status). A client that does not read its replies is closed.
+    pub fn reply(&mut self, text: String, stats: &FanoutStats, now: Instant) {
+        if self.closing.is_some() {
+            return;
         }
-        self.dirty = true;
-    }
-
-    fn queued(&mut self, msg: &Utf8Bytes, stats: &FanoutStats) {
-        self.dirty = true;
-        add(&stats.messages, 1);
-        add(&stats.bytes, msg.len() as u64);
-    }
-
-    fn conflate(&mut self, slot: Slot, msg: &Utf8Bytes, stats: &FanoutStats) {
-        if self.conflated.insert(slot, msg.clone()).is_some() {
-            add(&stats.conflated, 1);
+        if self.out.bytes() > 4 * self.cap {
+            stats.slow_closes.inc();
+            self.close(
+                CloseCode::Policy,
+                "too slow: replies not read (send fewer requests or read the socket)",
+                now,
+            );
+            return;
         }
+        stats.count_message(text.len());
+        self.out.push_text(&Bytes::from(text));
         self.dirty = true;
     }
 
@@ -140,39 +247,56 @@ impl Session {
         self.dirty
     }
 
-    /// Writes what the socket takes; refills from the conflated set as the
-    /// buffer drains.
+    /// Bytes waiting for the socket.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.bytes()
+    }
+
+    /// Writes what the socket takes (one vectored write, more only while
+    /// each one empties a full batch), refilling from the conflated set as
+    /// the queue drains. Terminates: every pass writes bytes or stops.
     pub fn flush(&mut self, stats: &FanoutStats, now: Instant) -> Health {
         loop {
-            match self.ws.flush() {
-                Ok(()) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
+            if self.out.is_empty() {
+                self.refill(stats);
+                if self.out.is_empty() {
+                    self.dirty = false;
+                    self.behind_since = None;
+                    return match self.closing {
+                        Some(_) => Health::Gone,
+                        None => Health::Ok,
+                    };
+                }
+            }
+            match self.out.write_to(&mut self.ws.get_mut().tcp) {
+                Ok(_) => {
+                    if self.out.bytes() < self.cap {
+                        self.refill(stats);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.behind_since.get_or_insert(now);
                     return Health::Ok;
                 }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return Health::Gone,
             }
-            if self.conflated.is_empty() {
-                self.dirty = false;
-                self.behind_since = None;
-                return Health::Ok;
+        }
+    }
+
+    /// Moves conflated messages into the queue while it is under `cap`.
+    fn refill(&mut self, stats: &FanoutStats) {
+        if self.closing.is_some() {
+            return;
+        }
+        while self.out.bytes() < self.cap {
+            let Some(&slot) = self.conflated.keys().next() else {
+                return;
+            };
+            if let Some(msg) = self.conflated.remove(&slot) {
+                self.out.push_text(&msg);
+                stats.count_message(msg.len());
             }
-            let pending: Vec<(Slot, Utf8Bytes)> = self.conflated.drain().collect();
-            let mut iter = pending.into_iter();
-            for (slot, msg) in iter.by_ref() {
-                match self.ws.write(Message::Text(msg.clone())) {
-                    Ok(()) => self.queued(&msg, stats),
-                    Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
-                        self.queued(&msg, stats);
-                    }
-                    Err(tungstenite::Error::WriteBufferFull(_)) => {
-                        self.conflated.insert(slot, msg);
-                        break;
-                    }
-                    Err(_) => return Health::Gone,
-                }
-            }
-            self.conflated.extend(iter);
         }
     }
 
@@ -182,23 +306,37 @@ impl Session {
             .is_some_and(|since| now.saturating_duration_since(since) > limit)
     }
 
-    /// Queues a close frame with `code` and `reason`; the loop drops the
-    /// connection once it is written, or after a short grace.
+    /// The client sent a close frame: tungstenite queued the reply. Drop
+    /// whatever else was waiting; the session ends once the reply is out.
+    pub fn peer_closed(&mut self, now: Instant) {
+        self.conflated.clear();
+        self.out.discard_unstarted();
+        self.take_control_frames();
+        self.closing = Some(now);
+    }
+
+    /// Queues a close frame with `code` and `reason` after what is queued
+    /// (a slow client's backlog is dropped first: it would never be read);
+    /// the loop drops the connection once it is written, or after a grace.
     pub fn close(&mut self, code: CloseCode, reason: &str, now: Instant) {
         if self.closing.is_some() {
             return;
         }
         self.closing = Some(now);
         self.conflated.clear();
+        if code == CloseCode::Policy {
+            self.out.discard_unstarted();
+        }
         let _ = self.ws.close(Some(CloseFrame {
             code,
             reason: reason.into(),
         }));
+        self.take_control_frames();
         self.dirty = true;
     }
 }
 
-/// A token bucket: `rate` requests per second, bursts of up to `2 × rate`.
+/// A token bucket: `rate` frames per second, bursts of up to `2 × rate`.
 #[derive(Debug)]
 struct TokenBucket {
     rate: f64,
@@ -230,8 +368,9 @@ impl TokenBucket {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::net::{TcpListener, TcpStream as StdStream};
 
     #[test]
     fn token_bucket_allows_bursts_then_the_rate() {
@@ -243,5 +382,107 @@ mod tests {
         assert!(!b.take(t0));
         assert!(b.take(t0 + Duration::from_millis(100)));
         assert!(!b.take(t0 + Duration::from_millis(100)));
+    }
+
+    /// A session over a real loopback socket pair; the peer is returned
+    /// for reading what the session wrote.
+    pub(crate) fn pair(cap: usize) -> (Session, StdStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = StdStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let s = Session::new(
+            1,
+            TcpStream::from_std(server),
+            Vec::new(),
+            Kind::Feed,
+            WebSocketConfig::default(),
+            cap,
+            50,
+        );
+        (s, peer)
+    }
+
+    /// Reads whole server frames (unmasked text) from the peer.
+    pub(crate) fn read_frames(peer: &mut StdStream, n: usize) -> Vec<Vec<u8>> {
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let mut h = [0u8; 2];
+            peer.read_exact(&mut h).unwrap();
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    peer.read_exact(&mut b).unwrap();
+                    usize::from(u16::from_be_bytes(b))
+                }
+                127 => {
+                    let mut b = [0u8; 8];
+                    peer.read_exact(&mut b).unwrap();
+                    u64::from_be_bytes(b) as usize
+                }
+                n => usize::from(n),
+            };
+            let mut body = vec![0u8; len];
+            peer.read_exact(&mut body).unwrap();
+            out.push(body);
+        }
+        out
+    }
+
+    #[test]
+    fn a_message_larger_than_the_queue_is_delivered_and_flush_ends() {
+        // Regression: a /ws/prices body larger than client_queue_bytes used
+        // to spin the fanout thread forever in flush.
+        let stats = FanoutStats::default();
+        let (mut s, mut peer) = pair(1024);
+        let big = Bytes::from(vec![b'p'; 300_000]);
+        let now = Instant::now();
+        s.deliver(Slot::Prices, &big, &stats, now);
+        let reader = std::thread::spawn(move || read_frames(&mut peer, 2));
+        let t0 = Instant::now();
+        while s.queued_bytes() > 0 {
+            assert_eq!(s.flush(&stats, Instant::now()), Health::Ok);
+            assert!(t0.elapsed() < Duration::from_secs(5), "stuck");
+        }
+        // A second one, while nothing else is queued, also goes out.
+        s.deliver(Slot::Prices, &big, &stats, now);
+        while s.queued_bytes() > 0 {
+            s.flush(&stats, Instant::now());
+            assert!(t0.elapsed() < Duration::from_secs(5), "stuck");
+        }
+        let frames = reader.join().unwrap();
+        assert_eq!(frames.len(), 2);
+        assert!(frames.iter().all(|f| f.len() == 300_000));
+    }
+
+    #[test]
+    fn behind_clients_are_conflated_and_replies_are_kept() {
+        let stats = FanoutStats::default();
+        let (mut s, mut peer) = pair(100);
+        let now = Instant::now();
+        let key = InstrumentKey::new(crate::domain::Segment::NseEq, 1);
+        for i in 0..10 {
+            let m = Bytes::from(format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(60)));
+            s.deliver(Slot::Instrument(key), &m, &stats, now);
+        }
+        assert_eq!(
+            stats.conflated.get(),
+            7,
+            "two queued, the third held, seven replaced"
+        );
+        s.reply(r#"{"type":"pong"}"#.into(), &stats, now);
+        while s.queued_bytes() > 0 || s.is_dirty() {
+            s.flush(&stats, now);
+        }
+        let frames = read_frames(&mut peer, 4);
+        let texts: Vec<String> = frames
+            .into_iter()
+            .map(|f| String::from_utf8(f).unwrap())
+            .collect();
+        assert!(texts[0].starts_with("{\"n\":0"), "{texts:?}");
+        assert!(texts[1].starts_with("{\"n\":1"), "{texts:?}");
+        assert_eq!(texts[2], r#"{"type":"pong"}"#, "the reply is not dropped");
+        assert!(texts[3].starts_with("{\"n\":9"), "newest kept: {texts:?}");
     }
 }

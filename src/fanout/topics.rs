@@ -1,13 +1,25 @@
 //! Who wants which instrument, in which mode, and what the upstream must be
-//! told: the subscription union with reference counts.
+//! told: the subscription union with reference counts, within the
+//! account's capacity.
 //!
 //! An instrument is subscribed upstream when its first client wants it, in
 //! the highest mode any client holds; the mode drops back as soon as that
 //! client leaves. When the last client leaves, the upstream unsubscribe waits
 //! a grace period, so a dashboard that reloads (or a bot that reconnects)
 //! does not churn DhanHQ subscriptions.
+//!
+//! Capacity: DhanHQ allows an account `connections × instruments per
+//! connection` (5 × 5,000). An instrument wanted while every slot is taken
+//! is **queued**, not refused: the caller tells the client, and the queue
+//! is served first-come first-served as slots free up (an instrument's
+//! slot frees when its grace period ends).
+//!
+//! Work is driven by what changed: [`Topics::take_changes`] looks only at
+//! instruments touched since the last call and at grace periods that fell
+//! due (a deadline heap), never at every topic.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::book::Update;
@@ -23,7 +35,12 @@ pub struct Topic {
     pub subscribers: Vec<(ClientId, Mode)>,
     /// The latest update seen, for snapshot-on-subscribe.
     pub last: Option<Update>,
+    /// The mode held upstream (the subscribe was sent).
     upstream: Option<Mode>,
+    /// Counted against capacity (subscribed, or about to be).
+    holds_slot: bool,
+    /// Waiting for capacity.
+    queued: bool,
     unsubscribe_at: Option<Instant>,
 }
 
@@ -31,11 +48,15 @@ impl Topic {
     fn wanted(&self) -> Option<Mode> {
         self.subscribers.iter().map(|(_, m)| *m).max()
     }
+}
 
-    /// The mode the upstream holds it in, if any.
-    pub fn upstream_mode(&self) -> Option<Mode> {
-        self.upstream
-    }
+/// Whether an instrument a client just asked for will flow now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Subscribed (or already held) upstream.
+    Live,
+    /// Every upstream slot is taken: waiting in the queue.
+    Queued,
 }
 
 /// Upstream subscription changes to send.
@@ -45,6 +66,8 @@ pub struct Changes {
     pub subscribe: Vec<(InstrumentKey, Mode)>,
     /// Unsubscribe.
     pub unsubscribe: Vec<InstrumentKey>,
+    /// Queued instruments that got a slot in this call.
+    pub promoted: Vec<InstrumentKey>,
 }
 
 impl Changes {
@@ -54,25 +77,49 @@ impl Changes {
     }
 }
 
+/// One row of `/api/v2/subscriptions/active`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ActiveSub {
+    /// The instrument.
+    pub key: InstrumentKey,
+    /// The mode held upstream, or wanted while queued.
+    pub mode: Mode,
+    /// Clients holding it (the watchlist not counted).
+    pub clients: usize,
+    /// Waiting for upstream capacity.
+    pub queued: bool,
+}
+
 /// Every instrument any client holds, plus those held upstream on behalf of
 /// the relay itself (the watchlist, as client [`Topics::RELAY`]).
 #[derive(Debug)]
 pub struct Topics {
     topics: HashMap<InstrumentKey, Topic>,
     dirty: Vec<InstrumentKey>,
+    deadlines: BinaryHeap<Reverse<(Instant, InstrumentKey)>>,
+    queue: VecDeque<InstrumentKey>,
     grace: Duration,
+    capacity: usize,
+    held: usize,
+    queued: usize,
 }
 
 impl Topics {
     /// The relay's own subscriber id (watchlist); never a connection slot.
     pub const RELAY: ClientId = usize::MAX;
 
-    /// Empty, with `grace` before an unwanted instrument is dropped upstream.
-    pub fn new(grace: Duration) -> Self {
+    /// Empty, with `grace` before an unwanted instrument is dropped upstream
+    /// and room for `capacity` instruments upstream.
+    pub fn new(grace: Duration, capacity: usize) -> Self {
         Topics {
             topics: HashMap::new(),
             dirty: Vec::new(),
+            deadlines: BinaryHeap::new(),
+            queue: VecDeque::new(),
             grace,
+            capacity,
+            held: 0,
+            queued: 0,
         }
     }
 
@@ -86,19 +133,33 @@ impl Topics {
         self.topics.get_mut(key)
     }
 
-    /// Every topic.
-    pub fn iter(&self) -> impl Iterator<Item = (&InstrumentKey, &Topic)> {
-        self.topics.iter()
+    /// Instruments counted against capacity, and instruments queued.
+    pub fn load(&self) -> (usize, usize) {
+        (self.held, self.queued)
     }
 
     /// `client` wants `key` in `mode` (new, or a mode change).
-    pub fn add(&mut self, client: ClientId, key: InstrumentKey, mode: Mode) {
+    pub fn add(&mut self, client: ClientId, key: InstrumentKey, mode: Mode) -> Admission {
         let topic = self.topics.entry(key).or_default();
         match topic.subscribers.iter_mut().find(|(c, _)| *c == client) {
             Some(entry) => entry.1 = mode,
             None => topic.subscribers.push((client, mode)),
         }
         self.dirty.push(key);
+        if topic.queued {
+            return Admission::Queued;
+        }
+        if !topic.holds_slot {
+            if self.held >= self.capacity {
+                topic.queued = true;
+                self.queued += 1;
+                self.queue.push_back(key);
+                return Admission::Queued;
+            }
+            topic.holds_slot = true;
+            self.held += 1;
+        }
+        Admission::Live
     }
 
     /// `client` no longer wants `key`; true if it held it.
@@ -126,55 +187,101 @@ impl Topics {
         }
     }
 
-    /// What the upstream must be told now. Unsubscribes wait out the grace
-    /// period; call again by [`Topics::next_deadline`].
+    /// What the upstream must be told now: instruments touched since the
+    /// last call, grace periods that ended, queued instruments that got a
+    /// slot. Call again by [`Topics::next_deadline`].
     pub fn take_changes(&mut self, now: Instant) -> Changes {
         let mut changes = Changes::default();
-        let mut check: Vec<InstrumentKey> = std::mem::take(&mut self.dirty);
-        check.extend(
-            self.topics
-                .iter()
-                .filter(|(_, t)| t.unsubscribe_at.is_some_and(|at| at <= now))
-                .map(|(k, _)| *k),
-        );
-        check.sort();
+        let mut check = std::mem::take(&mut self.dirty);
+        while let Some(Reverse((at, key))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            check.push(key);
+        }
+        check.sort_unstable();
         check.dedup();
         for key in check {
             let Some(topic) = self.topics.get_mut(&key) else {
                 continue;
             };
-            match (topic.wanted(), topic.upstream) {
-                (Some(want), held) => {
+            match topic.wanted() {
+                Some(_) if topic.queued => {}
+                Some(want) => {
                     topic.unsubscribe_at = None;
-                    if held != Some(want) {
+                    if topic.upstream != Some(want) {
                         topic.upstream = Some(want);
                         changes.subscribe.push((key, want));
                     }
                 }
-                (None, None) => {
+                None if topic.queued => {
+                    // Left in the queue; skipped when it comes up.
+                    self.queued -= 1;
                     self.topics.remove(&key);
                 }
-                (None, Some(_)) => match topic.unsubscribe_at {
-                    None => topic.unsubscribe_at = Some(now + self.grace),
+                None if topic.upstream.is_none() => {
+                    // Added and dropped before the subscribe went out.
+                    self.release(key);
+                }
+                None => match topic.unsubscribe_at {
+                    None => {
+                        let at = now + self.grace;
+                        topic.unsubscribe_at = Some(at);
+                        self.deadlines.push(Reverse((at, key)));
+                    }
                     Some(at) if at <= now => {
                         changes.unsubscribe.push(key);
-                        self.topics.remove(&key);
+                        self.release(key);
                     }
                     Some(_) => {}
                 },
             }
         }
+        self.promote(&mut changes);
         changes
+    }
+
+    /// Frees `key`'s slot and forgets it.
+    fn release(&mut self, key: InstrumentKey) {
+        if let Some(t) = self.topics.remove(&key) {
+            if t.holds_slot {
+                self.held -= 1;
+            }
+        }
+    }
+
+    /// Gives free slots to queued instruments, oldest first.
+    fn promote(&mut self, changes: &mut Changes) {
+        while self.held < self.capacity {
+            let Some(key) = self.queue.pop_front() else {
+                return;
+            };
+            let Some(topic) = self.topics.get_mut(&key) else {
+                continue; // nobody wants it any more
+            };
+            let Some(want) = topic.wanted().filter(|_| topic.queued) else {
+                continue;
+            };
+            topic.queued = false;
+            topic.holds_slot = true;
+            topic.upstream = Some(want);
+            self.queued -= 1;
+            self.held += 1;
+            changes.subscribe.push((key, want));
+            changes.promoted.push(key);
+        }
     }
 
     /// When a pending unsubscribe falls due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.topics.values().filter_map(|t| t.unsubscribe_at).min()
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// Instruments subscribed upstream, with their mode and client count.
-    pub fn active(&self) -> Vec<(InstrumentKey, Mode, usize)> {
-        let mut v: Vec<_> = self
+    /// Instruments held upstream or queued, sorted, with their mode and
+    /// client count.
+    pub fn active(&self) -> Vec<ActiveSub> {
+        let mut v: Vec<ActiveSub> = self
             .topics
             .iter()
             .filter_map(|(k, t)| {
@@ -183,10 +290,16 @@ impl Topics {
                     .iter()
                     .filter(|(c, _)| *c != Self::RELAY)
                     .count();
-                t.upstream.map(|m| (*k, m, clients))
+                let mode = if t.queued { t.wanted() } else { t.upstream }?;
+                Some(ActiveSub {
+                    key: *k,
+                    mode,
+                    clients,
+                    queued: t.queued,
+                })
             })
             .collect();
-        v.sort();
+        v.sort_unstable();
         v
     }
 }
@@ -204,7 +317,7 @@ mod tests {
 
     #[test]
     fn two_clients_one_instrument_one_upstream_subscription() {
-        let mut t = Topics::new(GRACE);
+        let mut t = Topics::new(GRACE, 100);
         let now = Instant::now();
         t.add(1, key(1), Mode::Ticker);
         t.add(2, key(1), Mode::Ticker);
@@ -212,7 +325,7 @@ mod tests {
             t.take_changes(now),
             Changes {
                 subscribe: vec![(key(1), Mode::Ticker)],
-                unsubscribe: vec![]
+                ..Changes::default()
             }
         );
         assert!(t.remove(1, key(1)));
@@ -223,8 +336,8 @@ mod tests {
         assert_eq!(
             t.take_changes(now + GRACE),
             Changes {
-                subscribe: vec![],
-                unsubscribe: vec![key(1)]
+                unsubscribe: vec![key(1)],
+                ..Changes::default()
             }
         );
         assert!(t.get(&key(1)).is_none());
@@ -233,7 +346,7 @@ mod tests {
 
     #[test]
     fn a_return_within_the_grace_period_keeps_the_subscription() {
-        let mut t = Topics::new(GRACE);
+        let mut t = Topics::new(GRACE, 100);
         let now = Instant::now();
         t.add(1, key(1), Mode::Quote);
         t.take_changes(now);
@@ -241,12 +354,20 @@ mod tests {
         t.take_changes(now);
         t.add(3, key(1), Mode::Quote);
         assert!(t.take_changes(now + GRACE).is_empty());
-        assert_eq!(t.active(), vec![(key(1), Mode::Quote, 1)]);
+        assert_eq!(
+            t.active(),
+            vec![ActiveSub {
+                key: key(1),
+                mode: Mode::Quote,
+                clients: 1,
+                queued: false
+            }]
+        );
     }
 
     #[test]
     fn mode_follows_the_highest_holder_up_and_down() {
-        let mut t = Topics::new(GRACE);
+        let mut t = Topics::new(GRACE, 100);
         let now = Instant::now();
         t.add(1, key(1), Mode::Ticker);
         t.take_changes(now);
@@ -260,7 +381,7 @@ mod tests {
 
     #[test]
     fn removing_what_was_never_held_changes_nothing() {
-        let mut t = Topics::new(GRACE);
+        let mut t = Topics::new(GRACE, 100);
         assert!(!t.remove(1, key(9)));
         t.add(1, key(1), Mode::Ticker);
         assert!(!t.remove(2, key(1)));
@@ -270,5 +391,80 @@ mod tests {
             "never reached upstream"
         );
         assert!(t.get(&key(1)).is_none());
+    }
+
+    #[test]
+    fn past_capacity_instruments_queue_and_get_slots_as_they_free() {
+        // Regression: instruments past the account's capacity used to be
+        // refused upstream silently and never retried.
+        let mut t = Topics::new(GRACE, 2);
+        let now = Instant::now();
+        assert_eq!(t.add(1, key(1), Mode::Ticker), Admission::Live);
+        assert_eq!(t.add(1, key(2), Mode::Ticker), Admission::Live);
+        assert_eq!(t.add(2, key(3), Mode::Quote), Admission::Queued);
+        assert_eq!(t.add(3, key(3), Mode::Ticker), Admission::Queued);
+        assert_eq!(t.add(2, key(4), Mode::Ticker), Admission::Queued);
+        let c = t.take_changes(now);
+        assert_eq!(
+            c.subscribe,
+            vec![(key(1), Mode::Ticker), (key(2), Mode::Ticker)]
+        );
+        assert_eq!(t.load(), (2, 2));
+        assert!(t
+            .active()
+            .iter()
+            .any(|a| a.key == key(3) && a.queued && a.clients == 2));
+        // key(4) is abandoned while queued: it never takes a slot.
+        t.remove(2, key(4));
+        t.take_changes(now);
+        assert_eq!(t.load(), (2, 1));
+        // key(1) released: its slot frees when the grace period ends.
+        t.remove(1, key(1));
+        assert!(t.take_changes(now).is_empty());
+        let c = t.take_changes(now + GRACE);
+        assert_eq!(c.unsubscribe, vec![key(1)]);
+        assert_eq!(
+            c.subscribe,
+            vec![(key(3), Mode::Quote)],
+            "highest wanted mode"
+        );
+        assert_eq!(c.promoted, vec![key(3)]);
+        assert_eq!(t.load(), (2, 0));
+        assert_eq!(t.add(4, key(5), Mode::Ticker), Admission::Queued);
+    }
+
+    #[test]
+    fn only_touched_and_due_topics_are_examined() {
+        let mut t = Topics::new(GRACE, 10_000);
+        let now = Instant::now();
+        for i in 0..5_000 {
+            t.add(1, key(i), Mode::Ticker);
+        }
+        assert_eq!(t.take_changes(now).subscribe.len(), 5_000);
+        assert!(t.dirty.is_empty() && t.deadlines.is_empty());
+        assert!(t.take_changes(now).is_empty());
+        t.remove(1, key(7));
+        t.take_changes(now);
+        assert_eq!(t.next_deadline(), Some(now + GRACE));
+        assert_eq!(
+            t.deadlines.len(),
+            1,
+            "one pending unsubscribe, not 5,000 scans"
+        );
+        // A return within the grace leaves a stale deadline that changes nothing.
+        t.add(2, key(7), Mode::Ticker);
+        t.take_changes(now);
+        assert!(t.take_changes(now + GRACE).is_empty());
+        assert!(t.deadlines.is_empty());
+    }
+
+    #[test]
+    fn an_instrument_added_and_dropped_in_one_turn_frees_its_slot() {
+        let mut t = Topics::new(GRACE, 1);
+        t.add(1, key(1), Mode::Ticker);
+        t.remove(1, key(1));
+        assert!(t.take_changes(Instant::now()).is_empty());
+        assert_eq!(t.load(), (0, 0));
+        assert_eq!(t.add(1, key(2), Mode::Ticker), Admission::Live);
     }
 }

@@ -271,7 +271,10 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(c.fanout.watchlist.is_empty());
+        assert!(
+            c.watch.is_empty(),
+            "no watchlist: only the load's instruments"
+        );
         assert_eq!(c.fanout.max_clients, 10_064);
         assert_eq!(c.fanout.client_queue_bytes, 1 << 20);
     }

@@ -158,15 +158,15 @@ mod tests {
                 state,
             };
             let text = r.update(&update, mode, symbol).unwrap();
-            let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
             let Message::Price {
                 segment,
                 security_id,
                 ltp: got,
                 ltt: got_ltt,
-            } = scan(text.as_bytes())
+            } = scan(&text)
             else {
-                panic!("not a price: {text}")
+                panic!("not a price: {text:?}")
             };
             assert_eq!(segment, v["exchangeSegment"].as_str().unwrap().as_bytes());
             assert_eq!(security_id.to_string(), v["securityId"].as_str().unwrap());

@@ -1,0 +1,531 @@
+//! The front door thread: owns the public listener, reads request heads,
+//! answers plain HTTP (REST, the dashboard) with keep-alive, and completes
+//! WebSocket handshakes, handing each upgraded socket to the fanout thread.
+//!
+//! Everything slow or client-controlled about HTTP lives here, off the
+//! fanout's loop: slowloris heads, big REST bodies (`/prices` with every
+//! instrument, a page of 10,000 subscriptions), instrument search, and the
+//! once-a-second rendering of the `/ws/prices` object. The fanout thread
+//! sees only WebSocket sessions.
+//!
+//! Limits: a head must arrive within `head_timeout` and fit
+//! [`MAX_HEAD_BYTES`](super::http::MAX_HEAD_BYTES); a kept-alive
+//! connection serves at most `keep_alive_requests` requests and closes
+//! after `keep_alive_idle` without one; at most [`MAX_CONNECTIONS`] plain
+//! connections are open at once. Request bodies are refused (nothing here
+//! takes one), so a connection never has to skip unread bytes.
+
+use std::io::{ErrorKind, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::http::{self, Head, Parsed, Response};
+use super::rest::RestState;
+use super::session::Kind;
+use super::FanoutConfig;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX);
+
+/// Plain HTTP connections open at once; more are answered 503 and closed.
+pub const MAX_CONNECTIONS: usize = 1_024;
+/// Pipelined requests served from one connection per loop turn.
+const PIPELINE_PER_TURN: usize = 8;
+
+/// A socket that finished the WebSocket handshake, for the fanout.
+#[derive(Debug)]
+pub struct NewClient {
+    /// The socket (deregistered from the front door's poll).
+    pub stream: TcpStream,
+    /// Bytes read past the request head (a first frame sent early).
+    pub early: Vec<u8>,
+    /// `/ws` or `/ws/prices`.
+    pub kind: Kind,
+    /// For `/ws/prices`: the prices object to greet it with.
+    pub prices: Option<Bytes>,
+}
+
+/// What the front door hands the fanout thread.
+#[derive(Debug)]
+pub enum Handoff {
+    /// A new WebSocket client.
+    Client(NewClient),
+    /// This second's `/ws/prices` object.
+    Prices(Bytes),
+}
+
+/// One plain HTTP connection.
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    /// Received, not yet consumed.
+    buf: Vec<u8>,
+    /// Response bytes to write, and how far.
+    out: Vec<u8>,
+    pos: usize,
+    /// Reading: when the head (or the next request) is overdue.
+    deadline: Instant,
+    served: u32,
+    /// After `out`: close, or hand the socket to the fanout.
+    then: Then,
+    /// The peer shut its side: answer what was sent, then close.
+    eof: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Read,
+    Close,
+    Upgrade(Kind),
+}
+
+/// The front door, running.
+#[derive(Debug)]
+pub struct FrontDoor {
+    poll: Poll,
+    listener: TcpListener,
+    waker: Arc<Waker>,
+}
+
+impl FrontDoor {
+    /// Takes over a bound listener.
+    pub fn new(listener: std::net::TcpListener) -> std::io::Result<FrontDoor> {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(FrontDoor {
+            poll,
+            listener,
+            waker,
+        })
+    }
+
+    /// Wakes the loop (for shutdown).
+    pub fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
+    /// Runs until `stop`; `to_fanout` + `fanout_waker` reach the fanout.
+    pub fn run(
+        self,
+        config: FanoutConfig,
+        rest: RestState,
+        to_fanout: Sender<Handoff>,
+        fanout_waker: Arc<Waker>,
+        stop: Arc<AtomicBool>,
+    ) {
+        let mut front = Front {
+            poll: self.poll,
+            listener: self.listener,
+            conns: Vec::new(),
+            free: Vec::new(),
+            again: Vec::new(),
+            config,
+            rest,
+            to_fanout,
+            fanout_waker,
+            last_prices: None,
+        };
+        let mut events = Events::with_capacity(256);
+        let mut next_sweep = Instant::now();
+        while !stop.load(Relaxed) {
+            let timeout = if front.again.is_empty() {
+                Duration::from_millis(250)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = front.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    log::error!("front door poll failed: {e}; stopping");
+                    return;
+                }
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => front.accept(now),
+                    WAKER => {}
+                    Token(i) => front.serve(i, now),
+                }
+            }
+            for i in std::mem::take(&mut front.again) {
+                front.serve(i, now);
+            }
+            if now >= next_sweep {
+                next_sweep = now + Duration::from_secs(1);
+                front.sweep(now);
+                front.push_prices();
+            }
+        }
+    }
+}
+
+struct Front {
+    poll: Poll,
+    listener: TcpListener,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    /// Connections with pipelined requests left for the next turn.
+    again: Vec<usize>,
+    config: FanoutConfig,
+    rest: RestState,
+    to_fanout: Sender<Handoff>,
+    fanout_waker: Arc<Waker>,
+    /// The last `/ws/prices` body, for greeting new clients.
+    last_prices: Option<(Instant, Bytes)>,
+}
+
+impl Front {
+    fn accept(&mut self, now: Instant) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, _peer)) => {
+                    if self.conns.len() - self.free.len() >= MAX_CONNECTIONS {
+                        self.rest.fanout.clients_rejected.inc();
+                        let _ = stream.write(
+                            &Response::error(503, "too many connections").to_bytes(false, false),
+                        );
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let slot = self.free.pop().unwrap_or_else(|| {
+                        self.conns.push(None);
+                        self.conns.len() - 1
+                    });
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut stream,
+                            Token(slot),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_err()
+                    {
+                        self.free.push(slot);
+                        continue;
+                    }
+                    self.rest.fanout.http_connections_total.inc();
+                    self.conns[slot] = Some(Conn {
+                        stream,
+                        buf: Vec::with_capacity(1024),
+                        out: Vec::new(),
+                        pos: 0,
+                        deadline: now + self.config.head_timeout,
+                        served: 0,
+                        then: Then::Read,
+                        eof: false,
+                    });
+                    // Data may already be waiting; edge-triggered readiness
+                    // would not report it again.
+                    self.serve(slot, now);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // EMFILE and friends: log, keep serving.
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Readiness (or leftover pipelined input) on connection `i`.
+    fn serve(&mut self, i: usize, now: Instant) {
+        let Some(mut conn) = self.conns.get_mut(i).and_then(Option::take) else {
+            return;
+        };
+        let mut requests = 0;
+        let keep = loop {
+            // Write what is pending first.
+            if conn.pos < conn.out.len() {
+                let before = conn.pos;
+                let done = write_some(&mut conn.stream, &conn.out, &mut conn.pos);
+                if conn.pos > before {
+                    // A slow reader that keeps reading is not idle.
+                    conn.deadline = now + self.config.keep_alive_idle;
+                }
+                match done {
+                    Ok(true) => {}
+                    Ok(false) => break true,
+                    Err(_) => break false,
+                }
+            }
+            conn.out.clear();
+            conn.pos = 0;
+            match conn.then {
+                Then::Close => break false,
+                Then::Upgrade(kind) => {
+                    self.hand_off(conn, kind);
+                    self.free.push(i);
+                    return;
+                }
+                Then::Read => {}
+            }
+            if !read_some(&mut conn) {
+                break false;
+            }
+            match http::parse_head(&conn.buf) {
+                Parsed::Partial if conn.eof => break false,
+                Parsed::Partial => break true,
+                Parsed::Bad(status, why) => {
+                    self.respond(&mut conn, Response::error(status, why), false, false, now);
+                    conn.buf.clear();
+                }
+                Parsed::Done(head) => {
+                    conn.buf.drain(..head.len);
+                    conn.served += 1;
+                    self.request(&mut conn, head, now);
+                }
+            }
+            requests += 1;
+            if requests >= PIPELINE_PER_TURN {
+                // Fair to the other connections: the rest next turn.
+                self.again.push(i);
+                break true;
+            }
+        };
+        if keep {
+            self.conns[i] = Some(conn);
+        } else {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.free.push(i);
+        }
+    }
+
+    /// Queues a response; `keep_alive` says whether another request may
+    /// follow on this connection.
+    fn respond(
+        &mut self,
+        conn: &mut Conn,
+        response: Response,
+        keep_alive: bool,
+        head_only: bool,
+        now: Instant,
+    ) {
+        self.rest.fanout.http_requests.inc();
+        let keep = keep_alive && !conn.eof && conn.served < self.config.keep_alive_requests;
+        conn.out = response.to_bytes(keep, head_only);
+        conn.pos = 0;
+        conn.then = if keep { Then::Read } else { Then::Close };
+        conn.deadline = now + self.config.keep_alive_idle;
+    }
+
+    fn request(&mut self, conn: &mut Conn, head: Head, now: Instant) {
+        let config = &self.config;
+        if !http::host_allowed(head.host.as_deref(), head.minor, &config.allowed_hosts) {
+            let why = match &head.host {
+                None => "missing Host header".to_string(),
+                Some(h) => format!(
+                    "Host '{}' is not served here: add it to allowed_hosts",
+                    h.chars().take(60).collect::<String>()
+                ),
+            };
+            let status = if head.host.is_none() { 400 } else { 403 };
+            return self.respond(conn, Response::error(status, &why), false, false, now);
+        }
+        if head.has_body {
+            return self.respond(
+                conn,
+                Response::error(413, "request bodies are not accepted here"),
+                false,
+                false,
+                now,
+            );
+        }
+        let origin_ok = http::origin_allowed(
+            head.origin.as_deref(),
+            head.host.as_deref(),
+            &config.allowed_origins,
+        );
+        if head.upgrade {
+            return self.upgrade(conn, &head, origin_ok, now);
+        }
+        let cors = |r: Response| match (&head.origin, origin_ok) {
+            (Some(o), true) => r
+                .header("Access-Control-Allow-Origin", o)
+                .header("Vary", "Origin"),
+            _ => r,
+        };
+        let (response, head_only) = match head.method.as_str() {
+            "GET" | "HEAD" => {
+                let r = match head.path.as_str() {
+                    "/ws" | "/ws/prices" => Response::error(
+                        426,
+                        "this endpoint speaks WebSocket; connect with a WebSocket client",
+                    )
+                    .header("Upgrade", "websocket"),
+                    path => self
+                        .rest
+                        .route(path, &head.query)
+                        .unwrap_or_else(|| Response::error(404, "no such endpoint; see GET /api")),
+                };
+                (cors(r), head.method == "HEAD")
+            }
+            "OPTIONS" if head.origin.is_some() && !origin_ok => (
+                Response::error(403, "origin not allowed: add it to allowed_origins"),
+                false,
+            ),
+            "OPTIONS" => {
+                let mut r = cors(Response::new(204, "text/plain", ""))
+                    .header("Allow", "GET, HEAD, OPTIONS")
+                    .header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+                    .header("Access-Control-Max-Age", "600");
+                if let Some(h) = &head.cors_request_headers {
+                    r = r.header("Access-Control-Allow-Headers", h);
+                }
+                (r, false)
+            }
+            _ => (
+                Response::error(405, "only GET, HEAD and OPTIONS are served here")
+                    .header("Allow", "GET, HEAD, OPTIONS"),
+                false,
+            ),
+        };
+        self.respond(conn, response, head.keep_alive, head_only, now);
+    }
+
+    fn upgrade(&mut self, conn: &mut Conn, head: &Head, origin_ok: bool, now: Instant) {
+        let kind = match head.path.as_str() {
+            "/" | "/ws" => Kind::Feed,
+            "/ws/prices" => Kind::Prices,
+            _ => {
+                return self.respond(
+                    conn,
+                    Response::error(404, "no WebSocket here: use /ws or /ws/prices"),
+                    false,
+                    false,
+                    now,
+                )
+            }
+        };
+        if let Some((status, why)) = http::upgrade_error(head) {
+            return self.respond(conn, Response::error(status, why), false, false, now);
+        }
+        if !origin_ok {
+            log::debug!("refused WebSocket from origin {:?}", head.origin);
+            return self.respond(
+                conn,
+                Response::error(403, "origin not allowed: add it to allowed_origins"),
+                false,
+                false,
+                now,
+            );
+        }
+        if self.rest.fanout.clients.get() as usize >= self.config.max_clients {
+            self.rest.fanout.clients_rejected.inc();
+            return self.respond(
+                conn,
+                Response::error(503, "too many clients"),
+                false,
+                false,
+                now,
+            );
+        }
+        // `upgrade_error` checked the key is there.
+        let key = head.ws_key.as_deref().unwrap_or_default();
+        conn.out = http::upgrade_response(key);
+        conn.pos = 0;
+        conn.then = Then::Upgrade(kind);
+    }
+
+    fn hand_off(&mut self, mut conn: Conn, kind: Kind) {
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let prices = (kind == Kind::Prices).then(|| self.prices_body());
+        let client = NewClient {
+            stream: conn.stream,
+            early: conn.buf,
+            kind,
+            prices,
+        };
+        if self.to_fanout.send(Handoff::Client(client)).is_ok() {
+            let _ = self.fanout_waker.wake();
+        }
+    }
+
+    /// The prices object, rendered at most once a second.
+    fn prices_body(&mut self) -> Bytes {
+        match &self.last_prices {
+            Some((at, body)) if at.elapsed() < Duration::from_secs(1) => body.clone(),
+            _ => {
+                let body = Bytes::from(self.rest.prices());
+                self.last_prices = Some((Instant::now(), body.clone()));
+                body
+            }
+        }
+    }
+
+    /// Sends this second's prices object while anyone listens for it.
+    fn push_prices(&mut self) {
+        if self.rest.fanout.prices_clients.get() == 0 {
+            return;
+        }
+        let body = self.prices_body();
+        if self.to_fanout.send(Handoff::Prices(body)).is_ok() {
+            let _ = self.fanout_waker.wake();
+        }
+    }
+
+    /// Closes connections whose head, response or next request is overdue.
+    fn sweep(&mut self, now: Instant) {
+        for i in 0..self.conns.len() {
+            let overdue = matches!(&self.conns[i], Some(c) if now > c.deadline);
+            if !overdue {
+                continue;
+            }
+            let Some(mut conn) = self.conns[i].take() else {
+                continue;
+            };
+            let waiting_for_head = conn.out.is_empty() && !conn.buf.is_empty();
+            if waiting_for_head {
+                // Best effort: the socket is idle, a short answer fits.
+                let _ = conn.stream.write(
+                    &Response::error(408, "request head not received in time")
+                        .to_bytes(false, false),
+                );
+                self.rest.fanout.http_requests.inc();
+            }
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.free.push(i);
+        }
+    }
+}
+
+/// Reads what is waiting (up to the head limit); false when the
+/// connection failed. A peer that shut its side is marked `eof`.
+fn read_some(conn: &mut Conn) -> bool {
+    let mut chunk = [0u8; 2048];
+    while !conn.eof && conn.buf.len() < http::MAX_HEAD_BYTES {
+        match conn.stream.read(&mut chunk) {
+            Ok(0) => conn.eof = true,
+            Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Writes from `pos`; `Ok(true)` once everything is written.
+fn write_some(stream: &mut TcpStream, out: &[u8], pos: &mut usize) -> std::io::Result<bool> {
+    while *pos < out.len() {
+        match stream.write(&out[*pos..]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => *pos += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}

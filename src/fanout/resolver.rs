@@ -1,0 +1,114 @@
+//! Symbol resolution off the fanout thread.
+//!
+//! A subscribe or unsubscribe that names instruments by symbol is sent here
+//! whole; the fanout stops reading that client until the answer comes back
+//! (so its later messages keep their order) and serves everyone else
+//! meanwhile. Names resolve through the watchlist first (the operator's own
+//! names, as `/prices` shows them), then the instrument master with exact
+//! rules only; closest-candidate suggestions, which scan the master, are
+//! computed for the first [`SUGGEST_FOR`] failures of a message, and all
+//! failures come back as one error message.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::Waker;
+
+use super::protocol::InstrumentRef;
+use super::rest::SharedView;
+use crate::domain::{InstrumentKey, Mode};
+use crate::instrument::{Master, WallClock};
+
+/// Failures of one message that get closest-candidate suggestions.
+pub const SUGGEST_FOR: usize = 3;
+
+/// What the client asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Subscribe in this mode.
+    Subscribe(Mode),
+    /// Unsubscribe.
+    Unsubscribe,
+}
+
+/// One client message to resolve.
+#[derive(Debug)]
+pub struct Job {
+    /// The session's slot and its unique id (slots are reused).
+    pub slot: usize,
+    /// The session's id.
+    pub session: u64,
+    /// The request.
+    pub op: Op,
+    /// The instruments as the client named them.
+    pub refs: Vec<InstrumentRef>,
+}
+
+/// The resolved message.
+#[derive(Debug)]
+pub struct Answer {
+    /// The session's slot.
+    pub slot: usize,
+    /// The session's id.
+    pub session: u64,
+    /// The request.
+    pub op: Op,
+    /// Every instrument that resolved, in the client's order.
+    pub keys: Vec<InstrumentKey>,
+    /// One message for everything that did not.
+    pub error: Option<String>,
+}
+
+/// Resolves one job (the thread's work; also called directly by tests).
+pub fn resolve(job: Job, master: &Master, view: &SharedView, clock: &WallClock) -> Answer {
+    let view = view.load();
+    let today = clock.today();
+    let mut keys: Vec<Option<InstrumentKey>> = Vec::with_capacity(job.refs.len());
+    let mut names: Vec<(usize, &str)> = Vec::new();
+    for (i, r) in job.refs.iter().enumerate() {
+        match r {
+            InstrumentRef::Key(k) => keys.push(Some(*k)),
+            InstrumentRef::Symbol(sym) => match view.watch_key(sym) {
+                Some(k) => keys.push(Some(k)),
+                None => {
+                    keys.push(None);
+                    names.push((i, sym.as_str()));
+                }
+            },
+        }
+    }
+    let mut error = None;
+    if !names.is_empty() {
+        let queries: Vec<&str> = names.iter().map(|(_, n)| *n).collect();
+        let resolved = master.resolve_many(&queries, today, SUGGEST_FOR);
+        for found in &resolved.found {
+            keys[names[found.index].0] = Some(found.key);
+        }
+        error = resolved.error;
+    }
+    Answer {
+        slot: job.slot,
+        session: job.session,
+        op: job.op,
+        keys: keys.into_iter().flatten().collect(),
+        error,
+    }
+}
+
+/// Runs the resolver until the job channel closes.
+pub fn run(
+    jobs: Receiver<Job>,
+    answers: Sender<Answer>,
+    fanout: Arc<Waker>,
+    master: Arc<Master>,
+    view: SharedView,
+    clock: WallClock,
+) {
+    for job in jobs {
+        let answer = resolve(job, &master, &view, &clock);
+        if answers.send(answer).is_err() {
+            return;
+        }
+        let _ = fanout.wake();
+    }
+}
