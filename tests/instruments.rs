@@ -828,7 +828,7 @@ fn the_engine_serves_the_default_watchlist_search_and_symbol_subscriptions() {
         e["message"]
             .as_str()
             .unwrap()
-            .contains("closest: RELIANCE (NSE_EQ 2885)"),
+            .contains("did you mean RELIANCE (NSE_EQ 2885)"),
         "{e}"
     );
     c.send(json!({"type":"subscribe","instruments":[{"symbol":"NIFTY-Dec2026-25000-CE"}]}));
@@ -837,7 +837,7 @@ fn the_engine_serves_the_default_watchlist_search_and_symbol_subscriptions() {
         e["message"]
             .as_str()
             .unwrap()
-            .starts_with("ambiguous symbol"),
+            .contains("(ambiguous: NIFTY-Dec2026-25000-CE (NSE_FNO 60012)"),
         "{e}"
     );
     c.send(json!({"type":"unsubscribe","instruments":[{"symbol":"NIFTY FUT"}]}));
@@ -847,7 +847,7 @@ fn the_engine_serves_the_default_watchlist_search_and_symbol_subscriptions() {
         e["message"]
             .as_str()
             .unwrap()
-            .contains("unknown symbol 'NOSUCH'"),
+            .contains("symbols not found: NOSUCH"),
         "{e}"
     );
     let sim = engine.demo_simulator().unwrap().control();
