@@ -195,10 +195,8 @@ fn wss_without_the_ca_is_refused_and_retried() {
         |cfg| cfg.extra_ca.clear(),
     );
     let stats = r.stats();
-    wait_for("two failed attempts", || {
-        UpstreamStats::get(&stats.connect_attempts) >= 2
-    });
-    assert_eq!(UpstreamStats::get(&stats.connects), 0);
+    wait_for("two failed attempts", || stats.connect_attempts.get() >= 2);
+    assert_eq!(stats.connects.get(), 0);
     let err = stats.last_error().unwrap();
     assert!(
         err.contains("handshake") || err.contains("certificate"),
@@ -266,7 +264,7 @@ fn a_dropped_connection_reconnects_and_resubscribes_once() {
     ));
     let got = r.next_data(1);
     assert_eq!(got[0].key, keys[7]);
-    assert!(UpstreamStats::get(&r.stats().disconnects) >= 1);
+    assert!(r.stats().disconnects.get() >= 1);
 }
 
 #[test]
@@ -280,11 +278,11 @@ fn a_stalled_socket_is_detected_and_replaced() {
     let stats = r.stats();
     r.ctl.set_stalled(true);
     wait_for("the silent socket to be dropped", || {
-        UpstreamStats::get(&stats.silent_drops) >= 1
+        stats.silent_drops.get() >= 1
     });
     r.ctl.set_stalled(false);
     wait_for("a fresh connection", || {
-        UpstreamStats::get(&stats.connects) >= 2 && stats.connections_up() == 1
+        stats.connects.get() >= 2 && stats.connections_up() == 1
     });
     r.wait_subscribed(&[key], Mode::Ticker);
 }
@@ -299,15 +297,15 @@ fn an_expired_token_backs_off_instead_of_looping() {
     wait_for("the 807", || {
         stats.last_disconnect() == Some(DisconnectReason::TokenExpired)
     });
-    let attempts = UpstreamStats::get(&stats.connect_attempts);
+    let attempts = stats.connect_attempts.get();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        UpstreamStats::get(&stats.connect_attempts),
+        stats.connect_attempts.get(),
         attempts,
         "no retry within the auth backoff"
     );
     assert_eq!(stats.slot_states()[0], SlotState::AuthFailed);
-    assert_eq!(UpstreamStats::get(&stats.auth_failures), 1);
+    assert_eq!(stats.auth_failures.get(), 1);
     assert_eq!(
         UpstreamStats::get(&stats.disconnect_reasons[2]),
         1,
@@ -431,7 +429,7 @@ fn a_full_ring_waits_and_loses_nothing() {
         got.len() >= 200
     });
     assert_eq!(got, (0..200).collect::<Vec<_>>(), "in order, none lost");
-    assert!(UpstreamStats::get(&up.stats().ring_full_waits) > 0);
+    assert!(up.stats().ring_full_waits.get() > 0);
     up.shutdown();
 }
 
@@ -629,17 +627,17 @@ mod dns {
         });
         let stats = r.stats();
         wait_for("two timed-out attempts", || {
-            UpstreamStats::get(&stats.connect_attempts) >= 3
+            stats.connect_attempts.get() >= 3
         });
         let err = stats.last_error().unwrap();
         assert_eq!(err, "DNS lookup of feed.test took longer than 200ms");
         assert_eq!(dns.started(), 1, "retries adopt the hung lookup");
-        assert_eq!(UpstreamStats::get(&stats.connects), 0);
+        assert_eq!(stats.connects.get(), 0);
 
         // The thread still serves commands...
         r.subscribe(&[nse(3)], Mode::Ticker);
         wait_for("the command to be applied", || {
-            UpstreamStats::get(&stats.instruments_held) == 1
+            stats.instruments_held.get() == 1
         });
         // ...and, once the resolver answers, connects with that answer.
         dns.shut.store(false, SeqCst);
@@ -690,20 +688,16 @@ mod capacity {
             cfg.max_per_connection = 3;
         });
         let stats = r.stats();
-        assert_eq!(UpstreamStats::get(&stats.instrument_capacity), 6);
+        assert_eq!(stats.instrument_capacity.get(), 6);
         let keys: Vec<_> = (0..4).map(nse).collect();
         r.subscribe(&keys, Mode::Ticker);
-        wait_for("4 held", || {
-            UpstreamStats::get(&stats.instruments_held) == 4
-        });
+        wait_for("4 held", || stats.instruments_held.get() == 4);
         assert!(r.up.control().send(Command::Unsubscribe(vec![keys[0]])));
-        wait_for("3 held", || {
-            UpstreamStats::get(&stats.instruments_held) == 3
-        });
+        wait_for("3 held", || stats.instruments_held.get() == 3);
 
         let clamped = rig_with(sim_config(), |cfg| cfg.max_connections = 9);
         assert_eq!(
-            UpstreamStats::get(&clamped.stats().instrument_capacity),
+            clamped.stats().instrument_capacity.get(),
             5 * 5000,
             "DhanHQ's 5 connections × 5,000"
         );
@@ -729,8 +723,8 @@ mod capacity {
             "{}",
             lines[0]
         );
-        assert_eq!(UpstreamStats::get(&stats.rejected_subscriptions), 7);
-        assert_eq!(UpstreamStats::get(&stats.instruments_held), 3);
+        assert_eq!(stats.rejected_subscriptions.get(), 7);
+        assert_eq!(stats.instruments_held.get(), 3);
         r.wait_subscribed(&keys[..3], Mode::Ticker);
 
         // A second batch is a second event.
@@ -745,7 +739,7 @@ mod capacity {
             "{}",
             second[0]
         );
-        assert_eq!(UpstreamStats::get(&stats.rejected_subscriptions), 9);
+        assert_eq!(stats.rejected_subscriptions.get(), 9);
     }
 }
 

@@ -172,16 +172,16 @@ fn main() {
     std::thread::sleep(Duration::from_secs(1)); // warm up
     let (p0, f0, b0, c0, t0) = (
         popped.load(Relaxed),
-        UpstreamStats::get(&stats.frames),
-        UpstreamStats::get(&stats.bytes),
+        stats.frames.get(),
+        stats.bytes.get(),
         thread_cpu("dhan-net"),
         Instant::now(),
     );
     std::thread::sleep(Duration::from_secs(args.seconds));
     let (p1, f1, b1, c1, secs) = (
         popped.load(Relaxed),
-        UpstreamStats::get(&stats.frames),
-        UpstreamStats::get(&stats.bytes),
+        stats.frames.get(),
+        stats.bytes.get(),
         thread_cpu("dhan-net"),
         t0.elapsed().as_secs_f64(),
     );
@@ -214,7 +214,7 @@ fn main() {
     }
     println!(
         "  ring-full waits         {:>12}",
-        UpstreamStats::get(&stats.ring_full_waits)
+        stats.ring_full_waits.get()
     );
     println!(
         "  decode errors           {:>12}",

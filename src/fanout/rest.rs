@@ -331,9 +331,16 @@ impl RestState {
 
     /// Every counter of every thread, sampled now.
     fn counters(&self) -> Vec<Sample> {
-        let mut v = upstream_samples(&self.upstream);
-        v.extend(self.book.counters().iter().map(|c| c.sample()));
-        v.extend(self.fanout.all().iter().map(|c| c.sample()));
+        let mut v: Vec<Sample> = (self.upstream.counters().iter())
+            .chain(self.book.counters().iter())
+            .chain(self.fanout.all().iter())
+            .map(|c| c.sample())
+            .collect();
+        v.push((
+            "upstream_connections_up",
+            "Upstream connections up now",
+            self.upstream.connections_up() as u64,
+        ));
         v
     }
 
@@ -437,63 +444,6 @@ impl RestState {
         })
         .to_string()
     }
-}
-
-/// The network thread's scalar counters.
-fn upstream_samples(u: &UpstreamStats) -> Vec<Sample> {
-    let g = UpstreamStats::get;
-    vec![
-        (
-            "upstream_frames_total",
-            "Binary frames received from DhanHQ",
-            g(&u.frames),
-        ),
-        (
-            "upstream_bytes_total",
-            "Bytes of binary frames received",
-            g(&u.bytes),
-        ),
-        (
-            "upstream_connect_attempts_total",
-            "Upstream connection attempts",
-            g(&u.connect_attempts),
-        ),
-        (
-            "upstream_connects_total",
-            "Upstream WebSocket handshakes completed",
-            g(&u.connects),
-        ),
-        (
-            "upstream_disconnects_total",
-            "Upstream connections lost",
-            g(&u.disconnects),
-        ),
-        (
-            "upstream_silent_drops_total",
-            "Upstream sockets dropped for silence",
-            g(&u.silent_drops),
-        ),
-        (
-            "upstream_auth_failures_total",
-            "Disconnects with 807, 808 or 809",
-            g(&u.auth_failures),
-        ),
-        (
-            "upstream_ring_full_waits_total",
-            "Times the network thread waited on a full tick ring",
-            g(&u.ring_full_waits),
-        ),
-        (
-            "upstream_rejected_subscriptions_total",
-            "Subscriptions refused: every connection full",
-            g(&u.rejected_subscriptions),
-        ),
-        (
-            "upstream_connections_up",
-            "Upstream connections up now",
-            u.connections_up() as u64,
-        ),
-    ]
 }
 
 /// One labelled counter family in Prometheus text format.

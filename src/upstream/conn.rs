@@ -27,7 +27,7 @@ use tungstenite::{Message, WebSocket};
 
 use super::backoff::{Backoff, BackoffConfig};
 use super::dns::Lookups;
-use super::stats::{inc, SlotState, UpstreamStats};
+use super::stats::{SlotState, UpstreamStats};
 use super::tls::{self, Transport};
 use super::Credentials;
 use crate::clock;
@@ -84,7 +84,7 @@ impl TickSink {
             self.pushed = true;
             return;
         };
-        inc(&stats.ring_full_waits);
+        stats.ring_full_waits.inc();
         loop {
             if !self.ring.read_is_held() || self.stopping.load(Relaxed) {
                 return;
@@ -261,7 +261,7 @@ impl Conn {
             } => {
                 let quiet = now.saturating_duration_since(*last_rx);
                 if quiet >= silence {
-                    inc(&env.stats.silent_drops);
+                    env.stats.silent_drops.inc();
                     let why = format!("no data and no ping for {quiet:.1?}: the socket is dead");
                     return self.fail(env, now, Failure::Error(why));
                 }
@@ -407,7 +407,7 @@ impl Conn {
     /// Starts an attempt: straight to TCP for an IP literal, else a name
     /// lookup on another thread (resolved afresh for every attempt).
     fn connect(&mut self, env: &mut Env<'_>, now: Instant) -> Transition {
-        inc(&env.stats.connect_attempts);
+        env.stats.connect_attempts.inc();
         let settings = env.settings;
         if let Some(addr) = settings.literal {
             return self.open(env, now, addr);
@@ -497,7 +497,7 @@ impl Conn {
     ) -> Transition {
         match result {
             Ok((ws, _response)) => {
-                inc(&env.stats.connects);
+                env.stats.connects.inc();
                 env.stats.set_slot(self.slot, SlotState::Up);
                 log::info!(
                     "upstream[{}] connected to {}",
@@ -558,7 +558,7 @@ impl Conn {
                 }
                 Ok(Message::Text(text)) => {
                     *last_rx = now;
-                    inc(&env.stats.text_frames);
+                    env.stats.text_frames.inc();
                     let shown: String = text.chars().take(200).collect();
                     log::warn!(
                         "upstream[{}] sent text: {}",
@@ -605,7 +605,7 @@ impl Conn {
     fn fail(&mut self, env: &mut Env<'_>, now: Instant, failure: Failure) -> Transition {
         let was_up = match std::mem::replace(&mut self.phase, Phase::Down { retry_at: None }) {
             Phase::Up { since, .. } => {
-                inc(&env.stats.disconnects);
+                env.stats.disconnects.inc();
                 if now.saturating_duration_since(since) >= STABLE_AFTER {
                     self.backoff.reset();
                 }
@@ -647,10 +647,8 @@ impl Conn {
 fn decode_frame(frame: &[u8], env: &mut Env<'_>) -> Option<DisconnectReason> {
     let recv_ns = clock::now_ns();
     let stats = env.stats;
-    inc(&stats.frames);
-    stats
-        .bytes
-        .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    stats.frames.inc();
+    stats.bytes.add(frame.len() as u64);
     let mut disconnect = None;
     for packet in feed::packets(frame) {
         match packet {

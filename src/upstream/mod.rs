@@ -195,9 +195,7 @@ impl Upstream {
         let stats = Arc::new(UpstreamStats::default());
         let slots = config.max_connections.clamp(1, MAX_SLOTS);
         let shards = Shards::new(slots, config.max_per_connection);
-        stats
-            .instrument_capacity
-            .store(shards.capacity() as u64, Ordering::Relaxed);
+        stats.instrument_capacity.set(shards.capacity() as u64);
         let stopping = Arc::new(AtomicBool::new(false));
         let net = Net {
             lookups: Lookups::new(Arc::clone(&config.resolver), Arc::clone(&waker), slots),
@@ -446,13 +444,9 @@ impl Net {
                 }
             }
         }
-        self.stats
-            .instruments_held
-            .store(self.shards.total() as u64, Ordering::Relaxed);
+        self.stats.instruments_held.set(self.shards.total() as u64);
         if let Some(first) = first_refused {
-            self.stats
-                .rejected_subscriptions
-                .fetch_add(refused, Ordering::Relaxed);
+            self.stats.rejected_subscriptions.add(refused);
             log::warn!(
                 "upstream capacity full: {refused} instruments refused (first: {first}); \
                  {} connections × {} instruments are all taken",

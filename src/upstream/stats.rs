@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 
+use crate::metrics::Counter;
 use crate::wire::feed::{FeedData, FeedMessage};
 use crate::wire::{DisconnectReason, WireError};
 
@@ -78,41 +79,41 @@ impl SlotState {
 }
 
 /// The network thread's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UpstreamStats {
     /// Binary frames received.
-    pub frames: AtomicU64,
+    pub frames: Counter,
     /// Bytes of binary frames received.
-    pub bytes: AtomicU64,
+    pub bytes: Counter,
     /// Packets decoded, by [`PACKET_KINDS`].
     pub packets: [AtomicU64; 7],
     /// Decode errors, by [`WireError::KINDS`].
     pub decode_errors: [AtomicU64; 7],
     /// Connection attempts started.
-    pub connect_attempts: AtomicU64,
+    pub connect_attempts: Counter,
     /// WebSocket handshakes completed.
-    pub connects: AtomicU64,
+    pub connects: Counter,
     /// Connections lost or closed by the server after being up.
-    pub disconnects: AtomicU64,
+    pub disconnects: Counter,
     /// Connections dropped because nothing arrived for the silence timeout.
-    pub silent_drops: AtomicU64,
+    pub silent_drops: Counter,
     /// Disconnect packets with 807, 808 or 809.
-    pub auth_failures: AtomicU64,
+    pub auth_failures: Counter,
     /// Times a tick found the ring full and the thread had to wait.
-    pub ring_full_waits: AtomicU64,
+    pub ring_full_waits: Counter,
     /// Subscriptions refused because every connection was full.
-    pub rejected_subscriptions: AtomicU64,
+    pub rejected_subscriptions: Counter,
     /// Instruments the account's connections can carry: connection slots
     /// (`max_connections`, at most [`MAX_SLOTS`]) × `max_per_connection`.
     /// Fixed at start, so a caller can refuse a subscription before sending
     /// it rather than have it counted in `rejected_subscriptions`.
-    pub instrument_capacity: AtomicU64,
+    pub instrument_capacity: Counter,
     /// Instruments subscribed (or waiting for a connection to carry them)
     /// across all connections, as of the last command batch the network
     /// thread applied; at most `instrument_capacity`.
-    pub instruments_held: AtomicU64,
+    pub instruments_held: Counter,
     /// Text frames from the server (DhanHQ sends binary; text is logged).
-    pub text_frames: AtomicU64,
+    pub text_frames: Counter,
     /// The most recent disconnect reason code (0 = none yet).
     pub last_disconnect_code: AtomicU32,
     /// Disconnect packets by reason, in [`DISCONNECT_REASONS`] order (the
@@ -123,11 +124,86 @@ pub struct UpstreamStats {
     last_error: Mutex<Option<String>>,
 }
 
+impl Default for UpstreamStats {
+    fn default() -> Self {
+        UpstreamStats {
+            frames: Counter::new(
+                "upstream_frames_total",
+                "Binary frames received from DhanHQ",
+            ),
+            bytes: Counter::new("upstream_bytes_total", "Bytes of binary frames received"),
+            connect_attempts: Counter::new(
+                "upstream_connect_attempts_total",
+                "Upstream connection attempts",
+            ),
+            connects: Counter::new(
+                "upstream_connects_total",
+                "Upstream WebSocket handshakes completed",
+            ),
+            disconnects: Counter::new("upstream_disconnects_total", "Upstream connections lost"),
+            silent_drops: Counter::new(
+                "upstream_silent_drops_total",
+                "Upstream sockets dropped for silence",
+            ),
+            auth_failures: Counter::new(
+                "upstream_auth_failures_total",
+                "Disconnects with 807, 808 or 809",
+            ),
+            ring_full_waits: Counter::new(
+                "upstream_ring_full_waits_total",
+                "Times the network thread waited on a full tick ring",
+            ),
+            rejected_subscriptions: Counter::new(
+                "upstream_rejected_subscriptions_total",
+                "Subscriptions refused: every connection full",
+            ),
+            instrument_capacity: Counter::new(
+                "upstream_slots_capacity",
+                "Instruments the upstream connections can carry",
+            ),
+            instruments_held: Counter::new(
+                "upstream_slots_held",
+                "Instruments the network thread holds on its connections",
+            ),
+            text_frames: Counter::new(
+                "upstream_text_frames_total",
+                "Text frames from DhanHQ (it sends binary; logged)",
+            ),
+            packets: Default::default(),
+            decode_errors: Default::default(),
+            last_disconnect_code: AtomicU32::new(0),
+            disconnect_reasons: Default::default(),
+            slots: Default::default(),
+            error_logged: Default::default(),
+            last_error: Mutex::new(None),
+        }
+    }
+}
+
 pub(crate) fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Relaxed);
 }
 
 impl UpstreamStats {
+    /// Every scalar counter for `/metrics`, in order. The labelled
+    /// families (packets, decode errors, disconnect reasons) are rendered
+    /// apart, and the capacity figures are the fanout's to report: it also
+    /// knows what is queued and what waits out its grace period.
+    pub fn counters(&self) -> [&Counter; 10] {
+        [
+            &self.frames,
+            &self.bytes,
+            &self.connect_attempts,
+            &self.connects,
+            &self.disconnects,
+            &self.silent_drops,
+            &self.auth_failures,
+            &self.ring_full_waits,
+            &self.rejected_subscriptions,
+            &self.text_frames,
+        ]
+    }
+
     pub(crate) fn count_packet(&self, message: &FeedMessage) {
         let i = match message {
             FeedMessage::Data(_, data) => match data {
@@ -166,7 +242,7 @@ impl UpstreamStats {
         self.last_disconnect_code
             .store(u32::from(reason.code()), Relaxed);
         if reason.is_auth_failure() {
-            inc(&self.auth_failures);
+            self.auth_failures.inc();
         }
         let i = DISCONNECT_REASONS
             .iter()
