@@ -24,6 +24,11 @@
 //!   "encode once, N subscribers cost N × tiny" figure; N = 1 shows render
 //!   + one client.
 //!
+//! * `subscribe_1000/book_N`: what subscribing to 1,000 known instruments
+//!   costs the fanout thread (topic refcount and capacity, snapshot look-up,
+//!   snapshot message) against a book of N = 1,000 and 25,000 instruments.
+//!   The two must match: the cost is O(instruments asked), not O(book).
+//!
 //! Inputs come from a fixed-seed PRNG so runs compare. The bench profile has
 //! `lto = true, codegen-units = 1`. Timings are short (about a minute in
 //! all) for small, noisy machines.
@@ -37,11 +42,12 @@ use std::hint::black_box;
 use std::io::Write;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use dhan_relay::book::{Book, Update};
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
 use dhan_relay::fanout::outbound::Outbound;
 use dhan_relay::fanout::render::Renderer;
+use dhan_relay::fanout::topics::Topics;
 use dhan_relay::tick::Tick;
 use dhan_relay::wire::feed::{DepthLevel, FeedData, Full, Oi, PrevClose, Quote, Ticker};
 
@@ -270,5 +276,54 @@ fn fanout_subscribers(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, book_apply, fanout_render, fanout_subscribers);
+/// What subscribing costs per instrument on the fanout thread: the topic
+/// (refcount and capacity), the snapshot look-up and the snapshot message,
+/// for 1,000 known instruments against books of 1,000 and 25,000. Flat
+/// across book sizes means O(instruments asked), not O(book).
+fn subscribe_1000(c: &mut Criterion) {
+    let mut g = c.benchmark_group("subscribe_1000");
+    g.warm_up_time(Duration::from_millis(800))
+        .measurement_time(Duration::from_secs(4))
+        .throughput(Throughput::Elements(1_000));
+    let mut renderer = Renderer::new();
+    for size in [1_000u32, 25_000] {
+        let mut book = Book::new();
+        for i in 0..size {
+            book.apply(&Tick {
+                key: key(i),
+                data: FeedData::Ticker(Ticker {
+                    ltp: 100.0 + i as f32 * 0.05,
+                    ltt: LTT,
+                }),
+                recv_ns: 1,
+            });
+        }
+        let snapshot = book.snapshot();
+        // The last 1,000 instruments: the worst place for a linear scan.
+        let wanted: Vec<InstrumentKey> = (size - 1_000..size).map(key).collect();
+        g.bench_function(BenchmarkId::from_parameter(format!("book_{size}")), |b| {
+            b.iter_batched(
+                || Topics::new(Duration::from_secs(2), 25_000),
+                |mut topics| {
+                    for k in &wanted {
+                        topics.add(1, *k, Mode::Ticker);
+                        let state = snapshot.get(*k).expect("in the book");
+                        black_box(renderer.state(state, Mode::Ticker, None));
+                    }
+                    topics
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    book_apply,
+    fanout_render,
+    fanout_subscribers,
+    subscribe_1000
+);
 criterion_main!(benches);

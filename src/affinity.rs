@@ -1,4 +1,5 @@
-//! CPU pinning for the engine's threads.
+//! CPU placement for the engine's threads: pinning, and a lower priority
+//! for background threads.
 //!
 //! Pinning is opt-in (`core: Some(n)`): the default is to let the OS place
 //! threads, which is right on a small shared box. A core that does not exist
@@ -13,5 +14,49 @@ pub fn pin(role: &str, core: Option<usize>) {
             log::info!("{role} thread pinned to core {id}");
         }
         _ => log::warn!("{role} thread: cannot pin to core {id}; running unpinned"),
+    }
+}
+
+/// Lowers the current thread's scheduling priority (nice 10) so background
+/// work — symbol resolution, REST bodies — yields the CPU to the hot
+/// threads on a small box instead of competing with them. Best effort: a
+/// refusal is logged and ignored.
+pub fn background(role: &str) {
+    // SAFETY: gettid has no preconditions and touches no memory.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    // SAFETY: setpriority reads its integer arguments only; `tid` is this
+    // thread, which is alive for the call.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) };
+    if rc != 0 {
+        log::debug!(
+            "{role} thread: priority not lowered: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn background_lowers_only_the_calling_thread() {
+        let nice = || {
+            // SAFETY: getpriority reads its integer arguments only.
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+        };
+        let before = nice();
+        let inside = std::thread::spawn(move || {
+            super::background("test");
+            // SAFETY: as above; `who` = this thread's id.
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+            // SAFETY: getpriority reads its integer arguments only.
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) }
+        })
+        .join()
+        .unwrap();
+        assert!(
+            inside >= before + 10 || inside == 19,
+            "nice {before} → {inside}"
+        );
+        assert_eq!(nice(), before, "the caller keeps its priority");
     }
 }

@@ -2,9 +2,10 @@
 //! client per turn), the rate limit, subscribe/unsubscribe/ping, and
 //! applying the resolver's answers.
 //!
-//! Work a client controls is bounded: at most [`READ_BUDGET`] frames per
-//! turn (the rest wait for the next turn, so a flood from one socket cannot
-//! hold the loop), every frame — pings included — counts against the rate
+//! Work a client controls is bounded: at most [`READ_BUDGET`] frames and
+//! [`READ_BYTES_BUDGET`] bytes of text per turn (the rest wait for the next
+//! turn, so a flood from one socket cannot hold the loop; parsing a 64 KiB
+//! message is about 0.3 ms), every frame — pings included — counts against the rate
 //! limit, a rate-limited frame is dropped unparsed with at most one notice
 //! a second, and a message naming symbols goes to the resolver thread
 //! while the client's socket waits.
@@ -18,7 +19,7 @@ use super::protocol::{self, ClientMessage, InstrumentRef};
 use super::resolver::{Job, Op};
 use super::session::{Kind, Session, Slot};
 use super::topics::Admission;
-use super::{Worker, READ_BUDGET};
+use super::{Worker, READ_BUDGET, READ_BYTES_BUDGET};
 use crate::domain::{InstrumentKey, Mode};
 
 /// Instruments named in one error message, at most.
@@ -73,9 +74,11 @@ impl Worker {
 
     fn read_session(&mut self, i: usize, s: &mut Session, now: Instant) -> Read {
         let mut read = Read::More;
+        let mut text_bytes = 0;
         for _ in 0..READ_BUDGET {
             match s.read() {
                 Ok(Message::Text(text)) => {
+                    text_bytes += text.len();
                     if s.allow_frame(now) {
                         self.on_text(i, s, text.as_str(), now);
                     } else {
@@ -84,6 +87,9 @@ impl Worker {
                     if s.awaiting {
                         read = Read::Done;
                         break;
+                    }
+                    if text_bytes >= READ_BYTES_BUDGET {
+                        break; // parsing is the cost: one big message a turn
                     }
                 }
                 Ok(Message::Binary(_)) => {

@@ -123,6 +123,7 @@ impl FrontDoor {
         fanout_waker: Arc<Waker>,
         stop: Arc<AtomicBool>,
     ) {
+        crate::affinity::background("front door");
         let mut front = Front {
             poll: self.poll,
             listener: self.listener,

@@ -68,6 +68,9 @@ const WAKER: Token = Token(usize::MAX);
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Frames read from one client per loop turn; the rest wait a turn.
 pub const READ_BUDGET: usize = 16;
+/// Bytes of text parsed from one client per loop turn, at most (after the
+/// message that crosses it).
+pub const READ_BYTES_BUDGET: usize = 16 * 1024;
 /// New clients taken from the front door per loop turn.
 const ACCEPT_BUDGET: usize = 256;
 /// Shortest time between two published views.

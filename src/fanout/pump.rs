@@ -101,13 +101,15 @@ impl Worker {
         if !changes.promoted.is_empty() {
             self.announce_promoted(&changes.promoted, now);
         }
-        if !changes.subscribe.is_empty() {
-            self.upstream.send(Command::Subscribe(changes.subscribe));
-            self.view_dirty = true;
-        }
+        // Unsubscribes first: the network thread applies commands in order,
+        // and a promoted instrument needs the slot the unsubscribe frees.
         if !changes.unsubscribe.is_empty() {
             self.upstream
                 .send(Command::Unsubscribe(changes.unsubscribe));
+            self.view_dirty = true;
+        }
+        if !changes.subscribe.is_empty() {
+            self.upstream.send(Command::Subscribe(changes.subscribe));
             self.view_dirty = true;
         }
     }

@@ -104,6 +104,7 @@ pub fn run(
     view: SharedView,
     clock: WallClock,
 ) {
+    crate::affinity::background("resolver");
     for job in jobs {
         let answer = resolve(job, &master, &view, &clock);
         if answers.send(answer).is_err() {
