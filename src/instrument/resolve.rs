@@ -561,7 +561,8 @@ impl Master {
     }
 
     /// The instruments closest to an unknown name: search hits first, then
-    /// underlyings within a small edit distance (typos).
+    /// underlyings within a small edit distance (typos), else the hits of
+    /// the longest prefix that has any.
     fn closest(&self, body: &str, exchange: Option<Exchange>, today: Date) -> Vec<Candidate> {
         let mut out: Vec<Candidate> = Vec::new();
         let push = |c: Candidate, out: &mut Vec<Candidate>| {
@@ -598,6 +599,25 @@ impl Master {
                 .unwrap_or_else(|_| self.at(first));
             if exchange.map_or(true, |e| inst.exchange() == e) {
                 push(inst.into(), &mut out);
+            }
+        }
+        // Nothing alike yet (a typo plus extra characters, `RELIANCX12`):
+        // the longest prefix of at least 3 characters that finds something
+        // (`RELIANC` → RELIANCE). A search per character dropped, at most.
+        if out.is_empty() {
+            let ends: Vec<usize> = body.char_indices().map(|(i, _)| i).skip(3).collect();
+            for &end in ends.iter().rev() {
+                let mut hits = self
+                    .search(&body[..end], MAX_CANDIDATES * 4)
+                    .into_iter()
+                    .filter(|i| exchange.map_or(true, |e| i.exchange() == e))
+                    .peekable();
+                if hits.peek().is_some() {
+                    for i in hits {
+                        push(i.into(), &mut out);
+                    }
+                    break;
+                }
             }
         }
         out
@@ -773,6 +793,17 @@ mod tests {
                  CRUDOIL, FOO"
             ),
             "candidates for the first failure only"
+        );
+        // A typo plus extra characters: candidates by the longest prefix.
+        let r = m.resolve_many(["RELIANCX12", "QZX0000W"], t, 3);
+        assert_eq!(
+            r.error.as_deref(),
+            Some(
+                "2 of 2 symbols not found: RELIANCX12 (did you mean RELIANCE (NSE_EQ 2885), \
+                 RELIANCE (BSE_EQ 500325), RELIANCE-Oct2026-FUT (NSE_FNO 52012), \
+                 RELIANCE-Nov2026-FUT (NSE_FNO 52013), RELIANCE-Dec2026-FUT (NSE_FNO 52014)?), \
+                 QZX0000W"
+            )
         );
         let r = m.resolve_many(["NIFTY", "BANKNIFTY"], t, 3);
         assert_eq!((r.found.len(), r.failed, r.error), (2, 0, None));
