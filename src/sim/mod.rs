@@ -97,7 +97,9 @@ use shared::{lock, Control, Endpoint, Out, Settings, Shared};
 pub const QUEUE_CAPACITY: usize = 16_384;
 
 /// How the simulator is set up. [`Default`] gives DhanHQ's published limits,
-/// plain `ws://` on an ephemeral loopback port, and no generated ticks.
+/// plain `ws://` on an ephemeral loopback port, no generated ticks, and the
+/// embedded sample master's price levels (so `SimConfig { ticks_per_sec,
+/// ..SimConfig::default() }` is a realistic demo feed).
 #[derive(Clone)]
 pub struct SimConfig {
     /// Where to listen; port 0 picks a free port (see [`Simulator::addr`]).
