@@ -1015,6 +1015,16 @@ impl Master {
         by_name
     }
 
+    /// The rows of `under` of one kind (its futures, say), in rank order.
+    /// An underlying's rows are in rank order, and rank sorts by kind first,
+    /// so that is one slice found by two binary searches.
+    pub(crate) fn contracts(&self, under: &str, kind: Kind) -> &[u32] {
+        let rows = self.by_under.get(under).map_or(&[][..], |v| v.as_slice());
+        let from = rows.partition_point(|&i| self.rows[i as usize].kind < kind);
+        let to = rows.partition_point(|&i| self.rows[i as usize].kind <= kind);
+        &rows[from..to]
+    }
+
     /// The upper-cased `SM_SYMBOL_NAME` (the record's last field).
     pub(crate) fn name_upper(&self, row: u32) -> &[u8] {
         let r = &self.rows[row as usize];

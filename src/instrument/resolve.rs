@@ -395,13 +395,12 @@ impl Master {
             return self.best_of(query, &exact);
         }
         // 3. An underlying known only by its derivatives.
-        if let Some(rows) = self.by_under.get(body) {
-            if rows
-                .iter()
-                .any(|&i| self.at(i).kind() == Kind::Future && in_exchange(&self.at(i)))
-            {
-                return self.nearest(query, body, exchange, today, None);
-            }
+        if self
+            .contracts(body, Kind::Future)
+            .iter()
+            .any(|&i| in_exchange(&self.at(i)))
+        {
+            return self.nearest(query, body, exchange, today, None);
         }
         // 4. Custom symbol, then company name.
         let custom: Vec<Instrument<'_>> = self
@@ -491,13 +490,10 @@ impl Master {
             Kind::Future
         };
         let rows: Vec<Instrument<'_>> = self
-            .by_under
-            .get(under)
-            .map(|v| v.as_slice())
-            .unwrap_or_default()
+            .contracts(under, kind)
             .iter()
             .map(|&i| self.at(i))
-            .filter(|i| i.kind() == kind && i.expiry().is_some())
+            .filter(|i| i.expiry().is_some())
             .filter(|i| match option {
                 Some((strike, t)) => {
                     i.option_type() == Some(t)
@@ -701,6 +697,23 @@ mod tests {
                     "{}",
                     String::from_utf8_lossy(name)
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn an_underlyings_rows_are_in_kind_order() {
+        let m = Master::parse(super::super::synth::generate(8_000, 5).as_bytes()).unwrap();
+        for (under, rows) in &m.by_under {
+            let kinds: Vec<Kind> = rows.iter().map(|&i| m.at(i).kind()).collect();
+            assert!(kinds.windows(2).all(|w| w[0] <= w[1]), "{under}");
+            for kind in [Kind::Index, Kind::Equity, Kind::Future, Kind::Option] {
+                let want: Vec<u32> = rows
+                    .iter()
+                    .copied()
+                    .filter(|&i| m.at(i).kind() == kind)
+                    .collect();
+                assert_eq!(m.contracts(under, kind), want, "{under} {kind:?}");
             }
         }
     }
