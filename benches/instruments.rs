@@ -1,12 +1,15 @@
-//! Scrip-master load and search on a generated 290,000-row master (the size
-//! of DhanHQ's file), with pandas.read_csv on the same file for comparison.
+//! Scrip-master load, search and symbol resolution on a generated
+//! 290,000-row master (the size of DhanHQ's file), with pandas.read_csv on
+//! the same file for comparison.
 //!
 //!     cargo bench --bench instruments
+//!     cargo bench --bench instruments -- bulk    # the bulk-subscribe group only
 //!
 //! First a summary (load + index: best and median of 7 runs, pandas on the
 //! same file through `tools/master_bench.py` when python3 has pandas; search
-//! latency percentiles over queries typed keystroke by keystroke), then the
-//! criterion groups.
+//! latency percentiles over queries typed keystroke by keystroke; a
+//! 1,000-name subscribe of misspelt names resolved name by name with
+//! candidates, and in bulk), then the criterion groups.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -14,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use dhan_relay::instrument::{synth, Date, Master};
+use dhan_relay::instrument::{synth, Date, Kind, Master};
 
 const ROWS: usize = 290_000;
 
@@ -77,6 +80,25 @@ fn queries() -> Vec<String> {
         out.push(q.to_string());
     }
     out
+}
+
+/// A subscribe message's worth (1,000) of names the master does not know:
+/// equity symbols with the last letter wrong and two digits added
+/// (`RELIANCX12`), every fourth a name like nothing in the file.
+fn near_misses(master: &Master) -> Vec<String> {
+    let mut equities = master
+        .iter()
+        .filter(|i| i.kind() == Kind::Equity)
+        .map(|i| i.symbol());
+    (0..1_000)
+        .map(|i| match (i % 4, equities.next()) {
+            (0, _) | (_, None) => format!("QZX{i:04}W"),
+            (_, Some(sym)) => {
+                let stem = &sym[..sym.len() - 1];
+                format!("{stem}X{:02}", i % 100)
+            }
+        })
+        .collect()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -213,7 +235,62 @@ fn summary(path: &PathBuf) -> Master {
         phases.join(", "),
         master.heap_bytes() as f64 / 1e6
     );
+    bulk_summary(&master);
     master
+}
+
+/// One 1,000-name subscribe of misspelt names: per name with candidates
+/// (what the fanout did), per name without, and in bulk with candidates for
+/// three.
+fn bulk_summary(master: &Master) {
+    let today = Date::from_ymd(2026, 11, 22).expect("date");
+    let names = near_misses(master);
+    let unknown = names
+        .iter()
+        .filter(|n| master.resolve_exact(n, today).is_err())
+        .count();
+    let t0 = Instant::now();
+    for n in &names {
+        black_box(master.resolve(n, today).is_ok());
+    }
+    let per_name = t0.elapsed();
+    let mut lat: Vec<Duration> = names
+        .iter()
+        .map(|n| {
+            let t0 = Instant::now();
+            black_box(master.resolve_exact(n, today).is_ok());
+            t0.elapsed()
+        })
+        .collect();
+    lat.sort();
+    let t0 = Instant::now();
+    let r = master.resolve_many(&names, today, 3);
+    let bulk = t0.elapsed();
+    println!(
+        "  subscribe of 1,000 names ({unknown} unknown): resolve per name {:.0} ms; \
+         resolve_many(.., 3) {:.2} ms; resolve_exact per name p50 {:.1} µs, max {:.1} µs",
+        ms(per_name),
+        ms(bulk),
+        percentile(&lat, 0.5).as_secs_f64() * 1e6,
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e6,
+    );
+    let error = r.error.unwrap_or_default();
+    println!(
+        "  its error: {}",
+        error.chars().take(200).collect::<String>()
+    );
+    // Derivative-shaped names walk their underlying's contracts: the
+    // biggest underlying bounds them.
+    let options: Vec<String> = (0..1_000)
+        .map(|i| format!("NIFTY {} CE", 12_345 + i))
+        .collect();
+    let t0 = Instant::now();
+    let r = master.resolve_many(&options, today, 3);
+    println!(
+        "  1,000 NIFTY options at strikes that do not exist: resolve_many(.., 3) {:.2} ms ({} failed)",
+        ms(t0.elapsed()),
+        r.failed
+    );
 }
 
 fn main() {
@@ -239,6 +316,39 @@ fn main() {
     for q in ["RELIANCE", "CRUDEOIL", "NIFTY FUT"] {
         g.bench_function(q, |b| b.iter(|| master.resolve(black_box(q), today)));
     }
+    for q in ["RELIANCX12", "QZX0000W"] {
+        g.bench_function(format!("exact_unknown_{q}"), |b| {
+            b.iter(|| master.resolve_exact(black_box(q), today))
+        });
+    }
+    g.finish();
+    // A 1,000-name subscribe of misspelt names: in bulk, against the old
+    // way (candidates for every name; 100 of them, it takes seconds for
+    // all 1,000 — the summary above times those once).
+    let names = near_misses(&master);
+    let mut g = c.benchmark_group("bulk");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(names.len() as u64));
+    g.bench_function("resolve_many_1000_suggest_3", |b| {
+        b.iter(|| master.resolve_many(black_box(&names), today, 3))
+    });
+    g.bench_function("resolve_exact_1000", |b| {
+        b.iter(|| {
+            names
+                .iter()
+                .filter(|n| master.resolve_exact(black_box(n), today).is_ok())
+                .count()
+        })
+    });
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("resolve_per_name_first_100", |b| {
+        b.iter(|| {
+            names[..100]
+                .iter()
+                .filter(|n| master.resolve(black_box(n), today).is_ok())
+                .count()
+        })
+    });
     g.finish();
     c.final_summary();
 }

@@ -20,7 +20,7 @@ use dhan_relay::engine::Engine;
 use dhan_relay::instrument::date::ist_instant;
 use dhan_relay::instrument::source::{self, Origin, Source, SourceConfig, CACHE_FILE};
 use dhan_relay::instrument::watch::{plan_rolls, resolve_watchlist, RollSchedule, WatchSpec};
-use dhan_relay::instrument::{Date, Exchange, Kind, Master, ResolveError, WallClock};
+use dhan_relay::instrument::{Date, Exchange, Kind, Master, ResolveError, WallClock, Watchlist};
 use dhan_relay::sim::SimControl;
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
@@ -373,6 +373,69 @@ fn ambiguous_and_unknown_names_list_the_closest_candidates() {
 }
 
 #[test]
+fn bulk_resolution_suggests_for_a_few_and_sums_up_the_rest() {
+    let m = fixture();
+    let t = today();
+    // resolve_exact keeps resolve's answers; only unknown names differ.
+    for q in [
+        "NIFTY",
+        "CRUDEOIL",
+        "NSE:RELIANCE",
+        "NIFTY 25000 CE",
+        "RELIANCE INDUSTRIES LTD",
+        "TATA STEEL LIMITED",
+        "NIFTY-Dec2026-25000-CE",
+    ] {
+        match (m.resolve(q, t), m.resolve_exact(q, t)) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{q}"),
+            (Err(a), Err(b)) => assert_eq!(a, b, "{q}"),
+            (a, b) => panic!("{q}: {a:?} vs {b:?}"),
+        }
+    }
+    match m.resolve_exact("RELAINCE", t) {
+        Err(ResolveError::Unknown { candidates, .. }) => assert!(candidates.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    // A 1,000-name subscribe: three hits, an ambiguity, a typo, and near
+    // misses; candidates for the first three unknown names only (an
+    // ambiguity lists its own).
+    let mut names: Vec<String> = ["NIFTY", "TATA STEEL LIMITED", "RELAINCE", "crudeoil"]
+        .map(String::from)
+        .to_vec();
+    names.extend((0..995).map(|i| format!("RELIANCX{i}")));
+    names.push("BSE:RELIANCE".into());
+    let r = m.resolve_many(&names, t, 3);
+    let found: Vec<(usize, InstrumentKey)> = r.found.iter().map(|f| (f.index, f.key)).collect();
+    assert_eq!(
+        found,
+        [
+            (0, key(Segment::IdxI, 13)),
+            (3, key(Segment::McxComm, 472794)),
+            (999, key(Segment::BseEq, 500325)),
+        ]
+    );
+    assert_eq!(r.failed, 997);
+    let e = r.error.unwrap();
+    assert!(
+        e.starts_with("997 of 1000 symbols not resolved: TATA STEEL LIMITED (ambiguous: TATASTEEL (NSE_EQ 3499), TATASTLPP (NSE_EQ 5098)"),
+        "{e}"
+    );
+    assert!(
+        e.contains(", RELAINCE (did you mean RELIANCE (NSE_EQ 2885)?), "),
+        "{e}"
+    );
+    assert!(
+        e.contains(", RELIANCX0 (did you mean RELIANCE (NSE_EQ 2885)"),
+        "{e}"
+    );
+    assert!(
+        e.contains(", RELIANCX1 (did you mean RELIANCE (NSE_EQ 2885)?), RELIANCX2, RELIANCX3, "),
+        "no candidates after the third unknown name: {e}"
+    );
+    assert!(e.ends_with(", RELIANCX17, … and 977 more"), "{e}");
+}
+
+#[test]
 fn search_ranks_exact_prefix_substring_and_renders_the_api_object() {
     let m = fixture();
     let r = m.search("relia", 20);
@@ -486,6 +549,17 @@ fn the_daily_check_rolls_an_expired_future_once_at_the_configured_time() {
     assert!(
         rolls.is_empty() && warnings[0].contains("keeps MCX_COMM:472787"),
         "{warnings:?}"
+    );
+    // The Watchlist does the same on its own schedule and moves itself.
+    let mut w = Watchlist::new(r, at, nov19);
+    assert!(w.roll_due(&m, ist_instant(nov20, 8, 44)).is_empty());
+    let rolls = w.roll_due(&m, ist_instant(nov20, 8, 45));
+    assert_eq!(rolls.len(), 1);
+    assert_eq!(w.key_of("crudeoil"), Some(key(Segment::McxComm, 472794)));
+    assert_eq!(w.symbol_of(key(Segment::IdxI, 13)), Some("NIFTY"));
+    assert_eq!(
+        w.items().iter().map(|i| i.key).collect::<Vec<_>>(),
+        [key(Segment::McxComm, 472794), key(Segment::IdxI, 13)]
     );
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
+use dhan_relay::instrument::Master;
 use dhan_relay::sim::{SimConfig, SimControl, SimStats, SimTls, Simulator};
 use dhan_relay::wire::depth::{self, DepthMessage, Side};
 use dhan_relay::wire::feed::{self, FeedData, FeedMessage, Full, Quote};
@@ -384,6 +385,76 @@ fn quote_mode_and_open_interest_for_derivatives() {
         }
     }
     assert!(quotes >= 60 && ois >= 3, "{quotes} quotes, {ois} OI");
+}
+
+#[test]
+fn defaults_start_at_the_sample_masters_levels_and_indices_trade_no_volume() {
+    let master = Master::sample();
+    let level = |k: InstrumentKey| master.get(k).and_then(|i| i.reference_price()).unwrap();
+    let near = |k: InstrumentKey, p: f32| {
+        let r = level(k);
+        assert!(
+            (f64::from(p) - r).abs() <= r * 0.05,
+            "{k}: {p} is not within 5 % of {r}"
+        );
+    };
+    assert_eq!(level(NIFTY), 25_800.0);
+    let sensex = InstrumentKey::new(Segment::IdxI, 51);
+    let banknifty = InstrumentKey::new(Segment::IdxI, 25);
+    let (sim, _ctl) = start(rate(600));
+    let mut ws = connect(&sim, "tok", "C");
+    next_packets(&mut ws);
+    subscribe(&mut ws, RequestCode::SubscribeQuote, &[NIFTY, RELIANCE]);
+    subscribe(&mut ws, RequestCode::SubscribeFull, &[sensex]);
+    subscribe(&mut ws, RequestCode::SubscribeTicker, &[banknifty]);
+    let (mut index_quotes, mut fulls, mut tickers, mut traded) = (0, 0, 0, 0);
+    for m in collect(&mut ws, 120) {
+        let FeedMessage::Data(key, data) = m else {
+            panic!("{m:?}")
+        };
+        match data {
+            FeedData::PrevClose(p) => {
+                near(key, p.prev_close);
+                if key.segment == Segment::IdxI {
+                    assert_eq!(p.prev_oi, 0, "{key}");
+                }
+            }
+            FeedData::Quote(q) if key == NIFTY => {
+                near(key, q.ltp);
+                assert_eq!(
+                    (q.ltq, q.volume, q.total_buy_qty, q.total_sell_qty),
+                    (0, 0, 0, 0),
+                    "an index trades no quantity"
+                );
+                assert!(q.low <= q.ltp && q.ltp <= q.high);
+                index_quotes += 1;
+            }
+            FeedData::Quote(q) => {
+                assert_eq!(key, RELIANCE);
+                near(key, q.ltp);
+                assert_plausible_quote(&q);
+                traded += 1;
+            }
+            FeedData::Full(f) => {
+                assert_eq!(key, sensex);
+                near(key, f.quote.ltp);
+                assert_eq!((f.quote.volume, f.quote.ltq), (0, 0));
+                assert_eq!((f.oi, f.oi_day_high, f.oi_day_low), (0, 0, 0));
+                assert!(f.depth.iter().all(|l| l.bid_qty == 0 && l.ask_qty == 0));
+                fulls += 1;
+            }
+            FeedData::Ticker(t) => {
+                assert_eq!(key, banknifty);
+                near(key, t.ltp);
+                tickers += 1;
+            }
+            other => panic!("{key}: unexpected {other:?}"),
+        }
+    }
+    assert!(
+        index_quotes > 5 && fulls > 5 && tickers > 5 && traded > 5,
+        "{index_quotes} index quotes, {fulls} full, {tickers} tickers, {traded} traded"
+    );
 }
 
 #[test]

@@ -30,8 +30,10 @@ use crate::domain::{InstrumentKey, SecurityId};
 /// Bad rows reported by line, at most (all are counted).
 pub const MAX_PROBLEMS: usize = 10;
 
-/// Columns the loader reads; the first six are required.
-const COLUMNS: [&str; 13] = [
+/// Columns the loader reads; the first six are required. The last,
+/// `REFERENCE_PRICE`, is not DhanHQ's: the embedded sample carries it (a
+/// price level for the demo simulator to start from) and any file may.
+const COLUMNS: [&str; 14] = [
     "SEM_EXM_EXCH_ID",
     "SEM_SEGMENT",
     "SEM_SMST_SECURITY_ID",
@@ -45,6 +47,7 @@ const COLUMNS: [&str; 13] = [
     "SEM_TICK_SIZE",
     "SEM_SERIES",
     "SM_SYMBOL_NAME",
+    "REFERENCE_PRICE",
 ];
 const REQUIRED: usize = 6;
 const EXCH: usize = 0;
@@ -60,6 +63,7 @@ const OPT: usize = 9;
 const TICK: usize = 10;
 const SERIES: usize = 11;
 const NAME: usize = 12;
+const REFERENCE: usize = 13;
 
 /// FxHash (rustc's hasher): fast for the short keys here; not DoS-resistant,
 /// which is fine for a file we chose to load.
@@ -133,6 +137,9 @@ pub(crate) struct Row {
     pub(crate) expiry: Option<Date>,
     strike: f64,
     lot: f64,
+    /// `REFERENCE_PRICE`, NaN without one (an `f32` fits in the row's
+    /// padding; an `Option<f64>` would grow every row by 8 bytes).
+    reference: f32,
     tick: Span,
     ts: Span,
     cs: Span,
@@ -571,6 +578,9 @@ impl Master {
     /// The small sample master embedded in the binary: the default
     /// watchlist, the main indices, equities, futures and options on both
     /// exchanges, MCX commodities, currencies; contracts around late 2026.
+    /// Its extra `REFERENCE_PRICE` column holds approximate late-2025 price
+    /// levels (NIFTY about 25,800, RELIANCE about 1,450, CRUDEOIL about
+    /// 5,500, …) for the demo simulator only: not market data.
     pub fn sample() -> Master {
         Master::parse(include_bytes!("sample-master.csv")).expect("the embedded sample parses")
     }
@@ -694,9 +704,19 @@ impl Master {
                 "" => Ok(0.0),
                 _ => number(STRIKE),
             };
-            let (lot, strike) = match (lot, strike) {
-                (Ok(l), Ok(s)) => (l, s),
-                (Err(e), _) | (_, Err(e)) => {
+            let reference = match get(REFERENCE) {
+                "" => Ok(f32::NAN),
+                _ => number(REFERENCE).and_then(|r| {
+                    if r > 0.0 && (r as f32).is_finite() {
+                        Ok(r as f32)
+                    } else {
+                        Err(format!("REFERENCE_PRICE '{r}' is not positive"))
+                    }
+                }),
+            };
+            let (lot, strike, reference) = match (lot, strike, reference) {
+                (Ok(l), Ok(s), Ok(r)) => (l, s, r),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                     problems.bad(line_no, || e);
                     continue;
                 }
@@ -742,6 +762,7 @@ impl Master {
                 expiry,
                 strike,
                 lot,
+                reference,
                 tick,
                 ts,
                 cs,
@@ -994,6 +1015,16 @@ impl Master {
         by_name
     }
 
+    /// The rows of `under` of one kind (its futures, say), in rank order.
+    /// An underlying's rows are in rank order, and rank sorts by kind first,
+    /// so that is one slice found by two binary searches.
+    pub(crate) fn contracts(&self, under: &str, kind: Kind) -> &[u32] {
+        let rows = self.by_under.get(under).map_or(&[][..], |v| v.as_slice());
+        let from = rows.partition_point(|&i| self.rows[i as usize].kind < kind);
+        let to = rows.partition_point(|&i| self.rows[i as usize].kind <= kind);
+        &rows[from..to]
+    }
+
     /// The upper-cased `SM_SYMBOL_NAME` (the record's last field).
     pub(crate) fn name_upper(&self, row: u32) -> &[u8] {
         let r = &self.rows[row as usize];
@@ -1098,6 +1129,14 @@ impl Master {
             master: self,
             row: i,
         }
+    }
+
+    /// Every instrument's [`Instrument::reference_price`], for the ones
+    /// that have one (the simulator's starting levels).
+    pub fn reference_prices(&self) -> HashMap<InstrumentKey, f64> {
+        self.iter()
+            .filter_map(|i| Some((i.key(), i.reference_price()?)))
+            .collect()
     }
 
     /// Every instrument, in rank order.
@@ -1224,6 +1263,14 @@ impl<'a> Instrument<'a> {
         self.r().lot
     }
 
+    /// A price level to start a simulation from: the optional
+    /// `REFERENCE_PRICE` column (not in DhanHQ's file; the embedded sample
+    /// has one for every row, approximate late-2025 levels for demo only).
+    pub fn reference_price(&self) -> Option<f64> {
+        let r = self.r().reference;
+        (!r.is_nan()).then_some(f64::from(r))
+    }
+
     /// `SEM_TICK_SIZE` as in the file (0 when empty or not a number).
     pub fn tick_size(&self) -> f64 {
         parse_number(self.master.str(self.r().tick)).unwrap_or(0.0)
@@ -1295,6 +1342,45 @@ mod tests {
         assert_eq!(m.exact(b"RELIANCE", false).len(), 2);
         assert_eq!(m.exact(b"RELIANCE INDUSTRIES", true).len(), 2);
         assert_eq!(m.exact(b"NOPE", true).len(), 0);
+    }
+
+    #[test]
+    fn reference_prices_are_an_optional_column() {
+        let m = Master::sample();
+        let level = |seg, id| {
+            m.get(InstrumentKey::new(seg, id))
+                .and_then(|i| i.reference_price())
+                .unwrap()
+        };
+        assert_eq!(level(Segment::IdxI, 13), 25_800.0);
+        assert_eq!(level(Segment::IdxI, 51), 84_000.0);
+        assert_eq!(level(Segment::NseEq, 2885), 1_450.0);
+        assert!((5_400.0..5_700.0).contains(&level(Segment::McxComm, 472794)));
+        assert!(m.iter().all(|i| i.reference_price().is_some()));
+        assert_eq!(m.reference_prices().len(), m.len());
+        // DhanHQ's file has no such column: none, and nothing else changes.
+        let head = "SEM_EXM_EXCH_ID,SEM_SEGMENT,SEM_SMST_SECURITY_ID,SEM_INSTRUMENT_NAME,SEM_TRADING_SYMBOL,SEM_EXPIRY_DATE";
+        let plain =
+            Master::parse(format!("{head}\nNSE,E,2885,EQUITY,RELIANCE,\n").as_bytes()).unwrap();
+        assert_eq!(plain.iter().next().unwrap().reference_price(), None);
+        assert!(plain.reference_prices().is_empty());
+        // With it: empty is none, garbage and non-positive levels are bad rows.
+        let text = format!(
+            "{head},reference_price\nNSE,E,1,EQUITY,A,,100.5\nNSE,E,2,EQUITY,B,,\n\
+             NSE,E,3,EQUITY,C,,abc\nNSE,E,4,EQUITY,D,,-1\nNSE,E,5,EQUITY,E,,1e300\n"
+        );
+        let m = Master::parse(text.as_bytes()).unwrap();
+        let refs: Vec<(&str, Option<f64>)> = m
+            .iter()
+            .map(|i| (i.symbol(), i.reference_price()))
+            .collect();
+        assert_eq!(refs, [("A", Some(100.5)), ("B", None)]);
+        let lines: Vec<usize> = m.report().problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [4, 5, 6], "{}", m.report());
+        assert!(
+            std::mem::size_of::<Row>() <= 88,
+            "the reference fits the padding"
+        );
     }
 
     #[test]

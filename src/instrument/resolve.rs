@@ -395,13 +395,12 @@ impl Master {
             return self.best_of(query, &exact);
         }
         // 3. An underlying known only by its derivatives.
-        if let Some(rows) = self.by_under.get(body) {
-            if rows
-                .iter()
-                .any(|&i| self.at(i).kind() == Kind::Future && in_exchange(&self.at(i)))
-            {
-                return self.nearest(query, body, exchange, today, None);
-            }
+        if self
+            .contracts(body, Kind::Future)
+            .iter()
+            .any(|&i| in_exchange(&self.at(i)))
+        {
+            return self.nearest(query, body, exchange, today, None);
         }
         // 4. Custom symbol, then company name.
         let custom: Vec<Instrument<'_>> = self
@@ -491,13 +490,10 @@ impl Master {
             Kind::Future
         };
         let rows: Vec<Instrument<'_>> = self
-            .by_under
-            .get(under)
-            .map(|v| v.as_slice())
-            .unwrap_or_default()
+            .contracts(under, kind)
             .iter()
             .map(|&i| self.at(i))
-            .filter(|i| i.kind() == kind && i.expiry().is_some())
+            .filter(|i| i.expiry().is_some())
             .filter(|i| match option {
                 Some((strike, t)) => {
                     i.option_type() == Some(t)
@@ -561,7 +557,8 @@ impl Master {
     }
 
     /// The instruments closest to an unknown name: search hits first, then
-    /// underlyings within a small edit distance (typos).
+    /// underlyings within a small edit distance (typos), else the hits of
+    /// the longest prefix that has any.
     fn closest(&self, body: &str, exchange: Option<Exchange>, today: Date) -> Vec<Candidate> {
         let mut out: Vec<Candidate> = Vec::new();
         let push = |c: Candidate, out: &mut Vec<Candidate>| {
@@ -598,6 +595,25 @@ impl Master {
                 .unwrap_or_else(|_| self.at(first));
             if exchange.map_or(true, |e| inst.exchange() == e) {
                 push(inst.into(), &mut out);
+            }
+        }
+        // Nothing alike yet (a typo plus extra characters, `RELIANCX12`):
+        // the longest prefix of at least 3 characters that finds something
+        // (`RELIANC` → RELIANCE). A search per character dropped, at most.
+        if out.is_empty() {
+            let ends: Vec<usize> = body.char_indices().map(|(i, _)| i).skip(3).collect();
+            for &end in ends.iter().rev() {
+                let mut hits = self
+                    .search(&body[..end], MAX_CANDIDATES * 4)
+                    .into_iter()
+                    .filter(|i| exchange.map_or(true, |e| i.exchange() == e))
+                    .peekable();
+                if hits.peek().is_some() {
+                    for i in hits {
+                        push(i.into(), &mut out);
+                    }
+                    break;
+                }
             }
         }
         out
@@ -681,6 +697,23 @@ mod tests {
                     "{}",
                     String::from_utf8_lossy(name)
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn an_underlyings_rows_are_in_kind_order() {
+        let m = Master::parse(super::super::synth::generate(8_000, 5).as_bytes()).unwrap();
+        for (under, rows) in &m.by_under {
+            let kinds: Vec<Kind> = rows.iter().map(|&i| m.at(i).kind()).collect();
+            assert!(kinds.windows(2).all(|w| w[0] <= w[1]), "{under}");
+            for kind in [Kind::Index, Kind::Equity, Kind::Future, Kind::Option] {
+                let want: Vec<u32> = rows
+                    .iter()
+                    .copied()
+                    .filter(|&i| m.at(i).kind() == kind)
+                    .collect();
+                assert_eq!(m.contracts(under, kind), want, "{under} {kind:?}");
             }
         }
     }
@@ -773,6 +806,17 @@ mod tests {
                  CRUDOIL, FOO"
             ),
             "candidates for the first failure only"
+        );
+        // A typo plus extra characters: candidates by the longest prefix.
+        let r = m.resolve_many(["RELIANCX12", "QZX0000W"], t, 3);
+        assert_eq!(
+            r.error.as_deref(),
+            Some(
+                "2 of 2 symbols not found: RELIANCX12 (did you mean RELIANCE (NSE_EQ 2885), \
+                 RELIANCE (BSE_EQ 500325), RELIANCE-Oct2026-FUT (NSE_FNO 52012), \
+                 RELIANCE-Nov2026-FUT (NSE_FNO 52013), RELIANCE-Dec2026-FUT (NSE_FNO 52014)?), \
+                 QZX0000W"
+            )
         );
         let r = m.resolve_many(["NIFTY", "BANKNIFTY"], t, 3);
         assert_eq!((r.found.len(), r.failed, r.error), (2, 0, None));

@@ -26,7 +26,6 @@ use tungstenite::{Bytes, Error as WsError, Message, WebSocket};
 
 use super::handshake::{handshake, Stream, Waiter, MAX_POLL};
 
-use super::market::Instrument;
 use super::shared::{bump, lock, ConnHandle, Control, Endpoint, Out, Shared};
 use super::{LoggedRequest, QUEUE_CAPACITY};
 use crate::domain::{InstrumentKey, Mode, Segment};
@@ -365,7 +364,7 @@ impl Conn<'_> {
         }
         self.shared.subs_changed();
         for key in first_time {
-            let prev = Instrument::new(settings.seed, key).prev_close();
+            let prev = settings.instrument(key).prev_close();
             self.send_feed(&FeedMessage::Data(key, FeedData::PrevClose(prev)))?;
         }
         Ok(())

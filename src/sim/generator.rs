@@ -108,7 +108,7 @@ pub(crate) fn run(shared: &Shared, poked: &Receiver<()>) {
             next_instrument = next_instrument.wrapping_add(1);
             let inst = market
                 .entry(*key)
-                .or_insert_with(|| Instrument::new(shared.settings.seed, *key));
+                .or_insert_with(|| shared.settings.instrument(*key));
             inst.step(epoch);
             emit(shared, inst, route, &mut touched);
         }

@@ -7,11 +7,22 @@
 //! instruments are stepped. Prices are kept as whole ticks of
 //! [`TICK`] (₹0.05) and converted to the wire's `f32`/`f64` on the way out.
 //!
+//! Where a day starts: near the instrument's reference level when the
+//! simulator was given one (the embedded sample master carries approximate
+//! late-2025 levels: NIFTY about 25,800, RELIANCE about 1,450), else at a
+//! seeded level plausible for its segment. Either way the same seed and
+//! instrument give the same day.
+//!
+//! Indices (segment `IDX_I`) are computed, not traded, and DhanHQ sends
+//! them so: their quotes carry no LTQ, volume, buy/sell quantities, book or
+//! open interest — all zero.
+//!
 //! Invariants every packet built here keeps (the tests below check them):
-//! LTQ > 0; volume and open interest never decrease; `low <= open, ltp <=
-//! high`; the 5-level (and 20-level) book has its best bid at or one tick below
-//! the LTP and its best ask one tick above the best bid, bids descending and
-//! asks ascending by one tick, every price positive.
+//! LTQ > 0 except for indices; volume and open interest never decrease;
+//! `low <= open, ltp <= high`; for a traded instrument the 5-level (and
+//! 20-level) book has its best bid at or one tick below the LTP and its best
+//! ask one tick above the best bid, bids descending and asks ascending by
+//! one tick, every price positive.
 
 use crate::domain::{InstrumentKey, Segment};
 use crate::wire::depth::{DepthBook, DepthRow, Side, ROWS};
@@ -19,9 +30,10 @@ use crate::wire::feed::{DepthLevel, Full, Oi, PrevClose, Quote, Ticker};
 
 /// The price step, in rupees.
 pub(crate) const TICK: f64 = 0.05;
-/// Prices never fall below this many ticks (₹5), so a 20-level bid side
-/// stays positive.
-const MIN_TICKS: u32 = 100;
+/// Prices never fall below this many ticks (₹1.05), so a 20-level bid side
+/// (best bid at most one tick under the LTP, then 19 more) stays positive.
+/// Cheaper references (far out-of-the-money options) start here.
+const MIN_TICKS: u32 = 21;
 
 /// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and good enough for
 /// simulated prices. Not for anything secret.
@@ -65,6 +77,8 @@ fn price(ticks: u32) -> f32 {
 #[derive(Clone, Debug)]
 pub(crate) struct Instrument {
     key: InstrumentKey,
+    /// Whether it trades: false for indices (no quantities, no book).
+    traded: bool,
     rng: SplitMix64,
     /// Seed for the 20-level book rows beyond the five the step draws.
     depth_seed: u64,
@@ -91,20 +105,34 @@ pub(crate) struct Instrument {
 }
 
 impl Instrument {
-    /// The instrument's state before its first trade of the day.
-    pub(crate) fn new(seed: u64, key: InstrumentKey) -> Self {
+    /// The instrument's state before its first trade of the day: the
+    /// previous close within about ±0.5 % of `reference` (rupees) when
+    /// given, else at a seeded level plausible for the segment.
+    pub(crate) fn new(seed: u64, key: InstrumentKey, reference: Option<f64>) -> Self {
         let ident = (u64::from(key.segment.code()) << 32) | u64::from(key.security_id.0);
         let mut rng = SplitMix64::new(SplitMix64::new(seed).next_u64() ^ ident);
-        // A plausible level for the kind of instrument, in rupees.
+        // Both draws happen either way, so the rest of the stream does not
+        // depend on whether there is a reference.
         let r = rng.below(u32::MAX);
-        let rupees = match key.segment {
-            Segment::IdxI => 5_000 + r % 75_000,
-            Segment::NseCurrency | Segment::BseCurrency => 20 + r % 80,
-            Segment::McxComm => 100 + r % 70_000,
-            Segment::NseFno | Segment::BseFno => 10 + r % 2_000,
-            Segment::NseEq | Segment::BseEq => 20 + r % 4_980,
-        };
-        let prev_close = rupees * 20 + rng.below(20);
+        let paise = rng.below(20);
+        let prev_close = match reference.filter(|p| p.is_finite() && *p > 0.0) {
+            Some(level) => {
+                let ticks = (level / TICK).round().min(f64::from(u32::MAX / 4)) as u32;
+                (ticks + r % (ticks / 100 + 1)).saturating_sub(ticks / 200)
+            }
+            None => {
+                // A plausible level for the kind of instrument, in rupees.
+                let rupees = match key.segment {
+                    Segment::IdxI => 5_000 + r % 75_000,
+                    Segment::NseCurrency | Segment::BseCurrency => 20 + r % 80,
+                    Segment::McxComm => 100 + r % 70_000,
+                    Segment::NseFno | Segment::BseFno => 10 + r % 2_000,
+                    Segment::NseEq | Segment::BseEq => 20 + r % 4_980,
+                };
+                rupees * 20 + paise
+            }
+        }
+        .max(MIN_TICKS);
         // Open within about ±1 % of the previous close.
         let gap = rng.below(prev_close / 50 + 1);
         let open = (prev_close + gap)
@@ -118,6 +146,7 @@ impl Instrument {
         let depth_seed = rng.next_u64();
         let mut inst = Instrument {
             key,
+            traded: key.segment != Segment::IdxI,
             rng,
             depth_seed,
             prev_close,
@@ -171,7 +200,11 @@ impl Instrument {
         self.ltp = u32::try_from((ltp + delta).max(i64::from(MIN_TICKS))).unwrap_or(u32::MAX);
         self.high = self.high.max(self.ltp);
         self.low = self.low.min(self.ltp);
-        self.ltq = 1 + (((r >> 8) % 500) as u16);
+        self.ltq = if self.traded {
+            1 + (((r >> 8) % 500) as u16)
+        } else {
+            0
+        };
         self.ltt = now;
         self.volume = self.volume.saturating_add(u32::from(self.ltq));
         self.turnover += f64::from(self.ltq) * f64::from(self.ltp) * TICK;
@@ -186,6 +219,10 @@ impl Instrument {
     }
 
     fn redraw_book(&mut self) {
+        if !self.traded {
+            // An index has no order book: every level and total stays zero.
+            return;
+        }
         let (mut buy, mut sell) = (0u32, 0u32);
         for (i, level) in self.book.iter_mut().enumerate() {
             let i = i as u32;
@@ -273,7 +310,8 @@ impl Instrument {
         let mut rng = SplitMix64::new(self.depth_seed ^ u64::from(self.depth_sequence));
         let mut bids = [DepthRow::default(); ROWS];
         let mut asks = [DepthRow::default(); ROWS];
-        for (i, (bid, ask)) in bids.iter_mut().zip(asks.iter_mut()).enumerate() {
+        let rows = if self.traded { ROWS } else { 0 };
+        for (i, (bid, ask)) in bids.iter_mut().zip(asks.iter_mut()).take(rows).enumerate() {
             let (bq, aq, bo, ao) = match self.book.get(i) {
                 Some(l) => (
                     l.bid_qty,
@@ -328,7 +366,7 @@ mod tests {
     fn same_seed_same_prices_different_seed_different_prices() {
         let key = InstrumentKey::new(Segment::NseEq, 2885);
         let walk = |seed| {
-            let mut i = Instrument::new(seed, key);
+            let mut i = Instrument::new(seed, key, None);
             (0..200)
                 .map(|_| {
                     i.step(1);
@@ -340,15 +378,72 @@ mod tests {
         assert_ne!(walk(7), walk(8));
         let other = InstrumentKey::new(Segment::BseEq, 2885);
         assert_ne!(
-            Instrument::new(7, key).prev_close(),
-            Instrument::new(7, other).prev_close()
+            Instrument::new(7, key, None).prev_close(),
+            Instrument::new(7, other, None).prev_close()
         );
+    }
+
+    #[test]
+    fn a_reference_sets_the_level_and_the_seed_the_rest() {
+        let nifty = InstrumentKey::new(Segment::IdxI, 13);
+        let rel = InstrumentKey::new(Segment::NseEq, 2885);
+        for (key, level) in [(nifty, 25_800.0), (rel, 1_450.0), (rel, 0.05), (rel, 1e12)] {
+            for seed in 0..50 {
+                let i = Instrument::new(seed, key, Some(level));
+                let pc = f64::from(i.prev_close().prev_close);
+                let want = level.clamp(f64::from(MIN_TICKS) * TICK, f64::from(u32::MAX / 4) * TICK);
+                assert!(
+                    (pc - want).abs() <= want * 0.006 + TICK,
+                    "{key} {level}: {pc}"
+                );
+                let open = f64::from(i.quote().open);
+                assert!((open - pc).abs() <= pc * 0.011 + TICK, "{open} vs {pc}");
+            }
+        }
+        // Deterministic, and seeds still differ.
+        let a = Instrument::new(3, rel, Some(1_450.0)).prev_close();
+        assert_eq!(a, Instrument::new(3, rel, Some(1_450.0)).prev_close());
+        assert_ne!(a, Instrument::new(4, rel, Some(1_450.0)).prev_close());
+        // Nonsense references are ignored.
+        for bad in [f64::NAN, -1.0, 0.0, f64::INFINITY] {
+            assert_eq!(
+                Instrument::new(3, rel, Some(bad)).prev_close(),
+                Instrument::new(3, rel, None).prev_close()
+            );
+        }
+    }
+
+    #[test]
+    fn indices_carry_no_quantities_book_or_oi() {
+        let mut i = Instrument::new(9, InstrumentKey::new(Segment::IdxI, 13), Some(25_800.0));
+        for step in 0..1_000 {
+            i.step(1_700_000_000 + step);
+            let f = i.full();
+            let q = f.quote;
+            assert!(q.ltp > 0.0);
+            assert_eq!(
+                (q.ltq, q.volume, q.total_buy_qty, q.total_sell_qty),
+                (0, 0, 0, 0)
+            );
+            assert_eq!((f.oi, f.oi_day_high, f.oi_day_low), (0, 0, 0));
+            assert_eq!(f.depth, [DepthLevel::default(); 5]);
+            assert_eq!(i.prev_close().prev_oi, 0);
+        }
+        let [bid, ask] = i.depth20();
+        assert!(bid
+            .rows
+            .iter()
+            .chain(&ask.rows)
+            .all(|r| *r == DepthRow::default()));
     }
 
     #[test]
     fn invariants_hold_over_a_long_walk() {
         for (n, segment) in Segment::ALL.into_iter().enumerate() {
-            let mut inst = Instrument::new(42, InstrumentKey::new(segment, 13 + n as u32));
+            if segment == Segment::IdxI {
+                continue; // no book or quantities: see the test above
+            }
+            let mut inst = Instrument::new(42, InstrumentKey::new(segment, 13 + n as u32), None);
             let (mut volume, mut oi) = (0, inst.oi().oi);
             for step in 0..20_000u32 {
                 inst.step(1_700_000_000 + step);

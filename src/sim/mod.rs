@@ -35,7 +35,11 @@
 //!   connection getting each tick in its own mode (ticker 2, quote 4, full 8;
 //!   NSE_FNO/BSE_FNO/MCX_COMM quote and full subscribers also get an OI
 //!   packet (5) every tenth trade). Prices come from [`market`]: seeded by
-//!   (seed, instrument), so deterministic per instrument. At 1,000 ticks/s
+//!   (seed, instrument), so deterministic per instrument, starting near the
+//!   instrument's [`SimConfig::reference_prices`] level when it has one (by
+//!   default the embedded sample master's approximate late-2025 levels: the
+//!   demo shows NIFTY near 25,800, not at a random level). Indices (IDX_I)
+//!   carry no LTQ, volume, buy/sell quantities, book or OI. At 1,000 ticks/s
 //!   and above, packets queued together for one connection share a frame (up
 //!   to 32); below that every packet has its own frame.
 //! * Pings every [`SimConfig::ping_interval`]; a connection from which no
@@ -69,19 +73,20 @@ mod server;
 mod shared;
 mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tungstenite::Bytes;
 
 use crate::domain::{InstrumentKey, Mode};
+use crate::instrument::Master;
 use crate::wire::feed::FeedMessage;
 use crate::wire::request::RequestCode;
 use crate::wire::DisconnectReason;
@@ -92,7 +97,9 @@ use shared::{lock, Control, Endpoint, Out, Settings, Shared};
 pub const QUEUE_CAPACITY: usize = 16_384;
 
 /// How the simulator is set up. [`Default`] gives DhanHQ's published limits,
-/// plain `ws://` on an ephemeral loopback port, and no generated ticks.
+/// plain `ws://` on an ephemeral loopback port, no generated ticks, and the
+/// embedded sample master's price levels (so `SimConfig { ticks_per_sec,
+/// ..SimConfig::default() }` is a realistic demo feed).
 #[derive(Clone)]
 pub struct SimConfig {
     /// Where to listen; port 0 picks a free port (see [`Simulator::addr`]).
@@ -104,6 +111,10 @@ pub struct SimConfig {
     pub ticks_per_sec: u32,
     /// Seed of every instrument's price stream.
     pub seed: u64,
+    /// Where instruments start (rupees); others start at a seeded level.
+    /// [`Default`]: the embedded sample master's levels
+    /// ([`sample_reference_prices`]).
+    pub reference_prices: Arc<HashMap<InstrumentKey, f64>>,
     /// Tokens that get disconnect 807 on connect.
     pub expired_tokens: Vec<String>,
     /// Most instruments in one subscription message (DhanHQ: 100).
@@ -125,6 +136,7 @@ impl Default for SimConfig {
             tls: SimTls::None,
             ticks_per_sec: 0,
             seed: 0,
+            reference_prices: sample_reference_prices(),
             expired_tokens: Vec::new(),
             max_per_message: 100,
             max_per_connection: 5_000,
@@ -143,6 +155,7 @@ impl fmt::Debug for SimConfig {
             .field("tls", &self.tls)
             .field("ticks_per_sec", &self.ticks_per_sec)
             .field("seed", &self.seed)
+            .field("reference_prices", &self.reference_prices.len())
             .field("expired_tokens", &self.expired_tokens.len())
             .field("max_per_message", &self.max_per_message)
             .field("max_per_connection", &self.max_per_connection)
@@ -154,6 +167,15 @@ impl fmt::Debug for SimConfig {
             .field("pong_timeout", &self.pong_timeout)
             .finish()
     }
+}
+
+/// The embedded sample master's reference levels
+/// ([`Master::reference_prices`]), parsed once per process and shared.
+pub fn sample_reference_prices() -> Arc<HashMap<InstrumentKey, f64>> {
+    static LEVELS: OnceLock<Arc<HashMap<InstrumentKey, f64>>> = OnceLock::new();
+    LEVELS
+        .get_or_init(|| Arc::new(Master::sample().reference_prices()))
+        .clone()
 }
 
 /// Transport security of the simulator's listener.
@@ -252,6 +274,7 @@ impl Simulator {
         let settings = Settings {
             ticks_per_sec: cfg.ticks_per_sec,
             seed: cfg.seed,
+            reference_prices: cfg.reference_prices.clone(),
             max_per_message: cfg.max_per_message,
             max_per_connection: cfg.max_per_connection,
             max_connections_per_client: cfg.max_connections_per_client,

@@ -7,7 +7,7 @@
 //! I/O. A poisoned lock (a thread panicked while holding it) is used as is:
 //! the maps stay structurally valid.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, TrySendError};
 use tungstenite::Bytes;
 
+use super::market::Instrument;
 use super::{LoggedRequest, SimStats};
 use crate::domain::{InstrumentKey, Mode};
 use crate::wire::DisconnectReason;
@@ -33,11 +34,20 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Settings {
     pub(crate) ticks_per_sec: u32,
     pub(crate) seed: u64,
+    pub(crate) reference_prices: Arc<HashMap<InstrumentKey, f64>>,
     pub(crate) max_per_message: usize,
     pub(crate) max_per_connection: usize,
     pub(crate) max_connections_per_client: usize,
     pub(crate) ping_interval: Duration,
     pub(crate) pong_timeout: Duration,
+}
+
+impl Settings {
+    /// An instrument's state before its first trade: the generator's and
+    /// the previous-close packet's, so the two agree.
+    pub(crate) fn instrument(&self, key: InstrumentKey) -> Instrument {
+        Instrument::new(self.seed, key, self.reference_prices.get(&key).copied())
+    }
 }
 
 /// Counters behind [`SimStats`].
