@@ -166,7 +166,7 @@ impl Worker {
             return;
         }
         match protocol::parse(text, self.config.max_instruments_per_message) {
-            Err(e) => self.client_error(s, &e, now),
+            Err(e) => self.client_error(s, &e.to_string(), now),
             Ok(ClientMessage::Ping) => s.reply(r#"{"type":"pong"}"#.to_string(), &self.stats, now),
             Ok(ClientMessage::Subscribe { instruments, mode }) => {
                 self.request(i, s, Op::Subscribe(mode), instruments, now)

@@ -37,42 +37,137 @@ pub enum ClientMessage {
 /// Longest piece of client input quoted back in an error.
 const QUOTE_MAX: usize = 40;
 
-fn quoted(v: &Value) -> String {
-    let text = match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let mut short: String = text.chars().take(QUOTE_MAX).collect();
-    if short.len() < text.len() {
-        short.push('…');
+/// Client input quoted back in an error: cut to [`QUOTE_MAX`] characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quoted(String);
+
+impl Quoted {
+    fn of(v: &Value) -> Quoted {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let mut short: String = text.chars().take(QUOTE_MAX).collect();
+        if short.len() < text.len() {
+            short.push('…');
+        }
+        Quoted(short)
     }
-    format!("'{short}'")
+
+    fn str(s: &str) -> Quoted {
+        Quoted::of(&Value::String(s.to_string()))
+    }
 }
 
+impl std::fmt::Display for Quoted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "'{}'", self.0)
+    }
+}
+
+/// Why a client message was not understood. Sent back as
+/// `{"type":"error","message":…}`; the connection stays open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// Not JSON (serde's own words, with line and column).
+    MalformedJson(String),
+    /// JSON, but not an object.
+    NotAnObject,
+    /// No `type`.
+    MissingType,
+    /// `type` is not a string.
+    TypeNotString(Quoted),
+    /// `type` is not one we know.
+    UnknownType(Quoted),
+    /// `mode` is not a string.
+    ModeNotString(Quoted),
+    /// `mode` is not ticker, quote or full.
+    UnknownMode(Quoted),
+    /// No `instruments`.
+    MissingInstruments,
+    /// `instruments` is not a list.
+    InstrumentsNotList(Quoted),
+    /// `instruments` is empty.
+    NoInstruments,
+    /// More instruments than one message may carry.
+    TooManyInstruments {
+        /// How many were sent.
+        sent: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An instrument is not an object.
+    InstrumentNotObject(Quoted),
+    /// `symbol` is empty or not a string.
+    BadSymbol(Quoted),
+    /// An instrument has neither segment + id nor a symbol.
+    MissingSegment,
+    /// `exchangeSegment` is not a segment name.
+    UnknownSegment(Quoted),
+    /// An instrument has a segment but no `securityId`.
+    MissingSecurityId,
+    /// `securityId` is neither a string nor a number.
+    SecurityIdNotNumeric(Quoted),
+    /// `securityId` does not parse (the domain's reason).
+    BadSecurityId(Quoted, String),
+}
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use ProtocolError::*;
+        match self {
+            MalformedJson(e) => write!(f, "malformed JSON: {e}"),
+            NotAnObject => f.write_str("a message must be a JSON object with a \"type\""),
+            MissingType => f.write_str("missing \"type\" (expected subscribe or unsubscribe)"),
+            TypeNotString(q) => write!(f, "\"type\" must be a string, not {q}"),
+            UnknownType(q) => write!(
+                f,
+                "unknown type {q} (expected subscribe, unsubscribe or ping)"
+            ),
+            ModeNotString(q) => write!(f, "\"mode\" must be a string, not {q}"),
+            UnknownMode(q) => write!(f, "unknown mode {q} (expected ticker, quote or full)"),
+            MissingInstruments => f.write_str("missing \"instruments\""),
+            InstrumentsNotList(q) => write!(f, "\"instruments\" must be a list, not {q}"),
+            NoInstruments => f.write_str("\"instruments\" is empty"),
+            TooManyInstruments { sent, limit } => write!(
+                f,
+                "too many instruments: {sent} in one message (limit {limit})"
+            ),
+            InstrumentNotObject(q) => write!(f, "an instrument must be an object, not {q}"),
+            BadSymbol(q) => write!(f, "\"symbol\" must be a non-empty string, not {q}"),
+            MissingSegment => f.write_str(
+                "an instrument needs \"exchangeSegment\" and \"securityId\", or \"symbol\"",
+            ),
+            UnknownSegment(q) => write!(f, "unknown exchangeSegment {q}"),
+            MissingSecurityId => f.write_str("an instrument needs \"securityId\""),
+            SecurityIdNotNumeric(q) => write!(f, "securityId {q} is not numeric"),
+            BadSecurityId(q, why) => write!(f, "securityId {q}: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
 /// Parses one text message; `max_instruments` caps one message's list.
-pub fn parse(text: &str, max_instruments: usize) -> Result<ClientMessage, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
+pub fn parse(text: &str, max_instruments: usize) -> Result<ClientMessage, ProtocolError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| ProtocolError::MalformedJson(e.to_string()))?;
     let Value::Object(obj) = value else {
-        return Err("a message must be a JSON object with a \"type\"".into());
+        return Err(ProtocolError::NotAnObject);
     };
     let kind = match obj.get("type") {
         Some(Value::String(t)) => t.as_str(),
-        Some(other) => return Err(format!("\"type\" must be a string, not {}", quoted(other))),
-        None => return Err("missing \"type\" (expected subscribe or unsubscribe)".into()),
+        Some(other) => return Err(ProtocolError::TypeNotString(Quoted::of(other))),
+        None => return Err(ProtocolError::MissingType),
     };
     match kind {
         "subscribe" => {
             let mode = match obj.get("mode") {
                 None | Some(Value::Null) => Mode::Ticker,
-                Some(Value::String(m)) => m.parse().map_err(|_| {
-                    format!(
-                        "unknown mode {} (expected ticker, quote or full)",
-                        quoted(&Value::String(m.clone()))
-                    )
-                })?,
-                Some(other) => {
-                    return Err(format!("\"mode\" must be a string, not {}", quoted(other)))
-                }
+                Some(Value::String(m)) => m
+                    .parse()
+                    .map_err(|_| ProtocolError::UnknownMode(Quoted::str(m)))?,
+                Some(other) => return Err(ProtocolError::ModeNotString(Quoted::of(other))),
             };
             Ok(ClientMessage::Subscribe {
                 instruments: instruments(&obj, max_instruments)?,
@@ -83,80 +178,56 @@ pub fn parse(text: &str, max_instruments: usize) -> Result<ClientMessage, String
             instruments: instruments(&obj, max_instruments)?,
         }),
         "ping" => Ok(ClientMessage::Ping),
-        other => Err(format!(
-            "unknown type {} (expected subscribe, unsubscribe or ping)",
-            quoted(&Value::String(other.to_string()))
-        )),
+        other => Err(ProtocolError::UnknownType(Quoted::str(other))),
     }
 }
 
-fn instruments(obj: &Map<String, Value>, max: usize) -> Result<Vec<InstrumentRef>, String> {
+fn instruments(obj: &Map<String, Value>, max: usize) -> Result<Vec<InstrumentRef>, ProtocolError> {
     let list = match obj.get("instruments") {
         Some(Value::Array(list)) => list,
-        Some(other) => {
-            return Err(format!(
-                "\"instruments\" must be a list, not {}",
-                quoted(other)
-            ))
-        }
-        None => return Err("missing \"instruments\"".into()),
+        Some(other) => return Err(ProtocolError::InstrumentsNotList(Quoted::of(other))),
+        None => return Err(ProtocolError::MissingInstruments),
     };
     if list.is_empty() {
-        return Err("\"instruments\" is empty".into());
+        return Err(ProtocolError::NoInstruments);
     }
     if list.len() > max {
-        return Err(format!(
-            "too many instruments: {} in one message (limit {max})",
-            list.len()
-        ));
+        return Err(ProtocolError::TooManyInstruments {
+            sent: list.len(),
+            limit: max,
+        });
     }
     list.iter().map(instrument).collect()
 }
 
-fn instrument(v: &Value) -> Result<InstrumentRef, String> {
+fn instrument(v: &Value) -> Result<InstrumentRef, ProtocolError> {
     let Value::Object(o) = v else {
-        return Err(format!(
-            "an instrument must be an object, not {}",
-            quoted(v)
-        ));
+        return Err(ProtocolError::InstrumentNotObject(Quoted::of(v)));
     };
     if let Some(symbol) = o.get("symbol") {
         return match symbol {
             Value::String(s) if !s.trim().is_empty() => {
                 Ok(InstrumentRef::Symbol(s.trim().to_string()))
             }
-            other => Err(format!(
-                "\"symbol\" must be a non-empty string, not {}",
-                quoted(other)
-            )),
+            other => Err(ProtocolError::BadSymbol(Quoted::of(other))),
         };
     }
     let segment = match o.get("exchangeSegment") {
-        Some(Value::String(s)) => s.parse::<Segment>().map_err(|_| {
-            format!(
-                "unknown exchangeSegment {}",
-                quoted(&Value::String(s.clone()))
-            )
-        })?,
-        Some(other) => return Err(format!("unknown exchangeSegment {}", quoted(other))),
-        None => {
-            return Err(
-                "an instrument needs \"exchangeSegment\" and \"securityId\", or \"symbol\"".into(),
-            )
-        }
+        Some(Value::String(s)) => s
+            .parse::<Segment>()
+            .map_err(|_| ProtocolError::UnknownSegment(Quoted::str(s)))?,
+        Some(other) => return Err(ProtocolError::UnknownSegment(Quoted::of(other))),
+        None => return Err(ProtocolError::MissingSegment),
     };
-    let id = match o.get("securityId") {
-        Some(Value::String(s)) => s.parse::<SecurityId>(),
-        Some(Value::Number(n)) => n.to_string().parse::<SecurityId>(),
-        Some(other) => return Err(format!("securityId {} is not numeric", quoted(other))),
-        None => return Err("an instrument needs \"securityId\"".into()),
-    }
-    .map_err(|e| {
-        format!(
-            "securityId {}: {e}",
-            quoted(o.get("securityId").unwrap_or(&Value::Null))
-        )
-    })?;
+    let raw = match o.get("securityId") {
+        Some(v @ Value::String(s)) => (s.parse::<SecurityId>(), v),
+        Some(v @ Value::Number(n)) => (n.to_string().parse::<SecurityId>(), v),
+        Some(other) => return Err(ProtocolError::SecurityIdNotNumeric(Quoted::of(other))),
+        None => return Err(ProtocolError::MissingSecurityId),
+    };
+    let id = raw
+        .0
+        .map_err(|e| ProtocolError::BadSecurityId(Quoted::of(raw.1), e.to_string()))?;
     Ok(InstrumentRef::Key(InstrumentKey {
         segment,
         security_id: id,
@@ -189,7 +260,7 @@ mod tests {
     }
 
     fn err(text: &str) -> String {
-        parse(text, 3).unwrap_err()
+        parse(text, 3).unwrap_err().to_string()
     }
 
     #[test]
