@@ -296,7 +296,7 @@ impl RestState {
         };
         let view = self.view.load();
         let matching = view.active.iter().filter(|a| {
-            segment.is_none_or(|s| a.key.segment == s) && queued.is_none_or(|q| a.queued == q)
+            segment.map_or(true, |s| a.key.segment == s) && queued.map_or(true, |q| a.queued == q)
         });
         let count = matching.clone().count();
         let list: Vec<Value> = matching

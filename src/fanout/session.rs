@@ -192,7 +192,7 @@ impl Session {
     pub fn rate_notice(&mut self, now: Instant) -> Option<u32> {
         let due = self
             .last_notice
-            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+            .map_or(true, |t| now.saturating_duration_since(t) >= Duration::from_secs(1));
         if self.ignored == 0 || !due {
             return None;
         }
