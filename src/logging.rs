@@ -14,9 +14,6 @@ use std::time::SystemTime;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-/// Kept for callers that imported it from here; the calendar maths lives in
-/// [`crate::instrument::date`].
-pub use crate::instrument::date::civil_from_days;
 use crate::instrument::date::CivilTime;
 
 struct StderrLogger;

@@ -2,10 +2,9 @@
 //! upstream, WebSocket and HTTP clients downstream.
 
 mod common;
-use common::wait_for;
+use common::{http_get, http_get_json, wait_for, WsClient};
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use dhan_relay::config::{Flags, RunConfig};
@@ -16,7 +15,7 @@ use dhan_relay::wire::feed::{DepthLevel, FeedData, FeedMessage, Full, Quote, Tic
 use dhan_relay::wire::request::RequestCode;
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
 fn config() -> RunConfig {
     let flags = Flags {
@@ -36,93 +35,6 @@ fn start(tweak: impl FnOnce(&mut RunConfig)) -> (Engine, SimControl) {
     let sim = engine.demo_simulator().expect("demo mode").control();
     wait_for("upstream up", || sim.subscriptions().len() == 1);
     (engine, sim)
-}
-
-struct Client(WebSocket<TcpStream>);
-
-impl Client {
-    fn connect(addr: SocketAddr, path: &str) -> Client {
-        Self::connect_with(addr, path, None).unwrap()
-    }
-
-    fn connect_with(
-        addr: SocketAddr,
-        path: &str,
-        origin: Option<&str>,
-    ) -> Result<Client, tungstenite::Error> {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
-            "ws://{addr}{path}"
-        ))
-        .unwrap();
-        if let Some(o) = origin {
-            req.headers_mut().insert("Origin", o.parse().unwrap());
-        }
-        let (ws, _) = tungstenite::client::client(req, stream).map_err(|e| match e {
-            tungstenite::HandshakeError::Failure(e) => e,
-            _ => panic!("blocking handshake interrupted"),
-        })?;
-        Ok(Client(ws))
-    }
-
-    fn send(&mut self, v: Value) {
-        self.0.send(Message::text(v.to_string())).unwrap();
-    }
-
-    /// Next JSON message (pings answered by tungstenite).
-    fn recv(&mut self) -> Value {
-        loop {
-            match self.0.read().expect("message before timeout") {
-                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-                Message::Close(f) => panic!("closed: {f:?}"),
-                _ => {}
-            }
-        }
-    }
-
-    /// Next message of `kind`, skipping others.
-    fn recv_type(&mut self, kind: &str) -> Value {
-        loop {
-            let v = self.recv();
-            if v["type"] == kind {
-                return v;
-            }
-        }
-    }
-
-    fn subscribe(&mut self, key: InstrumentKey, mode: &str) {
-        self.send(json!({"type": "subscribe", "mode": mode,
-            "instruments": [{"exchangeSegment": key.segment.name(), "securityId": key.security_id.to_string()}]}));
-    }
-
-    /// Reads until the server closes; the close frame's code.
-    fn close_code(&mut self) -> Option<CloseCode> {
-        loop {
-            match self.0.read() {
-                Ok(Message::Close(f)) => return f.map(|f| f.code),
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1.to_string();
-    (status, body)
 }
 
 /// Caps a socket's kernel receive buffer, so a client that never reads
@@ -186,7 +98,7 @@ fn full_sample(ltp: f32) -> Full {
 #[test]
 fn greets_with_status_and_delivers_exact_values_in_each_mode() {
     let (engine, sim) = start(|_| {});
-    let mut c = Client::connect(engine.addr(), "/ws");
+    let mut c = WsClient::connect(engine.addr(), "/ws");
     assert_eq!(
         c.recv(),
         json!({"type": "status", "state": "connected", "message": "Connected to price feed"})
@@ -252,8 +164,8 @@ fn greets_with_status_and_delivers_exact_values_in_each_mode() {
 fn two_clients_share_one_upstream_subscription_released_after_both_leave() {
     let (engine, sim) = start(|_| {});
     let k = key(11);
-    let mut a = Client::connect(engine.addr(), "/ws");
-    let mut b = Client::connect(engine.addr(), "/ws");
+    let mut a = WsClient::connect(engine.addr(), "/ws");
+    let mut b = WsClient::connect(engine.addr(), "/ws");
     a.subscribe(k, "ticker");
     b.subscribe(k, "ticker");
     wait_for("subscription", || held(&sim).contains(&(k, Mode::Ticker)));
@@ -273,9 +185,8 @@ fn two_clients_share_one_upstream_subscription_released_after_both_leave() {
     assert_eq!(b.recv_type("ticker")["ltp"], json!(10.5));
     // The list is published by the fanout at most every 100 ms.
     let entry = || {
-        let (code, body) = http_get(engine.addr(), "/api/v2/subscriptions/active");
+        let (code, active) = http_get_json(engine.addr(), "/api/v2/subscriptions/active");
         assert_eq!(code, 200);
-        let active: Value = serde_json::from_str(&body).unwrap();
         active["subscriptions"]
             .as_array()
             .unwrap()
@@ -303,8 +214,8 @@ fn two_clients_share_one_upstream_subscription_released_after_both_leave() {
 fn mode_upgrades_and_downgrades_reach_the_simulator() {
     let (engine, sim) = start(|_| {});
     let k = key(12);
-    let mut a = Client::connect(engine.addr(), "/ws");
-    let mut b = Client::connect(engine.addr(), "/ws");
+    let mut a = WsClient::connect(engine.addr(), "/ws");
+    let mut b = WsClient::connect(engine.addr(), "/ws");
     a.subscribe(k, "ticker");
     wait_for("ticker", || held(&sim).contains(&(k, Mode::Ticker)));
     b.subscribe(k, "full");
@@ -322,7 +233,7 @@ fn mode_upgrades_and_downgrades_reach_the_simulator() {
 fn a_new_subscriber_gets_the_last_value_at_once() {
     let (engine, sim) = start(|_| {});
     let k = key(13);
-    let mut a = Client::connect(engine.addr(), "/ws");
+    let mut a = WsClient::connect(engine.addr(), "/ws");
     a.subscribe(k, "ticker");
     wait_for("sub", || held(&sim).contains(&(k, Mode::Ticker)));
     sim.inject(&FeedMessage::Data(
@@ -330,7 +241,7 @@ fn a_new_subscriber_gets_the_last_value_at_once() {
         FeedData::Ticker(Ticker { ltp: 42.05, ltt: 7 }),
     ));
     a.recv_type("ticker");
-    let mut b = Client::connect(engine.addr(), "/ws");
+    let mut b = WsClient::connect(engine.addr(), "/ws");
     b.recv_type("status");
     b.subscribe(k, "ticker");
     let snap = b.recv_type("ticker");
@@ -345,10 +256,10 @@ fn a_new_subscriber_gets_the_last_value_at_once() {
 fn bad_input_gets_an_error_and_a_healthy_client_keeps_receiving() {
     let (engine, sim) = start(|c| c.fanout.max_instruments_per_message = 3);
     let k = key(14);
-    let mut good = Client::connect(engine.addr(), "/ws");
+    let mut good = WsClient::connect(engine.addr(), "/ws");
     good.subscribe(k, "ticker");
     wait_for("sub", || held(&sim).contains(&(k, Mode::Ticker)));
-    let mut bad = Client::connect(engine.addr(), "/ws");
+    let mut bad = WsClient::connect(engine.addr(), "/ws");
     bad.recv_type("status");
     let cases = [
         ("{oops".to_string(), "malformed JSON"),
@@ -373,12 +284,12 @@ fn bad_input_gets_an_error_and_a_healthy_client_keeps_receiving() {
         assert_eq!(good.recv_type("ticker")["ltp"], json!(1.5));
     }
     // Oversized frame: closed with 1009.
-    let mut big = Client::connect(engine.addr(), "/ws");
+    let mut big = WsClient::connect(engine.addr(), "/ws");
     big.recv_type("status");
     let _ = big.0.send(Message::text("x".repeat(70_000)));
     assert_eq!(big.close_code(), Some(CloseCode::Size));
     // Binary frame: closed with 1003.
-    let mut bin = Client::connect(engine.addr(), "/ws");
+    let mut bin = WsClient::connect(engine.addr(), "/ws");
     bin.recv_type("status");
     bin.0.send(Message::binary(vec![1, 2, 3])).unwrap();
     assert_eq!(bin.close_code(), Some(CloseCode::Unsupported));
@@ -397,7 +308,7 @@ fn a_client_that_never_reads_is_conflated_then_closed_and_others_are_unharmed() 
         c.fanout.slow_client_timeout = Duration::from_millis(1500);
     });
     let keys: Vec<_> = (100..150).map(key).collect();
-    let subscribe_all = |c: &mut Client| {
+    let subscribe_all = |c: &mut WsClient| {
         let list: Vec<Value> = keys
             .iter()
             .map(|k| json!({"exchangeSegment": "NSE_EQ", "securityId": k.security_id.to_string()}))
@@ -405,10 +316,10 @@ fn a_client_that_never_reads_is_conflated_then_closed_and_others_are_unharmed() 
         c.send(json!({"type": "subscribe", "instruments": list}));
     };
     // The slow client: a tiny receive buffer, and it never reads.
-    let mut slow = Client::connect(engine.addr(), "/ws");
+    let mut slow = WsClient::connect(engine.addr(), "/ws");
     shrink_receive_buffer(slow.0.get_ref());
     subscribe_all(&mut slow);
-    let mut good = Client::connect(engine.addr(), "/ws");
+    let mut good = WsClient::connect(engine.addr(), "/ws");
     good.recv_type("status");
     subscribe_all(&mut good);
     wait_for("subs", || held(&sim).len() >= 53);
@@ -474,7 +385,7 @@ fn a_client_that_never_reads_is_conflated_then_closed_and_others_are_unharmed() 
 fn upstream_drop_is_announced_and_data_resumes_after_reconnect() {
     let (engine, sim) = start(|_| {});
     let k = key(15);
-    let mut c = Client::connect(engine.addr(), "/ws");
+    let mut c = WsClient::connect(engine.addr(), "/ws");
     c.recv_type("status");
     c.subscribe(k, "ticker");
     wait_for("sub", || held(&sim).contains(&(k, Mode::Ticker)));
@@ -544,7 +455,7 @@ fn rest_endpoints_say_what_they_claim() {
     let (code, _) = http_get(engine.addr(), "/ws");
     assert_eq!(code, 426, "plain GET on a WebSocket path");
     // /ws/prices pushes the same object, once a second.
-    let mut p = Client::connect(engine.addr(), "/ws/prices");
+    let mut p = WsClient::connect(engine.addr(), "/ws/prices");
     let first = p.recv();
     assert_eq!(first["NIFTY"], json!(25760.85));
     let t0 = Instant::now();
@@ -585,21 +496,21 @@ fn rest_endpoints_say_what_they_claim() {
 #[test]
 fn a_foreign_origin_is_refused() {
     let (engine, _sim) = start(|_| {});
-    let err = Client::connect_with(engine.addr(), "/ws", Some("https://evil.example"))
+    let err = WsClient::connect_with(engine.addr(), "/ws", Some("https://evil.example"))
         .err()
         .unwrap();
     match err {
         tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 403),
         other => panic!("expected 403, got {other:?}"),
     }
-    assert!(Client::connect_with(engine.addr(), "/ws", Some("http://localhost:3000")).is_ok());
+    assert!(WsClient::connect_with(engine.addr(), "/ws", Some("http://localhost:3000")).is_ok());
     engine.shutdown();
 }
 
 #[test]
 fn shutdown_closes_clients_and_disconnects_upstream() {
     let (engine, sim) = start(|_| {});
-    let mut c = Client::connect(engine.addr(), "/ws");
+    let mut c = WsClient::connect(engine.addr(), "/ws");
     c.recv_type("status");
     engine.shutdown();
     assert_eq!(c.close_code(), Some(CloseCode::Away));

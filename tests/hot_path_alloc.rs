@@ -8,9 +8,12 @@
 //! Book snapshots (at most 20 a second, two allocations each) are the only
 //! other allocations allowed.
 
+mod common;
+use common::{http_get_json, WsClient};
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpStream;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -19,8 +22,7 @@ use std::time::Duration;
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::engine::Engine;
 use dhan_relay::upstream::Credentials;
-use serde_json::Value;
-use tungstenite::Message;
+use serde_json::{json, Value};
 
 struct Counting;
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
@@ -79,17 +81,10 @@ impl Drop for SimProcess {
     }
 }
 
-fn counters(addr: std::net::SocketAddr) -> Value {
-    let mut s = TcpStream::connect(addr).unwrap();
-    std::io::Write::write_all(
-        &mut s,
-        b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1;
-    serde_json::from_str::<Value>(body).unwrap()["counters"].clone()
+fn counters(addr: SocketAddr) -> Value {
+    let (status, stats) = http_get_json(addr, "/stats");
+    assert_eq!(status, 200, "/stats: {stats}");
+    stats["counters"].clone()
 }
 
 fn counter(v: &Value, name: &str) -> u64 {
@@ -100,14 +95,13 @@ fn counter(v: &Value, name: &str) -> u64 {
 
 /// A client that subscribes the watchlist, then reads raw bytes forever
 /// into a stack buffer (no allocation per message).
-fn raw_client(addr: std::net::SocketAddr, received: Arc<AtomicU64>) {
-    let stream = TcpStream::connect(addr).unwrap();
-    let (mut ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), stream).unwrap();
-    ws.send(Message::text(
-        r#"{"type":"subscribe","instruments":[{"symbol":"NIFTY"},{"symbol":"SENSEX"},{"symbol":"RELIANCE"},{"symbol":"CRUDEOIL"}]}"#,
-    ))
-    .unwrap();
-    let mut stream = ws.into_inner();
+fn raw_client(addr: SocketAddr, received: Arc<AtomicU64>) {
+    let mut ws = WsClient::connect(addr, "/ws");
+    ws.send(json!({"type": "subscribe", "instruments": [
+        {"symbol": "NIFTY"}, {"symbol": "SENSEX"}, {"symbol": "RELIANCE"}, {"symbol": "CRUDEOIL"}]}));
+    let mut stream = ws.into_stream();
+    // Blocking reads for as long as the engine sends.
+    stream.set_read_timeout(None).unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 65536];
         while let Ok(n) = stream.read(&mut buf) {

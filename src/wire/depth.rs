@@ -1,10 +1,15 @@
-//! The 20-level depth feed (PROTOCOL.md §2): decode and encode.
+//! The 20-level depth feed (docs/dhanhq-protocol.md, "20-level depth feed"):
+//! decode and encode.
 //!
 //! A different header from the main feed: 12 bytes `<hBBiI>` = i16 packet
 //! length (header included), response code (41 bid side, 51 ask side, 50
 //! disconnect), segment code, security id, sequence number. A side packet then
 //! carries 20 rows of `<dII>` (price f64, quantity, orders); a disconnect
 //! carries a u16 reason. Frames may hold several packets back to back.
+//!
+//! The disconnect layout is this crate's: DhanHQ's SDK (`fulldepth.py`)
+//! reads the reason from the header's last field (bytes 8..12) of a 12-byte
+//! packet instead (the doc's "Where the sources disagree").
 
 use super::codec::{Put, Reader};
 use super::frame::{sealed, Format, Packets};

@@ -1,9 +1,9 @@
 //! Live Market Feed v2 response packets: decode and encode.
 //!
-//! Layouts are the ones DhanHQ's official SDK reads (PROTOCOL.md §1), all
-//! little-endian, each packet opening with an 8-byte header
-//! `<BHBI>` = response code, packet length (header included), segment code,
-//! security id.
+//! Layouts are the ones DhanHQ's official SDK reads (docs/dhanhq-protocol.md,
+//! "Response header" and "Response packets"), all little-endian, each packet
+//! opening with an 8-byte header `<BHBI>` = response code, packet length
+//! (header included), segment code, security id.
 //!
 //! Each packet body is described once, by a [`Layout`] implementation that
 //! both reads and writes it, so the decoder and the encoder cannot drift
@@ -513,7 +513,8 @@ impl FeedMessage {
 #[cfg(test)]
 mod tests {
     //! Packets here are built byte by byte from the `struct` formats in
-    //! PROTOCOL.md, independently of the encoder, then decoded.
+    //! docs/dhanhq-protocol.md ("Response packets"), independently of the
+    //! encoder, then decoded.
     use super::*;
     use crate::wire::DisconnectReason;
 

@@ -1,4 +1,5 @@
-//! Requests to DhanHQ: JSON text frames (PROTOCOL.md §1 and §2).
+//! Requests to DhanHQ: JSON text frames (docs/dhanhq-protocol.md, "Requests"
+//! and "20-level depth feed").
 //!
 //! Encoding is written by hand rather than through a serializer: the shape is
 //! fixed, the field order is DhanHQ's own, and the relay sends these only on

@@ -1,5 +1,6 @@
 //! Reads the few fields the tool needs from the relay's JSON messages
-//! (PROTOCOL.md §3) without building a JSON tree.
+//! (docs/dhanhq-protocol.md, "The relay's client protocol") without building
+//! a JSON tree.
 //!
 //! A price update is `{"type":"ticker","exchangeSegment":"NSE_EQ",
 //! "securityId":"1000001","ltp":17.0,"ltt":12345,...}` (`quote` and `full`
