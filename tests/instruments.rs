@@ -20,7 +20,9 @@ use dhan_relay::engine::Engine;
 use dhan_relay::instrument::date::ist_instant;
 use dhan_relay::instrument::source::{self, Origin, Source, SourceConfig, CACHE_FILE};
 use dhan_relay::instrument::watch::{plan_rolls, resolve_watchlist, RollSchedule, WatchSpec};
-use dhan_relay::instrument::{Date, Exchange, Kind, Master, ResolveError, WallClock, Watchlist};
+use dhan_relay::instrument::{
+    Date, Exchange, Kind, Master, ResolveError, Resolved, ResolvedName, WallClock, Watchlist,
+};
 use dhan_relay::sim::SimControl;
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
@@ -404,8 +406,12 @@ fn bulk_resolution_suggests_for_a_few_and_sums_up_the_rest() {
         .to_vec();
     names.extend((0..995).map(|i| format!("RELIANCX{i}")));
     names.push("BSE:RELIANCE".into());
-    let r = m.resolve_many(&names, t, 3);
-    let found: Vec<(usize, InstrumentKey)> = r.found.iter().map(|f| (f.index, f.key)).collect();
+    let r: Resolved = m.resolve_many(&names, t, 3);
+    let found: Vec<(usize, InstrumentKey)> = r
+        .found
+        .iter()
+        .map(|f: &ResolvedName| (f.index, f.key))
+        .collect();
     assert_eq!(
         found,
         [

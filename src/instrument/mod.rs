@@ -30,7 +30,7 @@ pub mod watch;
 
 pub use date::{Date, TimeOfDay, WallClock};
 pub use master::{Instrument, LoadReport, Master, MasterError, RowProblem};
-pub use resolve::{Candidate, ResolveError};
+pub use resolve::{Candidate, ResolveError, Resolved, ResolvedName, MAX_LISTED_FAILURES};
 pub use watch::{WatchItem, Watchlist};
 
 use crate::domain::Segment;

@@ -114,7 +114,7 @@ impl Instrument {
         // Both draws happen either way, so the rest of the stream does not
         // depend on whether there is a reference.
         let r = rng.below(u32::MAX);
-        let paise = rng.below(20);
+        let extra_ticks = rng.below(20);
         let prev_close = match reference.filter(|p| p.is_finite() && *p > 0.0) {
             Some(level) => {
                 let ticks = (level / TICK).round().min(f64::from(u32::MAX / 4)) as u32;
@@ -129,7 +129,7 @@ impl Instrument {
                     Segment::NseFno | Segment::BseFno => 10 + r % 2_000,
                     Segment::NseEq | Segment::BseEq => 20 + r % 4_980,
                 };
-                rupees * 20 + paise
+                rupees * 20 + extra_ticks
             }
         }
         .max(MIN_TICKS);
