@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
     for max in [3, 1_000] {
         match parse(text, max) {
             Err(e) => {
+                let e = e.to_string();
                 assert!(!e.is_empty(), "empty error");
                 assert!(e.len() < MAX_ERROR_BYTES, "{} bytes: {e}", e.len());
                 let reply: Value = serde_json::from_str(&error_message(&e)).expect("reply is JSON");

@@ -101,8 +101,13 @@ pub enum Kind {
 impl Kind {
     /// The kind of a `SEM_INSTRUMENT_NAME`.
     pub fn of(instrument: &str) -> Kind {
-        let up =
-            |p: &str| instrument.len() >= p.len() && instrument[..p.len()].eq_ignore_ascii_case(p);
+        // Bytes, not a `str` slice: a non-ASCII name must not split a char.
+        let up = |p: &str| {
+            instrument
+                .as_bytes()
+                .get(..p.len())
+                .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
+        };
         if instrument.eq_ignore_ascii_case("INDEX") {
             Kind::Index
         } else if instrument.eq_ignore_ascii_case("EQUITY") {
@@ -189,6 +194,13 @@ mod tests {
             assert_eq!(Kind::of(o), Kind::Option);
         }
         assert_eq!(Kind::of("ETF"), Kind::Other);
+        // Regression (found by the scrip_master fuzz target): a non-ASCII
+        // instrument name used to panic by slicing inside a character.
+        for odd in ["EQ\u{20ac}UITY", "I\u{fffd}DEX", "F\u{e9}T", "\u{20ac}"] {
+            assert_eq!(Kind::of(odd), Kind::Other, "{odd}");
+        }
+        let row = "SEM_EXM_EXCH_ID,SEM_SEGMENT,SEM_SMST_SECURITY_ID,SEM_INSTRUMENT_NAME,SEM_TRADING_SYMBOL,SEM_EXPIRY_DATE\nNSE,E,2885,EQ\u{20ac}UITY,RELIANCE,\n";
+        assert!(Master::parse(row.as_bytes()).is_ok(), "a bad row, not a panic");
         assert_eq!(Exchange::parse("mcx"), Some(Exchange::Mcx));
         assert_eq!(Exchange::parse("NCDEX"), None);
     }

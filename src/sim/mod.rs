@@ -6,7 +6,7 @@
 //! simulator and the relay cannot disagree about the format without a test
 //! noticing.
 //!
-//! # Behaviour (PROTOCOL.md §1)
+//! # Behaviour (`docs/dhanhq-protocol.md`, "Live Market Feed v2")
 //!
 //! * WebSocket upgrades at `/?version=2&token=T&clientId=C&authType=2`
 //!   (`ws://` or `wss://`). After the handshake a missing or empty token gets
