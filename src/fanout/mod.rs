@@ -714,3 +714,80 @@ fn set_send_buffer(stream: &mio::net::TcpStream, bytes: usize) {
         log::debug!("SO_SNDBUF not set: {}", std::io::Error::last_os_error());
     }
 }
+
+#[cfg(test)]
+mod test_worker {
+    //! A fanout [`Worker`] with no threads around it, for unit tests of the
+    //! pump and the client protocol.
+    use super::*;
+    use crate::instrument::watch::ResolvedWatchlist;
+    use crate::upstream::Command;
+    use ringbuf::traits::Split;
+    use ringbuf::{HeapProd, HeapRb};
+
+    /// What a test drives the worker with.
+    pub(in crate::fanout) struct Harness {
+        pub(in crate::fanout) worker: Worker,
+        pub(in crate::fanout) updates: HeapProd<Update>,
+        pub(in crate::fanout) upstream: Receiver<Command>,
+    }
+
+    /// A worker with `capacity` upstream slots and default limits.
+    pub(in crate::fanout) fn worker(capacity: usize) -> Harness {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
+        let (updates, rx) = HeapRb::<Update>::new(1024).split();
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (_handoff_tx, handoff) = crossbeam_channel::unbounded();
+        let (jobs, _job_rx) = crossbeam_channel::unbounded();
+        let (_answer_tx, answers) = crossbeam_channel::unbounded();
+        let clock = WallClock::system();
+        let config = FanoutConfig {
+            upstream_capacity: capacity,
+            ..FanoutConfig::default()
+        };
+        let worker = Worker {
+            topics: Topics::new(config.unsubscribe_grace, capacity),
+            poll,
+            stop: Arc::default(),
+            ws_config: WebSocketConfig::default(),
+            updates: rx,
+            snapshot: Arc::default(),
+            upstream: UpstreamControl::new(cmd_tx, waker),
+            upstream_stats: Arc::default(),
+            master: Arc::new(Master::sample()),
+            watchlist: Watchlist::new(
+                ResolvedWatchlist::default(),
+                "08:45".parse().unwrap(),
+                clock.today(),
+            ),
+            clock,
+            config,
+            sessions: Vec::new(),
+            free: Vec::new(),
+            next_id: 1,
+            readable: Vec::new(),
+            renderer: Renderer::new(),
+            stats: Arc::default(),
+            latency: SharedLatency::default().recorder(),
+            message_latency: SharedLatency::default().recorder(),
+            symbols: HashMap::new(),
+            view: Arc::default(),
+            view_dirty: false,
+            next_view: Instant::now(),
+            handoff,
+            jobs,
+            answers,
+            upstream_up: false,
+            announced: "connecting",
+            next_second: Instant::now(),
+            turn_recv: Vec::new(),
+            dirty: Vec::new(),
+        };
+        Harness {
+            worker,
+            updates,
+            upstream: cmd_rx,
+        }
+    }
+}

@@ -146,3 +146,183 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use ringbuf::traits::Producer;
+    use serde_json::Value;
+
+    use super::super::session::tests::{pair, read_frames};
+    use super::super::test_worker::{worker, Harness};
+    use super::super::topics::Topics;
+    use crate::book::{InstrumentState, Update, UpdateKind};
+    use crate::domain::{InstrumentKey, Mode, Segment};
+    use crate::upstream::Command;
+    use crate::wire::feed::Quote;
+
+    fn key(id: u32) -> InstrumentKey {
+        InstrumentKey::new(Segment::NseEq, id)
+    }
+
+    fn quote_update(id: u32, ltp: f32) -> Update {
+        let mut state = InstrumentState::new(key(id));
+        state.ltp = Some(ltp);
+        state.ltt = 1;
+        state.seq = 1;
+        state.quote = Some(Quote {
+            ltp,
+            ltq: 1,
+            ltt: 1,
+            avg_price: ltp,
+            volume: 10,
+            total_sell_qty: 1,
+            total_buy_qty: 1,
+            open: ltp,
+            close: ltp,
+            high: ltp,
+            low: ltp,
+        });
+        Update {
+            kind: UpdateKind::Quote,
+            state,
+        }
+    }
+
+    /// Puts a fake session (a loopback socket pair) in slot `i`, holding
+    /// `keys` in `mode`; returns the peer end.
+    fn client(
+        h: &mut Harness,
+        cap: usize,
+        keys: &[InstrumentKey],
+        mode: Mode,
+    ) -> (usize, std::net::TcpStream) {
+        let (mut s, peer) = pair(cap);
+        let i = h.worker.sessions.len();
+        for k in keys {
+            s.subs.insert(*k, mode);
+            h.worker.topics.add(i, *k, mode);
+        }
+        h.worker.sessions.push(Some(Box::new(s)));
+        (i, peer)
+    }
+
+    fn json(frame: &[u8]) -> Value {
+        serde_json::from_slice(frame).unwrap()
+    }
+
+    #[test]
+    fn one_render_per_message_type_reaches_every_subscriber_in_its_mode() {
+        let mut h = worker(100);
+        let (_, mut ticker) = client(&mut h, 64 * 1024, &[key(1)], Mode::Ticker);
+        let (_, mut quote) = client(&mut h, 64 * 1024, &[key(1)], Mode::Quote);
+        let (_, mut other) = client(&mut h, 64 * 1024, &[key(2)], Mode::Quote);
+        h.worker.topics.add(Topics::RELAY, key(1), Mode::Ticker);
+        let now = Instant::now();
+        h.updates.try_push(quote_update(1, 10.5)).unwrap();
+        h.updates.try_push(quote_update(9, 1.0)).unwrap(); // nobody holds it
+        h.worker.drain_updates(now);
+        h.worker.flush_dirty(now);
+        let t = json(&read_frames(&mut ticker, 1)[0]);
+        let q = json(&read_frames(&mut quote, 1)[0]);
+        assert_eq!(
+            (t["type"].as_str(), t["ltp"].as_f64()),
+            (Some("ticker"), Some(10.5))
+        );
+        assert_eq!(
+            (q["type"].as_str(), q["volume"].as_u64()),
+            (Some("quote"), Some(10))
+        );
+        assert_eq!(h.worker.stats.updates.get(), 2);
+        assert_eq!(
+            h.worker.stats.messages.get(),
+            2,
+            "one per subscriber, none for the relay"
+        );
+        other
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert!(
+            std::io::Read::read(&mut other, &mut byte).is_err(),
+            "key(2)'s client got nothing"
+        );
+        assert!(h.worker.dirty.is_empty() && h.worker.turn_recv.is_empty());
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_is_conflated_while_the_others_get_everything() {
+        let mut h = worker(100);
+        let keys: Vec<InstrumentKey> = (1..=4).map(key).collect();
+        let (slow_i, slow_peer) = client(&mut h, 4096, &keys, Mode::Quote);
+        // Small kernel buffers on both ends, as the fanout sets them.
+        super::super::set_send_buffer(h.worker.sessions[slow_i].as_mut().unwrap().tcp_mut(), 4096);
+        let small: libc::c_int = 4096;
+        // SAFETY: setsockopt reads a live local c_int; the fd is owned by
+        // `slow_peer` for the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&slow_peer),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        let (_, mut fast) = client(&mut h, 1 << 20, &keys, Mode::Quote);
+        let rounds = 2_000;
+        let reader = std::thread::spawn(move || read_frames(&mut fast, rounds * 4));
+        for r in 0..rounds {
+            let now = Instant::now();
+            for id in 1..=4 {
+                h.updates.try_push(quote_update(id, r as f32)).unwrap();
+            }
+            h.worker.drain_updates(now);
+            h.worker.flush_dirty(now);
+        }
+        // The fast client reads everything, in order per instrument.
+        let frames = reader.join().unwrap();
+        assert_eq!(frames.len(), rounds * 4);
+        let last = json(frames.last().unwrap());
+        assert_eq!(last["ltp"].as_f64(), Some((rounds - 1) as f64));
+        // The slow one was conflated, and is behind.
+        assert!(h.worker.stats.conflated.get() > 0);
+        let slow = h.worker.sessions[slow_i].as_ref().unwrap();
+        assert!(slow.too_slow(
+            Instant::now() + Duration::from_secs(10),
+            Duration::from_secs(5)
+        ));
+    }
+
+    #[test]
+    fn unsubscribes_reach_the_network_thread_before_subscribes() {
+        // Regression: a promoted (queued) instrument was subscribed before
+        // the unsubscribe that freed its slot, refused upstream, and never
+        // retried.
+        let mut h = worker(1);
+        h.worker.topics.add(1, key(1), Mode::Ticker);
+        let now = Instant::now();
+        h.worker.push_changes(now);
+        assert!(
+            matches!(h.upstream.try_recv(), Ok(Command::Subscribe(s)) if s == vec![(key(1), Mode::Ticker)])
+        );
+        h.worker.topics.add(2, key(2), Mode::Ticker); // queued: capacity 1
+        h.worker.topics.remove(1, key(1));
+        h.worker.push_changes(now);
+        assert_eq!(h.worker.stats.upstream_queued.get(), 1);
+        h.worker.push_changes(now + Duration::from_secs(3)); // after the grace
+        let first = h.upstream.try_recv().unwrap();
+        let second = h.upstream.try_recv().unwrap();
+        assert!(matches!(first, Command::Unsubscribe(u) if u == vec![key(1)]));
+        assert!(matches!(second, Command::Subscribe(s) if s == vec![(key(2), Mode::Ticker)]));
+        assert_eq!(
+            (
+                h.worker.stats.upstream_held.get(),
+                h.worker.stats.upstream_queued.get()
+            ),
+            (1, 0)
+        );
+    }
+}

@@ -113,3 +113,49 @@ pub fn run(
         let _ = fanout.wake();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Segment;
+    use crate::fanout::rest::View;
+    use crate::instrument::watch::WatchItem;
+    use arc_swap::ArcSwap;
+
+    #[test]
+    fn watchlist_names_then_the_master_and_one_error_for_the_rest() {
+        let master = Master::sample();
+        let my_rel = InstrumentKey::new(Segment::BseEq, 500325);
+        let view: SharedView = Arc::new(ArcSwap::from_pointee(View {
+            watchlist: vec![WatchItem {
+                symbol: "MYREL".into(),
+                key: my_rel,
+            }],
+            active: Vec::new(),
+        }));
+        let nifty = InstrumentKey::new(Segment::IdxI, 13);
+        let by_key = InstrumentKey::new(Segment::NseEq, 1);
+        let job = Job {
+            slot: 3,
+            session: 7,
+            op: Op::Subscribe(Mode::Quote),
+            refs: vec![
+                InstrumentRef::Symbol("myrel".into()),
+                InstrumentRef::Symbol("RELIANCX12".into()),
+                InstrumentRef::Key(by_key),
+                InstrumentRef::Symbol("NIFTY".into()),
+                InstrumentRef::Symbol("ZZQ1".into()),
+            ],
+        };
+        let a = resolve(job, &master, &view, &WallClock::system());
+        assert_eq!(
+            (a.slot, a.session, a.op),
+            (3, 7, Op::Subscribe(Mode::Quote))
+        );
+        assert_eq!(a.keys, vec![my_rel, by_key, nifty], "client order kept");
+        let e = a.error.expect("two failures");
+        assert!(e.starts_with("2 of 3 symbols not found"), "{e}");
+        assert!(e.contains("RELIANCX12 (did you mean RELIANCE"), "{e}");
+        assert!(e.contains("ZZQ1"), "{e}");
+    }
+}

@@ -190,9 +190,9 @@ impl Session {
     /// The count of frames ignored since the last notice, when a notice is
     /// due (at most one a second).
     pub fn rate_notice(&mut self, now: Instant) -> Option<u32> {
-        let due = self
-            .last_notice
-            .map_or(true, |t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        let due = self.last_notice.map_or(true, |t| {
+            now.saturating_duration_since(t) >= Duration::from_secs(1)
+        });
         if self.ignored == 0 || !due {
             return None;
         }

@@ -200,7 +200,10 @@ mod tests {
             assert_eq!(Kind::of(odd), Kind::Other, "{odd}");
         }
         let row = "SEM_EXM_EXCH_ID,SEM_SEGMENT,SEM_SMST_SECURITY_ID,SEM_INSTRUMENT_NAME,SEM_TRADING_SYMBOL,SEM_EXPIRY_DATE\nNSE,E,2885,EQ\u{20ac}UITY,RELIANCE,\n";
-        assert!(Master::parse(row.as_bytes()).is_ok(), "a bad row, not a panic");
+        assert!(
+            Master::parse(row.as_bytes()).is_ok(),
+            "a bad row, not a panic"
+        );
         assert_eq!(Exchange::parse("mcx"), Some(Exchange::Mcx));
         assert_eq!(Exchange::parse("NCDEX"), None);
     }

@@ -127,6 +127,12 @@ pub struct UpstreamControl {
 }
 
 impl UpstreamControl {
+    /// A control end over a channel and a waker of the caller's choosing
+    /// (tests stand in for the network thread with it).
+    pub fn new(tx: Sender<Command>, waker: Arc<Waker>) -> UpstreamControl {
+        UpstreamControl { tx, waker }
+    }
+
     /// Sends a command; false if the thread has ended.
     pub fn send(&self, command: Command) -> bool {
         self.tx.send(command).is_ok() && self.waker.wake().is_ok()
