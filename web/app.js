@@ -16,7 +16,7 @@
 // table. The flash is a class set for FLASH_MS, not a running animation.
 // Batches are at least MIN_RENDER_MS apart (~30 Hz).
 //
-// Protocol (docs/dhanhq-protocol.md, "The relay's client protocol"): subscribe/unsubscribe with {exchangeSegment,
+// Protocol (docs/dhanhq-protocol.md, the client protocol section): subscribe/unsubscribe with {exchangeSegment,
 // securityId}; the watchlist is subscribed in the chosen mode (ticker or
 // quote), the instrument open in the detail panel in full mode (depth).
 // Client messages are rate-limited by the relay (50/s), so subscriptions go
