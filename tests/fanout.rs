@@ -6,7 +6,7 @@
 //! Each test names the old behaviour it guards against.
 
 mod common;
-use common::wait_for;
+use common::{counter, exchange, find, get, get_json, stats, wait_for, wait_or, Resp, WsClient};
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -23,7 +23,7 @@ use dhan_relay::sim::SimControl;
 use dhan_relay::wire::feed::{FeedData, FeedMessage, Ticker};
 use dhan_relay::wire::request::RequestCode;
 use serde_json::{json, Value};
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
 // ---------------------------------------------------------------------------
 // Engine
@@ -52,100 +52,6 @@ fn held(sim: &SimControl) -> Vec<(InstrumentKey, Mode)> {
         .into_iter()
         .flat_map(|c| c.instruments)
         .collect()
-}
-
-fn instrument(key: InstrumentKey) -> Value {
-    json!({"exchangeSegment": key.segment.name(), "securityId": key.security_id.to_string()})
-}
-
-// ---------------------------------------------------------------------------
-// HTTP
-
-/// An HTTP response, as received.
-struct Resp {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn parse(raw: &[u8]) -> Resp {
-        let end = find(raw, b"\r\n\r\n").expect("a complete response head") + 4;
-        let head = String::from_utf8(raw[..end].to_vec()).unwrap();
-        let status = head[9..12].parse().expect("a status code");
-        Resp {
-            status,
-            head,
-            body: raw[end..].to_vec(),
-        }
-    }
-
-    /// A header's value (case-insensitive name).
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-}
-
-/// [`wait_for`], explaining the failure with `explain()`.
-fn wait_or(what: &str, mut cond: impl FnMut() -> bool, explain: impl FnOnce() -> String) {
-    let end = Instant::now() + common::WAIT;
-    while Instant::now() < end {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("timed out waiting for {what}: {}", explain());
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Sends `request` as is on a new connection and reads until the server
-/// closes (use `Connection: close`, or a request it refuses).
-fn exchange(addr: SocketAddr, request: &str) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("reading the answer to {request:?}: {e}"));
-    Resp::parse(&raw)
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Resp {
-    exchange(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
-    )
-}
-
-fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let r = http_get(addr, path);
-    assert!(r.status == 200 || r.status == 503, "{path}: {}", r.status);
-    r.json()
-}
-
-fn counter(addr: SocketAddr, name: &str) -> u64 {
-    let stats = get_json(addr, "/stats");
-    stats["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -293,59 +199,6 @@ fn read_all(raw: &mut Raw, quiet: Duration) -> Received {
 // ---------------------------------------------------------------------------
 // tungstenite client
 
-struct Client(WebSocket<TcpStream>);
-
-impl Client {
-    fn connect(addr: SocketAddr, path: &str) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let (ws, _) = tungstenite::client::client(format!("ws://{addr}{path}"), stream)
-            .unwrap_or_else(|e| panic!("handshake on {path}: {e}"));
-        Client(ws)
-    }
-
-    fn send(&mut self, v: Value) {
-        self.0.send(Message::text(v.to_string())).unwrap();
-    }
-
-    /// The next text message, as sent.
-    fn recv_text(&mut self) -> String {
-        loop {
-            match self.0.read().expect("a message before the timeout") {
-                Message::Text(t) => return t.as_str().to_string(),
-                Message::Close(f) => panic!("closed: {f:?}"),
-                _ => {}
-            }
-        }
-    }
-
-    fn recv(&mut self) -> Value {
-        serde_json::from_str(&self.recv_text()).unwrap()
-    }
-
-    /// The next message of `kind`, skipping others.
-    fn recv_type(&mut self, kind: &str) -> Value {
-        loop {
-            let v = self.recv();
-            if v["type"] == kind {
-                return v;
-            }
-        }
-    }
-
-    fn subscribe(&mut self, keys: &[InstrumentKey], mode: &str) {
-        let list: Vec<Value> = keys.iter().copied().map(instrument).collect();
-        self.send(json!({"type": "subscribe", "mode": mode, "instruments": list}));
-    }
-
-    fn unsubscribe(&mut self, keys: &[InstrumentKey]) {
-        let list: Vec<Value> = keys.iter().copied().map(instrument).collect();
-        self.send(json!({"type": "unsubscribe", "instruments": list}));
-    }
-}
-
 /// A client read on its own thread, so it keeps up while the test does
 /// other things; counts the messages of one type.
 struct Reader {
@@ -355,7 +208,7 @@ struct Reader {
 }
 
 impl Reader {
-    fn spawn(mut c: Client, kind: &'static str) -> Reader {
+    fn spawn(mut c: WsClient, kind: &'static str) -> Reader {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicU64::new(0));
         c.0.get_ref()
@@ -415,13 +268,13 @@ impl Reader {
 fn ws_prices_larger_than_the_client_queue_is_delivered_and_nothing_wedges() {
     let (engine, _sim) = start(2000, "[limits]\nclient_queue_bytes = 4096\n");
     let addr = engine.addr();
-    let mut feed = Client::connect(addr, "/ws");
+    let mut feed = WsClient::connect(addr, "/ws");
     feed.recv_type("status");
     let keys: Vec<InstrumentKey> = (6_000_000..6_000_300)
         .map(|i| InstrumentKey::new(Segment::NseFno, i))
         .collect();
     for batch in keys.chunks(100) {
-        feed.subscribe(batch, "ticker");
+        feed.subscribe_many(batch, "ticker");
     }
     let feed = Reader::spawn(feed, "ticker");
     // Ticks for the new instruments make /prices' instruments list big.
@@ -429,7 +282,7 @@ fn ws_prices_larger_than_the_client_queue_is_delivered_and_nothing_wedges() {
         let p = get_json(addr, "/prices");
         p["instruments"].to_string().len() > 3 * 4096
     });
-    let mut prices = Client::connect(addr, "/ws/prices");
+    let mut prices = WsClient::connect(addr, "/ws/prices");
     let started = Instant::now();
     let first = prices.recv_text();
     assert!(first.len() > 4096, "{} bytes", first.len());
@@ -456,7 +309,7 @@ fn ws_prices_larger_than_the_client_queue_is_delivered_and_nothing_wedges() {
         started.elapsed()
     );
     // Everything else is still served.
-    let health = http_get(addr, "/health");
+    let health = get(addr, "/health");
     assert_eq!(health.status, 200, "{}", health.text());
     feed.wait_for_more("tickers on /ws after the big /ws/prices push");
     feed.finish();
@@ -475,7 +328,7 @@ fn flood_while_pinging(
     frame: Vec<u8>,
     dur: Duration,
 ) -> (Raw, u64, Duration, u32) {
-    let mut healthy = Client::connect(addr, "/ws");
+    let mut healthy = WsClient::connect(addr, "/ws");
     healthy.recv_type("status");
     let flooder = Raw::websocket(addr, "/ws");
     let mut w = flooder.s.try_clone().unwrap();
@@ -597,12 +450,12 @@ fn instruments_beyond_upstream_capacity_are_queued_then_subscribed_when_slots_fr
     let free = 10 - watch;
     assert!((1..15).contains(&free), "{capacity}");
 
-    let mut c = Client::connect(addr, "/ws");
+    let mut c = WsClient::connect(addr, "/ws");
     c.recv_type("status");
     let keys: Vec<InstrumentKey> = (7001..=7015)
         .map(|i| InstrumentKey::new(Segment::NseEq, i))
         .collect();
-    c.subscribe(&keys, "ticker");
+    c.subscribe_many(&keys, "ticker");
     let e = c.recv_type("error");
     let message = e["message"].as_str().unwrap();
     assert!(
@@ -644,7 +497,7 @@ fn instruments_beyond_upstream_capacity_are_queued_then_subscribed_when_slots_fr
         .collect();
     row_ids.sort();
     assert_eq!(row_ids, ids(&queued));
-    let metrics = http_get(addr, "/metrics").text();
+    let metrics = get(addr, "/metrics").text();
     assert!(
         metrics.contains(&format!(
             "dhan_relay_upstream_queued_instruments {}\n",
@@ -732,9 +585,9 @@ fn a_never_reading_client_is_closed_soon_after_the_slow_client_timeout() {
     let keys: Vec<InstrumentKey> = (8000..8050)
         .map(|i| InstrumentKey::new(Segment::NseEq, i))
         .collect();
-    let mut good = Client::connect(addr, "/ws");
+    let mut good = WsClient::connect(addr, "/ws");
     good.recv_type("status");
-    good.subscribe(&keys, "full");
+    good.subscribe_many(&keys, "full");
     let good = Reader::spawn(good, "full");
     wait_for("subscriptions upstream", || {
         let h = held(&sim);
@@ -742,8 +595,8 @@ fn a_never_reading_client_is_closed_soon_after_the_slow_client_timeout() {
     });
     good.wait_for_more("full packets");
     // Default socket buffers: it never reads a byte after the handshake.
-    let mut slow = Client::connect(addr, "/ws");
-    slow.subscribe(&keys, "full");
+    let mut slow = WsClient::connect(addr, "/ws");
+    slow.subscribe_many(&keys, "full");
     let subscribed = Instant::now();
     let limit = Duration::from_secs(10);
     loop {
@@ -910,7 +763,7 @@ fn pings_without_reading(toml: &str, shrink: bool) -> (usize, Option<(u16, Strin
     let (mut last, mut still) = (0, 0);
     let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end {
-        let stats = get_json(addr, "/stats");
+        let stats = stats(addr);
         let c = &stats["counters"];
         let messages = c["fanout_messages_total"].as_u64().unwrap();
         if messages > N as u64 || c["fanout_slow_closes_total"].as_u64().unwrap() > 0 {
@@ -1084,10 +937,10 @@ fn head_options_keep_alive_root_websocket_and_refusals() {
     );
 
     // `/` speaks the /ws protocol.
-    let mut root = Client::connect(addr, "/");
+    let mut root = WsClient::connect(addr, "/");
     assert_eq!(root.recv_type("status")["state"], "connected");
     let k = InstrumentKey::new(Segment::NseEq, 4242);
-    root.subscribe(&[k], "ticker");
+    root.subscribe(k, "ticker");
     wait_for("subscribed upstream", || {
         held(&sim).contains(&(k, Mode::Ticker))
     });
@@ -1104,7 +957,7 @@ fn head_options_keep_alive_root_websocket_and_refusals() {
         (json!("4242"), json!(321.45))
     );
 
-    let plain = http_get(addr, "/ws");
+    let plain = get(addr, "/ws");
     assert_eq!(plain.status, 426, "{}", plain.text());
     let post = exchange(
         addr,

@@ -5,10 +5,10 @@
 //! master. Nothing here touches the network beyond 127.0.0.1.
 
 mod common;
-use common::wait_for;
+use common::{http_get_json, wait_for, WsClient};
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -24,8 +24,7 @@ use dhan_relay::instrument::{
     Date, Exchange, Kind, Master, ResolveError, Resolved, ResolvedName, WallClock, Watchlist,
 };
 use dhan_relay::sim::SimControl;
-use serde_json::{json, Value};
-use tungstenite::{Message, WebSocket};
+use serde_json::json;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/scrip-master.csv");
 const SHUFFLED: &str = concat!(
@@ -715,58 +714,6 @@ fn downloads_are_cached_for_the_day_and_the_cache_and_sample_are_fallbacks() {
 
 // ------------------------------------------------------------- end to end
 
-fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1;
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-struct Client(WebSocket<TcpStream>);
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let (ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), stream).unwrap();
-        Client(ws)
-    }
-
-    fn send(&mut self, v: Value) {
-        self.0.send(Message::text(v.to_string())).unwrap();
-    }
-
-    fn recv(&mut self) -> Value {
-        loop {
-            match self.0.read().expect("message before timeout") {
-                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-                Message::Close(f) => panic!("closed: {f:?}"),
-                _ => {}
-            }
-        }
-    }
-
-    /// The next message matching `pred`.
-    fn recv_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            let v = self.recv();
-            if pred(&v) {
-                return v;
-            }
-        }
-    }
-}
-
 /// A controllable wall clock (seconds since the epoch).
 fn clock_at(t: SystemTime) -> (WallClock, Arc<AtomicU64>) {
     let secs = Arc::new(AtomicU64::new(
@@ -819,12 +766,12 @@ fn the_engine_serves_the_default_watchlist_search_and_symbol_subscriptions() {
 
     // /prices: the four symbols, with prices from the simulator.
     wait_for("four prices", || {
-        let (_, p) = http_get(addr, "/prices");
+        let (_, p) = http_get_json(addr, "/prices");
         ["NIFTY", "SENSEX", "RELIANCE", "CRUDEOIL"]
             .iter()
             .all(|s| p[*s].is_number())
     });
-    let (code, p) = http_get(addr, "/prices");
+    let (code, p) = http_get_json(addr, "/prices");
     assert_eq!(code, 200);
     let crude = p["instruments"]
         .as_array()
@@ -840,7 +787,7 @@ fn the_engine_serves_the_default_watchlist_search_and_symbol_subscriptions() {
         ),
         (json!("MCX_COMM"), json!("472794"))
     );
-    let (_, w) = http_get(addr, "/api/watchlist");
+    let (_, w) = http_get_json(addr, "/api/watchlist");
     assert_eq!(
         w["watchlist"][0],
         json!({"symbol":"NIFTY","exchangeSegment":"IDX_I","securityId":"13"})
@@ -848,7 +795,7 @@ fn the_engine_serves_the_default_watchlist_search_and_symbol_subscriptions() {
     assert_eq!(w["watchlist"][3]["securityId"], "472794");
 
     // Search.
-    let (code, s) = http_get(addr, "/api/instruments?q=relia&limit=20");
+    let (code, s) = http_get_json(addr, "/api/instruments?q=relia&limit=20");
     assert_eq!(code, 200);
     assert_eq!(
         (s["query"].clone(), s["count"].clone()),
@@ -862,13 +809,13 @@ fn the_engine_serves_the_default_watchlist_search_and_symbol_subscriptions() {
         json!({"symbol":"RELIANCE","name":"RELIANCE INDUSTRIES LTD","exchangeSegment":"NSE_EQ",
                "securityId":"2885","instrument":"EQUITY","expiry":null,"lotSize":1})
     );
-    let (_, s) = http_get(addr, "/api/instruments?q=crudeoil%20dec+fut");
+    let (_, s) = http_get_json(addr, "/api/instruments?q=crudeoil%20dec+fut");
     assert_eq!(s["query"], "crudeoil dec fut");
     assert_eq!(s["results"][0]["symbol"], "CRUDEOIL-18Dec2026-FUT");
     assert_eq!(s["results"][0]["expiry"], "2026-12-18");
-    let (_, s) = http_get(addr, "/api/instruments?q=n&limit=500");
+    let (_, s) = http_get_json(addr, "/api/instruments?q=n&limit=500");
     assert_eq!(s["count"], 100, "limit capped at 100");
-    let (_, s) = http_get(addr, "/api/instruments?q=n");
+    let (_, s) = http_get_json(addr, "/api/instruments?q=n");
     assert_eq!(s["count"], 20, "limit defaults to 20");
     for bad in [
         "/api/instruments",
@@ -877,13 +824,13 @@ fn the_engine_serves_the_default_watchlist_search_and_symbol_subscriptions() {
         "/api/instruments?q=x&limit=0",
         "/api/instruments?q=x&limit=ten",
     ] {
-        let (code, e) = http_get(addr, bad);
+        let (code, e) = http_get_json(addr, bad);
         assert_eq!(code, 400, "{bad}");
         assert!(e["error"].is_string(), "{bad}: {e}");
     }
 
     // Subscribing by symbol, through the master; updates carry the symbol.
-    let mut c = Client::connect(addr);
+    let mut c = WsClient::connect(addr, "/ws");
     c.recv();
     c.send(json!({"type":"subscribe","instruments":[{"symbol":"RELIANCE"},{"symbol":"NIFTY FUT"},{"exchangeSegment":"BSE_EQ","securityId":"500325"}]}));
     let rel = c.recv_where(|v| v["securityId"] == "2885");
@@ -903,7 +850,7 @@ fn the_engine_serves_the_default_watchlist_search_and_symbol_subscriptions() {
     );
     // Errors name the closest candidates; the connection stays up.
     c.send(json!({"type":"subscribe","instruments":[{"symbol":"RELAINCE"}]}));
-    let e = c.recv_where(|v| v["type"] == "error");
+    let e = c.recv_type("error");
     assert!(
         e["message"]
             .as_str()
@@ -912,7 +859,7 @@ fn the_engine_serves_the_default_watchlist_search_and_symbol_subscriptions() {
         "{e}"
     );
     c.send(json!({"type":"subscribe","instruments":[{"symbol":"NIFTY-Dec2026-25000-CE"}]}));
-    let e = c.recv_where(|v| v["type"] == "error");
+    let e = c.recv_type("error");
     assert!(
         e["message"]
             .as_str()
@@ -922,7 +869,7 @@ fn the_engine_serves_the_default_watchlist_search_and_symbol_subscriptions() {
     );
     c.send(json!({"type":"unsubscribe","instruments":[{"symbol":"NIFTY FUT"}]}));
     c.send(json!({"type":"subscribe","instruments":[{"symbol":"NOSUCH"}]}));
-    let e = c.recv_where(|v| v["type"] == "error");
+    let e = c.recv_type("error");
     assert!(
         e["message"]
             .as_str()
@@ -955,13 +902,13 @@ fn a_watchlist_future_rolls_to_the_next_contract_after_expiry() {
     set(ist_instant(nov20, 8, 40));
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
-        http_get(addr, "/api/watchlist").1["watchlist"][0]["securityId"],
+        http_get_json(addr, "/api/watchlist").1["watchlist"][0]["securityId"],
         "472787"
     );
     // At the check time: Dec replaces Nov, upstream too.
     set(ist_instant(nov20, 8, 46));
     wait_for("the roll", || {
-        http_get(addr, "/api/watchlist").1["watchlist"][0]["securityId"] == "472794"
+        http_get_json(addr, "/api/watchlist").1["watchlist"][0]["securityId"] == "472794"
     });
     wait_for("Dec subscribed, Nov released", || {
         let h = held(&sim);
@@ -981,7 +928,7 @@ fn a_watchlist_future_rolls_to_the_next_contract_after_expiry() {
         }),
     ));
     wait_for("CRUDEOIL priced from Dec", || {
-        http_get(addr, "/prices").1["CRUDEOIL"] == json!(5545.0)
+        http_get_json(addr, "/prices").1["CRUDEOIL"] == json!(5545.0)
     });
     engine.shutdown();
 }

@@ -20,14 +20,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::wait_for;
+use common::{stats, wait_for, WsClient};
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::engine::Engine;
 use dhan_relay::instrument::{synth, Master};
@@ -55,25 +53,6 @@ fn master_file() -> (PathBuf, Vec<String>) {
     (path, real)
 }
 
-fn connect(addr: SocketAddr) -> WebSocket<TcpStream> {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let (ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), stream).unwrap();
-    ws
-}
-
-fn text(ws: &mut WebSocket<TcpStream>) -> Value {
-    loop {
-        match ws.read().expect("message before timeout") {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(f) => panic!("closed: {f:?}"),
-            _ => {}
-        }
-    }
-}
-
 /// What the healthy client saw in one phase.
 #[derive(Debug, Default)]
 struct Seen {
@@ -94,7 +73,8 @@ impl Seen {
 }
 
 /// Pings every 200 ms for `length`, timing pongs and gaps between updates.
-fn healthy_phase(ws: &mut WebSocket<TcpStream>, length: Duration) -> Seen {
+fn healthy_phase(client: &mut WsClient, length: Duration) -> Seen {
+    let ws = &mut client.0;
     ws.get_mut()
         .set_read_timeout(Some(Duration::from_millis(20)))
         .unwrap();
@@ -141,18 +121,6 @@ fn healthy_phase(ws: &mut WebSocket<TcpStream>, length: Duration) -> Seen {
     seen
 }
 
-fn stats(addr: SocketAddr) -> Value {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    serde_json::from_str(body.split_once("\r\n\r\n").unwrap().1).unwrap()
-}
-
 #[test]
 #[cfg_attr(
     debug_assertions,
@@ -174,17 +142,13 @@ fn bursts_of_unknown_symbols_cost_other_clients_nothing() {
     let sim = engine.demo_simulator().unwrap().control();
     wait_for("upstream up", || sim.subscriptions().len() == 1);
 
-    let mut healthy = connect(addr);
-    text(&mut healthy); // status
+    let mut healthy = WsClient::connect(addr, "/ws");
+    healthy.recv(); // status
     let instruments: Vec<Value> = (0..20)
         .map(|i| json!({"exchangeSegment": "NSE_EQ", "securityId": (7000 + i).to_string()}))
         .collect();
-    healthy
-        .send(Message::text(
-            json!({"type": "subscribe", "instruments": instruments}).to_string(),
-        ))
-        .unwrap();
-    wait_for("first update", || text(&mut healthy)["type"] == "ticker");
+    healthy.send(json!({"type": "subscribe", "instruments": instruments}));
+    wait_for("first update", || healthy.recv()["type"] == "ticker");
 
     let baseline = healthy_phase(&mut healthy, BASELINE);
 
@@ -207,13 +171,13 @@ fn bursts_of_unknown_symbols_cost_other_clients_nothing() {
             json!({"type": "subscribe", "instruments": names}).to_string()
         })
         .collect();
-    let mut abuser = connect(addr);
-    text(&mut abuser); // status
+    let mut abuser = WsClient::connect(addr, "/ws");
+    abuser.recv(); // status
     let sent: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let answered: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let reader_stream = abuser.get_ref().try_clone().unwrap();
+        let reader_stream = abuser.0.get_ref().try_clone().unwrap();
         let (sent, answered, stop) = (sent.clone(), answered.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut reader = WebSocket::from_raw_socket(
@@ -256,7 +220,7 @@ fn bursts_of_unknown_symbols_cost_other_clients_nothing() {
                     break;
                 }
                 sent.lock().unwrap().push(Instant::now());
-                abuser.send(Message::text(msg)).unwrap();
+                abuser.0.send(Message::text(msg)).unwrap();
                 next += every;
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
