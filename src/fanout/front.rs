@@ -11,8 +11,9 @@
 //! Limits: a head must arrive within `head_timeout` and fit
 //! [`MAX_HEAD_BYTES`](super::http::MAX_HEAD_BYTES); a kept-alive
 //! connection serves at most `keep_alive_requests` requests and closes
-//! after `keep_alive_idle` without one; at most [`MAX_CONNECTIONS`] plain
-//! connections are open at once. Request bodies are refused (nothing here
+//! after `keep_alive_idle` without one; at most `max_clients` +
+//! [`SPARE_CONNECTIONS`] plain connections are open at once (a connect storm
+//! of WebSocket clients passes through here first). Request bodies are refused (nothing here
 //! takes one), so a connection never has to skip unread bytes.
 
 use std::io::{ErrorKind, Read, Write};
@@ -33,8 +34,9 @@ use super::FanoutConfig;
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 
-/// Plain HTTP connections open at once; more are answered 503 and closed.
-pub const MAX_CONNECTIONS: usize = 1_024;
+/// Plain HTTP connections allowed beyond `max_clients` (REST pollers next
+/// to a full house of WebSocket clients); more are answered 503 and closed.
+pub const SPARE_CONNECTIONS: usize = 256;
 /// Pipelined requests served from one connection per loop turn.
 const PIPELINE_PER_TURN: usize = 8;
 
@@ -190,7 +192,8 @@ impl Front {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _peer)) => {
-                    if self.conns.len() - self.free.len() >= MAX_CONNECTIONS {
+                    let open = self.conns.len() - self.free.len();
+                    if open >= self.config.max_clients + SPARE_CONNECTIONS {
                         self.rest.fanout.clients_rejected.inc();
                         let _ = stream.write(
                             &Response::error(503, "too many connections").to_bytes(false, false),
