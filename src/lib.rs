@@ -23,5 +23,6 @@ pub mod percent;
 pub mod price;
 pub mod sim;
 pub mod tick;
+pub mod token;
 pub mod upstream;
 pub mod wire;

@@ -1,0 +1,1 @@
+//! Reading a DhanHQ access token (a JWT) without verifying it.
