@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Feed, Flags, RunConfig};
 use crate::engine::{raise_fd_limit, Engine, StartError};
 use crate::sim::{SimConfig, SimTls, Simulator};
+use crate::token::sources::CredentialSources;
 use crate::upstream::Credentials;
 
 /// dhan-relay: a low-latency relay for DhanHQ's Live Market Feed v2.
@@ -37,6 +38,9 @@ pub enum Command {
     /// DHAN_ACCESS_TOKEN; without them, and without --feed-url, it runs
     /// against the built-in simulator (demo mode) and says so.
     Run(RunArgs),
+    /// Check the configuration and the credential sources without starting:
+    /// exit 0 when the relay would start, 2 (with the reason) when not.
+    CheckConfig(CheckArgs),
     /// Run a simulated DhanHQ Live Market Feed v2 server (demo mode, tests,
     /// benchmarks) until interrupted. Prints its URL on one line.
     Sim(SimArgs),
@@ -71,6 +75,29 @@ pub struct RunArgs {
     /// DhanHQ's published CSV when relaying DhanHQ; the sample in demo mode].
     #[arg(long, value_name = "FILE")]
     pub instruments: Option<String>,
+    /// Credentials file (dotenv: DHAN_CLIENT_ID, DHAN_ACCESS_TOKEN, and for
+    /// renewal DHAN_PIN, DHAN_TOTP_SECRET). Re-read when it changes and on
+    /// SIGHUP; renewed tokens are written back to it [default: ./.env if
+    /// present, else the environment].
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+    /// DhanHQ REST base for token renewal [default: https://api.dhan.co].
+    #[arg(long, value_name = "URL")]
+    pub rest_url: Option<String>,
+    /// DhanHQ auth base for token generation [default: https://auth.dhan.co].
+    #[arg(long, value_name = "URL")]
+    pub auth_url: Option<String>,
+}
+
+/// Flags of `dhan-relay check-config`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// TOML config file to check.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Credentials file to check (as for `run`).
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -84,6 +111,9 @@ impl RunArgs {
             demo_rate: self.demo_rate,
             pin: self.pin.clone(),
             instruments: self.instruments.clone(),
+            env_file: self.env_file.clone(),
+            rest_url: self.rest_url.clone(),
+            auth_url: self.auth_url.clone(),
         }
     }
 }
@@ -147,29 +177,81 @@ pub fn main() -> ExitCode {
     match cli.command {
         Some(Command::Sim(args)) => sim(&args),
         Some(Command::Run(args)) => run(&args),
+        Some(Command::CheckConfig(args)) => check_config(&args),
         None => run(&cli.run),
     }
+}
+
+/// Reads the config file named by `flags` and builds the configuration
+/// from it, the flags and the credential sources.
+fn load_config(flags: &Flags) -> Result<RunConfig, String> {
+    let file = match &flags.config {
+        Some(path) => Some((
+            path.clone(),
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?,
+        )),
+        None => None,
+    };
+    let file = file.as_ref().map(|(p, t)| (p.as_path(), t.as_str()));
+    RunConfig::build(flags, file, &CredentialSources::process())
+}
+
+/// `dhan-relay check-config`: 0 when `run` would accept the configuration
+/// and credentials, 2 with the reason when not. Says what it found, never a
+/// secret.
+fn check_config(args: &CheckArgs) -> ExitCode {
+    let flags = Flags {
+        config: args.config.clone(),
+        env_file: args.env_file.clone(),
+        ..Flags::default()
+    };
+    let config = match load_config(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dhan-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for note in &config.credential_notes {
+        println!("{note}");
+    }
+    if let Some(path) = &config.feed_ca {
+        if let Err(e) = crate::upstream::load_ca_file(path) {
+            eprintln!("dhan-relay: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    match &config.feed {
+        Feed::Demo { .. } => println!(
+            "no DhanHQ credentials in any source: `run` would start in DEMO MODE (built-in simulator)"
+        ),
+        Feed::Live { url, account, origin } => {
+            let token = account.credentials.access_token();
+            let expiry = match crate::token::jwt::expiry(token) {
+                Some(exp) => format!(
+                    "expires {} ({})",
+                    crate::instrument::date::ist_iso(exp),
+                    if exp > crate::token::unix_now() { "valid" } else { "EXPIRED" }
+                ),
+                None if token.is_empty() => "none yet: generated from PIN + TOTP at start".into(),
+                None => "expiry not readable (not a JWT)".into(),
+            };
+            println!(
+                "credentials from the {origin}: client id set, access token {expiry}; renewal: {}",
+                config.token.renew.as_str()
+            );
+            println!("feed: {}", Credentials::redacted_url(url));
+        }
+    }
+    println!("config OK: listen {}", config.listen);
+    ExitCode::SUCCESS
 }
 
 /// Exit codes: 0 clean stop, 1 the OS refused something, 2 bad flags or
 /// configuration (clap uses 2 for bad flags too), 3 listen address in use.
 fn run(args: &RunArgs) -> ExitCode {
-    let flags = args.flags();
-    let file = match &flags.config {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => Some((path.clone(), text)),
-            Err(e) => {
-                eprintln!(
-                    "dhan-relay: cannot read config file {}: {e}",
-                    path.display()
-                );
-                return ExitCode::from(2);
-            }
-        },
-        None => None,
-    };
-    let file = file.as_ref().map(|(p, t)| (p.as_path(), t.as_str()));
-    let config = match RunConfig::build(&flags, file, Credentials::from_env()) {
+    let config = match load_config(&args.flags()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dhan-relay: {e}");
@@ -177,6 +259,9 @@ fn run(args: &RunArgs) -> ExitCode {
         }
     };
     crate::logging::init(config.log_level);
+    for note in &config.credential_notes {
+        log::info!("{note}");
+    }
     raise_fd_limit(config.fanout.max_clients);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -196,6 +281,10 @@ fn run(args: &RunArgs) -> ExitCode {
         }
     };
     announce(&engine, &config);
+    if let Some(reload) = engine.reload_flag() {
+        // `systemctl reload` (ExecReload) sends SIGHUP: re-read credentials.
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload);
+    }
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -15,7 +15,9 @@ use crate::fanout::FanoutConfig;
 use crate::instrument::source::{Source, SourceConfig, DHAN_MASTER_URL};
 use crate::instrument::watch::WatchSpec;
 use crate::instrument::{TimeOfDay, WallClock};
-use crate::upstream::{Credentials, DHAN_FEED_URL};
+use crate::token::sources::CredentialSources;
+use crate::token::{Account, Origin, Renew, TokenConfig};
+use crate::upstream::DHAN_FEED_URL;
 
 /// Default listen address: loopback only; expose it on purpose.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
@@ -49,8 +51,10 @@ pub enum Feed {
     Live {
         /// `wss://…` or `ws://…`.
         url: String,
-        /// From `DHAN_CLIENT_ID` / `DHAN_ACCESS_TOKEN`.
-        credentials: Credentials,
+        /// The account as loaded at start.
+        account: Account,
+        /// Where it came from.
+        origin: Origin,
     },
 }
 
@@ -73,6 +77,12 @@ pub struct Flags {
     pub pin: Option<String>,
     /// `--instruments FILE|URL|sample`.
     pub instruments: Option<String>,
+    /// `--env-file FILE`: the credentials file.
+    pub env_file: Option<PathBuf>,
+    /// `--rest-url URL`: DhanHQ's REST base (token renewal).
+    pub rest_url: Option<String>,
+    /// `--auth-url URL`: DhanHQ's auth base (token generation).
+    pub auth_url: Option<String>,
 }
 
 /// Cores for each thread role.
@@ -117,6 +127,10 @@ pub struct RunConfig {
     pub roll_at: TimeOfDay,
     /// The wall clock for calendar decisions (today's date, expiry rolls).
     pub clock: WallClock,
+    /// The token's life: credentials file, renewal.
+    pub token: TokenConfig,
+    /// What loading the credentials found worth a log line (never a value).
+    pub credential_notes: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +149,17 @@ struct FileConfig {
     instruments: Option<String>,
     instruments_cache: Option<PathBuf>,
     roll_at: Option<Spanned<String>>,
+    rest_url: Option<String>,
+    auth_url: Option<String>,
+    credentials: Option<CredentialsTable>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsTable {
+    file: Option<PathBuf>,
+    renew: Option<Spanned<String>>,
+    renew_before_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,11 +231,12 @@ pub fn parse_pin(s: &str) -> Result<Pinning, String> {
 
 impl RunConfig {
     /// Builds the configuration from flags, the config file's text (with its
-    /// path, for messages) and the environment's credentials.
+    /// path, for messages) and the credential sources (a configured
+    /// credentials file wins over them).
     pub fn build(
         flags: &Flags,
         file: Option<(&Path, &str)>,
-        credentials: Option<Credentials>,
+        sources: &CredentialSources,
     ) -> Result<RunConfig, String> {
         let (fc, text, path) = match file {
             Some((path, text)) => {
@@ -241,15 +267,46 @@ impl RunConfig {
             (None, None) => Pinning::default(),
         };
         let feed_url = flags.feed_url.clone().or(fc.feed_url);
-        let feed = match (feed_url, credentials) {
-            (url, Some(credentials)) => Feed::Live {
-                url: url.unwrap_or_else(|| DHAN_FEED_URL.to_string()),
-                credentials,
-            },
+        let table = fc.credentials.unwrap_or_default();
+        let renew = match &table.renew {
+            Some(r) => r
+                .get_ref()
+                .parse::<Renew>()
+                .map_err(|e| format!("{}: credentials.renew: {e}", at(r.span().start)))?,
+            None => Renew::None,
+        };
+        let token = TokenConfig {
+            file: flags.env_file.clone().or(table.file),
+            renew,
+            renew_before: table
+                .renew_before_secs
+                .map_or(crate::token::DEFAULT_RENEW_BEFORE, Duration::from_secs),
+            rest_url: flags
+                .rest_url
+                .clone()
+                .or(fc.rest_url)
+                .unwrap_or_else(|| crate::token::DHAN_REST_URL.to_string()),
+            auth_url: flags
+                .auth_url
+                .clone()
+                .or(fc.auth_url)
+                .unwrap_or_else(|| crate::token::DHAN_AUTH_URL.to_string()),
+        };
+        let mut credential_notes = Vec::new();
+        let feed = match (feed_url, sources.load(token.file.as_deref(), &mut credential_notes)?) {
+            (url, Some((account, origin))) => {
+                check_renewal(&token, &account, &origin)?;
+                Feed::Live {
+                    url: url.unwrap_or_else(|| DHAN_FEED_URL.to_string()),
+                    account,
+                    origin,
+                }
+            }
             (Some(url), None) => {
                 return Err(format!(
-                    "a feed URL ({url}) is set but DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN are not: \
-                     set both, or drop the feed URL to run the built-in simulator"
+                    "a feed URL ({url}) is set but no credentials are: set DHAN_CLIENT_ID and \
+                     DHAN_ACCESS_TOKEN (environment, .env or --env-file), or drop the feed URL to \
+                     run the built-in simulator"
                 ))
             }
             (None, None) => Feed::Demo {
@@ -377,7 +434,23 @@ impl RunConfig {
             instruments,
             roll_at,
             clock: WallClock::system(),
+            token,
+            credential_notes,
         })
+    }
+}
+
+/// The renewal method can work with what the account holds.
+fn check_renewal(token: &TokenConfig, account: &Account, origin: &Origin) -> Result<(), String> {
+    let has_token = !account.credentials.access_token().is_empty();
+    match token.renew {
+        Renew::Totp if account.totp().is_none() => Err(format!(
+            "credentials.renew = \"totp\" needs DHAN_PIN and DHAN_TOTP_SECRET (from the {origin})"
+        )),
+        Renew::Dhan | Renew::None if !has_token => Err(format!(
+            "no access token (from the {origin}): set DHAN_ACCESS_TOKEN, or set credentials.renew = \"totp\" to generate one from DHAN_PIN and DHAN_TOTP_SECRET"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -452,7 +525,11 @@ mod tests {
     use super::*;
 
     fn build(flags: &Flags, file: Option<&str>) -> Result<RunConfig, String> {
-        RunConfig::build(flags, file.map(|t| (Path::new("relay.toml"), t)), None)
+        RunConfig::build(
+            flags,
+            file.map(|t| (Path::new("relay.toml"), t)),
+            &CredentialSources::none(),
+        )
     }
 
     #[test]
@@ -482,8 +559,10 @@ mod tests {
 
     #[test]
     fn credentials_make_it_live_and_a_url_alone_is_an_error() {
-        let c =
-            RunConfig::build(&Flags::default(), None, Some(Credentials::new("a", "b"))).unwrap();
+        let live = CredentialSources::none()
+            .var("DHAN_CLIENT_ID", "a")
+            .var("DHAN_ACCESS_TOKEN", "b");
+        let c = RunConfig::build(&Flags::default(), None, &live).unwrap();
         assert!(matches!(&c.feed, Feed::Live { url, .. } if url == DHAN_FEED_URL));
         assert_eq!(
             c.instruments.source,
@@ -496,6 +575,18 @@ mod tests {
         };
         let e = build(&flags, None).unwrap_err();
         assert!(e.contains("DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN"), "{e}");
+        let totp = "[credentials]\nrenew = \"totp\"\n";
+        let e = RunConfig::build(&Flags::default(), Some((Path::new("r.toml"), totp)), &live)
+            .unwrap_err();
+        assert!(e.contains("needs DHAN_PIN and DHAN_TOTP_SECRET (from the environment)"), "{e}");
+        let bad = "[credentials]\nrenew = \"weekly\"\n";
+        let e = build(&Flags::default(), Some(bad)).unwrap_err();
+        assert!(e.contains("line 2: credentials.renew: 'weekly'"), "{e}");
+        let generated = live.clone().var("DHAN_PIN", "1").var("DHAN_TOTP_SECRET", "JBSWY3DP");
+        let c = RunConfig::build(&Flags::default(), Some((Path::new("r.toml"), totp)), &generated)
+            .unwrap();
+        assert_eq!(c.token.renew, Renew::Totp);
+        assert_eq!(c.token.rest_url, "https://api.dhan.co");
     }
 
     #[test]
@@ -564,7 +655,7 @@ mod tests {
             RunConfig::build(
                 flags,
                 file.map(|t| (Path::new("relay.toml"), t)),
-                Some(Credentials::new("a", "b")),
+                &CredentialSources::given(&crate::upstream::Credentials::new("a", "b")),
             )
         };
         // Another feed (a simulator): the sample, never the network.

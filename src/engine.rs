@@ -25,6 +25,8 @@ use crate::instrument::watch::{resolve_watchlist, WatchItem, Watchlist};
 use crate::instrument::{source, Master};
 use crate::sim::{SimConfig, Simulator};
 use crate::tick::Tick;
+use crate::token::keeper::Start;
+use crate::token::{Account, Keeper};
 use crate::upstream::{load_ca_file, Credentials, Upstream, UpstreamConfig};
 
 /// Capacity of each SPSC ring (ticks, updates).
@@ -62,6 +64,7 @@ impl std::error::Error for StartError {}
 pub struct Engine {
     addr: SocketAddr,
     demo: Option<Simulator>,
+    keeper: Option<Keeper>,
     fanout: Option<FanoutThread>,
     upstream: Option<Upstream>,
     book: Option<BookThread>,
@@ -83,7 +86,7 @@ impl Engine {
             Some(path) => load_ca_file(path).map_err(StartError::Config)?,
             None => Vec::new(),
         };
-        let (demo, feed_url, credentials) = match &config.feed {
+        let (demo, feed_url, start) = match &config.feed {
             Feed::Demo { rate } => {
                 let sim = Simulator::start(SimConfig {
                     ticks_per_sec: *rate,
@@ -91,13 +94,28 @@ impl Engine {
                 })
                 .map_err(|e| StartError::Io(format!("cannot start the built-in simulator: {e}")))?;
                 let url = sim.feed_url();
-                (
-                    Some(sim),
-                    url,
-                    Credentials::new("demo-client", "demo-token"),
-                )
+                let account = Account {
+                    credentials: Credentials::new("demo-client", "demo-token"),
+                    pin: None,
+                    totp_secret: None,
+                };
+                let start = Start {
+                    account,
+                    origin: None,
+                };
+                (Some(sim), url, start)
             }
-            Feed::Live { url, credentials } => (None, url.clone(), credentials.clone()),
+            Feed::Live {
+                url,
+                account,
+                origin,
+            } => {
+                let start = Start {
+                    account: account.clone(),
+                    origin: Some(origin.clone()),
+                };
+                (None, url.clone(), start)
+            }
         };
         let fanout = Fanout::new(listener, config.fanout.clone())
             .map_err(|e| StartError::Io(e.to_string()))?;
@@ -119,7 +137,7 @@ impl Engine {
         let upstream = Upstream::spawn(
             UpstreamConfig {
                 feed_url,
-                credentials,
+                credentials: start.account.credentials.clone(),
                 extra_ca,
                 max_connections: config.upstream_connections,
                 max_per_connection: config.instruments_per_connection,
@@ -134,8 +152,16 @@ impl Engine {
             crate::upstream::SpawnError::Config(why) => StartError::Config(why),
             io @ crate::upstream::SpawnError::Io { .. } => StartError::Io(io.to_string()),
         })?;
+        let keeper = Keeper::spawn(
+            config.token.clone(),
+            start,
+            upstream.control(),
+            upstream.stats(),
+        )
+        .map_err(|e| StartError::Io(format!("cannot start the token keeper thread: {e}")))?;
         let fanout = fanout
             .start(FanoutInputs {
+                token: keeper.handle(),
                 updates: update_rx,
                 snapshot: book.snapshot.clone(),
                 upstream: upstream.control(),
@@ -150,6 +176,7 @@ impl Engine {
         Ok(Engine {
             addr,
             demo,
+            keeper: Some(keeper),
             fanout: Some(fanout),
             upstream: Some(upstream),
             book: Some(book),
@@ -183,6 +210,11 @@ impl Engine {
         self.demo.as_ref()
     }
 
+    /// Set this (from a SIGHUP handler) to have the credentials re-read.
+    pub fn reload_flag(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        self.keeper.as_ref().map(Keeper::hup_flag)
+    }
+
     /// Orderly stop: close frames to clients, RequestCode 12 upstream, join.
     pub fn shutdown(mut self) {
         self.stop();
@@ -191,6 +223,9 @@ impl Engine {
     fn stop(&mut self) {
         if let Some(f) = self.fanout.take() {
             f.shutdown();
+        }
+        if let Some(k) = self.keeper.take() {
+            k.shutdown();
         }
         if let Some(u) = self.upstream.take() {
             u.shutdown();

@@ -7,6 +7,7 @@ use common::{http_get, http_get_json, wait_for, WsClient};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
 use dhan_relay::engine::Engine;
@@ -23,7 +24,7 @@ fn config() -> RunConfig {
         demo_rate: Some(0),
         ..Flags::default()
     };
-    let mut c = RunConfig::build(&flags, None, None).unwrap();
+    let mut c = RunConfig::build(&flags, None, &CredentialSources::none()).unwrap();
     c.fanout.unsubscribe_grace = Duration::from_millis(200);
     c
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
 use dhan_relay::engine::Engine;
@@ -38,7 +39,7 @@ fn start(demo_rate: u32, toml: &str) -> (Engine, SimControl) {
         demo_rate: Some(demo_rate),
         ..Flags::default()
     };
-    let config = RunConfig::build(&flags, Some((Path::new("fanout-test.toml"), toml)), None)
+    let config = RunConfig::build(&flags, Some((Path::new("fanout-test.toml"), toml)), &CredentialSources::none())
         .expect("test config is valid");
     let engine = Engine::start(config).expect("engine starts");
     let sim = engine.demo_simulator().expect("demo mode").control();

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
 use dhan_relay::engine::Engine;
@@ -732,7 +733,7 @@ fn demo_config(file: Option<(&Path, &str)>, rate: u32, clock: WallClock) -> RunC
         demo_rate: Some(rate),
         ..Flags::default()
     };
-    let mut c = RunConfig::build(&flags, file, None).unwrap();
+    let mut c = RunConfig::build(&flags, file, &CredentialSources::none()).unwrap();
     c.fanout.unsubscribe_grace = Duration::from_millis(200);
     c.clock = clock;
     c
@@ -971,7 +972,7 @@ fn an_explicit_master_file_is_authoritative_for_the_watchlist() {
             Path::new("r.toml"),
             "[[watchlist]]\nsymbol = \"ADANIPORTS\"\n",
         )),
-        None,
+        &CredentialSources::none(),
     )
     .unwrap();
     c.clock = clock;

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{stats, wait_for, WsClient};
+use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::engine::Engine;
 use dhan_relay::instrument::{synth, Master};
@@ -134,7 +135,7 @@ fn bursts_of_unknown_symbols_cost_other_clients_nothing() {
         instruments: Some(path.to_string_lossy().into_owned()),
         ..Flags::default()
     };
-    let config = RunConfig::build(&flags, None, None).unwrap();
+    let config = RunConfig::build(&flags, None, &CredentialSources::none()).unwrap();
     let limit = config.fanout.max_messages_per_sec;
     assert!(BURST_RATE < limit, "the abuser stays within its rate limit");
     let engine = Engine::start(config).expect("engine starts");

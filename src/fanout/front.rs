@@ -13,10 +13,14 @@
 //! connection serves at most `keep_alive_requests` requests and closes
 //! after `keep_alive_idle` without one; at most `max_clients` +
 //! [`SPARE_CONNECTIONS`] plain connections are open at once (a connect storm
-//! of WebSocket clients passes through here first). Request bodies are refused (nothing here
-//! takes one), so a connection never has to skip unread bytes.
+//! of WebSocket clients passes through here first). Request bodies are
+//! refused except on the few endpoints that take one ([`super::admin`]),
+//! which must give `Content-Length` up to
+//! [`MAX_BODY_BYTES`](super::http::MAX_BODY_BYTES); so a connection never
+//! has to skip unread bytes.
 
 use std::io::{ErrorKind, Read, Write};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +30,7 @@ use crossbeam_channel::Sender;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::admin;
 use super::http::{self, Head, Parsed, Response};
 use super::rest::RestState;
 use super::session::Kind;
@@ -66,6 +71,8 @@ pub enum Handoff {
 #[derive(Debug)]
 struct Conn {
     stream: TcpStream,
+    /// The peer's address (admin calls are loopback-only).
+    peer: IpAddr,
     /// Received, not yet consumed.
     buf: Vec<u8>,
     /// Response bytes to write, and how far.
@@ -191,7 +198,7 @@ impl Front {
     fn accept(&mut self, now: Instant) {
         loop {
             match self.listener.accept() {
-                Ok((mut stream, _peer)) => {
+                Ok((mut stream, peer)) => {
                     let open = self.conns.len() - self.free.len();
                     if open >= self.config.max_clients + SPARE_CONNECTIONS {
                         self.rest.fanout.clients_rejected.inc();
@@ -221,6 +228,7 @@ impl Front {
                     self.rest.fanout.http_connections_total.inc();
                     self.conns[slot] = Some(Conn {
                         stream,
+                        peer: peer.ip(),
                         buf: Vec::with_capacity(1024),
                         out: Vec::new(),
                         pos: 0,
@@ -285,11 +293,24 @@ impl Front {
                     self.respond(&mut conn, Response::error(status, why), false, false, now);
                     conn.buf.clear();
                 }
-                Parsed::Done(head) => {
-                    conn.buf.drain(..head.len);
-                    conn.served += 1;
-                    self.request(&mut conn, head, now);
-                }
+                Parsed::Done(head) => match body_len(&head) {
+                    Err((status, why)) => {
+                        let r = Response::error(status, why);
+                        self.respond(&mut conn, r, false, false, now);
+                        conn.buf.clear();
+                    }
+                    Ok(n) if conn.buf.len() < head.len + n => {
+                        // The body is still on its way (within the head
+                        // deadline).
+                        break !conn.eof;
+                    }
+                    Ok(n) => {
+                        let body: Vec<u8> = conn.buf[head.len..head.len + n].to_vec();
+                        conn.buf.drain(..head.len + n);
+                        conn.served += 1;
+                        self.request(&mut conn, head, &body, now);
+                    }
+                },
             }
             requests += 1;
             if requests >= PIPELINE_PER_TURN {
@@ -324,7 +345,7 @@ impl Front {
         conn.deadline = now + self.config.keep_alive_idle;
     }
 
-    fn request(&mut self, conn: &mut Conn, head: Head, now: Instant) {
+    fn request(&mut self, conn: &mut Conn, head: Head, body: &[u8], now: Instant) {
         let config = &self.config;
         if !http::host_allowed(head.host.as_deref(), head.minor, &config.allowed_hosts) {
             let why = match &head.host {
@@ -336,15 +357,6 @@ impl Front {
             };
             let status = if head.host.is_none() { 400 } else { 403 };
             return self.respond(conn, Response::error(status, &why), false, false, now);
-        }
-        if head.has_body {
-            return self.respond(
-                conn,
-                Response::error(413, "request bodies are not accepted here"),
-                false,
-                false,
-                now,
-            );
         }
         let origin_ok = http::origin_allowed(
             head.origin.as_deref(),
@@ -374,6 +386,14 @@ impl Front {
                         .unwrap_or_else(|| Response::error(404, "no such endpoint; see GET /api")),
                 };
                 (cors(r), head.method == "HEAD")
+            }
+            "POST" if admin::takes_body(&head.method, &head.path) => {
+                let r = if origin_ok {
+                    admin::credentials(conn.peer, body, &self.rest.token)
+                } else {
+                    Response::error(403, "origin not allowed: add it to allowed_origins")
+                };
+                (cors(r), false)
             }
             "OPTIONS" if head.origin.is_some() && !origin_ok => (
                 Response::error(403, "origin not allowed: add it to allowed_origins"),
@@ -504,11 +524,27 @@ impl Front {
     }
 }
 
-/// Reads what is waiting (up to the head limit); false when the
+/// The body bytes that follow `head`, or why it is refused: only the
+/// endpoints that take a body accept one, and only with `Content-Length`.
+fn body_len(head: &Head) -> Result<usize, (u16, &'static str)> {
+    if !head.has_body {
+        return Ok(0);
+    }
+    if !admin::takes_body(&head.method, &head.path) {
+        return Err((413, "request bodies are not accepted here"));
+    }
+    match head.content_length {
+        None => Err((411, "send the body with Content-Length")),
+        Some(n) if n > http::MAX_BODY_BYTES => Err((413, "the body is over 8 KiB")),
+        Some(n) => Ok(n),
+    }
+}
+
+/// Reads what is waiting (up to a head and a body); false when the
 /// connection failed. A peer that shut its side is marked `eof`.
 fn read_some(conn: &mut Conn) -> bool {
     let mut chunk = [0u8; 2048];
-    while !conn.eof && conn.buf.len() < http::MAX_HEAD_BYTES {
+    while !conn.eof && conn.buf.len() < http::MAX_HEAD_BYTES + http::MAX_BODY_BYTES {
         match conn.stream.read(&mut chunk) {
             Ok(0) => conn.eof = true,
             Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),

@@ -8,6 +8,9 @@ use tungstenite::handshake::derive_accept_key;
 
 /// Most bytes a request head may take (slowloris and garbage protection).
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Most bytes of a request body (the few endpoints that take one take
+/// small JSON objects).
+pub const MAX_BODY_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
 
 /// A parsed request head, reduced to what routing needs.
@@ -38,8 +41,11 @@ pub struct Head {
     /// `Connection: keep-alive`).
     pub keep_alive: bool,
     /// The request announces a body (`Content-Length` > 0 or any
-    /// `Transfer-Encoding`); nothing served here takes one.
+    /// `Transfer-Encoding`).
     pub has_body: bool,
+    /// `Content-Length`, when given and a number; with
+    /// `Transfer-Encoding` it is ignored (and such a body refused).
+    pub content_length: Option<usize>,
     /// Bytes of the head, so anything after it stays buffered.
     pub len: usize,
 }
@@ -87,8 +93,15 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
             let minor = req.version.unwrap_or(1);
             let target = req.path.unwrap_or("/");
             let (path, query) = target.split_once('?').unwrap_or((target, ""));
-            let has_body = header("transfer-encoding").is_some()
-                || header("content-length").is_some_and(|v| v != "0");
+            let chunked = header("transfer-encoding").is_some();
+            let content_length = match header("content-length") {
+                None => None,
+                Some(v) => match v.parse::<usize>() {
+                    Ok(n) => Some(n),
+                    Err(_) => return Parsed::Bad(400, "Content-Length is not a number"),
+                },
+            };
+            let has_body = chunked || content_length.is_some_and(|n| n > 0);
             let keep_alive = if minor >= 1 {
                 !has_token("connection", "close")
             } else {
@@ -107,6 +120,7 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
                 cors_request_headers: header("access-control-request-headers"),
                 keep_alive,
                 has_body,
+                content_length: content_length.filter(|_| !chunked),
                 len,
             })
         }
@@ -376,6 +390,14 @@ mod tests {
         assert!(done(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").has_body);
         assert!(done(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").has_body);
         assert!(!done(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").has_body);
+        assert_eq!(
+            done(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").content_length,
+            Some(5)
+        );
+        assert_eq!(
+            parse_head(b"POST / HTTP/1.1\r\nContent-Length: five\r\n\r\n"),
+            Parsed::Bad(400, "Content-Length is not a number")
+        );
     }
 
     #[test]

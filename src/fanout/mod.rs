@@ -19,6 +19,7 @@
 //! they need — the upstream subscriptions and the watchlist — as a
 //! [`rest::View`] through `arc-swap`.
 
+mod admin;
 mod assets;
 mod client;
 pub mod front;
@@ -54,6 +55,7 @@ use crate::domain::{InstrumentKey, Mode};
 use crate::instrument::watch::Watchlist;
 use crate::instrument::{Master, WallClock};
 use crate::metrics::{LatencyRecorder, SharedLatency};
+use crate::token::KeeperHandle;
 use crate::upstream::{UpstreamControl, UpstreamStats};
 use front::{FrontDoor, Handoff, NewClient};
 use render::Renderer;
@@ -165,6 +167,8 @@ pub struct FanoutInputs {
     pub watchlist: Watchlist,
     /// The wall clock for calendar decisions.
     pub clock: WallClock,
+    /// The token keeper (status for REST, admin credential changes).
+    pub token: KeeperHandle,
 }
 
 impl std::fmt::Debug for FanoutInputs {
@@ -245,6 +249,7 @@ impl Fanout {
             client_message: client_message.clone(),
             started: Instant::now(),
             demo: self.config.demo,
+            token: inputs.token.clone(),
         };
         let front_waker = self.front.waker();
         let front = {
@@ -302,6 +307,7 @@ impl Fanout {
             answers: answer_rx,
             upstream_up: false,
             announced: "connecting",
+            rotations_announced: 0,
             next_second: Instant::now(),
             turn_recv: Vec::with_capacity(1024),
             dirty: Vec::with_capacity(1024),
@@ -397,6 +403,8 @@ struct Worker {
     upstream_up: bool,
     /// The upstream state last announced to clients.
     announced: &'static str,
+    /// Credential rotations already announced to clients.
+    rotations_announced: u64,
     next_second: Instant,
     /// Receive stamps of the updates delivered this turn.
     turn_recv: Vec<u64>,
@@ -556,18 +564,22 @@ impl Worker {
     }
 
     /// Sends the upstream state to every `/ws` client if it changed since
-    /// the last announcement.
+    /// the last announcement, or if the upstream moved to a new access
+    /// token (subscriptions carry over; clients need do nothing).
     fn announce_status(&mut self, now: Instant) {
         let status = UpstreamStatus::of(&self.upstream_stats);
-        if status.state == self.announced {
+        let rotations = self.upstream_stats.rotations.get();
+        let text = if rotations != self.rotations_announced && status.is_up() {
+            "Price feed moved to a new DhanHQ access token; subscriptions kept".to_string()
+        } else if status.state == self.announced {
             return;
-        }
-        self.announced = status.state;
-        let text = if status.is_up() {
+        } else if status.is_up() {
             "Connected to price feed".to_string()
         } else {
             format!("Price feed disconnected: {}", status.detail)
         };
+        self.announced = status.state;
+        self.rotations_announced = rotations;
         let msg = protocol::status_message(Some(status.state), &text);
         for (i, s) in self.sessions.iter_mut().enumerate() {
             if let Some(s) = s.as_mut().filter(|s| s.kind == Kind::Feed) {
@@ -780,6 +792,7 @@ mod test_worker {
             answers,
             upstream_up: false,
             announced: "connecting",
+            rotations_announced: 0,
             next_second: Instant::now(),
             turn_recv: Vec::new(),
             dirty: Vec::new(),

@@ -23,6 +23,7 @@ use crate::instrument::watch::WatchItem;
 use crate::instrument::Master;
 use crate::metrics::{render_prometheus, Percentiles, Sample, SharedLatency};
 use crate::percent::query_param;
+use crate::token::KeeperHandle;
 use crate::upstream::{UpstreamStats, DISCONNECT_REASONS, PACKET_KINDS};
 use crate::wire::WireError;
 
@@ -116,6 +117,8 @@ pub struct RestState {
     pub started: Instant,
     /// Running against the built-in simulator.
     pub demo: bool,
+    /// The token keeper: its status, and where admin calls go.
+    pub token: KeeperHandle,
 }
 
 /// Rows of `/api/v2/subscriptions/active` when `limit` is not given, and
@@ -223,8 +226,15 @@ impl RestState {
             .last_disconnect()
             .map(|r| json!({"code": r.code(), "name": r.name(), "hint": r.hint()}));
         let f = &self.fanout;
+        let token = self.token.status();
+        let now = crate::token::unix_now();
+        let troubled = token.last_error.is_some() || matches!(token.state(now), "expired" | "refused");
         let body = json!({
-            "status": if status.is_up() { "ok" } else { "down" },
+            "status": match (status.is_up(), troubled) {
+                (false, _) => "down",
+                (true, true) => "degraded",
+                (true, false) => "ok",
+            },
             "state": status.state,
             "detail": status.detail,
             "demo": self.demo,
@@ -241,6 +251,7 @@ impl RestState {
                 },
             },
             "clients": f.clients.get(),
+            "token": token.json(now),
         });
         (if status.is_up() { 200 } else { 503 }, body.to_string())
     }
@@ -341,6 +352,17 @@ impl RestState {
             "Upstream connections up now",
             self.upstream.connections_up() as u64,
         ));
+        let token = self.token.status();
+        v.push((
+            "token_renewals_total",
+            "DhanHQ access tokens renewed (RenewToken or TOTP generation)",
+            token.renewals,
+        ));
+        v.push((
+            "token_renew_failures_total",
+            "Failed token renewal attempts",
+            token.renew_failures,
+        ));
         v
     }
 
@@ -379,6 +401,15 @@ impl RestState {
                 .map(|r| r.name())
                 .zip(u.disconnect_reasons.iter().map(UpstreamStats::get)),
         );
+        if let Some(left) = self.token.status().seconds_left(crate::token::unix_now()) {
+            let _ = std::fmt::Write::write_fmt(
+                &mut out,
+                format_args!(
+                    "# HELP dhan_token_expiry_seconds Seconds until the DhanHQ access token expires\n\
+                     # TYPE dhan_token_expiry_seconds gauge\ndhan_token_expiry_seconds {left}\n"
+                ),
+            );
+        }
         for (name, help, p) in self.latencies() {
             let _ = std::fmt::Write::write_fmt(
                 &mut out,
@@ -435,6 +466,7 @@ impl RestState {
         json!({
             "uptimeSeconds": self.started.elapsed().as_secs_f64(),
             "status": UpstreamStatus::of(&self.upstream).detail,
+            "token": self.token.status().json(crate::token::unix_now()),
             "latency": {
                 "receiveToBook": book.2,
                 "tickToWire": wire.2,
@@ -514,6 +546,7 @@ fn price_value(p: Option<f32>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::TokenStatus;
     use crate::book::{InstrumentState, Snapshot};
     use crate::domain::Mode;
     use crate::wire::feed::PrevClose;
@@ -583,6 +616,11 @@ mod tests {
             client_message: SharedLatency::default(),
             started: Instant::now(),
             demo: true,
+            token: KeeperHandle::detached(TokenStatus {
+                source: "demo".into(),
+                expires_at: Some(crate::token::unix_now() + 7200),
+                ..TokenStatus::default()
+            }),
         }
     }
 

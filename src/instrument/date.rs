@@ -227,6 +227,13 @@ pub fn ist_timestamp(t: SystemTime) -> String {
     format!("{c}.{:06}", c.micros)
 }
 
+/// India time at `unix_secs` as ISO 8601 with its zone, to the second:
+/// `2026-12-03T09:00:00+05:30`.
+pub fn ist_iso(unix_secs: u64) -> String {
+    let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs);
+    format!("{}+05:30", CivilTime::at(t, IST_OFFSET_SECS))
+}
+
 /// A time of day in India (minutes after midnight), e.g. when the daily
 /// expiry check runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -41,11 +41,14 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How long a graceful close may take before the socket is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Settings shared by every slot, fixed at start.
+/// Settings shared by every slot; only the credentials change after start.
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub feed_url: String,
     pub credentials: Credentials,
+    /// Bumped with every change of `credentials`; a connection remembers the
+    /// generation it logged in with.
+    pub generation: u64,
     pub host: String,
     pub port: u16,
     /// The address when `host` is an IP literal: no lookup needed.
@@ -165,6 +168,8 @@ pub(crate) struct Conn {
     slot: usize,
     phase: Phase,
     backoff: Backoff,
+    /// The credentials generation of the last handshake started.
+    generation: u64,
 }
 
 impl std::fmt::Debug for Conn {
@@ -188,6 +193,65 @@ impl Conn {
             slot,
             phase: Phase::Down { retry_at: None },
             backoff: Backoff::new(backoff, clock::now_ns() ^ (slot as u64) << 32),
+            generation: 0,
+        }
+    }
+
+    /// Logged in (or logging in) with credentials older than `generation`.
+    pub fn is_stale(&self, generation: u64) -> bool {
+        self.generation < generation
+            && matches!(self.phase, Phase::Up { .. } | Phase::Handshaking { .. })
+    }
+
+    /// Waiting to retry after a failure (not an unused slot).
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.phase, Phase::Down { retry_at: Some(_) })
+    }
+
+    /// Moves the connection to another slot number (its poll token and its
+    /// line in the stats): the two halves of a swap call this.
+    pub fn move_to(&mut self, slot: usize, env: &mut Env<'_>) {
+        self.slot = slot;
+        let (ws, state) = match &mut self.phase {
+            Phase::Up { ws, .. } => (ws, SlotState::Up),
+            Phase::Closing { ws, .. } => (ws, SlotState::Unused),
+            _ => return,
+        };
+        env.stats.set_slot(slot, state);
+        let socket = ws.get_mut().tcp_mut();
+        if let Err(e) = env.registry.reregister(
+            socket,
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("upstream[{slot}] poll re-registration failed: {e}");
+        }
+    }
+
+    /// Starts over at once with the current credentials: an open connection
+    /// says goodbye (RequestCode 12, close frame) and is dropped, a handshake
+    /// is abandoned, a wait for a retry ends now.
+    pub fn restart(&mut self, env: &mut Env<'_>, now: Instant) -> Transition {
+        let was_up = match std::mem::replace(&mut self.phase, Phase::Down { retry_at: None }) {
+            Phase::Up { mut ws, .. } => {
+                let _ = ws.write(Message::text(DISCONNECT));
+                let _ = ws.close(None);
+                let _ = ws.flush();
+                env.stats.disconnects.inc();
+                true
+            }
+            Phase::Down { retry_at: None } => return Transition::None,
+            _ => false,
+        };
+        self.backoff.reset();
+        self.phase = Phase::Down {
+            retry_at: Some(now),
+        };
+        env.stats.set_slot(self.slot, SlotState::Backoff);
+        if was_up {
+            Transition::Lost
+        } else {
+            Transition::None
         }
     }
 
@@ -476,6 +540,7 @@ impl Conn {
             },
             None => Transport::Plain(socket),
         };
+        self.generation = settings.generation;
         let url = settings.credentials.url(&settings.feed_url);
         let result =
             tungstenite::client::client_with_config(url.as_str(), transport, Some(settings.ws));

@@ -33,13 +33,16 @@ impl Credentials {
         }
     }
 
-    /// `DHAN_CLIENT_ID` and `DHAN_ACCESS_TOKEN` from the environment, when
-    /// both are set and non-empty.
-    pub fn from_env() -> Option<Self> {
-        let id = std::env::var("DHAN_CLIENT_ID").ok()?;
-        let token = std::env::var("DHAN_ACCESS_TOKEN").ok()?;
-        (!id.trim().is_empty() && !token.trim().is_empty())
-            .then(|| Credentials::new(id.trim(), token.trim()))
+    /// The client id. Secret: for request headers and the credentials file
+    /// only.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The access token. Secret: for request headers and the credentials
+    /// file only.
+    pub fn access_token(&self) -> &str {
+        &self.access_token
     }
 
     /// The URL to open: `feed_url` plus DhanHQ's query. Secret.

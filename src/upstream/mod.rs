@@ -115,6 +115,9 @@ pub enum Command {
     Subscribe(Vec<(InstrumentKey, Mode)>),
     /// Unsubscribe these instruments.
     Unsubscribe(Vec<InstrumentKey>),
+    /// Use these credentials from now on: every connection is replaced by
+    /// one logged in with them (see [`Net::rotate`]).
+    Credentials(Credentials),
     /// Send RequestCode 12 and close frames, then end the thread.
     Shutdown,
 }
@@ -217,6 +220,8 @@ impl Upstream {
             },
             shards,
             conns: (0..slots).map(|i| Conn::new(i, config.backoff)).collect(),
+            rotating: false,
+            spare: None,
         };
         let core = config.core;
         let thread = std::thread::Builder::new()
@@ -304,6 +309,7 @@ fn settings(config: &UpstreamConfig) -> Result<Settings, String> {
     Ok(Settings {
         feed_url: config.feed_url.clone(),
         credentials: config.credentials.clone(),
+        generation: 0,
         host,
         port,
         literal,
@@ -330,6 +336,11 @@ struct Net {
     shards: Shards,
     conns: Vec<Conn>,
     lookups: Lookups,
+    /// A credentials change is being rolled out.
+    rotating: bool,
+    /// (old slot, spare slot): a new connection is being opened on a spare
+    /// slot to replace the old one.
+    spare: Option<(usize, usize)>,
 }
 
 impl Net {
@@ -373,7 +384,80 @@ impl Net {
                 let t = self.with_env(slot, |conn, env| conn.on_timer(env, now));
                 self.after(slot, t, now);
             }
+            if self.rotating {
+                self.rotate(now);
+            }
             self.sink.wake();
+        }
+    }
+
+    /// Rolls new credentials out, one connection at a time. An open
+    /// connection is replaced make-before-break where a slot is free (the
+    /// account allows `max_connections`): a new connection logs in on the
+    /// spare slot, the two swap slot numbers, the new one is sent the
+    /// slot's whole subscription (each instrument exactly once) and the old
+    /// one says goodbye. Without a free slot the old one is closed and
+    /// reconnected at once. A connection that is down, or failed because
+    /// DhanHQ refused the old token, retries now instead of after its
+    /// backoff.
+    fn rotate(&mut self, now: Instant) {
+        let generation = self.settings.generation;
+        if let Some((old, spare)) = self.spare {
+            if self.conns[spare].is_stale(generation) {
+                // Credentials changed again while it logged in.
+                self.with_env(spare, |conn, env| conn.close(env, now));
+                self.spare = None;
+            } else if self.conns[spare].is_up() {
+                self.conns.swap(old, spare);
+                self.with_env(old, |conn, env| conn.move_to(old, env));
+                self.with_env(spare, |conn, env| conn.move_to(spare, env));
+                self.shards.connection_lost(old);
+                self.sync(old, now);
+                self.with_env(spare, |conn, env| conn.close(env, now));
+                self.shards.connection_lost(spare);
+                self.spare = None;
+                log::info!("upstream[{old}] now runs on the new credentials (connection replaced)");
+            } else if self.conns[spare].is_waiting() {
+                log::warn!("upstream[{spare}] could not log in with the new credentials; reconnecting upstream[{old}] in place");
+                self.with_env(spare, |conn, env| conn.close(env, now));
+                self.spare = None;
+                let t = self.with_env(old, |conn, env| conn.restart(env, now));
+                self.after(old, t, now);
+            } else {
+                return;
+            }
+        }
+        for slot in 0..self.conns.len() {
+            let conn = &self.conns[slot];
+            if conn.is_waiting() || (conn.is_stale(generation) && !conn.is_up()) {
+                let t = self.with_env(slot, |conn, env| conn.restart(env, now));
+                self.after(slot, t, now);
+            }
+        }
+        let Some(old) = (0..self.conns.len()).find(|&s| self.conns[s].is_stale(generation)) else {
+            self.rotating = false;
+            self.stats.rotations.inc();
+            log::info!("every upstream connection uses the new credentials");
+            return;
+        };
+        let free = (1..self.conns.len())
+            .find(|&s| self.shards.wanted(s) == 0 && self.conns[s].is_closed());
+        match free {
+            Some(spare) => {
+                self.spare = Some((old, spare));
+                self.conns[spare].want_connected(now);
+                let t = self.with_env(spare, |conn, env| conn.on_timer(env, now));
+                self.after(spare, t, now);
+            }
+            None => {
+                let t = self.with_env(old, |conn, env| conn.restart(env, now));
+                self.after(old, t, now);
+            }
+        }
+        // Start what is due now rather than after the next poll.
+        for slot in 0..self.conns.len() {
+            let t = self.with_env(slot, |conn, env| conn.on_timer(env, now));
+            self.after(slot, t, now);
         }
     }
 
@@ -390,6 +474,10 @@ impl Net {
 
     /// Acts on a connection's transition: subscribe on open, forget on loss.
     fn after(&mut self, slot: usize, t: Transition, now: Instant) {
+        if self.spare.is_some_and(|(_, spare)| spare == slot) {
+            // The spare carries nothing until it takes its slot's place.
+            return;
+        }
         match t {
             Transition::None => {}
             Transition::Lost => self.shards.connection_lost(slot),
@@ -444,6 +532,11 @@ impl Net {
                         self.shards.remove(key);
                     }
                 }
+                Command::Credentials(credentials) => {
+                    self.settings.credentials = credentials;
+                    self.settings.generation += 1;
+                    self.rotating = true;
+                }
                 Command::Shutdown => {
                     shutdown = true;
                     break;
@@ -472,7 +565,8 @@ impl Net {
     /// slots while they carry instruments.
     fn reconcile(&mut self, now: Instant) {
         for slot in 0..self.conns.len() {
-            let needed = slot == 0 || self.shards.wanted(slot) > 0;
+            let spare = self.spare.is_some_and(|(_, s)| s == slot);
+            let needed = slot == 0 || self.shards.wanted(slot) > 0 || spare;
             if needed {
                 self.conns[slot].want_connected(now);
                 self.sync(slot, now);

@@ -114,6 +114,8 @@ pub struct UpstreamStats {
     pub instruments_held: Counter,
     /// Text frames from the server (DhanHQ sends binary; text is logged).
     pub text_frames: Counter,
+    /// Credential changes rolled out to every connection.
+    pub rotations: Counter,
     /// The most recent disconnect reason code (0 = none yet).
     pub last_disconnect_code: AtomicU32,
     /// Disconnect packets by reason, in [`DISCONNECT_REASONS`] order (the
@@ -169,6 +171,10 @@ impl Default for UpstreamStats {
                 "upstream_text_frames_total",
                 "Text frames from DhanHQ (it sends binary; logged)",
             ),
+            rotations: Counter::new(
+                "upstream_credential_rotations_total",
+                "New access tokens rolled out to every upstream connection",
+            ),
             packets: Default::default(),
             decode_errors: Default::default(),
             last_disconnect_code: AtomicU32::new(0),
@@ -189,7 +195,7 @@ impl UpstreamStats {
     /// families (packets, decode errors, disconnect reasons) are rendered
     /// apart, and the capacity figures are the fanout's to report: it also
     /// knows what is queued and what waits out its grace period.
-    pub fn counters(&self) -> [&Counter; 10] {
+    pub fn counters(&self) -> [&Counter; 11] {
         [
             &self.frames,
             &self.bytes,
@@ -201,6 +207,7 @@ impl UpstreamStats {
             &self.ring_full_waits,
             &self.rejected_subscriptions,
             &self.text_frames,
+            &self.rotations,
         ]
     }
 

@@ -25,6 +25,16 @@ pub enum Transport {
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
 }
 
+impl Transport {
+    /// The TCP socket underneath, for poll registration.
+    pub fn tcp_mut(&mut self) -> &mut TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(s) => s.get_mut(),
+        }
+    }
+}
+
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

@@ -268,7 +268,7 @@ mod tests {
         let c = dhan_relay::config::RunConfig::build(
             &flags,
             Some((Path::new("engine.toml"), &text)),
-            None,
+            &dhan_relay::token::sources::CredentialSources::none(),
         )
         .unwrap();
         assert!(
