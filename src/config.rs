@@ -293,7 +293,10 @@ impl RunConfig {
                 .unwrap_or_else(|| crate::token::DHAN_AUTH_URL.to_string()),
         };
         let mut credential_notes = Vec::new();
-        let feed = match (feed_url, sources.load(token.file.as_deref(), &mut credential_notes)?) {
+        let feed = match (
+            feed_url,
+            sources.load(token.file.as_deref(), &mut credential_notes)?,
+        ) {
             (url, Some((account, origin))) => {
                 check_renewal(&token, &account, &origin)?;
                 Feed::Live {
@@ -578,13 +581,23 @@ mod tests {
         let totp = "[credentials]\nrenew = \"totp\"\n";
         let e = RunConfig::build(&Flags::default(), Some((Path::new("r.toml"), totp)), &live)
             .unwrap_err();
-        assert!(e.contains("needs DHAN_PIN and DHAN_TOTP_SECRET (from the environment)"), "{e}");
+        assert!(
+            e.contains("needs DHAN_PIN and DHAN_TOTP_SECRET (from the environment)"),
+            "{e}"
+        );
         let bad = "[credentials]\nrenew = \"weekly\"\n";
         let e = build(&Flags::default(), Some(bad)).unwrap_err();
         assert!(e.contains("line 2: credentials.renew: 'weekly'"), "{e}");
-        let generated = live.clone().var("DHAN_PIN", "1").var("DHAN_TOTP_SECRET", "JBSWY3DP");
-        let c = RunConfig::build(&Flags::default(), Some((Path::new("r.toml"), totp)), &generated)
-            .unwrap();
+        let generated = live
+            .clone()
+            .var("DHAN_PIN", "1")
+            .var("DHAN_TOTP_SECRET", "JBSWY3DP");
+        let c = RunConfig::build(
+            &Flags::default(),
+            Some((Path::new("r.toml"), totp)),
+            &generated,
+        )
+        .unwrap();
         assert_eq!(c.token.renew, Renew::Totp);
         assert_eq!(c.token.rest_url, "https://api.dhan.co");
     }

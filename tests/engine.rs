@@ -7,11 +7,11 @@ use common::{http_get, http_get_json, wait_for, WsClient};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
 use dhan_relay::engine::Engine;
 use dhan_relay::sim::SimControl;
+use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::wire::feed::{DepthLevel, FeedData, FeedMessage, Full, Quote, Ticker};
 use dhan_relay::wire::request::RequestCode;
 use serde_json::{json, Value};

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
 use dhan_relay::engine::Engine;
 use dhan_relay::sim::SimControl;
+use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::wire::feed::{FeedData, FeedMessage, Ticker};
 use dhan_relay::wire::request::RequestCode;
 use serde_json::{json, Value};
@@ -39,8 +39,12 @@ fn start(demo_rate: u32, toml: &str) -> (Engine, SimControl) {
         demo_rate: Some(demo_rate),
         ..Flags::default()
     };
-    let config = RunConfig::build(&flags, Some((Path::new("fanout-test.toml"), toml)), &CredentialSources::none())
-        .expect("test config is valid");
+    let config = RunConfig::build(
+        &flags,
+        Some((Path::new("fanout-test.toml"), toml)),
+        &CredentialSources::none(),
+    )
+    .expect("test config is valid");
     let engine = Engine::start(config).expect("engine starts");
     let sim = engine.demo_simulator().expect("demo mode").control();
     wait_for("upstream up", || sim.subscriptions().len() == 1);

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::engine::Engine;
+use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::upstream::Credentials;
 use serde_json::{json, Value};
 
@@ -122,7 +122,12 @@ fn hot_paths_allocate_per_update_at_most_once_and_never_per_tick_or_subscriber()
         feed_url: Some(sim.1.clone()),
         ..Flags::default()
     };
-    let config = RunConfig::build(&flags, None, &CredentialSources::given(&Credentials::new("c", "t"))).unwrap();
+    let config = RunConfig::build(
+        &flags,
+        None,
+        &CredentialSources::given(&Credentials::new("c", "t")),
+    )
+    .unwrap();
     let engine = Engine::start(config).unwrap();
     let addr = engine.addr();
 

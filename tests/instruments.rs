@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
 use dhan_relay::engine::Engine;
@@ -25,6 +24,7 @@ use dhan_relay::instrument::{
     Date, Exchange, Kind, Master, ResolveError, Resolved, ResolvedName, WallClock, Watchlist,
 };
 use dhan_relay::sim::SimControl;
+use dhan_relay::token::sources::CredentialSources;
 use serde_json::json;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/scrip-master.csv");

@@ -26,10 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{stats, wait_for, WsClient};
-use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::engine::Engine;
 use dhan_relay::instrument::{synth, Master};
+use dhan_relay::token::sources::CredentialSources;
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 

@@ -267,6 +267,123 @@ fn a_dropped_connection_reconnects_and_resubscribes_once() {
     assert!(r.stats().disconnects.get() >= 1);
 }
 
+/// The requests the simulator logged from connection `conn`.
+fn requests_of(r: &Rig, conn: u64) -> Vec<dhan_relay::sim::LoggedRequest> {
+    r.ctl
+        .requests()
+        .into_iter()
+        .filter(|q| q.conn == conn)
+        .collect()
+}
+
+/// Each of `keys` subscribed exactly once, in batches of at most 100.
+fn each_once(requests: &[dhan_relay::sim::LoggedRequest], keys: &[InstrumentKey]) {
+    let subs: Vec<_> = requests
+        .iter()
+        .filter(|q| q.code == RequestCode::SubscribeQuote)
+        .collect();
+    let mut ids: Vec<_> = subs.iter().flat_map(|q| q.instruments.clone()).collect();
+    assert_eq!(ids.len(), keys.len(), "no instrument twice");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), keys.len(), "every instrument");
+    assert!(subs.iter().all(|q| q.instruments.len() <= 100));
+}
+
+#[test]
+fn new_credentials_replace_the_connection_before_closing_it() {
+    let mut r = rig();
+    let keys: Vec<_> = (0..250).map(nse).collect();
+    r.subscribe(&keys, Mode::Quote);
+    r.wait_subscribed(&keys, Mode::Quote);
+    let old = r.ctl.subscriptions()[0].conn;
+    assert!(r.up.control().send(Command::Credentials(Credentials::new(
+        "1100003626",
+        "rotated-token"
+    ))));
+    wait_for("one new connection holding everything", || {
+        let subs = r.ctl.subscriptions();
+        subs.len() == 1 && subs[0].conn != old && subs[0].instruments.len() == 250
+    });
+    let new = r.ctl.subscriptions()[0].conn;
+    each_once(&requests_of(&r, new), &keys);
+    // Make before break: the new connection was subscribed before the old
+    // one said goodbye.
+    let log = r.ctl.requests();
+    let first_new = log.iter().position(|q| q.conn == new).unwrap();
+    let goodbye = log
+        .iter()
+        .position(|q| q.conn == old && q.code == RequestCode::Disconnect)
+        .expect("the old connection sends RequestCode 12");
+    assert!(
+        first_new < goodbye,
+        "new subscribed at {first_new}, old closed at {goodbye}"
+    );
+    let stats = r.stats();
+    wait_for("the rotation counted", || stats.rotations.get() == 1);
+    assert_eq!(stats.slot_states()[0], SlotState::Up);
+    assert_eq!(stats.connections_up(), 1, "the spare slot is free again");
+    // The old token is not used again: refusing it changes nothing.
+    r.ctl.expire_token("test-token-secret");
+    r.ctl.drop_connections();
+    wait_for("a reconnect on the new token", || {
+        let subs = r.ctl.subscriptions();
+        subs.len() == 1 && subs[0].conn != new && subs[0].instruments.len() == 250
+    });
+    assert_eq!(stats.auth_failures.get(), 0);
+    r.ctl.inject(&FeedMessage::Data(
+        keys[3],
+        FeedData::Ticker(Ticker { ltp: 1.5, ltt: 1 }),
+    ));
+    assert_eq!(r.next_data(1)[0].key, keys[3]);
+}
+
+#[test]
+fn with_no_free_slot_the_connection_is_replaced_in_place() {
+    let r = rig_with(sim_config(), |cfg| cfg.max_connections = 1);
+    let keys: Vec<_> = (0..150).map(nse).collect();
+    r.subscribe(&keys, Mode::Quote);
+    r.wait_subscribed(&keys, Mode::Quote);
+    let old = r.ctl.subscriptions()[0].conn;
+    assert!(r
+        .up
+        .control()
+        .send(Command::Credentials(Credentials::new("1100003626", "t2"))));
+    wait_for("the connection replaced", || {
+        let subs = r.ctl.subscriptions();
+        subs.len() == 1 && subs[0].conn != old && subs[0].instruments.len() == 150
+    });
+    each_once(&requests_of(&r, r.ctl.subscriptions()[0].conn), &keys);
+    let stats = r.stats();
+    wait_for("the rotation counted", || stats.rotations.get() == 1);
+}
+
+#[test]
+fn new_credentials_after_an_807_connect_at_once() {
+    let r = rig();
+    let key = nse(9);
+    r.subscribe(&[key], Mode::Quote);
+    r.wait_subscribed(&[key], Mode::Quote);
+    let stats = r.stats();
+    r.ctl.expire_token("test-token-secret");
+    r.ctl.drop_connections();
+    wait_for("the 807", || {
+        stats.slot_states()[0] == SlotState::AuthFailed
+    });
+    let started = Instant::now();
+    assert!(r.up.control().send(Command::Credentials(Credentials::new(
+        "1100003626",
+        "fresh"
+    ))));
+    r.wait_subscribed(&[key], Mode::Quote);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "not after the 60 s auth backoff: {:?}",
+        started.elapsed()
+    );
+    wait_for("the rotation counted", || stats.rotations.get() == 1);
+}
+
 #[test]
 fn a_stalled_socket_is_detected_and_replaced() {
     let r = rig_with(sim_config(), |cfg| {

@@ -118,9 +118,18 @@ mod tests {
             ("not json s3cret", "must be JSON"),
             ("[1]", "must be a JSON object"),
             (r#"{"clientId":"1"}"#, "accessToken is missing"),
-            (r#"{"clientId":"1","accessToken":7}"#, "accessToken must be a string"),
-            (r#"{"clientId":"1","accessToken":" "}"#, "accessToken is empty"),
-            (r#"{"clientId":"1","accessToken":"s3 cret"}"#, "not a DhanHQ value"),
+            (
+                r#"{"clientId":"1","accessToken":7}"#,
+                "accessToken must be a string",
+            ),
+            (
+                r#"{"clientId":"1","accessToken":" "}"#,
+                "accessToken is empty",
+            ),
+            (
+                r#"{"clientId":"1","accessToken":"s3 cret"}"#,
+                "not a DhanHQ value",
+            ),
             (
                 r#"{"clientId":"1","accessToken":"s3cret","pin":"1"}"#,
                 "unknown field 'pin'",
@@ -129,7 +138,10 @@ mod tests {
             let (status, text) = answer("127.0.0.1", body);
             assert_eq!(status, 400, "{body}: {text}");
             assert!(text.contains(want), "{body}: {text}");
-            assert!(!text.contains("s3cret") && !text.contains("s3 cret"), "{text}");
+            assert!(
+                !text.contains("s3cret") && !text.contains("s3 cret"),
+                "{text}"
+            );
         }
     }
 

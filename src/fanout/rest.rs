@@ -228,7 +228,8 @@ impl RestState {
         let f = &self.fanout;
         let token = self.token.status();
         let now = crate::token::unix_now();
-        let troubled = token.last_error.is_some() || matches!(token.state(now), "expired" | "refused");
+        let troubled =
+            token.last_error.is_some() || matches!(token.state(now), "expired" | "refused");
         let body = json!({
             "status": match (status.is_up(), troubled) {
                 (false, _) => "down",
@@ -546,9 +547,9 @@ fn price_value(p: Option<f32>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::TokenStatus;
     use crate::book::{InstrumentState, Snapshot};
     use crate::domain::Mode;
+    use crate::token::TokenStatus;
     use crate::wire::feed::PrevClose;
 
     #[test]

@@ -41,7 +41,10 @@ fn parse_line(raw: &str) -> Result<Option<(&str, String)>, String> {
     {
         return Err("the key must be letters, digits and underscores".into());
     }
-    Ok(Some((key, value(rest.trim_start()).map_err(|e| format!("{key}: {e}"))?)))
+    Ok(Some((
+        key,
+        value(rest.trim_start()).map_err(|e| format!("{key}: {e}"))?,
+    )))
 }
 
 fn value(rest: &str) -> Result<String, String> {
@@ -158,9 +161,15 @@ mod tests {
     fn errors_name_the_line_and_key_but_never_the_value() {
         for (text, want) in [
             ("OK=1\njust words\n", "line 2: expected KEY=VALUE"),
-            ("TOKEN=\"secret-value\n", "line 1: TOKEN: the quoted value is not closed"),
+            (
+                "TOKEN=\"secret-value\n",
+                "line 1: TOKEN: the quoted value is not closed",
+            ),
             ("bad key=secret-value\n", "line 1: the key must be"),
-            ("T='secret-value' extra\n", "line 1: T: text after the closing quote"),
+            (
+                "T='secret-value' extra\n",
+                "line 1: T: text after the closing quote",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.starts_with(want), "{e}");
@@ -170,7 +179,8 @@ mod tests {
 
     #[test]
     fn update_replaces_in_place_and_appends_the_rest() {
-        let text = "# keep me\nexport DHAN_ACCESS_TOKEN=old\nDHAN_CLIENT_ID=1\nDHAN_ACCESS_TOKEN='old2'\n";
+        let text =
+            "# keep me\nexport DHAN_ACCESS_TOKEN=old\nDHAN_CLIENT_ID=1\nDHAN_ACCESS_TOKEN='old2'\n";
         let out = update(text, &[("DHAN_ACCESS_TOKEN", "new.tok"), ("NEW", "a b")]);
         assert_eq!(
             out,

@@ -286,7 +286,12 @@ impl State {
     /// process; that is said once per SIGHUP.
     fn reload(&mut self, force: bool) {
         self.next_file_check = Instant::now() + FILE_CHECK;
-        let Some(path) = self.origin.as_ref().and_then(Origin::file).map(Path::to_path_buf) else {
+        let Some(path) = self
+            .origin
+            .as_ref()
+            .and_then(Origin::file)
+            .map(Path::to_path_buf)
+        else {
             if force {
                 log::warn!(
                     "the credentials come from the {}, which a running process cannot re-read: \
@@ -318,7 +323,10 @@ impl State {
                 let new_token = account.credentials != self.account.credentials;
                 self.account = account;
                 if new_token && !self.account.credentials.access_token().is_empty() {
-                    self.source = self.origin.as_ref().map_or_else(String::new, Origin::to_string);
+                    self.source = self
+                        .origin
+                        .as_ref()
+                        .map_or_else(String::new, Origin::to_string);
                     self.hand_over("credentials file");
                 }
             }
@@ -340,7 +348,10 @@ impl State {
             _ if due => "the access token expires soon",
             _ => return,
         };
-        log::info!("renewing the DhanHQ access token ({}): {why}", self.config.renew.as_str());
+        log::info!(
+            "renewing the DhanHQ access token ({}): {why}",
+            self.config.renew.as_str()
+        );
         let result = match self.config.renew {
             Renew::Dhan => renew::renew(&self.config.rest_url, &self.account.credentials),
             Renew::Totp => renew::generate(&self.config.auth_url, &self.account, unix_now()),
@@ -414,7 +425,9 @@ impl State {
         self.handed_over = Instant::now();
         let expiry = jwt::expiry(self.account.credentials.access_token())
             .map_or_else(|| "unknown".to_string(), crate::instrument::date::ist_iso);
-        log::info!("new DhanHQ access token from {from} (expires {expiry}): reconnecting upstream with it");
+        log::info!(
+            "new DhanHQ access token from {from} (expires {expiry}): reconnecting upstream with it"
+        );
         if !self
             .upstream
             .send(Command::Credentials(self.account.credentials.clone()))

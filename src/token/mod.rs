@@ -194,6 +194,9 @@ mod tests {
         assert_eq!(s.state(1), "unknown");
         assert_eq!(s.json(1)["secondsLeft"], Value::Null);
         assert_eq!("totp".parse::<Renew>(), Ok(Renew::Totp));
-        assert!("sometimes".parse::<Renew>().unwrap_err().contains("none, dhan, totp"));
+        assert!("sometimes"
+            .parse::<Renew>()
+            .unwrap_err()
+            .contains("none, dhan, totp"));
     }
 }

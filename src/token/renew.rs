@@ -110,7 +110,10 @@ fn token_of(
                     .and_then(Value::as_str)
                     .map(str::to_string)
             };
-            let why = match (field("errorCode"), field("errorMessage").or(field("message"))) {
+            let why = match (
+                field("errorCode"),
+                field("errorMessage").or(field("message")),
+            ) {
                 (Some(code), Some(msg)) => format!("{code} {msg}"),
                 (None, Some(msg)) => msg,
                 (Some(code), None) => code,

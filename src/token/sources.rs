@@ -207,7 +207,10 @@ fn account(pairs: &BTreeMap<String, String>) -> Result<Option<Account>, String> 
         get(PIN),
         get(TOTP_SECRET),
     );
-    if [&id, &access, &auth, &pin, &totp].iter().all(|v| v.is_none()) {
+    if [&id, &access, &auth, &pin, &totp]
+        .iter()
+        .all(|v| v.is_none())
+    {
         return Ok(None);
     }
     let token = match (access, auth) {
@@ -325,10 +328,17 @@ mod tests {
 
         std::fs::write(&dotenv, "DHAN_CLIENT_ID=1\nDHAN_AUTH_TOKEN=dot-token\n").unwrap();
         let (a, o) = env.load(None, &mut notes).unwrap().unwrap();
-        assert_eq!((token(&a), o), ("dot-token", Origin::DotEnv(dotenv.clone())));
+        assert_eq!(
+            (token(&a), o),
+            ("dot-token", Origin::DotEnv(dotenv.clone()))
+        );
 
         let file = d.join("creds.env");
-        std::fs::write(&file, "export DHAN_CLIENT_ID=2\nDHAN_ACCESS_TOKEN='file-token'\n").unwrap();
+        std::fs::write(
+            &file,
+            "export DHAN_CLIENT_ID=2\nDHAN_ACCESS_TOKEN='file-token'\n",
+        )
+        .unwrap();
         let (a, o) = env.load(Some(&file), &mut notes).unwrap().unwrap();
         assert_eq!((token(&a), o), ("file-token", Origin::File(file.clone())));
         assert_eq!(a.credentials.client_id(), "2");
@@ -348,18 +358,27 @@ mod tests {
         for (text, want) in [
             ("", "is empty"),
             ("  \n# only a comment\n", "is empty"),
-            ("DHAN_CLIENT_ID=1\n", "DHAN_ACCESS_TOKEN (or DHAN_AUTH_TOKEN) is missing"),
+            (
+                "DHAN_CLIENT_ID=1\n",
+                "DHAN_ACCESS_TOKEN (or DHAN_AUTH_TOKEN) is missing",
+            ),
             ("DHAN_ACCESS_TOKEN=s3cret\n", "DHAN_CLIENT_ID is missing"),
             (
                 "DHAN_CLIENT_ID=1\nDHAN_ACCESS_TOKEN=s3cret\nDHAN_AUTH_TOKEN=s3cret2\n",
                 "DHAN_ACCESS_TOKEN and DHAN_AUTH_TOKEN are both set and differ",
             ),
-            ("DHAN_CLIENT_ID=1\nDHAN_PIN=s3cret\n", "DHAN_ACCESS_TOKEN (or"),
+            (
+                "DHAN_CLIENT_ID=1\nDHAN_PIN=s3cret\n",
+                "DHAN_ACCESS_TOKEN (or",
+            ),
             (
                 "DHAN_CLIENT_ID=1\nDHAN_ACCESS_TOKEN=t\nDHAN_TOTP_SECRET=s3cret\n",
                 "DHAN_PIN is missing",
             ),
-            ("DHAN_CLIENT_ID=1\nDHAN_ACCESS_TOKEN=\"s3cret\n", "line 2: DHAN_ACCESS_TOKEN"),
+            (
+                "DHAN_CLIENT_ID=1\nDHAN_ACCESS_TOKEN=\"s3cret\n",
+                "line 2: DHAN_ACCESS_TOKEN",
+            ),
         ] {
             std::fs::write(&f, text).unwrap();
             let e = read_file(&f).unwrap_err();
@@ -369,9 +388,17 @@ mod tests {
         let e = read_file(&d.join("missing")).unwrap_err();
         assert!(e.contains("missing") && e.contains("No such file"), "{e}");
         // Same value under both names is fine; PIN + TOTP stand in for a token.
-        std::fs::write(&f, "DHAN_CLIENT_ID=1\nDHAN_ACCESS_TOKEN=t\nDHAN_AUTH_TOKEN=t\n").unwrap();
+        std::fs::write(
+            &f,
+            "DHAN_CLIENT_ID=1\nDHAN_ACCESS_TOKEN=t\nDHAN_AUTH_TOKEN=t\n",
+        )
+        .unwrap();
         assert_eq!(token(&read_file(&f).unwrap().unwrap()), "t");
-        std::fs::write(&f, "DHAN_CLIENT_ID=1\nDHAN_PIN=1234\nDHAN_TOTP_SECRET=JBSWY3DP\n").unwrap();
+        std::fs::write(
+            &f,
+            "DHAN_CLIENT_ID=1\nDHAN_PIN=1234\nDHAN_TOTP_SECRET=JBSWY3DP\n",
+        )
+        .unwrap();
         let a = read_file(&f).unwrap().unwrap();
         assert_eq!(token(&a), "");
         assert!(a.totp().is_some());
@@ -382,17 +409,30 @@ mod tests {
     fn write_back_is_atomic_private_and_keeps_the_rest() {
         let d = dir("write");
         let f = d.join("c.env");
-        std::fs::write(&f, "# mine\nDHAN_CLIENT_ID=1\nDHAN_AUTH_TOKEN=old\nDHAN_PIN=1234\n").unwrap();
+        std::fs::write(
+            &f,
+            "# mine\nDHAN_CLIENT_ID=1\nDHAN_AUTH_TOKEN=old\nDHAN_PIN=1234\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         write_back(&f, &Credentials::new("1", "new.token")).unwrap();
         let text = std::fs::read_to_string(&f).unwrap();
-        assert_eq!(text, "# mine\nDHAN_CLIENT_ID=1\nDHAN_AUTH_TOKEN=new.token\nDHAN_PIN=1234\n");
+        assert_eq!(
+            text,
+            "# mine\nDHAN_CLIENT_ID=1\nDHAN_AUTH_TOKEN=new.token\nDHAN_PIN=1234\n"
+        );
         let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let names: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
         let g = d.join("fresh.env");
         write_back(&g, &Credentials::new("7", "t")).unwrap();
-        assert_eq!(std::fs::read_to_string(&g).unwrap(), "DHAN_CLIENT_ID=7\nDHAN_ACCESS_TOKEN=t\n");
+        assert_eq!(
+            std::fs::read_to_string(&g).unwrap(),
+            "DHAN_CLIENT_ID=7\nDHAN_ACCESS_TOKEN=t\n"
+        );
     }
 }

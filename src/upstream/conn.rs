@@ -170,6 +170,8 @@ pub(crate) struct Conn {
     backoff: Backoff,
     /// The credentials generation of the last handshake started.
     generation: u64,
+    /// Binary frames received, over every connection of this slot.
+    binary_frames: u64,
 }
 
 impl std::fmt::Debug for Conn {
@@ -194,7 +196,13 @@ impl Conn {
             phase: Phase::Down { retry_at: None },
             backoff: Backoff::new(backoff, clock::now_ns() ^ (slot as u64) << 32),
             generation: 0,
+            binary_frames: 0,
         }
+    }
+
+    /// Binary frames received so far (all connections of this slot).
+    pub fn binary_frames(&self) -> u64 {
+        self.binary_frames
     }
 
     /// Logged in (or logging in) with credentials older than `generation`.
@@ -219,11 +227,10 @@ impl Conn {
         };
         env.stats.set_slot(slot, state);
         let socket = ws.get_mut().tcp_mut();
-        if let Err(e) = env.registry.reregister(
-            socket,
-            Token(slot),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) =
+            env.registry
+                .reregister(socket, Token(slot), Interest::READABLE | Interest::WRITABLE)
+        {
             log::warn!("upstream[{slot}] poll re-registration failed: {e}");
         }
     }
@@ -612,6 +619,7 @@ impl Conn {
                 Ok(Message::Binary(frame)) => {
                     *last_rx = now;
                     *probe_sent = false;
+                    self.binary_frames += 1;
                     if let Some(reason) = decode_frame(&frame, env) {
                         ended = Some(Failure::Server(reason));
                         break;

@@ -222,6 +222,7 @@ impl Upstream {
             conns: (0..slots).map(|i| Conn::new(i, config.backoff)).collect(),
             rotating: false,
             spare: None,
+            retiring: None,
         };
         let core = config.core;
         let thread = std::thread::Builder::new()
@@ -341,7 +342,26 @@ struct Net {
     /// (old slot, spare slot): a new connection is being opened on a spare
     /// slot to replace the old one.
     spare: Option<(usize, usize)>,
+    /// A replaced connection that keeps delivering until its successor's
+    /// first data arrives.
+    retiring: Option<Retiring>,
 }
+
+/// A replaced connection, parked on a spare slot until its successor
+/// delivers (so clients see no gap) or [`RETIRE_WITHIN`] passes.
+#[derive(Debug, Clone, Copy)]
+struct Retiring {
+    /// Where the old connection is parked.
+    slot: usize,
+    /// Where its successor runs.
+    successor: usize,
+    /// The successor's binary frames at the swap.
+    frames: u64,
+    deadline: Instant,
+}
+
+/// Longest overlap of a replaced connection and its successor.
+const RETIRE_WITHIN: Duration = Duration::from_secs(2);
 
 impl Net {
     fn run(mut self) {
@@ -352,6 +372,7 @@ impl Net {
                 .conns
                 .iter()
                 .filter_map(|c| c.deadline(&self.settings))
+                .chain(self.retiring.map(|r| r.deadline))
                 .min()
                 .map(|d| d.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -395,13 +416,24 @@ impl Net {
     /// connection is replaced make-before-break where a slot is free (the
     /// account allows `max_connections`): a new connection logs in on the
     /// spare slot, the two swap slot numbers, the new one is sent the
-    /// slot's whole subscription (each instrument exactly once) and the old
-    /// one says goodbye. Without a free slot the old one is closed and
+    /// slot's whole subscription (each instrument exactly once), and the
+    /// old one keeps delivering until the new one's first data arrives,
+    /// then says goodbye. Without a free slot the old one is closed and
     /// reconnected at once. A connection that is down, or failed because
     /// DhanHQ refused the old token, retries now instead of after its
     /// backoff.
     fn rotate(&mut self, now: Instant) {
         let generation = self.settings.generation;
+        if let Some(r) = self.retiring {
+            let successor = &self.conns[r.successor];
+            let delivered = successor.binary_frames() > r.frames || !successor.is_up();
+            if !delivered && now < r.deadline {
+                return;
+            }
+            self.with_env(r.slot, |conn, env| conn.close(env, now));
+            self.shards.connection_lost(r.slot);
+            self.retiring = None;
+        }
         if let Some((old, spare)) = self.spare {
             if self.conns[spare].is_stale(generation) {
                 // Credentials changed again while it logged in.
@@ -413,10 +445,15 @@ impl Net {
                 self.with_env(spare, |conn, env| conn.move_to(spare, env));
                 self.shards.connection_lost(old);
                 self.sync(old, now);
-                self.with_env(spare, |conn, env| conn.close(env, now));
-                self.shards.connection_lost(spare);
                 self.spare = None;
+                self.retiring = Some(Retiring {
+                    slot: spare,
+                    successor: old,
+                    frames: self.conns[old].binary_frames(),
+                    deadline: now + RETIRE_WITHIN,
+                });
                 log::info!("upstream[{old}] now runs on the new credentials (connection replaced)");
+                return;
             } else if self.conns[spare].is_waiting() {
                 log::warn!("upstream[{spare}] could not log in with the new credentials; reconnecting upstream[{old}] in place");
                 self.with_env(spare, |conn, env| conn.close(env, now));
@@ -440,8 +477,9 @@ impl Net {
             log::info!("every upstream connection uses the new credentials");
             return;
         };
-        let free = (1..self.conns.len())
-            .find(|&s| self.shards.wanted(s) == 0 && self.conns[s].is_closed());
+        let free = (1..self.conns.len()).find(|&s| {
+            self.shards.wanted(s) == 0 && self.conns[s].is_closed() && !self.is_spare(s)
+        });
         match free {
             Some(spare) => {
                 self.spare = Some((old, spare));
@@ -474,8 +512,8 @@ impl Net {
 
     /// Acts on a connection's transition: subscribe on open, forget on loss.
     fn after(&mut self, slot: usize, t: Transition, now: Instant) {
-        if self.spare.is_some_and(|(_, spare)| spare == slot) {
-            // The spare carries nothing until it takes its slot's place.
+        if self.is_spare(slot) {
+            // The spare carries nothing of its own.
             return;
         }
         match t {
@@ -483,6 +521,12 @@ impl Net {
             Transition::Lost => self.shards.connection_lost(slot),
             Transition::Up => self.sync(slot, now),
         }
+    }
+
+    /// A slot lent to a rotation: the new connection before it takes over,
+    /// or the old one after.
+    fn is_spare(&self, slot: usize) -> bool {
+        self.spare.is_some_and(|(_, s)| s == slot) || self.retiring.is_some_and(|r| r.slot == slot)
     }
 
     fn sync(&mut self, slot: usize, now: Instant) {
@@ -565,8 +609,7 @@ impl Net {
     /// slots while they carry instruments.
     fn reconcile(&mut self, now: Instant) {
         for slot in 0..self.conns.len() {
-            let spare = self.spare.is_some_and(|(_, s)| s == slot);
-            let needed = slot == 0 || self.shards.wanted(slot) > 0 || spare;
+            let needed = slot == 0 || self.shards.wanted(slot) > 0 || self.is_spare(slot);
             if needed {
                 self.conns[slot].want_connected(now);
                 self.sync(slot, now);
