@@ -339,7 +339,7 @@ impl Relay {
     }
 
     /// Stops it and returns what it logged.
-    fn stop(mut self) -> String {
+    fn stop(self) -> String {
         self.signal(libc::SIGTERM);
         let out = self.child.wait_with_output().unwrap();
         String::from_utf8_lossy(&out.stderr).into_owned()
