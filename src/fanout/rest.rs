@@ -501,14 +501,15 @@ fn labelled<'a>(
 
 const INDEX: &str = "dhan-relay\n\n\
      GET  /prices                        watchlist prices (JSON)\n\
-     GET  /health                        upstream state and capacity; 503 while no upstream connection is up\n\
-     GET  /stats                         latency percentiles and counters (JSON)\n\
+     GET  /health                        upstream state, capacity and token; 503 while no upstream connection is up\n\
+     GET  /stats                         latency percentiles, counters and token (JSON)\n\
      GET  /metrics                       Prometheus text\n\
      GET  /api/v2/subscriptions/active   upstream subscriptions (?offset=&limit=&segment=&state=active|queued)\n\
      GET  /api/watchlist                 the configured watchlist\n\
      GET  /api/instruments?q=relia&limit=20  instrument search (exact, prefix, substring)\n\
      WS   /ws (or /)                     subscribe/unsubscribe protocol (JSON)\n\
-     WS   /ws/prices                     the /prices object every second\n";
+     WS   /ws/prices                     the /prices object every second\n\
+     POST /api/admin/credentials         {\"clientId\",\"accessToken\"}: new token, no restart (loopback only)\n";
 
 /// `GET /api/instruments?q=relia&limit=20`: `{"query","count","results"}`,
 /// or 400 with `{"error"}` for a missing or empty `q` or a bad `limit`
