@@ -238,12 +238,18 @@ impl State {
         stop: &AtomicBool,
         status: &ArcSwap<TokenStatus>,
     ) {
-        if let Some(exp) = jwt::expiry(self.account.credentials.access_token()) {
-            log::info!(
+        let token = self.account.credentials.access_token();
+        match jwt::expiry(token) {
+            Some(exp) => log::info!(
                 "DhanHQ access token from {} expires {}",
                 self.source,
                 crate::instrument::date::ist_iso(exp)
-            );
+            ),
+            None if self.config.renew != Renew::None && !token.is_empty() => log::warn!(
+                "the access token's expiry cannot be read (not a JWT): renewal before expiry \
+                 is not scheduled"
+            ),
+            None => {}
         }
         loop {
             match rx.recv_timeout(TICK) {
@@ -334,12 +340,21 @@ impl State {
     }
 
     /// Renews when due: `renew_before` ahead of expiry, or (TOTP) at once
-    /// when there is no token or DhanHQ refuses it.
+    /// when there is no token or DhanHQ refuses it. Renewals prompted by a
+    /// refusal back off like failures until the upstream is up again, so a
+    /// token DhanHQ keeps refusing is not regenerated in a tight loop.
     fn maybe_renew(&mut self, now: Instant) {
-        if self.config.renew == Renew::None || self.retry_at.is_some_and(|at| now < at) {
+        if self.config.renew == Renew::None {
             return;
         }
-        let refused = self.refused() && now.duration_since(self.handed_over) >= SETTLE;
+        let refused = self.refused();
+        if !refused && self.upstream_stats.connections_up() > 0 && self.renew_error.is_none() {
+            self.retry_wait = RETRY_FIRST;
+        }
+        if self.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let refused = refused && now.duration_since(self.handed_over) >= SETTLE;
         let due = self.renew_due_at().is_some_and(|at| unix_now() >= at);
         let missing = self.account.credentials.access_token().is_empty();
         let why = match self.config.renew {
@@ -357,25 +372,26 @@ impl State {
             Renew::Totp => renew::generate(&self.config.auth_url, &self.account, unix_now()),
             Renew::None => return,
         };
+        let wait = self.retry_wait;
         match result {
             Ok(token) => {
                 self.account.credentials =
                     Credentials::new(self.account.credentials.client_id(), token);
                 self.renewals += 1;
                 self.renew_error = None;
-                self.retry_at = None;
-                self.retry_wait = RETRY_FIRST;
+                self.retry_at = refused.then(|| Instant::now() + wait);
                 self.persist();
                 self.hand_over("renewal");
             }
             Err(e) => {
                 self.renew_failures += 1;
-                let wait = self.retry_wait;
-                self.retry_wait = (wait * 2).min(RETRY_MAX);
                 self.retry_at = Some(Instant::now() + wait);
                 log::warn!("token renewal failed: {e}; retrying in {wait:?}");
                 self.renew_error = Some(format!("token renewal failed: {e}"));
             }
+        }
+        if self.retry_at.is_some() {
+            self.retry_wait = (wait * 2).min(RETRY_MAX);
         }
     }
 
