@@ -284,7 +284,7 @@ pub fn spawn_watchdog(
     let flag = Arc::clone(&stop);
     let mut health = health;
     let spawned = std::thread::Builder::new()
-        .name("sd-watchdog".into())
+        .name("dhan-watchdog".into())
         .spawn(move || {
             let mut next = Instant::now() + every;
             loop {
