@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod percent;
 pub mod price;
+pub mod sdnotify;
 pub mod sim;
 pub mod tick;
 pub mod token;

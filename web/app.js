@@ -58,6 +58,7 @@ const el = {
   conn: $('conn'),
   connText: $('conn-text'),
   banner: $('banner'),
+  tokenBanner: $('token-banner'),
   demo: $('demo'),
   tps: $('m-tps'),
   p99: $('m-p99'),
@@ -735,6 +736,71 @@ async function pollStats() {
   }
   const ttw = body.latency?.tickToWire;
   el.p99.textContent = ttw && ttw.count > 0 ? fmtMicros(ttw.p99_us) : '–';
+  showToken(body.token);
+}
+
+// ---------------------------------------------------------------- access token
+
+/** Time left as people say it: "in 42 min", "in 1 h 5 min". */
+function fmtLeft(secs) {
+  if (!isNum(secs)) return 'soon';
+  if (secs < 60) return 'in under a minute';
+  const min = Math.floor(secs / 60);
+  return min < 60 ? `in ${min} min` : `in ${Math.floor(min / 60)} h ${min % 60} min`;
+}
+
+/**
+ * What the token banner says for /stats' `token` object, or null to hide
+ * it: shown while the token is about to expire (under an hour left), has
+ * expired or was refused by DhanHQ; hidden when it is fine, unknown, or the
+ * relay does not report a token at all.
+ */
+function tokenNotice(t) {
+  if (!t || typeof t !== 'object') return null;
+  let text;
+  switch (t.state) {
+    case 'expiring':
+      text = `DhanHQ token expires ${fmtLeft(t.secondsLeft)} (renewal: ${t.renew || 'none'})`;
+      break;
+    case 'expired':
+      text = 'The DhanHQ access token has expired: prices are stale until it is replaced';
+      break;
+    case 'refused':
+      text = 'DhanHQ refused the access token: prices are stale until it is replaced';
+      break;
+    default:
+      return null;
+  }
+  const bits = [];
+  if (t.source) bits.push(`token from ${t.source}`);
+  if (t.expiresAt) bits.push(`expires ${t.expiresAt}`);
+  if (isNum(t.renewals)) bits.push(`${t.renewals} renewal${t.renewals === 1 ? '' : 's'} so far`);
+  return { state: t.state, text, why: t.lastError ? String(t.lastError) : '', title: bits.join(' · ') };
+}
+
+let tokenShown = '';
+
+/** Updates the banner only when what it says changes (no repeated announcements). */
+function showToken(t) {
+  const n = tokenNotice(t);
+  const key = n ? JSON.stringify(n) : '';
+  if (key === tokenShown) return;
+  tokenShown = key;
+  el.tokenBanner.hidden = !n;
+  if (!n) {
+    el.tokenBanner.replaceChildren();
+    return;
+  }
+  el.tokenBanner.dataset.state = n.state;
+  el.tokenBanner.title = n.title;
+  const parts = [document.createTextNode(n.text)];
+  if (n.why) {
+    const why = document.createElement('span');
+    why.className = 'why';
+    why.textContent = ` — ${n.why}`;
+    parts.push(why);
+  }
+  el.tokenBanner.replaceChildren(...parts);
 }
 
 async function refreshHealth() {

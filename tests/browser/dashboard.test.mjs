@@ -8,7 +8,10 @@
 // depth and a chart, phone width and dark mode lay out, stopping the engine
 // shows "reconnecting" and a restarted engine is picked up again; then it
 // measures 200 instruments at ~1,000 updates/s in the page (frame times,
-// long tasks, the page's own render time) and prints the numbers.
+// long tasks, the page's own render time) and prints the numbers. The
+// access-token banner is driven by /stats' `token` object; demo mode's token
+// never expires, so that step rewrites the page's /stats answers
+// (page.route) to the states the banner must show and hide for.
 //
 // Every wait is bounded, and a watchdog ends the run. Any console error or
 // uncaught exception fails it, except the network errors a browser logs by
@@ -357,6 +360,85 @@ async function main() {
         { timeout: 8000 },
       );
       return `ticks/s ${await page.textContent('#m-tps')}, p99 ${await page.textContent('#m-p99')}`;
+    });
+
+    await step('token banner: hidden while the token is fine, shown when it expires soon, expired or refused', async () => {
+      const real = await (await fetch(`${base}/stats`)).json();
+      const bad = ['expiring', 'expired', 'refused'];
+      check(!real.token || !bad.includes(real.token.state), `demo mode reports token ${JSON.stringify(real.token)}`);
+      await sleep(1500); // at least one /stats poll
+      check(await page.$eval('#token-banner', (b) => b.hidden), 'the token banner shows in demo mode');
+      // The page's /stats answers, with `token` replaced (null: removed;
+      // undefined: the engine's own).
+      let token;
+      await page.route('**/stats', async (route) => {
+        const res = await route.fetch();
+        const body = await res.json();
+        if (token === null) delete body.token;
+        else if (token) body.token = token;
+        await route.fulfill({ response: res, json: body });
+      });
+      const fields = {
+        source: 'file /var/lib/dhan-relay/credentials.env',
+        expiresAt: '2026-12-03T09:00:00+05:30',
+        renew: 'none',
+        renewals: 0,
+        lastError: null,
+      };
+      const shows = async (re) => {
+        await page.waitForFunction(
+          (src) => {
+            const b = document.getElementById('token-banner');
+            return !b.hidden && new RegExp(src).test(b.textContent);
+          },
+          re.source,
+          { timeout: 5000 },
+        );
+        return (await page.textContent('#token-banner')).trim();
+      };
+      const hides = () => page.waitForSelector('#token-banner', { state: 'hidden', timeout: 5000 });
+      const seen = [];
+      try {
+        token = { ...fields, state: 'expiring', secondsLeft: 42 * 60 + 30 };
+        seen.push(await shows(/^DhanHQ token expires in 42 min \(renewal: none\)$/));
+        const a11y = await page.$eval('#token-banner', (b) => [b.getAttribute('role'), b.getAttribute('aria-live')].join(' '));
+        check(a11y === 'status polite', `the banner is not a polite status region: ${a11y}`);
+        check(/credentials\.env/.test(await page.getAttribute('#token-banner', 'title')), 'the banner\'s title does not name the token\'s source');
+        await shot(page, 'dashboard-token-expiring.png');
+
+        token = { ...fields, state: 'refused', secondsLeft: null, lastError: 'DhanHQ disconnect 807: access token expired' };
+        seen.push(await shows(/^DhanHQ refused the access token: prices are stale until it is replaced — DhanHQ disconnect 807: access token expired$/));
+        await page.emulateMedia({ colorScheme: 'dark' });
+        await sleep(200);
+        const colours = await page.$eval('#token-banner', (b) => {
+          const lum = (c) => {
+            const [r, g, bl] = c.match(/[\d.]+/g).map(Number);
+            return (0.2126 * r + 0.7152 * g + 0.0722 * bl) / 255;
+          };
+          const cs = getComputedStyle(b);
+          const page = getComputedStyle(document.body).backgroundColor;
+          return { text: lum(cs.color), page: lum(page) };
+        });
+        check(colours.page < 0.2 && colours.text > 0.35, `dark mode: banner text luminance ${colours.text.toFixed(2)} on page ${colours.page.toFixed(2)}`);
+        await shot(page, 'dashboard-token-refused-dark.png');
+        await page.emulateMedia({ colorScheme: 'light' });
+
+        token = { ...fields, state: 'expired', secondsLeft: 0 };
+        seen.push(await shows(/^The DhanHQ access token has expired: prices are stale until it is replaced$/));
+
+        token = { ...fields, state: 'ok', secondsLeft: 20 * 3600 };
+        await hides();
+        token = { ...fields, state: 'expiring', secondsLeft: 30, renew: 'dhan', lastError: 'RenewToken: HTTP 401' };
+        seen.push(await shows(/^DhanHQ token expires in under a minute \(renewal: dhan\) — RenewToken: HTTP 401$/));
+        token = null;
+        await hides();
+        token = { ...fields, state: 'unknown', expiresAt: null, secondsLeft: null };
+        await sleep(1500);
+        check(await page.$eval('#token-banner', (b) => b.hidden), 'the banner shows for state "unknown"');
+      } finally {
+        await page.unroute('**/stats');
+      }
+      return `shown: ${seen.map((t) => `"${t}"`).join('; ')}; hidden for ok, unknown and no token`;
     });
 
     await step('add an instrument through the search box (search results)', async () => {
