@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Feed, Flags, RunConfig};
 use crate::engine::{raise_fd_limit, Engine, StartError};
+use crate::sdnotify;
 use crate::sim::{SimConfig, SimTls, Simulator};
 use crate::token::sources::CredentialSources;
 use crate::upstream::Credentials;
@@ -285,13 +286,37 @@ fn run(args: &RunArgs) -> ExitCode {
         // `systemctl reload` (ExecReload) sends SIGHUP: re-read credentials.
         let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload);
     }
+    let notifier = sdnotify::Notifier::from_env();
+    let watchdog = notifier.as_ref().and_then(|n| {
+        ready_when_dialling(&engine, n);
+        sdnotify::spawn_watchdog(n.clone(), sdnotify::all_beating(engine.heartbeats()))
+    });
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
     }
     log::info!("shutting down: closing clients, disconnecting upstream");
+    if let Some(n) = &notifier {
+        n.stopping();
+    }
+    drop(watchdog);
     engine.shutdown();
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Tells systemd the service is ready (`Type=notify`) once the listener is
+/// up — it is, when the engine has started — and the first upstream
+/// connection attempt was made (waited for up to two seconds).
+fn ready_when_dialling(engine: &Engine, notifier: &sdnotify::Notifier) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(2)
+        && engine
+            .upstream_stats()
+            .is_some_and(|s| s.connect_attempts.get() == 0)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    notifier.ready(Some(&format!("listening on {}", engine.addr())));
 }
 
 /// One line a person reads first, then the start-up summary in the log.

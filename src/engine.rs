@@ -23,6 +23,7 @@ use crate::config::{Feed, RunConfig};
 use crate::fanout::{Fanout, FanoutInputs, FanoutThread};
 use crate::instrument::watch::{resolve_watchlist, WatchItem, Watchlist};
 use crate::instrument::{source, Master};
+use crate::sdnotify::Heartbeat;
 use crate::sim::{SimConfig, Simulator};
 use crate::tick::Tick;
 use crate::token::keeper::Start;
@@ -65,6 +66,8 @@ pub struct Engine {
     addr: SocketAddr,
     demo: Option<Simulator>,
     keeper: Option<Keeper>,
+    /// Network, book and fanout loop heartbeats.
+    beats: [Heartbeat; 3],
     fanout: Option<FanoutThread>,
     upstream: Option<Upstream>,
     book: Option<BookThread>,
@@ -122,9 +125,11 @@ impl Engine {
         let (tick_tx, tick_rx) = HeapRb::<Tick>::new(RING).split();
         let (update_tx, update_rx) = HeapRb::<Update>::new(RING).split();
         let waker = fanout.waker();
+        let beats = [Heartbeat::new(), Heartbeat::new(), Heartbeat::new()];
         let book = BookThread::spawn(
             BookConfig {
                 core: config.pin.book,
+                heartbeat: beats[1].clone(),
                 ..BookConfig::default()
             },
             tick_rx,
@@ -143,6 +148,7 @@ impl Engine {
                 max_per_connection: config.instruments_per_connection,
                 silence_timeout: config.silence_timeout,
                 core: config.pin.net,
+                heartbeat: beats[0].clone(),
                 ..UpstreamConfig::default()
             },
             tick_tx,
@@ -162,6 +168,7 @@ impl Engine {
         let fanout = fanout
             .start(FanoutInputs {
                 token: keeper.handle(),
+                heartbeat: beats[2].clone(),
                 updates: update_rx,
                 snapshot: book.snapshot.clone(),
                 upstream: upstream.control(),
@@ -177,6 +184,7 @@ impl Engine {
             addr,
             demo,
             keeper: Some(keeper),
+            beats,
             fanout: Some(fanout),
             upstream: Some(upstream),
             book: Some(book),
@@ -208,6 +216,20 @@ impl Engine {
     /// The built-in simulator, in demo mode (tests inject packets through it).
     pub fn demo_simulator(&self) -> Option<&Simulator> {
         self.demo.as_ref()
+    }
+
+    /// The network, book and fanout loops' heartbeats, named, for the
+    /// service watchdog.
+    pub fn heartbeats(&self) -> Vec<(&'static str, Heartbeat)> {
+        ["network", "book", "fanout"]
+            .into_iter()
+            .zip(self.beats.iter().cloned())
+            .collect()
+    }
+
+    /// The network thread's counters.
+    pub fn upstream_stats(&self) -> Option<Arc<crate::upstream::UpstreamStats>> {
+        self.upstream.as_ref().map(Upstream::stats)
     }
 
     /// Set this (from a SIGHUP handler) to have the credentials re-read.

@@ -29,6 +29,7 @@ pub use state::{FullExtras, InstrumentState, UpdateKind};
 use crate::clock;
 use crate::domain::InstrumentKey;
 use crate::metrics::{Counter, LatencyRecorder, SharedLatency};
+use crate::sdnotify::Heartbeat;
 use crate::tick::Tick;
 
 /// One instrument changed: its whole new state, so the fanout can render
@@ -122,12 +123,14 @@ impl Book {
 }
 
 /// Book-thread settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BookConfig {
     /// Shortest time between two snapshots.
     pub snapshot_interval: Duration,
     /// Pin the thread to this core, when set.
     pub core: Option<usize>,
+    /// Beaten once per loop turn, for the service watchdog.
+    pub heartbeat: Heartbeat,
 }
 
 impl Default for BookConfig {
@@ -135,6 +138,7 @@ impl Default for BookConfig {
         BookConfig {
             snapshot_interval: Duration::from_millis(50),
             core: None,
+            heartbeat: Heartbeat::new(),
         }
     }
 }
@@ -206,6 +210,7 @@ impl BookThread {
         let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let stats = Arc::new(BookStats::default());
         let latency = SharedLatency::default();
+        let core = config.core;
         let worker = Worker {
             book: Book::new(),
             ticks,
@@ -220,7 +225,7 @@ impl BookThread {
         let thread = std::thread::Builder::new()
             .name("dhan-book".into())
             .spawn(move || {
-                crate::affinity::pin("book", config.core);
+                crate::affinity::pin("book", core);
                 worker.run();
             })?;
         Ok(BookThread {
@@ -300,6 +305,7 @@ impl Worker {
                 dirty = false;
             }
             self.latency.maybe_publish(now);
+            self.config.heartbeat.beat();
             if applied == 0 {
                 // The network thread unparks us after each batch; the timeout
                 // bounds snapshot staleness and shutdown latency.
@@ -408,7 +414,7 @@ mod tests {
         let book = BookThread::spawn(
             BookConfig {
                 snapshot_interval: Duration::from_millis(5),
-                core: None,
+                ..BookConfig::default()
             },
             tick_rx,
             update_tx,

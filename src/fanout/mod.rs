@@ -55,6 +55,7 @@ use crate::domain::{InstrumentKey, Mode};
 use crate::instrument::watch::Watchlist;
 use crate::instrument::{Master, WallClock};
 use crate::metrics::{LatencyRecorder, SharedLatency};
+use crate::sdnotify::Heartbeat;
 use crate::token::KeeperHandle;
 use crate::upstream::{UpstreamControl, UpstreamStats};
 use front::{FrontDoor, Handoff, NewClient};
@@ -169,6 +170,8 @@ pub struct FanoutInputs {
     pub clock: WallClock,
     /// The token keeper (status for REST, admin credential changes).
     pub token: KeeperHandle,
+    /// Beaten once per loop turn, for the service watchdog.
+    pub heartbeat: Heartbeat,
 }
 
 impl std::fmt::Debug for FanoutInputs {
@@ -308,6 +311,7 @@ impl Fanout {
             upstream_up: false,
             announced: "connecting",
             rotations_announced: 0,
+            heartbeat: inputs.heartbeat,
             next_second: Instant::now(),
             turn_recv: Vec::with_capacity(1024),
             dirty: Vec::with_capacity(1024),
@@ -405,6 +409,7 @@ struct Worker {
     announced: &'static str,
     /// Credential rotations already announced to clients.
     rotations_announced: u64,
+    heartbeat: Heartbeat,
     next_second: Instant,
     /// Receive stamps of the updates delivered this turn.
     turn_recv: Vec<u64>,
@@ -419,6 +424,7 @@ impl Worker {
             self.topics.add(Topics::RELAY, w.key, Mode::Ticker);
         }
         loop {
+            self.heartbeat.beat();
             let timeout = if self.readable.is_empty() {
                 let until = self
                     .topics
@@ -793,6 +799,7 @@ mod test_worker {
             upstream_up: false,
             announced: "connecting",
             rotations_announced: 0,
+            heartbeat: Heartbeat::new(),
             next_second: Instant::now(),
             turn_recv: Vec::new(),
             dirty: Vec::new(),

@@ -49,6 +49,7 @@ pub use stats::{SlotState, UpstreamStats, DISCONNECT_REASONS, MAX_SLOTS, PACKET_
 pub use tls::load_ca_file;
 
 use crate::domain::{InstrumentKey, Mode};
+use crate::sdnotify::Heartbeat;
 use crate::tick::Tick;
 use conn::{Conn, Env, Settings, TickSink, Transition};
 use dns::Lookups;
@@ -87,6 +88,9 @@ pub struct UpstreamConfig {
     pub max_message_bytes: usize,
     /// Pin the thread to this core, when set.
     pub core: Option<usize>,
+    /// Beaten once per loop turn (at least once a second), for the service
+    /// watchdog.
+    pub heartbeat: Heartbeat,
 }
 
 impl Default for UpstreamConfig {
@@ -104,6 +108,7 @@ impl Default for UpstreamConfig {
             backoff: BackoffConfig::default(),
             max_message_bytes: 1 << 20,
             core: None,
+            heartbeat: Heartbeat::new(),
         }
     }
 }
@@ -223,6 +228,7 @@ impl Upstream {
             rotating: false,
             spare: None,
             retiring: None,
+            heartbeat: config.heartbeat.clone(),
         };
         let core = config.core;
         let thread = std::thread::Builder::new()
@@ -345,6 +351,7 @@ struct Net {
     /// A replaced connection that keeps delivering until its successor's
     /// first data arrives.
     retiring: Option<Retiring>,
+    heartbeat: Heartbeat,
 }
 
 /// A replaced connection, parked on a spare slot until its successor
@@ -360,6 +367,10 @@ struct Retiring {
     deadline: Instant,
 }
 
+/// Longest the loop sleeps: an idle loop still turns once a second, so the
+/// service watchdog can tell it from a wedged one.
+const IDLE_TURN: Duration = Duration::from_secs(1);
+
 /// Longest overlap of a replaced connection and its successor.
 const RETIRE_WITHIN: Duration = Duration::from_secs(2);
 
@@ -374,8 +385,11 @@ impl Net {
                 .filter_map(|c| c.deadline(&self.settings))
                 .chain(self.retiring.map(|r| r.deadline))
                 .min()
-                .map(|d| d.saturating_duration_since(Instant::now()));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                .map_or(IDLE_TURN, |d| {
+                    d.saturating_duration_since(Instant::now()).min(IDLE_TURN)
+                });
+            self.heartbeat.beat();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }

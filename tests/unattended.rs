@@ -1,9 +1,10 @@
-//! The token's life end to end: the real engine (in process, or the real
-//! binary where signals, the working directory or the process id matter)
-//! against the real simulator over 127.0.0.1. A new token arrives through
-//! the credentials file, SIGHUP, the admin call or renewal; the relay moves
-//! every upstream connection to it without a restart, clients keep their
-//! subscriptions, and no secret shows anywhere.
+//! Unattended operation end to end: the real engine (in process, or the
+//! real binary where signals, the working directory, systemd's notify
+//! socket or the process id matter) against the real simulator over
+//! 127.0.0.1. A new token arrives through the credentials file, SIGHUP, the
+//! admin call or renewal; the relay moves every upstream connection to it
+//! without a restart, clients keep their subscriptions, and no secret shows
+//! anywhere. Under systemd it says READY=1 and pings the watchdog.
 
 mod common;
 use common::{exchange, get_json, wait_for, wait_or, WsClient};
@@ -309,6 +310,11 @@ impl Relay {
     /// Starts `dhan-relay run` in `cwd` with `args`; waits for its address
     /// on the first stdout line.
     fn start(cwd: &Path, args: &[&str]) -> Relay {
+        Relay::start_with(cwd, args, &[])
+    }
+
+    /// [`Relay::start`] with extra environment variables.
+    fn start_with(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Relay {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -321,6 +327,8 @@ impl Relay {
             .env_remove("DHAN_CLIENT_ID")
             .env_remove("DHAN_ACCESS_TOKEN")
             .env_remove("DHAN_AUTH_TOKEN")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -341,6 +349,11 @@ impl Relay {
     /// Stops it and returns what it logged.
     fn stop(self) -> String {
         self.signal(libc::SIGTERM);
+        self.stop_wait()
+    }
+
+    /// Waits for it to end (already signalled) and returns what it logged.
+    fn stop_wait(self) -> String {
         let out = self.child.wait_with_output().unwrap();
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
@@ -456,4 +469,49 @@ fn check_config_validates_without_starting() {
         text.contains("needs DHAN_PIN and DHAN_TOTP_SECRET"),
         "{text}"
     );
+}
+
+#[test]
+fn under_systemd_it_says_ready_pings_the_watchdog_and_says_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let d = dir("notify");
+    let socket_path = d.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let relay = Relay::start_with(
+        &d,
+        &["--demo-rate", "50"],
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = socket.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    assert!(
+        ready.contains(&format!("listening on {}", relay.addr)),
+        "{ready}"
+    );
+    for _ in 0..2 {
+        assert_eq!(next(), "WATCHDOG=1", "pings at half the 2 s interval");
+    }
+    relay.signal(libc::SIGTERM);
+    let mut seen = Vec::new();
+    loop {
+        let m = next();
+        if m.starts_with("STOPPING=1") {
+            break;
+        }
+        seen.push(m);
+        assert!(seen.len() < 5, "no STOPPING=1: {seen:?}");
+    }
+    let log = relay.stop_wait();
+    assert!(log.contains("stopped"), "{log}");
 }
