@@ -290,3 +290,35 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[test]
+fn the_relay_accepts_the_shipped_config() {
+    use dhan_relay::config::{Feed, Flags, RunConfig};
+    use dhan_relay::token::sources::CredentialSources;
+    use dhan_relay::token::Renew;
+    // The credentials file named there does not exist here: stand one in.
+    let creds = std::env::temp_dir().join(format!("dhan-relay-unit-{}.env", std::process::id()));
+    std::fs::write(
+        &creds,
+        "DHAN_CLIENT_ID=1100000000\nDHAN_ACCESS_TOKEN=eyJx\n",
+    )
+    .unwrap();
+    let flags = Flags {
+        env_file: Some(creds.clone()),
+        ..Flags::default()
+    };
+    let config = RunConfig::build(
+        &flags,
+        Some((Path::new("tools/systemd/config.toml"), CONFIG)),
+        &CredentialSources::none(),
+    )
+    .unwrap_or_else(|e| panic!("the shipped config.toml is refused: {e}"));
+    let _ = std::fs::remove_file(&creds);
+    assert!(matches!(config.feed, Feed::Live { .. }));
+    assert_eq!(config.token.renew, Renew::Dhan);
+    assert_eq!(
+        config.listen.ip(),
+        std::net::Ipv4Addr::LOCALHOST,
+        "loopback by default"
+    );
+}
