@@ -11,7 +11,7 @@
 //! [`MAX_LAG`] behind (a slow machine, a stall) it forgets the debt rather
 //! than bursting.
 //!
-//! About once a second ([`HOUSEKEEPING`]), whatever the rate, it also runs
+//! Four times a second ([`HOUSEKEEPING`]), whatever the rate, it also runs
 //! the token expiry check ([`Shared::expire_tokens`]): not per tick, and on
 //! a thread no client can hold up.
 //!
@@ -43,7 +43,7 @@ const OI_EVERY: u64 = 10;
 /// How long to sleep when there is nothing to generate.
 const IDLE: Duration = Duration::from_millis(100);
 /// How often token expiry is checked.
-pub(crate) const HOUSEKEEPING: Duration = Duration::from_secs(1);
+pub(crate) const HOUSEKEEPING: Duration = Duration::from_millis(250);
 
 /// Who wants one instrument, and how.
 #[derive(Debug, Default)]

@@ -31,9 +31,9 @@
 //!   is the same. A revoked token (a newer one issued, a renewal,
 //!   [`SimControl::revoke_token`]) gets 807 on connect, and every open
 //!   connection that logged in with it gets the 807 packet and a close at
-//!   once; [`SimControl::expire_token`] refuses new connections only. About
-//!   once a second (on the generator thread) open connections whose token's
-//!   `exp` has passed get 807 and a close. Connections remember their token
+//!   once; [`SimControl::expire_token`] refuses new connections only. Four
+//!   times a second (on the generator thread) open connections whose
+//!   token's `exp` has passed get 807 and a close. Connections remember their token
 //!   for this; it is never printed or logged, and `Debug` output shows
 //!   tokens, PINs and TOTP secrets as counts or not at all.
 //! * REST ([`Simulator::rest_url`], plain HTTP, `rest.rs`): DhanHQ's

@@ -475,7 +475,7 @@ impl Shared {
         }
     }
 
-    /// Token expiry, run about once a second (by the generator thread):
+    /// Token expiry, run four times a second (by the generator thread):
     /// forgets issued tokens past their `exp` and sends 807 to the open
     /// connections whose token's `exp` has passed.
     pub(crate) fn expire_tokens(&self) {
