@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Feed, Flags, RunConfig};
 use crate::engine::{raise_fd_limit, Engine, StartError};
 use crate::sdnotify;
-use crate::sim::{SimConfig, SimTls, Simulator};
+use crate::sim::{SimConfig, SimTls, SimTotpAccount, Simulator};
 use crate::token::sources::CredentialSources;
 use crate::upstream::Credentials;
 
@@ -148,11 +148,36 @@ pub struct SimArgs {
     /// A token to refuse with disconnect 807 (repeatable).
     #[arg(long = "expired-token", value_name = "TOKEN")]
     pub expired_tokens: Vec<String>,
+    /// Lifetime of tokens issued over REST (RenewToken, generateAccessToken),
+    /// in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub token_lifetime: u64,
+    /// An account that can generate tokens with PIN + TOTP over REST; the
+    /// secret is base32 (repeatable).
+    #[arg(long = "totp-account", value_name = "CLIENT_ID:PIN:SECRET",
+          value_parser = |s: &str| Ok::<_, std::convert::Infallible>(SecretArg(s.to_owned())))]
+    pub totp_accounts: Vec<SecretArg>,
+    /// Accept only tokens the simulator issued (others get disconnect 807).
+    #[arg(long)]
+    pub strict_tokens: bool,
+}
+
+/// A flag value that holds a credential: `Debug` does not show it, and a
+/// malformed one is reported without it.
+#[derive(Clone)]
+pub struct SecretArg(pub String);
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 impl SimArgs {
-    /// The simulator configuration these flags ask for.
-    pub fn config(&self) -> SimConfig {
+    /// The simulator configuration these flags ask for, or why they do not
+    /// make one (without repeating a PIN or secret).
+    pub fn config(&self) -> Result<SimConfig, String> {
         let tls = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => SimTls::Files {
                 cert: cert.clone(),
@@ -161,14 +186,38 @@ impl SimArgs {
             _ if self.tls => SimTls::SelfSigned,
             _ => SimTls::None,
         };
-        SimConfig {
+        let mut totp_accounts = Vec::with_capacity(self.totp_accounts.len());
+        for (i, SecretArg(raw)) in self.totp_accounts.iter().enumerate() {
+            let mut parts = raw.splitn(3, ':');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(client_id), Some(pin), Some(secret))
+                    if !client_id.is_empty() && !pin.is_empty() && !secret.is_empty() =>
+                {
+                    totp_accounts.push(SimTotpAccount {
+                        client_id: client_id.to_owned(),
+                        pin: pin.to_owned(),
+                        secret_base32: secret.to_owned(),
+                    });
+                }
+                _ => {
+                    return Err(format!(
+                        "--totp-account #{} is not CLIENT_ID:PIN:SECRET (the value is not shown: it holds a PIN and a secret)",
+                        i + 1
+                    ))
+                }
+            }
+        }
+        Ok(SimConfig {
             listen: self.listen,
             tls,
             ticks_per_sec: self.rate,
             seed: self.seed,
             expired_tokens: self.expired_tokens.clone(),
+            accept_any_token: !self.strict_tokens,
+            token_lifetime: Duration::from_secs(self.token_lifetime),
+            totp_accounts,
             ..SimConfig::default()
-        }
+        })
     }
 }
 
@@ -352,7 +401,14 @@ fn announce(engine: &Engine, config: &RunConfig) {
 
 /// `dhan-relay sim`: start, say where, run until killed.
 fn sim(args: &SimArgs) -> ExitCode {
-    let sim = match Simulator::start(args.config()) {
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dhan-relay sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let sim = match Simulator::start(config) {
         Ok(sim) => sim,
         Err(e) => {
             eprintln!("dhan-relay sim: cannot start on {}: {e}", args.listen);
@@ -372,6 +428,10 @@ fn sim(args: &SimArgs) -> ExitCode {
             path.display()
         );
     }
+    eprintln!(
+        "dhan-relay sim: REST (token renewal/generation) at {}",
+        sim.rest_url()
+    );
     println!("{}", sim.feed_url());
     // Ctrl-C ends the process; the simulator needs no orderly stop.
     loop {
@@ -423,10 +483,12 @@ mod tests {
 
     #[test]
     fn sim_flags_become_a_config() {
-        let cfg = sim_args(&[]).unwrap().config();
+        let cfg = sim_args(&[]).unwrap().config().unwrap();
         assert_eq!(cfg.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(cfg.tls, SimTls::None);
         assert_eq!((cfg.ticks_per_sec, cfg.seed), (100, 1));
+        assert!(cfg.accept_any_token && cfg.totp_accounts.is_empty());
+        assert_eq!(cfg.token_lifetime, Duration::from_secs(86_400));
 
         let cfg = sim_args(&[
             "--listen",
@@ -442,7 +504,8 @@ mod tests {
             "b",
         ])
         .unwrap()
-        .config();
+        .config()
+        .unwrap();
         assert_eq!(cfg.listen, "0.0.0.0:8765".parse().unwrap());
         assert_eq!(cfg.tls, SimTls::SelfSigned);
         assert_eq!((cfg.ticks_per_sec, cfg.seed), (5000, 9));
@@ -450,7 +513,8 @@ mod tests {
 
         let cfg = sim_args(&["--cert", "c.pem", "--key", "k.pem"])
             .unwrap()
-            .config();
+            .config()
+            .unwrap();
         assert_eq!(
             cfg.tls,
             SimTls::Files {
@@ -458,6 +522,56 @@ mod tests {
                 key: "k.pem".into()
             }
         );
+    }
+
+    #[test]
+    fn sim_token_flags_become_a_config() {
+        let args = sim_args(&[
+            "--token-lifetime",
+            "120",
+            "--strict-tokens",
+            "--totp-account",
+            "1100001:246810:JBSW Y3DP",
+            "--totp-account",
+            "1100002:1234:GEZD:GNBV",
+        ])
+        .unwrap();
+        let shown = format!("{args:?}");
+        assert!(
+            !shown.contains("246810") && !shown.contains("JBSW"),
+            "{shown}"
+        );
+        let cfg = args.config().unwrap();
+        assert!(!cfg.accept_any_token);
+        assert_eq!(cfg.token_lifetime, Duration::from_secs(120));
+        let accounts: Vec<_> = cfg
+            .totp_accounts
+            .iter()
+            .map(|a| {
+                (
+                    a.client_id.as_str(),
+                    a.pin.as_str(),
+                    a.secret_base32.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            accounts,
+            [
+                ("1100001", "246810", "JBSW Y3DP"),
+                ("1100002", "1234", "GEZD:GNBV")
+            ]
+        );
+
+        for bad in ["1100001:246810", "1100001::JBSW", ":1:JBSW", "nothing"] {
+            let err = sim_args(&["--totp-account", bad])
+                .unwrap()
+                .config()
+                .unwrap_err();
+            assert!(err.contains("#1") && !err.contains(bad), "{err}");
+        }
+        assert!(sim_args(&["--token-lifetime", "0"]).is_err());
+        assert!(sim_args(&["--token-lifetime", "soon"]).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Segment};
 use dhan_relay::engine::Engine;
-use dhan_relay::sim::{SimConfig, SimControl, Simulator};
+use dhan_relay::sim::{SimConfig, SimControl, SimTotpAccount, Simulator};
 use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::wire::request::RequestCode;
 use serde_json::Value;
@@ -514,4 +514,140 @@ fn under_systemd_it_says_ready_pings_the_watchdog_and_says_stopping() {
     }
     let log = relay.stop_wait();
     assert!(log.contains("stopped"), "{log}");
+}
+
+// ---------------------------------------------------------------------------
+// Renewal against the simulator's token endpoints.
+
+/// A simulator that accepts only the tokens it issued, with one TOTP
+/// account (PIN 4321).
+fn strict_sim() -> Simulator {
+    Simulator::start(SimConfig {
+        ticks_per_sec: 100,
+        accept_any_token: false,
+        totp_accounts: vec![SimTotpAccount {
+            client_id: CLIENT.into(),
+            pin: PIN.into(),
+            secret_base32: TOTP_SECRET.into(),
+        }],
+        ..SimConfig::default()
+    })
+    .expect("simulator starts")
+}
+
+const CLIENT: &str = "1100003626";
+const PIN: &str = "4321";
+const TOTP_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DP";
+
+fn read_token(file: &Path) -> String {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("DHAN_ACCESS_TOKEN="))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn renew_dhan_replaces_the_token_before_it_expires() {
+    let d = dir("renew-dhan");
+    let sim = strict_sim();
+    let ctl = sim.control();
+    let first = ctl.issue_token(CLIENT, Duration::from_secs(60));
+    let file = d.join("credentials.env");
+    write_creds(&file, &first);
+    let flags = Flags {
+        listen: Some("127.0.0.1:0".into()),
+        feed_url: Some(sim.feed_url()),
+        env_file: Some(file.clone()),
+        rest_url: Some(sim.rest_url()),
+        ..Flags::default()
+    };
+    let toml = "[credentials]\nrenew = \"dhan\"\nrenew_before_secs = 55\n";
+    let config = RunConfig::build(
+        &flags,
+        Some((Path::new("renew.toml"), toml)),
+        &CredentialSources::none(),
+    )
+    .unwrap();
+    let engine = Engine::start(config).unwrap();
+    let addr = engine.addr();
+    wait_for("upstream up", || ctl.subscriptions().len() == 1);
+    let t = token_status(addr);
+    assert_eq!(t["state"], "expiring", "{t}");
+    assert!(t["secondsLeft"].as_i64().unwrap() <= 60, "{t}");
+    let held = ctl.subscriptions()[0].instruments.len();
+    let old = conn_ids(&ctl);
+    // Due 5 s after the token was issued.
+    let started = Instant::now();
+    wait_or(
+        "a renewed token in use",
+        || token_status(addr)["renewals"] == 1 && replaced(&ctl, &old, held),
+        || format!("{} {:?}", token_status(addr), ctl.subscriptions()),
+    );
+    eprintln!("renewed and reconnected {:?} after start", started.elapsed());
+    let second = read_token(&file);
+    assert_ne!(second, first, "the renewed token is written back");
+    assert!(ctl.token_valid(&second) && !ctl.token_valid(&first));
+    let t = token_status(addr);
+    assert_eq!(t["source"], "renewal", "{t}");
+    assert!(t["secondsLeft"].as_i64().unwrap() > 60, "a fresh lifetime: {t}");
+    assert!(t["nextRenewalAt"].is_string(), "{t}");
+    let h = get_json(addr, "/health").to_string();
+    assert!(!h.contains(&first) && !h.contains(&second));
+}
+
+#[test]
+fn renew_totp_after_an_807_gets_a_new_token_within_seconds() {
+    let d = dir("renew-totp");
+    let sim = strict_sim();
+    let ctl = sim.control();
+    let first = ctl.issue_token(CLIENT, Duration::from_secs(3600));
+    let file = d.join("credentials.env");
+    std::fs::write(
+        &file,
+        format!(
+            "DHAN_CLIENT_ID={CLIENT}\nDHAN_ACCESS_TOKEN={first}\nDHAN_PIN={PIN}\nDHAN_TOTP_SECRET={TOTP_SECRET}\n"
+        ),
+    )
+    .unwrap();
+    let config = d.join("relay.toml");
+    std::fs::write(&config, "[credentials]\nrenew = \"totp\"\n").unwrap();
+    let relay = Relay::start(
+        &d,
+        &[
+            "--feed-url",
+            &sim.feed_url(),
+            "--env-file",
+            file.to_str().unwrap(),
+            "--auth-url",
+            &sim.rest_url(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    wait_for("upstream up", || ctl.subscriptions().len() == 1);
+    let old = conn_ids(&ctl);
+    let held = ctl.subscriptions()[0].instruments.len();
+    let refused = Instant::now();
+    ctl.revoke_token(&first);
+    wait_or(
+        "a generated token in use",
+        || replaced(&ctl, &old, held),
+        || format!("{} {:?}", token_status(relay.addr), ctl.subscriptions()),
+    );
+    let took = refused.elapsed();
+    eprintln!("807 → new token → resubscribed in {took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let second = read_token(&file);
+    assert_ne!(second, first);
+    assert!(ctl.token_valid(&second));
+    assert_eq!(token_status(relay.addr)["renewals"], 1);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(&format!("DHAN_PIN={PIN}\n")), "the rest kept: {text}");
+    let log = relay.stop();
+    assert!(log.contains("DhanHQ refused the access token"), "{log}");
+    for secret in [PIN, TOTP_SECRET, &first, &second, CLIENT] {
+        assert!(!log.contains(secret), "a secret in the log:\n{log}");
+    }
 }

@@ -12,7 +12,10 @@
 //!
 //! Everything a client sends is untrusted: a bad request is counted, a
 //! protocol error ends this connection only, and nothing here panics on
-//! input. The login token is compared and dropped, never kept or printed.
+//! input. The login token is kept only in the connection's registry entry
+//! (so a revocation can find the connection), never printed or logged; a
+//! revoked or expired token reaches this thread as an ordinary disconnect
+//! order (807).
 
 use std::io;
 use std::net::Shutdown;

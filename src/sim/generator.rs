@@ -11,6 +11,10 @@
 //! [`MAX_LAG`] behind (a slow machine, a stall) it forgets the debt rather
 //! than bursting.
 //!
+//! Four times a second ([`HOUSEKEEPING`]), whatever the rate, it also runs
+//! the token expiry check ([`Shared::expire_tokens`]): not per tick, and on
+//! a thread no client can hold up.
+//!
 //! The routing table (instrument → subscribers) is rebuilt only when
 //! [`Shared::subs_version`] moves. Instrument states live here, created on
 //! first subscription and kept for the simulator's life, so volume and OI
@@ -38,6 +42,8 @@ const MAX_LAG: Duration = Duration::from_millis(100);
 const OI_EVERY: u64 = 10;
 /// How long to sleep when there is nothing to generate.
 const IDLE: Duration = Duration::from_millis(100);
+/// How often token expiry is checked.
+pub(crate) const HOUSEKEEPING: Duration = Duration::from_millis(250);
 
 /// Who wants one instrument, and how.
 #[derive(Debug, Default)]
@@ -65,6 +71,7 @@ pub(crate) fn run(shared: &Shared, poked: &Receiver<()>) {
     let mut next_instrument = 0usize;
     let mut next_due = Instant::now();
     let mut touched: Vec<Arc<ConnHandle>> = Vec::new();
+    let mut next_housekeeping = Instant::now();
 
     loop {
         let now = Instant::now();
@@ -73,13 +80,19 @@ pub(crate) fn run(shared: &Shared, poked: &Receiver<()>) {
                 next_due.saturating_duration_since(now).max(round)
             }
             _ => IDLE,
-        };
+        }
+        .min(next_housekeeping.saturating_duration_since(now));
         match poked.recv_timeout(wait) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
         if shared.stopping() {
             return;
+        }
+        let now = Instant::now();
+        if now >= next_housekeeping {
+            shared.expire_tokens();
+            next_housekeeping = now + HOUSEKEEPING;
         }
         let Some(interval) = interval else { continue };
         let now = Instant::now();

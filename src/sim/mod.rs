@@ -11,12 +11,45 @@
 //! * WebSocket upgrades at `/?version=2&token=T&clientId=C&authType=2`
 //!   (`ws://` or `wss://`). After the handshake a missing or empty token gets
 //!   the disconnect packet (code 50) with reason 809 then a close frame; a
-//!   missing or empty client id 808; a token in
-//!   [`SimConfig::expired_tokens`] (or given to [`SimControl::expire_token`])
-//!   807; a connection beyond [`SimConfig::max_connections_per_client`] open
-//!   ones of the same client id 805. Any other path is refused with HTTP 404,
-//!   a `version` other than `2` with HTTP 400. The token is never stored,
-//!   printed or logged.
+//!   missing or empty client id 808; a token the simulator will not take
+//!   (below) 807; a token it issued to another client id 808; a connection
+//!   beyond [`SimConfig::max_connections_per_client`] open ones of the same
+//!   client id 805. Any other path is refused with HTTP 404, a `version`
+//!   other than `2` with HTTP 400.
+//! * Tokens (`tokens.rs` has the rule): the simulator issues DhanHQ-shaped
+//!   JWTs ([`crate::token::jwt::unsigned`]) through
+//!   [`SimControl::issue_token`] and its REST endpoints, remembers each with
+//!   its client id and `exp`, and keeps one valid issued token per client:
+//!   issuing a new one revokes the client's previous one. With
+//!   [`SimConfig::accept_any_token`] (the default) any other non-empty token
+//!   is accepted too, unless it is in [`SimConfig::expired_tokens`] (or was
+//!   given to [`SimControl::expire_token`] or [`SimControl::revoke_token`]) or
+//!   is a JWT whose own `exp` has passed; without it only issued tokens and
+//!   [`SimConfig::valid_tokens`] are, and any other token gets 807 — the
+//!   code for every token the server will not take, as DhanHQ's REST side
+//!   reports unknown and expired tokens alike (DH-901) and a client's remedy
+//!   is the same. A revoked token (a newer one issued, a renewal,
+//!   [`SimControl::revoke_token`]) gets 807 on connect, and every open
+//!   connection that logged in with it gets the 807 packet and a close at
+//!   once; [`SimControl::expire_token`] refuses new connections only. Four
+//!   times a second (on the generator thread) open connections whose
+//!   token's `exp` has passed get 807 and a close. Connections remember their token
+//!   for this; it is never printed or logged, and `Debug` output shows
+//!   tokens, PINs and TOTP secrets as counts or not at all.
+//! * REST ([`Simulator::rest_url`], plain HTTP, `rest.rs`): DhanHQ's
+//!   `GET /v2/RenewToken` (headers `access-token`, `dhanClientId`) and
+//!   `POST /app/generateAccessToken?dhanClientId=..&pin=..&totp=..`
+//!   ([`SimConfig::totp_accounts`]; codes of the current 30-second step and
+//!   either neighbour accepted). Both answer 200 with DhanHQ's token object
+//!   (`dhanClientId`, `dhanClientName`, `dhanClientUcc`,
+//!   `givenPowerOfAttorney`, `accessToken`, `expiryTime` in India time;
+//!   RenewToken adds `token`, the same value) for a token valid
+//!   [`SimConfig::token_lifetime`]. A renewal revokes the old token at once,
+//!   807 to its open connections included: DhanHQ documents that the old
+//!   token stops working when it is renewed, and a relay must cope with the
+//!   harshest reading of that. Refusals are DhanHQ's error object: 400
+//!   `DH-905` for a missing header or parameter, 401 `DH-901` for a token or
+//!   PIN/TOTP that does not check out; 404 for other paths.
 //! * A good connection gets a market-status packet (code 7) at once, then
 //!   serves RequestCodes 15/16, 17/18, 21/22 (the latest subscribe of an
 //!   instrument sets its mode; any unsubscribe code removes it) and 12 (close
@@ -48,7 +81,9 @@
 //!
 //! # Threads and back-pressure
 //!
-//! One acceptor thread, one generator thread, one thread per connection
+//! One acceptor thread, one generator thread, one REST thread (with
+//! tiny_http's own accept and connection threads behind it), one thread per
+//! connection
 //! (non-blocking socket under its own `mio::Poll`, woken by the generator or
 //! the control handle through a `mio::Waker`). The generator never blocks:
 //! each connection has a bounded queue of [`QUEUE_CAPACITY`] items, and a
@@ -60,18 +95,22 @@
 //! # Files
 //!
 //! `mod.rs` the public API; `shared.rs` state shared by the threads;
-//! `server.rs` the acceptor; `handshake.rs` TLS, upgrade and URL;
-//! `conn.rs` one connection after that (login, requests, writes,
-//! heartbeats); `generator.rs` the tick generator;
-//! `market.rs` the price model; `tls.rs` certificates.
+//! `tokens.rs` the token registry and its acceptance rule; `server.rs` the
+//! acceptor; `handshake.rs` TLS, upgrade and URL; `conn.rs` one connection
+//! after that (login, requests, writes, heartbeats); `generator.rs` the
+//! tick generator (and the once-a-second token expiry check); `rest.rs`
+//! the token REST endpoints; `market.rs` the price model; `tls.rs`
+//! certificates.
 
 mod conn;
 mod generator;
 mod handshake;
 mod market;
+mod rest;
 mod server;
 mod shared;
 mod tls;
+mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -87,10 +126,11 @@ use tungstenite::Bytes;
 
 use crate::domain::{InstrumentKey, Mode};
 use crate::instrument::Master;
+use crate::token::totp;
 use crate::wire::feed::FeedMessage;
 use crate::wire::request::RequestCode;
 use crate::wire::DisconnectReason;
-use shared::{lock, Control, Endpoint, Out, Settings, Shared};
+use shared::{lock, Control, Endpoint, Out, Settings, Shared, TotpAccount};
 
 /// Capacity of each connection's outbound queue, in items (one packet, or
 /// one injected frame, each).
@@ -117,6 +157,17 @@ pub struct SimConfig {
     pub reference_prices: Arc<HashMap<InstrumentKey, f64>>,
     /// Tokens that get disconnect 807 on connect.
     pub expired_tokens: Vec<String>,
+    /// `true` (default): any non-empty token is accepted unless expired or
+    /// revoked; `false`: only tokens the simulator issued and
+    /// [`SimConfig::valid_tokens`] are, others get 807.
+    pub accept_any_token: bool,
+    /// Tokens accepted even when `accept_any_token` is off (until their JWT
+    /// `exp`, if they have one).
+    pub valid_tokens: Vec<String>,
+    /// How long tokens issued over REST are valid (DhanHQ: 24 h).
+    pub token_lifetime: Duration,
+    /// Accounts that can generate tokens with PIN + TOTP over REST.
+    pub totp_accounts: Vec<SimTotpAccount>,
     /// Most instruments in one subscription message (DhanHQ: 100).
     pub max_per_message: usize,
     /// Most instruments one connection may hold (DhanHQ: 5,000).
@@ -138,6 +189,10 @@ impl Default for SimConfig {
             seed: 0,
             reference_prices: sample_reference_prices(),
             expired_tokens: Vec::new(),
+            accept_any_token: true,
+            valid_tokens: Vec::new(),
+            token_lifetime: Duration::from_secs(24 * 3600),
+            totp_accounts: Vec::new(),
             max_per_message: 100,
             max_per_connection: 5_000,
             max_connections_per_client: 5,
@@ -148,7 +203,8 @@ impl Default for SimConfig {
 }
 
 impl fmt::Debug for SimConfig {
-    /// Tokens are secrets: only their number is shown.
+    /// Tokens, PINs and TOTP secrets are secrets: only their number is
+    /// shown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimConfig")
             .field("listen", &self.listen)
@@ -157,6 +213,10 @@ impl fmt::Debug for SimConfig {
             .field("seed", &self.seed)
             .field("reference_prices", &self.reference_prices.len())
             .field("expired_tokens", &self.expired_tokens.len())
+            .field("accept_any_token", &self.accept_any_token)
+            .field("valid_tokens", &self.valid_tokens.len())
+            .field("token_lifetime", &self.token_lifetime)
+            .field("totp_accounts", &self.totp_accounts.len())
             .field("max_per_message", &self.max_per_message)
             .field("max_per_connection", &self.max_per_connection)
             .field(
@@ -166,6 +226,28 @@ impl fmt::Debug for SimConfig {
             .field("ping_interval", &self.ping_interval)
             .field("pong_timeout", &self.pong_timeout)
             .finish()
+    }
+}
+
+/// An account that can generate access tokens over REST with its PIN and a
+/// TOTP code (DhanHQ's `generateAccessToken`).
+#[derive(Clone)]
+pub struct SimTotpAccount {
+    /// The DhanHQ client id.
+    pub client_id: String,
+    /// The account's PIN.
+    pub pin: String,
+    /// The TOTP secret, RFC 4648 base32 as DhanHQ shows it (case, spaces
+    /// and `=` do not matter).
+    pub secret_base32: String,
+}
+
+impl fmt::Debug for SimTotpAccount {
+    /// PIN and secret are credentials: only the client id is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimTotpAccount")
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -222,6 +304,18 @@ pub struct SimStats {
     /// Items dropped because a connection's queue was full or its WebSocket
     /// write buffer was.
     pub queue_drops: u64,
+    /// Tokens issued: [`SimControl::issue_token`], renewals and
+    /// generations.
+    pub tokens_issued: u64,
+    /// Successful `RenewToken` calls.
+    pub renewals: u64,
+    /// Successful `generateAccessToken` calls.
+    pub generations: u64,
+    /// Refused `RenewToken` / `generateAccessToken` calls (400 or 401).
+    pub auth_refusals_rest: u64,
+    /// Open connections sent 807 because their token was revoked or
+    /// expired.
+    pub token_disconnects: u64,
 }
 
 /// One open connection's subscriptions.
@@ -253,6 +347,7 @@ pub struct Simulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
     url: String,
+    rest_url: String,
     ca_pem: Option<String>,
     acceptor_waker: Arc<mio::Waker>,
     threads: Vec<JoinHandle<()>>,
@@ -262,14 +357,31 @@ impl fmt::Debug for Simulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Simulator")
             .field("url", &self.url)
+            .field("rest_url", &self.rest_url)
             .field("stats", &self.shared.stats())
             .finish_non_exhaustive()
     }
 }
 
 impl Simulator {
-    /// Binds the listener, prepares TLS and starts the threads.
+    /// Binds the listeners (feed and REST), prepares TLS and starts the
+    /// threads. A TOTP account whose secret is not base32 is an
+    /// [`io::ErrorKind::InvalidInput`] error naming its client id only.
     pub fn start(cfg: SimConfig) -> io::Result<Simulator> {
+        let mut totp_accounts = Vec::with_capacity(cfg.totp_accounts.len());
+        for a in &cfg.totp_accounts {
+            let secret = totp::decode_secret(&a.secret_base32).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("TOTP account {}: {e}", a.client_id),
+                )
+            })?;
+            totp_accounts.push(TotpAccount {
+                client_id: a.client_id.clone(),
+                pin: a.pin.clone(),
+                secret,
+            });
+        }
         let tls = tls::setup(&cfg.tls)?;
         let settings = Settings {
             ticks_per_sec: cfg.ticks_per_sec,
@@ -280,52 +392,54 @@ impl Simulator {
             max_connections_per_client: cfg.max_connections_per_client,
             ping_interval: cfg.ping_interval,
             pong_timeout: cfg.pong_timeout,
+            token_lifetime: cfg.token_lifetime,
+            totp_accounts,
         };
+        let registry =
+            tokens::Registry::new(cfg.accept_any_token, &cfg.valid_tokens, &cfg.expired_tokens);
         let (poke, poked) = crossbeam_channel::bounded::<()>(1);
         let shared = Arc::new(Shared::new(
             settings,
             tls.as_ref().map(|t| t.config.clone()),
+            registry,
             poke,
         ));
-        {
-            let mut expired = lock(&shared.expired);
-            for token in &cfg.expired_tokens {
-                expired.insert(token);
-            }
-        }
 
         let acceptor = server::Acceptor::bind(cfg.listen, shared.clone())?;
         let addr = acceptor.local_addr();
         let acceptor_waker = acceptor.waker();
+        let (rest_server, rest_addr) = rest::bind(addr.ip())?;
 
         let threads = vec![std::thread::Builder::new()
             .name("dhan-sim-accept".into())
             .spawn(move || acceptor.run())?];
-        let gen_shared = shared.clone();
-        let generator = std::thread::Builder::new()
-            .name("dhan-sim-generator".into())
-            .spawn(move || generator::run(&gen_shared, &poked));
         let mut sim = Simulator {
-            shared,
+            shared: shared.clone(),
             addr,
             url: String::new(),
+            rest_url: format!("http://{}:{}", loopback_host(addr), rest_addr.port()),
             ca_pem: tls.and_then(|t| t.ca_pem),
             acceptor_waker,
             threads,
         };
-        // On error `sim` is dropped here, which stops the acceptor.
-        sim.threads.push(generator?);
-        let host = if cfg.tls != SimTls::None {
-            "wss://localhost".to_owned()
-        } else if addr.ip().is_unspecified() {
-            "ws://127.0.0.1".to_owned()
+        // On error `sim` is dropped, which stops the threads started so far.
+        let gen_shared = shared.clone();
+        sim.threads.push(
+            std::thread::Builder::new()
+                .name("dhan-sim-generator".into())
+                .spawn(move || generator::run(&gen_shared, &poked))?,
+        );
+        let rest_shared = shared;
+        sim.threads.push(
+            std::thread::Builder::new()
+                .name("dhan-sim-rest".into())
+                .spawn(move || rest::run(&rest_shared, rest_server))?,
+        );
+        sim.url = if cfg.tls != SimTls::None {
+            format!("wss://localhost:{}", addr.port())
         } else {
-            match addr {
-                SocketAddr::V4(a) => format!("ws://{}", a.ip()),
-                SocketAddr::V6(a) => format!("ws://[{}]", a.ip()),
-            }
+            format!("ws://{}:{}", loopback_host(addr), addr.port())
         };
-        sim.url = format!("{host}:{}", addr.port());
         Ok(sim)
     }
 
@@ -340,6 +454,13 @@ impl Simulator {
         self.url.clone()
     }
 
+    /// `http://127.0.0.1:PORT` (the listener's host, its own port): the
+    /// token REST endpoints, `{rest_url}/v2/RenewToken` and
+    /// `{rest_url}/app/generateAccessToken`.
+    pub fn rest_url(&self) -> String {
+        self.rest_url.clone()
+    }
+
     /// The self-signed certificate in PEM ([`SimTls::SelfSigned`] only), for
     /// clients to add to their trust roots.
     pub fn ca_pem(&self) -> Option<String> {
@@ -350,6 +471,19 @@ impl Simulator {
     pub fn control(&self) -> SimControl {
         SimControl {
             shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The host part of a URL for `addr`: `127.0.0.1` for an unspecified
+/// address, brackets around IPv6.
+fn loopback_host(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        match addr {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
         }
     }
 }
@@ -451,7 +585,27 @@ impl SimControl {
     /// From now on `token` gets disconnect 807 when it connects (open
     /// connections are not touched).
     pub fn expire_token(&self, token: &str) {
-        lock(&self.shared.expired).insert(token);
+        self.shared.expire(token);
+    }
+
+    /// Issues a DhanHQ-shaped token for `client_id` that expires
+    /// `lifetime` from now (rounded up to a whole second). It becomes the
+    /// client's one valid issued token: the client's previously issued
+    /// tokens are revoked, 807 to their open connections included.
+    pub fn issue_token(&self, client_id: &str, lifetime: Duration) -> String {
+        self.shared.issue(client_id, lifetime).token
+    }
+
+    /// Revokes `token`: new connections with it get 807, and every open
+    /// connection that logged in with it gets the 807 packet and a close.
+    pub fn revoke_token(&self, token: &str) {
+        self.shared.revoke(token);
+    }
+
+    /// Whether a connection with `token` (and the client id it belongs to)
+    /// would be accepted now.
+    pub fn token_valid(&self, token: &str) -> bool {
+        self.shared.token_valid(token)
     }
 
     /// Counters since start.

@@ -1,23 +1,29 @@
-//! State shared by the simulator's threads: settings, counters, the
-//! connection registry, the request log, and what travels to a connection.
+//! State shared by the simulator's threads: settings, counters, the token
+//! registry, the connection registry, the request log, and what travels to
+//! a connection.
 //!
-//! Lock order, to rule out deadlock: the registry (`Shared::conns`) before a
-//! connection's `subs`; no thread takes the registry while holding a `subs`
-//! lock. Locks are held for map edits and copies only, never across socket
+//! Lock order, to rule out deadlock: the token registry (`Shared::tokens`)
+//! before the connection registry (`Shared::conns`) before a connection's
+//! `subs`; no thread takes an earlier one while holding a later one. A
+//! login is checked and recorded with both registries held, so a token
+//! revoked or expired at the same moment is either refused at login or
+//! found on the open connection afterwards, never missed. Locks are held for map edits and copies only, never across socket
 //! I/O. A poisoned lock (a thread panicked while holding it) is used as is:
 //! the maps stay structurally valid.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Sender, TrySendError};
 use tungstenite::Bytes;
 
 use super::market::Instrument;
+use super::tokens::Registry;
 use super::{LoggedRequest, SimStats};
 use crate::domain::{InstrumentKey, Mode};
+use crate::token::jwt;
 use crate::wire::DisconnectReason;
 
 /// Most entries [`Shared::requests`] keeps; later requests are applied but
@@ -40,6 +46,27 @@ pub(crate) struct Settings {
     pub(crate) max_connections_per_client: usize,
     pub(crate) ping_interval: Duration,
     pub(crate) pong_timeout: Duration,
+    /// Lifetime of tokens issued over REST.
+    pub(crate) token_lifetime: Duration,
+    /// Accounts `generateAccessToken` knows.
+    pub(crate) totp_accounts: Vec<TotpAccount>,
+}
+
+/// An account that can generate tokens with PIN + TOTP, secret decoded.
+#[derive(Clone)]
+pub(crate) struct TotpAccount {
+    pub(crate) client_id: String,
+    pub(crate) pin: String,
+    pub(crate) secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for TotpAccount {
+    /// PIN and secret are credentials: only the client id is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpAccount")
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Settings {
@@ -61,6 +88,11 @@ pub(crate) struct Counters {
     pub(crate) pongs_received: AtomicU64,
     pub(crate) dropped_for_silence: AtomicU64,
     pub(crate) queue_drops: AtomicU64,
+    pub(crate) tokens_issued: AtomicU64,
+    pub(crate) renewals: AtomicU64,
+    pub(crate) generations: AtomicU64,
+    pub(crate) auth_refusals_rest: AtomicU64,
+    pub(crate) token_disconnects: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -178,6 +210,48 @@ pub(crate) struct Login {
 pub(crate) struct Entry {
     pub(crate) handle: Arc<ConnHandle>,
     pub(crate) login: Option<Login>,
+    /// The token it logged in with, to act on its revocation.
+    token: Option<Secret>,
+    /// When that token stops being valid (Unix seconds), if it does.
+    token_exp: Option<u64>,
+    /// Already told to go (807) because of its token.
+    kicked: bool,
+}
+
+/// A token kept to compare against. `Debug` does not show it.
+pub(crate) struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// Wall-clock Unix seconds (0 before 1970).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The first whole Unix second at least `lifetime` from now: a token
+/// issued for `lifetime` is valid for at least that long.
+fn expiry_after(lifetime: Duration) -> u64 {
+    let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) else {
+        return lifetime.as_secs();
+    };
+    let end = now.saturating_add(lifetime);
+    end.as_secs()
+        .saturating_add(u64::from(end.subsec_nanos() > 0))
+}
+
+/// A token just issued.
+#[derive(Debug)]
+pub(crate) struct NewToken {
+    pub(crate) token: String,
+    /// Unix seconds.
+    pub(crate) exp: u64,
 }
 
 /// Everything the simulator's threads share.
@@ -188,7 +262,7 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     pub(crate) stalled: AtomicBool,
     pub(crate) stats: Counters,
-    pub(crate) expired: Mutex<Tokens>,
+    pub(crate) tokens: Mutex<Registry>,
     pub(crate) conns: Mutex<BTreeMap<u64, Entry>>,
     /// Bumped on every change to any connection's subscriptions or login;
     /// the generator rebuilds its routing table when it moves.
@@ -199,28 +273,6 @@ pub(crate) struct Shared {
     poke: Sender<()>,
 }
 
-/// Expired tokens. Secrets: `Debug` shows only how many there are.
-#[derive(Default)]
-pub(crate) struct Tokens(Vec<String>);
-
-impl Tokens {
-    pub(crate) fn contains(&self, token: &str) -> bool {
-        self.0.iter().any(|t| t == token)
-    }
-
-    pub(crate) fn insert(&mut self, token: &str) {
-        if !self.contains(token) {
-            self.0.push(token.to_owned());
-        }
-    }
-}
-
-impl std::fmt::Debug for Tokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} token(s)", self.0.len())
-    }
-}
-
 /// Why a login is refused.
 pub(crate) type Refusal = DisconnectReason;
 
@@ -228,6 +280,7 @@ impl Shared {
     pub(crate) fn new(
         settings: Settings,
         tls: Option<Arc<rustls::ServerConfig>>,
+        tokens: Registry,
         poke: Sender<()>,
     ) -> Self {
         Shared {
@@ -236,7 +289,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             stalled: AtomicBool::new(false),
             stats: Counters::default(),
-            expired: Mutex::new(Tokens::default()),
+            tokens: Mutex::new(tokens),
             conns: Mutex::new(BTreeMap::new()),
             subs_version: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
@@ -275,6 +328,9 @@ impl Shared {
             Entry {
                 handle,
                 login: None,
+                token: None,
+                token_exp: None,
+                kicked: false,
             },
         );
     }
@@ -289,7 +345,9 @@ impl Shared {
 
     /// Checks a login and, if it is accepted, records it — atomically with
     /// the per-client connection count, so two racing connects cannot both
-    /// take the last slot. The token is compared, never stored or logged.
+    /// take the last slot, and with the token registry, so a revocation
+    /// cannot slip between check and record. The token is kept in the
+    /// registry entry (to act on its revocation or expiry), never logged.
     pub(crate) fn log_in(
         &self,
         id: u64,
@@ -305,9 +363,8 @@ impl Shared {
         let Some(client_id) = client_id else {
             return Err(DisconnectReason::InvalidClientId);
         };
-        if lock(&self.expired).contains(token) {
-            return Err(DisconnectReason::TokenExpired);
-        }
+        let tokens = lock(&self.tokens);
+        let token_exp = tokens.check(token, Some(client_id), unix_now())?;
         let mut conns = lock(&self.conns);
         let held = conns
             .values()
@@ -322,10 +379,109 @@ impl Shared {
                 client_id: client_id.to_owned(),
                 endpoint,
             });
+            entry.token = Some(Secret(token.to_owned()));
+            entry.token_exp = token_exp;
         }
         drop(conns);
+        drop(tokens);
         self.subs_changed();
         Ok(())
+    }
+
+    /// Whether a login with `token` would be accepted now (any client id
+    /// the token belongs to).
+    pub(crate) fn token_valid(&self, token: &str) -> bool {
+        !token.is_empty() && lock(&self.tokens).check(token, None, unix_now()).is_ok()
+    }
+
+    /// Issues a token for `client_id` valid for `lifetime`, revoking the
+    /// client's previously issued ones (807 to their open connections).
+    pub(crate) fn issue(&self, client_id: &str, lifetime: Duration) -> NewToken {
+        let mut tokens = lock(&self.tokens);
+        let new = self.issue_locked(&mut tokens, client_id, lifetime);
+        drop(tokens);
+        self.kick(&new.1);
+        new.0
+    }
+
+    /// Issues under the registry lock; returns the token and the tokens it
+    /// revoked (for [`Shared::kick`] once the lock is released).
+    fn issue_locked(
+        &self,
+        tokens: &mut Registry,
+        client_id: &str,
+        lifetime: Duration,
+    ) -> (NewToken, Vec<String>) {
+        let now = unix_now();
+        let exp = expiry_after(lifetime);
+        let token = jwt::unsigned(client_id, exp, now);
+        let revoked = tokens.issue(client_id, &token, exp, now);
+        bump(&self.stats.tokens_issued);
+        (NewToken { token, exp }, revoked)
+    }
+
+    /// DhanHQ's RenewToken: if `old` is valid for `client_id`, issues a new
+    /// token for the client ([`Settings::token_lifetime`]) and revokes `old`
+    /// at once (807 to its open connections). `None` if `old` is not valid.
+    pub(crate) fn renew(&self, old: &str, client_id: &str) -> Option<NewToken> {
+        let mut tokens = lock(&self.tokens);
+        tokens.check(old, Some(client_id), unix_now()).ok()?;
+        let (new, mut revoked) =
+            self.issue_locked(&mut tokens, client_id, self.settings.token_lifetime);
+        tokens.revoke(old);
+        drop(tokens);
+        revoked.push(old.to_owned());
+        self.kick(&revoked);
+        bump(&self.stats.renewals);
+        Some(new)
+    }
+
+    /// Refuses `token` from now on and tells its open connections (807).
+    pub(crate) fn revoke(&self, token: &str) {
+        lock(&self.tokens).revoke(token);
+        self.kick(&[token.to_owned()]);
+    }
+
+    /// Refuses `token` for new connections; open ones are left alone.
+    pub(crate) fn expire(&self, token: &str) {
+        lock(&self.tokens).refuse(token);
+    }
+
+    /// Sends 807 and a close to every open connection logged in with one of
+    /// `tokens`.
+    fn kick(&self, tokens: &[String]) {
+        if tokens.is_empty() {
+            return;
+        }
+        self.kick_where(|e| {
+            e.token
+                .as_ref()
+                .is_some_and(|Secret(t)| tokens.iter().any(|r| r == t))
+        });
+    }
+
+    /// Sends 807 to each logged-in, not yet kicked connection `pick` picks.
+    fn kick_where(&self, pick: impl Fn(&Entry) -> bool) {
+        let mut doomed = Vec::new();
+        for entry in lock(&self.conns).values_mut() {
+            if entry.login.is_some() && !entry.kicked && pick(entry) {
+                entry.kicked = true;
+                doomed.push(entry.handle.clone());
+            }
+        }
+        for conn in doomed {
+            bump(&self.stats.token_disconnects);
+            conn.order(Control::Disconnect(DisconnectReason::TokenExpired));
+        }
+    }
+
+    /// Token expiry, run four times a second (by the generator thread):
+    /// forgets issued tokens past their `exp` and sends 807 to the open
+    /// connections whose token's `exp` has passed.
+    pub(crate) fn expire_tokens(&self) {
+        let now = unix_now();
+        lock(&self.tokens).prune(now);
+        self.kick_where(|e| e.token_exp.is_some_and(|exp| exp <= now));
     }
 
     /// Appends to the request log (bounded by [`MAX_LOGGED_REQUESTS`]).
@@ -368,6 +524,11 @@ impl Shared {
             pongs_received: get(&c.pongs_received),
             dropped_for_silence: get(&c.dropped_for_silence),
             queue_drops: get(&c.queue_drops),
+            tokens_issued: get(&c.tokens_issued),
+            renewals: get(&c.renewals),
+            generations: get(&c.generations),
+            auth_refusals_rest: get(&c.auth_refusals_rest),
+            token_disconnects: get(&c.token_disconnects),
         }
     }
 }
