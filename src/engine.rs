@@ -14,6 +14,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ringbuf::traits::Split;
 use ringbuf::HeapRb;
@@ -97,8 +98,13 @@ impl Engine {
                 })
                 .map_err(|e| StartError::Io(format!("cannot start the built-in simulator: {e}")))?;
                 let url = sim.feed_url();
+                // A real (unsigned) JWT from the simulator, so the token's
+                // expiry shows and renewal can be tried against it.
+                let token = sim
+                    .control()
+                    .issue_token("demo-client", Duration::from_secs(24 * 3600));
                 let account = Account {
-                    credentials: Credentials::new("demo-client", "demo-token"),
+                    credentials: Credentials::new("demo-client", token),
                     pin: None,
                     totp_secret: None,
                 };
@@ -158,13 +164,14 @@ impl Engine {
             crate::upstream::SpawnError::Config(why) => StartError::Config(why),
             io @ crate::upstream::SpawnError::Io { .. } => StartError::Io(io.to_string()),
         })?;
-        let keeper = Keeper::spawn(
-            config.token.clone(),
-            start,
-            upstream.control(),
-            upstream.stats(),
-        )
-        .map_err(|e| StartError::Io(format!("cannot start the token keeper thread: {e}")))?;
+        let mut token_config = config.token.clone();
+        if let Some(sim) = &demo {
+            // Demo mode renews (if asked to) against the built-in simulator.
+            token_config.rest_url = sim.rest_url();
+            token_config.auth_url = sim.rest_url();
+        }
+        let keeper = Keeper::spawn(token_config, start, upstream.control(), upstream.stats())
+            .map_err(|e| StartError::Io(format!("cannot start the token keeper thread: {e}")))?;
         let fanout = fanout
             .start(FanoutInputs {
                 token: keeper.handle(),

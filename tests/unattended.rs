@@ -64,6 +64,19 @@ fn engine(sim: &Simulator, file: &Path, toml: &str) -> Engine {
     Engine::start(config).expect("engine starts")
 }
 
+/// Waits for one upstream connection holding the four default watchlist
+/// instruments; returns its id.
+fn wait_up(sim: &SimControl) -> Vec<u64> {
+    wait_for("upstream up with the watchlist", || {
+        let subs = sim.subscriptions();
+        subs.len() == 1 && subs[0].instruments.len() == WATCHLIST
+    });
+    conn_ids(sim)
+}
+
+/// The default watchlist: NIFTY, SENSEX, RELIANCE, CRUDEOIL.
+const WATCHLIST: usize = 4;
+
 fn conn_ids(sim: &SimControl) -> Vec<u64> {
     sim.subscriptions().iter().map(|c| c.conn).collect()
 }
@@ -134,11 +147,11 @@ fn a_rewritten_credentials_file_moves_the_upstream_to_the_new_token() {
     let ctl = sim.control();
     let engine = engine(&sim, &file, "");
     let addr = engine.addr();
-    wait_for("upstream up", || ctl.subscriptions().len() == 1);
+    wait_up(&ctl);
     let mut client = WsClient::connect(addr, "/ws");
     client.subscribe(RELIANCE, "ticker");
     client.recv_where(|v| v["type"] == "ticker");
-    let held = ctl.subscriptions()[0].instruments.len();
+    let held = WATCHLIST;
     let old = conn_ids(&ctl);
     assert_eq!(
         token_status(addr)["source"],
@@ -199,7 +212,7 @@ fn a_broken_credentials_file_keeps_the_old_token_and_says_so() {
     let ctl = sim.control();
     let engine = engine(&sim, &file, "");
     let addr = engine.addr();
-    wait_for("upstream up", || ctl.subscriptions().len() == 1);
+    wait_up(&ctl);
     let old = conn_ids(&ctl);
     for (broken, want) in [
         (
@@ -248,8 +261,8 @@ fn the_admin_call_rotates_and_is_persisted() {
     let ctl = sim.control();
     let engine = engine(&sim, &file, "");
     let addr = engine.addr();
-    wait_for("upstream up", || ctl.subscriptions().len() == 1);
-    let held = ctl.subscriptions()[0].instruments.len();
+    wait_up(&ctl);
+    let held = WATCHLIST;
     let old = conn_ids(&ctl);
     let post = |body: &str| {
         exchange(
@@ -371,11 +384,11 @@ fn a_dotenv_with_the_old_key_name_is_used_and_sighup_rereads_it() {
     let ctl = sim.control();
     let relay = Relay::start(&d, &["--feed-url", &sim.feed_url()]);
     let pid = relay.child.id();
-    wait_for("upstream up", || ctl.subscriptions().len() == 1);
+    wait_up(&ctl);
     let t = token_status(relay.addr);
     assert!(t["source"].as_str().unwrap().starts_with(".env"), "{t}");
     let old = conn_ids(&ctl);
-    let held = ctl.subscriptions()[0].instruments.len();
+    let held = WATCHLIST;
 
     // Same length, same inode, same modification time: only SIGHUP can
     // tell the file changed.
@@ -572,11 +585,11 @@ fn renew_dhan_replaces_the_token_before_it_expires() {
     .unwrap();
     let engine = Engine::start(config).unwrap();
     let addr = engine.addr();
-    wait_for("upstream up", || ctl.subscriptions().len() == 1);
+    wait_up(&ctl);
     let t = token_status(addr);
     assert_eq!(t["state"], "expiring", "{t}");
-    assert!(t["secondsLeft"].as_i64().unwrap() <= 60, "{t}");
-    let held = ctl.subscriptions()[0].instruments.len();
+    assert!(t["secondsLeft"].as_i64().unwrap() <= 61, "{t}");
+    let held = WATCHLIST;
     let old = conn_ids(&ctl);
     // Due 5 s after the token was issued.
     let started = Instant::now();
@@ -585,13 +598,19 @@ fn renew_dhan_replaces_the_token_before_it_expires() {
         || token_status(addr)["renewals"] == 1 && replaced(&ctl, &old, held),
         || format!("{} {:?}", token_status(addr), ctl.subscriptions()),
     );
-    eprintln!("renewed and reconnected {:?} after start", started.elapsed());
+    eprintln!(
+        "renewed and reconnected {:?} after start",
+        started.elapsed()
+    );
     let second = read_token(&file);
     assert_ne!(second, first, "the renewed token is written back");
     assert!(ctl.token_valid(&second) && !ctl.token_valid(&first));
     let t = token_status(addr);
     assert_eq!(t["source"], "renewal", "{t}");
-    assert!(t["secondsLeft"].as_i64().unwrap() > 60, "a fresh lifetime: {t}");
+    assert!(
+        t["secondsLeft"].as_i64().unwrap() > 60,
+        "a fresh lifetime: {t}"
+    );
     assert!(t["nextRenewalAt"].is_string(), "{t}");
     let h = get_json(addr, "/health").to_string();
     assert!(!h.contains(&first) && !h.contains(&second));
@@ -626,9 +645,9 @@ fn renew_totp_after_an_807_gets_a_new_token_within_seconds() {
             config.to_str().unwrap(),
         ],
     );
-    wait_for("upstream up", || ctl.subscriptions().len() == 1);
+    wait_up(&ctl);
     let old = conn_ids(&ctl);
-    let held = ctl.subscriptions()[0].instruments.len();
+    let held = WATCHLIST;
     let refused = Instant::now();
     ctl.revoke_token(&first);
     wait_or(
@@ -644,7 +663,10 @@ fn renew_totp_after_an_807_gets_a_new_token_within_seconds() {
     assert!(ctl.token_valid(&second));
     assert_eq!(token_status(relay.addr)["renewals"], 1);
     let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.contains(&format!("DHAN_PIN={PIN}\n")), "the rest kept: {text}");
+    assert!(
+        text.contains(&format!("DHAN_PIN={PIN}\n")),
+        "the rest kept: {text}"
+    );
     let log = relay.stop();
     assert!(log.contains("DhanHQ refused the access token"), "{log}");
     for secret in [PIN, TOTP_SECRET, &first, &second, CLIENT] {
