@@ -32,7 +32,7 @@ use super::tls::{self, Transport};
 use super::Credentials;
 use crate::clock;
 use crate::tick::Tick;
-use crate::wire::feed::{self, FeedMessage};
+use crate::wire::feed::{self, FeedData, FeedMessage};
 use crate::wire::request::DISCONNECT;
 use crate::wire::DisconnectReason;
 
@@ -170,8 +170,9 @@ pub(crate) struct Conn {
     backoff: Backoff,
     /// The credentials generation of the last handshake started.
     generation: u64,
-    /// Binary frames received, over every connection of this slot.
-    binary_frames: u64,
+    /// Instrument packets received (market status aside), over every
+    /// connection of this slot.
+    instrument_packets: u64,
 }
 
 impl std::fmt::Debug for Conn {
@@ -196,13 +197,14 @@ impl Conn {
             phase: Phase::Down { retry_at: None },
             backoff: Backoff::new(backoff, clock::now_ns() ^ (slot as u64) << 32),
             generation: 0,
-            binary_frames: 0,
+            instrument_packets: 0,
         }
     }
 
-    /// Binary frames received so far (all connections of this slot).
-    pub fn binary_frames(&self) -> u64 {
-        self.binary_frames
+    /// Instrument packets received so far (all connections of this slot):
+    /// a new connection has been served its subscriptions once this moves.
+    pub fn instrument_packets(&self) -> u64 {
+        self.instrument_packets
     }
 
     /// Logged in (or logging in) with credentials older than `generation`.
@@ -619,8 +621,9 @@ impl Conn {
                 Ok(Message::Binary(frame)) => {
                     *last_rx = now;
                     *probe_sent = false;
-                    self.binary_frames += 1;
-                    if let Some(reason) = decode_frame(&frame, env) {
+                    let (disconnect, packets) = decode_frame(&frame, env);
+                    self.instrument_packets += packets;
+                    if let Some(reason) = disconnect {
                         ended = Some(Failure::Server(reason));
                         break;
                     }
@@ -716,19 +719,22 @@ impl Conn {
 }
 
 /// Decodes one binary frame into the ring; returns a disconnect reason if the
-/// frame carried one. The receive stamp is taken once per frame.
-fn decode_frame(frame: &[u8], env: &mut Env<'_>) -> Option<DisconnectReason> {
+/// frame carried one, and how many instrument packets (market status aside)
+/// it carried. The receive stamp is taken once per frame.
+fn decode_frame(frame: &[u8], env: &mut Env<'_>) -> (Option<DisconnectReason>, u64) {
     let recv_ns = clock::now_ns();
     let stats = env.stats;
     stats.frames.inc();
     stats.bytes.add(frame.len() as u64);
     let mut disconnect = None;
+    let mut instrument_packets = 0;
     for packet in feed::packets(frame) {
         match packet {
             Ok(p) => {
                 stats.count_packet(&p.message);
                 match p.message {
                     FeedMessage::Data(key, data) => {
+                        instrument_packets += u64::from(!matches!(data, FeedData::MarketStatus));
                         env.sink.push(Tick { key, data, recv_ns }, stats)
                     }
                     FeedMessage::Disconnect(reason) => disconnect = Some(reason),
@@ -741,7 +747,7 @@ fn decode_frame(frame: &[u8], env: &mut Env<'_>) -> Option<DisconnectReason> {
             }
         }
     }
-    disconnect
+    (disconnect, instrument_packets)
 }
 
 fn flush(ws: &mut WebSocket<Transport>) -> Result<(), Failure> {

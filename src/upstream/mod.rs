@@ -362,8 +362,8 @@ struct Retiring {
     slot: usize,
     /// Where its successor runs.
     successor: usize,
-    /// The successor's binary frames at the swap.
-    frames: u64,
+    /// The successor's instrument packets at the swap.
+    packets: u64,
     deadline: Instant,
 }
 
@@ -440,7 +440,7 @@ impl Net {
         let generation = self.settings.generation;
         if let Some(r) = self.retiring {
             let successor = &self.conns[r.successor];
-            let delivered = successor.binary_frames() > r.frames || !successor.is_up();
+            let delivered = successor.instrument_packets() > r.packets || !successor.is_up();
             if !delivered && now < r.deadline {
                 return;
             }
@@ -463,7 +463,7 @@ impl Net {
                 self.retiring = Some(Retiring {
                     slot: spare,
                     successor: old,
-                    frames: self.conns[old].binary_frames(),
+                    packets: self.conns[old].instrument_packets(),
                     deadline: now + RETIRE_WITHIN,
                 });
                 log::info!("upstream[{old}] now runs on the new credentials (connection replaced)");
