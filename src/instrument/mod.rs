@@ -19,6 +19,7 @@
 //! - Look-ups on the per-update path do not exist here: the fanout copies
 //!   the symbols it needs when a client subscribes.
 
+pub mod calendar;
 mod csv;
 pub mod date;
 mod master;
@@ -28,6 +29,7 @@ pub mod source;
 pub mod synth;
 pub mod watch;
 
+pub use calendar::{Calendar, Holidays, Market, Venue};
 pub use date::{Date, TimeOfDay, WallClock};
 pub use master::{Instrument, LoadReport, Master, MasterError, RowProblem};
 pub use resolve::{Candidate, ResolveError, Resolved, ResolvedName, MAX_LISTED_FAILURES};
