@@ -14,7 +14,7 @@ use crate::domain::{InstrumentKey, SecurityId, Segment};
 use crate::fanout::FanoutConfig;
 use crate::instrument::source::{Source, SourceConfig, DHAN_MASTER_URL};
 use crate::instrument::watch::WatchSpec;
-use crate::instrument::{TimeOfDay, WallClock};
+use crate::instrument::{Calendar, Holidays, TimeOfDay, WallClock};
 use crate::token::sources::CredentialSources;
 use crate::token::{Account, Origin, Renew, TokenConfig};
 use crate::upstream::DHAN_FEED_URL;
@@ -24,9 +24,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 /// Default aggregate tick rate of the built-in simulator in demo mode.
 pub const DEFAULT_DEMO_RATE: u32 = 200;
 
-/// Default time of the daily expiry check (India time): before NSE's
-/// pre-open and MCX's open at 09:00.
-pub const DEFAULT_ROLL_AT: &str = "08:45";
+/// Default time of the daily maintenance (India time): after DhanHQ
+/// publishes the day's scrip master, before NSE's pre-open and MCX's open
+/// at 09:00.
+pub const DEFAULT_MAINTENANCE_AT: &str = "08:30";
 
 /// The watchlist the replaced backend shipped, resolved through the
 /// instrument master at start: NIFTY → IDX_I 13, SENSEX → IDX_I 51,
@@ -123,8 +124,11 @@ pub struct RunConfig {
     pub watch: Vec<WatchSpec>,
     /// Where the instrument master comes from.
     pub instruments: SourceConfig,
-    /// When the daily expiry check runs (India time).
-    pub roll_at: TimeOfDay,
+    /// When the daily maintenance runs (India time): fresh master, expiry
+    /// roll, expired contracts dropped, day summary.
+    pub maintenance_at: TimeOfDay,
+    /// Market hours and the holiday list.
+    pub calendar: Calendar,
     /// The wall clock for calendar decisions (today's date, expiry rolls).
     pub clock: WallClock,
     /// The token's life: credentials file, renewal.
@@ -148,7 +152,10 @@ struct FileConfig {
     pin: Option<Pinning>,
     instruments: Option<String>,
     instruments_cache: Option<PathBuf>,
+    maintenance_at: Option<Spanned<String>>,
+    /// The old name of `maintenance_at`.
     roll_at: Option<Spanned<String>>,
+    holidays: Option<PathBuf>,
     rest_url: Option<String>,
     auth_url: Option<String>,
     credentials: Option<CredentialsTable>,
@@ -344,12 +351,28 @@ impl RunConfig {
             cache_dir: fc.instruments_cache.clone(),
             ..SourceConfig::new(source)
         };
-        let roll_at = match &fc.roll_at {
-            Some(r) => r
-                .get_ref()
-                .parse::<TimeOfDay>()
-                .map_err(|e| format!("{}: roll_at: {e}", at(r.span().start)))?,
-            None => DEFAULT_ROLL_AT.parse().expect("valid default"),
+        let maintenance_at = match (&fc.maintenance_at, &fc.roll_at) {
+            (Some(_), Some(r)) => {
+                return Err(format!(
+                    "{}: roll_at is the old name of maintenance_at; give only maintenance_at",
+                    at(r.span().start)
+                ))
+            }
+            (Some(r), None) | (None, Some(r)) => {
+                let name = if fc.maintenance_at.is_some() {
+                    "maintenance_at"
+                } else {
+                    "roll_at"
+                };
+                r.get_ref()
+                    .parse::<TimeOfDay>()
+                    .map_err(|e| format!("{}: {name}: {e}", at(r.span().start)))?
+            }
+            (None, None) => DEFAULT_MAINTENANCE_AT.parse().expect("valid default"),
+        };
+        let calendar = match &fc.holidays {
+            Some(path) => Calendar::new(Holidays::load(path)?),
+            None => Calendar::default(),
         };
         let limits = fc.limits.unwrap_or_default();
         let d = FanoutConfig::default();
@@ -435,7 +458,8 @@ impl RunConfig {
             pin,
             watch,
             instruments,
-            roll_at,
+            maintenance_at,
+            calendar,
             clock: WallClock::system(),
             token,
             credential_notes,
@@ -555,7 +579,7 @@ mod tests {
         );
         assert_eq!(c.fanout.upstream_capacity, 25_000, "5 connections x 5,000");
         assert_eq!(c.instruments.source, Source::Sample, "demo: no network");
-        assert_eq!(c.roll_at.to_string(), DEFAULT_ROLL_AT);
+        assert_eq!(c.maintenance_at.to_string(), DEFAULT_MAINTENANCE_AT);
         assert!(c.fanout.demo);
         assert_eq!(c.log_level, LevelFilter::Info);
     }
@@ -708,7 +732,7 @@ mod tests {
             Some("roll_at = \"09:05\"\n[[watchlist]]\nsymbol = \"CRUDEOIL\"\n\n[[watchlist]]\nsymbol = \"MYREL\"\nexchange_segment = \"BSE_EQ\"\nsecurity_id = 500325\n"),
         )
         .unwrap();
-        assert_eq!(c.roll_at.to_string(), "09:05");
+        assert_eq!(c.maintenance_at.to_string(), "09:05");
         assert_eq!(c.watch[0].symbol, "CRUDEOIL");
         assert_eq!((c.watch[0].key, c.watch[0].line), (None, Some(3)));
         assert_eq!(
@@ -729,6 +753,40 @@ mod tests {
         assert!(e.contains("line 2") && e.contains("symbol is empty"), "{e}");
         let e = build(&Flags::default(), Some("\nroll_at = \"25:00\"\n")).unwrap_err();
         assert!(e.contains("line 2") && e.contains("roll_at"), "{e}");
+        let e = build(
+            &Flags::default(),
+            Some("maintenance_at = \"08:00\"\nroll_at = \"09:00\"\n"),
+        )
+        .unwrap_err();
+        assert!(e.contains("line 2") && e.contains("old name"), "{e}");
+        let c = build(&Flags::default(), Some("maintenance_at = \"07:15\"\n")).unwrap();
+        assert_eq!(c.maintenance_at.to_string(), "07:15");
+        let dir = std::env::temp_dir().join(format!("dhan-relay-holidays-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("holidays.txt");
+        std::fs::write(&file, "2026-01-26 ALL\n2026-13-01\n").unwrap();
+        let e = build(
+            &Flags::default(),
+            Some(&format!("holidays = \"{}\"\n", file.display())),
+        )
+        .unwrap_err();
+        assert!(e.contains("holidays.txt") && e.contains("line 2"), "{e}");
+        std::fs::write(&file, "2026-01-26 ALL\n").unwrap();
+        let c = build(
+            &Flags::default(),
+            Some(&format!("holidays = \"{}\"\n", file.display())),
+        )
+        .unwrap();
+        let republic_day = crate::instrument::date::ist_instant(
+            crate::instrument::Date::from_ymd(2026, 1, 26).unwrap(),
+            11,
+            0,
+        );
+        assert_eq!(
+            c.calendar.market(Segment::NseEq, republic_day),
+            crate::instrument::Market::Closed
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
         let e = build(
             &Flags::default(),
             Some("[[watchlist]]\nsymbol = \"A\"\nexpiry = 1\n"),

@@ -23,7 +23,10 @@ use crate::book::{BookConfig, BookThread, Update};
 use crate::config::{Feed, RunConfig};
 use crate::fanout::{Fanout, FanoutInputs, FanoutThread};
 use crate::instrument::watch::{resolve_watchlist, WatchItem, Watchlist};
-use crate::instrument::{source, Master};
+use crate::instrument::{source, Master, SharedMaster};
+use crate::maintenance::{
+    DayCounts, Maintenance, MaintenanceConfig, MaintenanceLinks, MaintenanceStats,
+};
 use crate::sdnotify::Heartbeat;
 use crate::sim::{SimConfig, Simulator};
 use crate::tick::Tick;
@@ -72,7 +75,8 @@ pub struct Engine {
     fanout: Option<FanoutThread>,
     upstream: Option<Upstream>,
     book: Option<BookThread>,
-    master: Arc<Master>,
+    maintenance: Option<Maintenance>,
+    master: SharedMaster,
     watchlist: Vec<WatchItem>,
 }
 
@@ -86,6 +90,7 @@ impl Engine {
             .local_addr()
             .map_err(|e| StartError::Io(e.to_string()))?;
         let (master, watchlist) = instruments(&config)?;
+        let master: SharedMaster = Arc::new(arc_swap::ArcSwap::new(master));
         let extra_ca = match &config.feed_ca {
             Some(path) => load_ca_file(path).map_err(StartError::Config)?,
             None => Vec::new(),
@@ -172,6 +177,10 @@ impl Engine {
         }
         let keeper = Keeper::spawn(token_config, start, upstream.control(), upstream.stats())
             .map_err(|e| StartError::Io(format!("cannot start the token keeper thread: {e}")))?;
+        let fanout_waker = fanout.waker();
+        let (turn_tx, turn_rx) = crossbeam_channel::unbounded();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let maintenance_stats = Arc::new(MaintenanceStats::default());
         let fanout = fanout
             .start(FanoutInputs {
                 token: keeper.handle(),
@@ -185,8 +194,36 @@ impl Engine {
                 master: Arc::clone(&master),
                 watchlist: watchlist.clone(),
                 clock: config.clock.clone(),
+                day_turns: turn_rx,
+                day_done: done_tx,
+                maintenance: Arc::clone(&maintenance_stats),
+                calendar: config.calendar.clone(),
             })
             .map_err(|e| StartError::Io(format!("cannot start the fanout thread: {e}")))?;
+        let maintenance = Maintenance::spawn(
+            MaintenanceConfig {
+                at: config.maintenance_at,
+                source: config.instruments.clone(),
+                clock: config.clock.clone(),
+                settle: config.fanout.unsubscribe_grace + Duration::from_secs(1),
+            },
+            MaintenanceLinks {
+                master: Arc::clone(&master),
+                to_fanout: turn_tx,
+                fanout_waker,
+                from_fanout: done_rx,
+                book: book.control(),
+                snapshot: book.snapshot.clone(),
+                counts: DayCounts {
+                    book: book.stats.clone(),
+                    fanout: Arc::clone(&fanout.stats),
+                    upstream: upstream.stats(),
+                    token: keeper.handle(),
+                },
+            },
+            maintenance_stats,
+        )
+        .map_err(|e| StartError::Io(format!("cannot start the maintenance thread: {e}")))?;
         Ok(Engine {
             addr,
             demo,
@@ -195,14 +232,15 @@ impl Engine {
             fanout: Some(fanout),
             upstream: Some(upstream),
             book: Some(book),
+            maintenance: Some(maintenance),
             master,
             watchlist: watchlist.items().to_vec(),
         })
     }
 
-    /// The instrument master in use.
-    pub fn instruments(&self) -> &Arc<Master> {
-        &self.master
+    /// The instrument master in use now (the daily maintenance swaps it).
+    pub fn instruments(&self) -> Arc<Master> {
+        self.master.load_full()
     }
 
     /// The watchlist as resolved at start.
@@ -250,6 +288,9 @@ impl Engine {
     }
 
     fn stop(&mut self) {
+        if let Some(m) = self.maintenance.take() {
+            m.shutdown();
+        }
         if let Some(f) = self.fanout.take() {
             f.shutdown();
         }
@@ -295,7 +336,7 @@ fn instruments(config: &RunConfig) -> Result<(Arc<Master>, Watchlist), StartErro
     for s in &resolved.skipped {
         log::warn!("{s}");
     }
-    let watchlist = Watchlist::new(resolved, config.roll_at, today);
+    let watchlist = Watchlist::new(resolved);
     Ok((Arc::new(loaded.master), watchlist))
 }
 

@@ -18,6 +18,7 @@ pub mod fanout;
 pub mod fdlimit;
 pub mod instrument;
 pub mod logging;
+pub mod maintenance;
 pub mod metrics;
 pub mod percent;
 pub mod price;

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
 use dhan_relay::engine::Engine;
+use dhan_relay::instrument::date::ist_instant;
+use dhan_relay::instrument::{Date, WallClock};
 use dhan_relay::sim::SimControl;
 use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::wire::feed::{DepthLevel, FeedData, FeedMessage, Full, Quote, Ticker};
@@ -26,6 +28,8 @@ fn config() -> RunConfig {
     };
     let mut c = RunConfig::build(&flags, None, &CredentialSources::none()).unwrap();
     c.fanout.unsubscribe_grace = Duration::from_millis(200);
+    // A Thursday at 11:00 India time: markets open, `/prices` says active.
+    c.clock = WallClock::fixed(ist_instant(Date::from_ymd(2026, 12, 3).unwrap(), 11, 0));
     c
 }
 
@@ -431,12 +435,13 @@ fn rest_endpoints_say_what_they_claim() {
     assert_eq!(code, 200);
     let p: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(p["status"], "active");
+    assert_eq!(p["markets"]["NSE"], "open");
     assert!(p.get("SENSEX").is_some() && p.get("RELIANCE").is_some());
     assert!(p["instruments"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|i| i["symbol"] == "NIFTY" && i["ltt"] == 1_770_109_795));
+        .any(|i| i["symbol"] == "NIFTY" && i["ltt"] == 1_770_109_795 && i["market"] == "open"));
     let (code, body) = http_get(engine.addr(), "/health");
     assert_eq!(code, 200);
     let h: Value = serde_json::from_str(&body).unwrap();

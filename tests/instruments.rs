@@ -19,10 +19,11 @@ use dhan_relay::domain::{InstrumentKey, Mode, Segment};
 use dhan_relay::engine::Engine;
 use dhan_relay::instrument::date::ist_instant;
 use dhan_relay::instrument::source::{self, Origin, Source, SourceConfig, CACHE_FILE};
-use dhan_relay::instrument::watch::{plan_rolls, resolve_watchlist, RollSchedule, WatchSpec};
+use dhan_relay::instrument::watch::{plan_rolls, resolve_watchlist, WatchSpec};
 use dhan_relay::instrument::{
     Date, Exchange, Kind, Master, ResolveError, Resolved, ResolvedName, WallClock, Watchlist,
 };
+use dhan_relay::maintenance::DailySchedule;
 use dhan_relay::sim::SimControl;
 use dhan_relay::token::sources::CredentialSources;
 use serde_json::json;
@@ -532,7 +533,7 @@ fn the_daily_check_rolls_an_expired_future_once_at_the_configured_time() {
         "Nov on its expiry day"
     );
     let at = "08:45".parse().unwrap();
-    let mut schedule = RollSchedule::new(at, nov19);
+    let mut schedule = DailySchedule::new(at, nov19);
     assert_eq!(schedule.due(ist_instant(nov19, 23, 0)), None, "same day");
     let nov20 = day(2026, 11, 20);
     assert_eq!(
@@ -556,10 +557,10 @@ fn the_daily_check_rolls_an_expired_future_once_at_the_configured_time() {
         rolls.is_empty() && warnings[0].contains("keeps MCX_COMM:472787"),
         "{warnings:?}"
     );
-    // The Watchlist does the same on its own schedule and moves itself.
-    let mut w = Watchlist::new(r, at, nov19);
-    assert!(w.roll_due(&m, ist_instant(nov20, 8, 44)).is_empty());
-    let rolls = w.roll_due(&m, ist_instant(nov20, 8, 45));
+    // The Watchlist does the same and moves itself.
+    let mut w = Watchlist::new(r);
+    assert!(w.roll_on(&m, nov19).is_empty());
+    let rolls = w.roll_on(&m, nov20);
     assert_eq!(rolls.len(), 1);
     assert_eq!(w.key_of("crudeoil"), Some(key(Segment::McxComm, 472794)));
     assert_eq!(w.symbol_of(key(Segment::IdxI, 13)), Some("NIFTY"));

@@ -15,22 +15,24 @@
 mod state;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender};
 use ringbuf::traits::{Consumer, Observer, Producer};
 use ringbuf::{HeapCons, HeapProd};
 
 pub use state::{FullExtras, InstrumentState, UpdateKind};
 
 use crate::clock;
-use crate::domain::InstrumentKey;
+use crate::domain::{InstrumentKey, Segment};
 use crate::metrics::{Counter, LatencyRecorder, SharedLatency};
 use crate::sdnotify::Heartbeat;
 use crate::tick::Tick;
+use crate::wire::feed::FeedData;
 
 /// One instrument changed: its whole new state, so the fanout can render
 /// any mode from it without looking anything up.
@@ -112,6 +114,23 @@ impl Book {
         })
     }
 
+    /// Forgets `keys` (contracts that expired); how many it held. Rare, so
+    /// it simply rebuilds the table and the index.
+    pub fn remove(&mut self, keys: &[InstrumentKey]) -> usize {
+        let before = self.table.len();
+        self.table.retain(|s| !keys.contains(&s.key));
+        if self.table.len() != before {
+            let ids = self
+                .table
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.key, i))
+                .collect();
+            self.ids = Arc::new(ids);
+        }
+        before - self.table.len()
+    }
+
     /// A snapshot of every instrument.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -154,6 +173,10 @@ pub struct BookStats {
     pub ring_full_waits: Counter,
     /// Snapshots published.
     pub snapshots: Counter,
+    /// Unix seconds of the last market-status packet per segment code (0:
+    /// none yet). DhanHQ's packet carries no open/closed flag, so this is
+    /// what there is to reflect.
+    market_status_at: [AtomicU64; 9],
 }
 
 impl Default for BookStats {
@@ -166,11 +189,25 @@ impl Default for BookStats {
                 "Times the book waited on a full update ring",
             ),
             snapshots: Counter::new("book_snapshots_total", "Snapshots published"),
+            market_status_at: Default::default(),
         }
     }
 }
 
 impl BookStats {
+    /// When the last market-status packet for `segment` arrived (Unix s).
+    pub fn market_status_at(&self, segment: Segment) -> Option<u64> {
+        let v = self.market_status_at[segment as usize].load(Relaxed);
+        (v != 0).then_some(v)
+    }
+
+    fn note_market_status(&self, segment: Segment) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.market_status_at[segment as usize].store(now, Relaxed);
+    }
+
     /// Every counter, in `/metrics` order.
     pub fn counters(&self) -> [&Counter; 4] {
         [
@@ -182,6 +219,31 @@ impl BookStats {
     }
 }
 
+/// Orders for the book thread from outside the data path (rare).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BookCommand {
+    /// Forget these instruments: contracts that expired, dropped by the
+    /// daily maintenance once nothing subscribes them.
+    Remove(Vec<InstrumentKey>),
+}
+
+/// Sends [`BookCommand`]s and wakes the book thread to apply them.
+#[derive(Debug, Clone)]
+pub struct BookControl {
+    tx: Sender<BookCommand>,
+    thread: Option<std::thread::Thread>,
+}
+
+impl BookControl {
+    /// Queues `cmd`; applied on the book's next loop turn.
+    pub fn send(&self, cmd: BookCommand) {
+        let _ = self.tx.send(cmd);
+        if let Some(t) = &self.thread {
+            t.unpark();
+        }
+    }
+}
+
 /// Something to poke after a batch of updates (the fanout thread's waker).
 pub type Notify = Box<dyn Fn() + Send>;
 
@@ -190,6 +252,7 @@ pub type Notify = Box<dyn Fn() + Send>;
 pub struct BookThread {
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    control: Sender<BookCommand>,
     /// The latest snapshot.
     pub snapshot: SharedSnapshot,
     /// Counters.
@@ -211,8 +274,10 @@ impl BookThread {
         let stats = Arc::new(BookStats::default());
         let latency = SharedLatency::default();
         let core = config.core;
+        let (control, commands) = crossbeam_channel::unbounded();
         let worker = Worker {
             book: Book::new(),
+            commands,
             ticks,
             updates,
             notify,
@@ -231,6 +296,7 @@ impl BookThread {
         Ok(BookThread {
             thread: Some(thread),
             stop,
+            control,
             snapshot,
             stats,
             latency,
@@ -240,6 +306,14 @@ impl BookThread {
     /// The thread's handle, for the network thread to unpark it.
     pub fn thread(&self) -> Option<std::thread::Thread> {
         self.thread.as_ref().map(|t| t.thread().clone())
+    }
+
+    /// Where to send [`BookCommand`]s.
+    pub fn control(&self) -> BookControl {
+        BookControl {
+            tx: self.control.clone(),
+            thread: self.thread(),
+        }
     }
 
     /// Stops and joins the thread.
@@ -264,6 +338,7 @@ impl Drop for BookThread {
 
 struct Worker {
     book: Book,
+    commands: Receiver<BookCommand>,
     ticks: HeapCons<Tick>,
     updates: HeapProd<Update>,
     notify: Option<Notify>,
@@ -282,6 +357,9 @@ impl Worker {
             let mut applied = 0u64;
             while let Some(tick) = self.ticks.try_pop() {
                 applied += 1;
+                if matches!(tick.data, FeedData::MarketStatus) {
+                    self.stats.note_market_status(tick.key.segment);
+                }
                 if let Some(update) = self.book.apply(&tick) {
                     self.latency
                         .record(clock::now_ns().saturating_sub(tick.recv_ns));
@@ -296,6 +374,14 @@ impl Worker {
             if applied > 0 {
                 self.stats.ticks.add(applied);
                 self.poke();
+            }
+            // One empty-channel check per turn, not per tick.
+            while let Ok(BookCommand::Remove(keys)) = self.commands.try_recv() {
+                let n = self.book.remove(&keys);
+                log::info!("book: {n} expired instruments removed");
+                dirty |= n > 0;
+                // Published at once: REST must stop showing them now.
+                last_snapshot = Instant::now() - self.config.snapshot_interval;
             }
             let now = Instant::now();
             if dirty && now.duration_since(last_snapshot) >= self.config.snapshot_interval {
@@ -408,6 +494,38 @@ mod tests {
     }
 
     #[test]
+    fn removed_instruments_leave_the_book_and_the_rest_keep_their_state() {
+        let mut book = Book::new();
+        for id in 1..=3 {
+            book.apply(&tick(
+                id,
+                FeedData::Ticker(Ticker {
+                    ltp: id as f32,
+                    ltt: 1,
+                }),
+            ));
+        }
+        let kept = book.snapshot();
+        assert_eq!(book.remove(&[InstrumentKey::new(Segment::NseEq, 2)]), 1);
+        assert_eq!(book.remove(&[InstrumentKey::new(Segment::NseEq, 2)]), 0);
+        let snap = book.snapshot();
+        assert_eq!(snap.instruments.len(), 2);
+        assert!(snap.get(InstrumentKey::new(Segment::NseEq, 2)).is_none());
+        assert_eq!(
+            snap.get(InstrumentKey::new(Segment::NseEq, 3)).unwrap().ltp,
+            Some(3.0)
+        );
+        assert!(
+            kept.get(InstrumentKey::new(Segment::NseEq, 2)).is_some(),
+            "old snapshots unchanged"
+        );
+        let u = book
+            .apply(&tick(3, FeedData::Ticker(Ticker { ltp: 3.5, ltt: 2 })))
+            .unwrap();
+        assert_eq!((u.state.seq, u.state.ltp), (2, Some(3.5)));
+    }
+
+    #[test]
     fn thread_forwards_updates_in_order_and_publishes_snapshots() {
         let (mut tick_tx, tick_rx) = HeapRb::<Tick>::new(64).split();
         let (update_tx, mut update_rx) = HeapRb::<Update>::new(4).split();
@@ -450,6 +568,19 @@ mod tests {
         }
         assert_eq!(book.snapshot.load().instruments[0].ltt, 19);
         assert!(book.latency.percentiles().count == 0 || book.latency.percentiles().count <= 20);
+        book.control()
+            .send(BookCommand::Remove(vec![InstrumentKey::new(
+                Segment::NseEq,
+                7,
+            )]));
+        let end = Instant::now() + Duration::from_secs(5);
+        while !book.snapshot.load().instruments.is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            book.snapshot.load().instruments.is_empty(),
+            "removed and published"
+        );
         book.shutdown();
     }
 }

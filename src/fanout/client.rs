@@ -274,13 +274,14 @@ impl Worker {
             return;
         }
         let snapshot = self.snapshot.load();
+        let master = self.master.load();
         let mut queued = Vec::new();
         for key in keys {
             // Named once here, so every update (a look-up) carries it.
-            if !self.symbols.contains_key(&key) {
-                if let Some(inst) = self.master.get(key) {
-                    self.symbols.insert(key, inst.symbol().to_string());
-                }
+            if let (std::collections::hash_map::Entry::Vacant(e), Some(inst)) =
+                (self.symbols.entry(key), master.get(key))
+            {
+                e.insert(inst.symbol().to_string());
             }
             if s.subs.insert(key, mode).is_none() {
                 self.stats.subscriptions.inc();

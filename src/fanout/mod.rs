@@ -22,6 +22,7 @@
 mod admin;
 mod assets;
 mod client;
+mod day;
 pub mod front;
 pub mod http;
 pub mod outbound;
@@ -53,7 +54,8 @@ use tungstenite::protocol::WebSocketConfig;
 use crate::book::{BookStats, SharedSnapshot, Update};
 use crate::domain::{InstrumentKey, Mode};
 use crate::instrument::watch::Watchlist;
-use crate::instrument::{Master, WallClock};
+use crate::instrument::{Calendar, SharedMaster, WallClock};
+use crate::maintenance::{DayDone, DayTurn, MaintenanceStats};
 use crate::metrics::{LatencyRecorder, SharedLatency};
 use crate::sdnotify::Heartbeat;
 use crate::token::KeeperHandle;
@@ -162,8 +164,9 @@ pub struct FanoutInputs {
     pub book_stats: Arc<BookStats>,
     /// Network receive → book apply latency.
     pub receive_to_book: SharedLatency,
-    /// The instrument master: names, resolution, search.
-    pub master: Arc<Master>,
+    /// The instrument master: names, resolution, search (swapped by the
+    /// daily maintenance).
+    pub master: SharedMaster,
     /// The watchlist, resolved, with its daily expiry roll.
     pub watchlist: Watchlist,
     /// The wall clock for calendar decisions.
@@ -172,6 +175,14 @@ pub struct FanoutInputs {
     pub token: KeeperHandle,
     /// Beaten once per loop turn, for the service watchdog.
     pub heartbeat: Heartbeat,
+    /// The daily maintenance's turns of the day …
+    pub day_turns: Receiver<DayTurn>,
+    /// … and the answers to them.
+    pub day_done: Sender<DayDone>,
+    /// Its counters and last run, for REST.
+    pub maintenance: Arc<MaintenanceStats>,
+    /// Market hours, for REST.
+    pub calendar: Calendar,
 }
 
 impl std::fmt::Debug for FanoutInputs {
@@ -253,6 +264,9 @@ impl Fanout {
             started: Instant::now(),
             demo: self.config.demo,
             token: inputs.token.clone(),
+            maintenance: inputs.maintenance,
+            calendar: inputs.calendar,
+            clock: inputs.clock.clone(),
         };
         let front_waker = self.front.waker();
         let front = {
@@ -290,7 +304,6 @@ impl Fanout {
             upstream: inputs.upstream,
             upstream_stats: inputs.upstream_stats,
             master: inputs.master,
-            clock: inputs.clock,
             watchlist: inputs.watchlist,
             config: self.config,
             sessions: Vec::new(),
@@ -312,6 +325,8 @@ impl Fanout {
             announced: "connecting",
             rotations_announced: 0,
             heartbeat: inputs.heartbeat,
+            day_turns: inputs.day_turns,
+            day_done: inputs.day_done,
             next_second: Instant::now(),
             turn_recv: Vec::with_capacity(1024),
             dirty: Vec::with_capacity(1024),
@@ -380,8 +395,7 @@ struct Worker {
     snapshot: SharedSnapshot,
     upstream: UpstreamControl,
     upstream_stats: Arc<UpstreamStats>,
-    master: Arc<Master>,
-    clock: WallClock,
+    master: SharedMaster,
     watchlist: Watchlist,
     /// Sessions by slot (the mio token).
     sessions: Vec<Option<Box<Session>>>,
@@ -410,6 +424,8 @@ struct Worker {
     /// Credential rotations already announced to clients.
     rotations_announced: u64,
     heartbeat: Heartbeat,
+    day_turns: Receiver<DayTurn>,
+    day_done: Sender<DayDone>,
     next_second: Instant,
     /// Receive stamps of the updates delivered this turn.
     turn_recv: Vec<u64>,
@@ -596,7 +612,7 @@ impl Worker {
     }
 
     fn every_second(&mut self, now: Instant) {
-        self.check_roll();
+        self.take_day_turns(now);
         self.announce_status(now);
         let limit = self.config.slow_client_timeout;
         let abuse = self.config.max_messages_per_sec.saturating_mul(10);
@@ -633,27 +649,6 @@ impl Worker {
         self.flush_dirty(now);
         self.latency.maybe_publish(now);
         self.message_latency.maybe_publish(now);
-    }
-
-    /// The daily expiry check: watchlist entries whose contract expired move
-    /// to the next one; the old one is released (unsubscribed upstream
-    /// after the grace period unless a client holds it).
-    fn check_roll(&mut self) {
-        for roll in self.watchlist.roll_due(&self.master, self.clock.now()) {
-            self.topics.remove(Topics::RELAY, roll.from);
-            self.topics.add(Topics::RELAY, roll.to, Mode::Ticker);
-            // The old contract keeps its own name for anyone still holding it.
-            match self.master.get(roll.from) {
-                Some(old) => {
-                    self.symbols.insert(roll.from, old.symbol().to_string());
-                }
-                None => {
-                    self.symbols.remove(&roll.from);
-                }
-            }
-            self.symbols.insert(roll.to, roll.symbol);
-            self.view_dirty = true;
-        }
     }
 
     /// Publishes the upstream subscriptions and the watchlist for REST and
@@ -739,6 +734,7 @@ mod test_worker {
     //! pump and the client protocol.
     use super::*;
     use crate::instrument::watch::ResolvedWatchlist;
+    use crate::instrument::Master;
     use crate::upstream::Command;
     use ringbuf::traits::Split;
     use ringbuf::{HeapProd, HeapRb};
@@ -759,7 +755,6 @@ mod test_worker {
         let (_handoff_tx, handoff) = crossbeam_channel::unbounded();
         let (jobs, _job_rx) = crossbeam_channel::unbounded();
         let (_answer_tx, answers) = crossbeam_channel::unbounded();
-        let clock = WallClock::system();
         let config = FanoutConfig {
             upstream_capacity: capacity,
             ..FanoutConfig::default()
@@ -773,13 +768,8 @@ mod test_worker {
             snapshot: Arc::default(),
             upstream: UpstreamControl::new(cmd_tx, waker),
             upstream_stats: Arc::default(),
-            master: Arc::new(Master::sample()),
-            watchlist: Watchlist::new(
-                ResolvedWatchlist::default(),
-                "08:45".parse().unwrap(),
-                clock.today(),
-            ),
-            clock,
+            master: Arc::new(ArcSwap::from_pointee(Master::sample())),
+            watchlist: Watchlist::new(ResolvedWatchlist::default()),
             config,
             sessions: Vec::new(),
             free: Vec::new(),
@@ -800,6 +790,8 @@ mod test_worker {
             announced: "connecting",
             rotations_announced: 0,
             heartbeat: Heartbeat::new(),
+            day_turns: crossbeam_channel::never(),
+            day_done: crossbeam_channel::unbounded().0,
             next_second: Instant::now(),
             turn_recv: Vec::new(),
             dirty: Vec::new(),

@@ -17,7 +17,7 @@ use mio::Waker;
 use super::protocol::InstrumentRef;
 use super::rest::SharedView;
 use crate::domain::{InstrumentKey, Mode};
-use crate::instrument::{Master, WallClock};
+use crate::instrument::{Master, SharedMaster, WallClock};
 
 /// Failures of one message that get closest-candidate suggestions.
 pub const SUGGEST_FOR: usize = 3;
@@ -100,13 +100,13 @@ pub fn run(
     jobs: Receiver<Job>,
     answers: Sender<Answer>,
     fanout: Arc<Waker>,
-    master: Arc<Master>,
+    master: SharedMaster,
     view: SharedView,
     clock: WallClock,
 ) {
     crate::affinity::background("resolver");
     for job in jobs {
-        let answer = resolve(job, &master, &view, &clock);
+        let answer = resolve(job, &master.load(), &view, &clock);
         if answers.send(answer).is_err() {
             return;
         }

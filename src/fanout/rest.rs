@@ -18,9 +18,10 @@ use super::stats::FanoutStats;
 use super::topics::ActiveSub;
 use crate::book::{BookStats, SharedSnapshot};
 use crate::domain::{InstrumentKey, Segment};
-use crate::instrument::date::ist_timestamp;
+use crate::instrument::date::{ist_iso, ist_timestamp};
 use crate::instrument::watch::WatchItem;
-use crate::instrument::Master;
+use crate::instrument::{Calendar, Market, Master, SharedMaster, Venue, WallClock};
+use crate::maintenance::MaintenanceStats;
 use crate::metrics::{render_prometheus, Percentiles, Sample, SharedLatency};
 use crate::percent::query_param;
 use crate::token::KeeperHandle;
@@ -99,8 +100,8 @@ pub struct RestState {
     pub snapshot: SharedSnapshot,
     /// The fanout's latest view.
     pub view: SharedView,
-    /// The instrument master.
-    pub master: Arc<Master>,
+    /// The instrument master (swapped daily).
+    pub master: SharedMaster,
     /// Network-thread counters.
     pub upstream: Arc<UpstreamStats>,
     /// Book-thread counters.
@@ -119,6 +120,12 @@ pub struct RestState {
     pub demo: bool,
     /// The token keeper: its status, and where admin calls go.
     pub token: KeeperHandle,
+    /// The daily maintenance's counters and last run.
+    pub maintenance: Arc<MaintenanceStats>,
+    /// Market hours.
+    pub calendar: Calendar,
+    /// The calendar's clock.
+    pub clock: WallClock,
 }
 
 /// Rows of `/api/v2/subscriptions/active` when `limit` is not given, and
@@ -147,7 +154,7 @@ impl RestState {
             "/metrics" => Response::new(200, "text/plain; version=0.0.4", self.metrics()),
             "/api/watchlist" => Response::new(200, JSON, self.watchlist()),
             "/api/instruments" => {
-                let (code, body) = search(&self.master, query);
+                let (code, body) = search(&self.master.load(), query);
                 Response::new(code, JSON, body)
             }
             "/api/v2/subscriptions/active" => {
@@ -159,20 +166,42 @@ impl RestState {
         })
     }
 
-    /// The symbol shown for `key`: its watchlist name, else the master's.
-    fn symbol_of<'a>(&'a self, view: &'a View, key: InstrumentKey) -> Option<&'a str> {
-        view.watchlist
-            .iter()
-            .find(|w| w.key == key)
-            .map(|w| w.symbol.as_str())
-            .or_else(|| self.master.get(key).map(|i| i.symbol()))
+    /// Open or closed, per venue, now.
+    fn markets(&self, now: SystemTime) -> [(Venue, Market); 4] {
+        Venue::ALL.map(|v| (v, self.calendar.venue(v, now)))
+    }
+
+    /// The seed's `status`, with the calendar: `active` while the upstream
+    /// is up and a market the relay serves is open, `closed` while it is up
+    /// and all of them are closed (last prices stay served), else why the
+    /// upstream is not up.
+    fn prices_status(&self, served: &[Segment], now: SystemTime) -> String {
+        let up = UpstreamStatus::of(&self.upstream);
+        if !up.is_up() {
+            return up.detail;
+        }
+        let open = |seg: &Segment| self.calendar.market(*seg, now) == Market::Open;
+        let any_open = if served.is_empty() {
+            Segment::ALL.iter().any(open)
+        } else {
+            served.iter().any(open)
+        };
+        if any_open {
+            up.detail
+        } else {
+            "closed".to_string()
+        }
     }
 
     /// The seed-compatible prices object (`docs/dhanhq-protocol.md`, the
-    /// relay's REST side).
+    /// relay's REST side), with the calendar: `status` (see
+    /// [`RestState::prices_status`]), `markets` per venue, and `market` on
+    /// each instrument.
     pub fn prices(&self) -> String {
         let snapshot = self.snapshot.load();
         let view = self.view.load();
+        let master = self.master.load();
+        let now = self.clock.now();
         let mut obj = Map::new();
         for item in &view.watchlist {
             let ltp = snapshot.get(item.key).and_then(|s| s.ltp);
@@ -182,10 +211,17 @@ impl RestState {
             "timestamp".into(),
             Value::String(ist_timestamp(SystemTime::now())),
         );
+        let served: Vec<Segment> = view.watchlist.iter().map(|w| w.key.segment).collect();
         obj.insert(
             "status".into(),
-            Value::String(UpstreamStatus::of(&self.upstream).detail),
+            Value::String(self.prices_status(&served, now)),
         );
+        let markets: Map<String, Value> = self
+            .markets(now)
+            .into_iter()
+            .map(|(v, m)| (v.name().to_string(), Value::from(m.name())))
+            .collect();
+        obj.insert("markets".into(), Value::Object(markets));
         let instruments: Vec<Value> = snapshot
             .instruments
             .iter()
@@ -196,8 +232,9 @@ impl RestState {
                     "securityId": s.key.security_id.to_string(),
                     "ltp": price_value(s.ltp),
                     "ltt": s.ltt,
+                    "market": self.calendar.market(s.key.segment, now).name(),
                 });
-                if let Some(symbol) = self.symbol_of(&view, s.key) {
+                if let Some(symbol) = symbol_of(&view, &master, s.key) {
                     v["symbol"] = Value::String(symbol.to_string());
                 }
                 if let Some(p) = s.prev_close {
@@ -208,6 +245,44 @@ impl RestState {
             .collect();
         obj.insert("instruments".into(), Value::Array(instruments));
         Value::Object(obj).to_string()
+    }
+
+    /// `/stats`' calendar and maintenance: markets per venue, the last
+    /// market-status packet per segment, the daily maintenance.
+    fn day(&self) -> Value {
+        let now = self.clock.now();
+        let markets: Map<String, Value> = self
+            .markets(now)
+            .into_iter()
+            .map(|(v, m)| (v.name().to_string(), Value::from(m.name())))
+            .collect();
+        let packets: Map<String, Value> = Segment::ALL
+            .iter()
+            .filter_map(|&seg| {
+                let at = self.book.market_status_at(seg)?;
+                Some((seg.name().to_string(), Value::String(ist_iso(at))))
+            })
+            .collect();
+        let m = &self.maintenance;
+        let last = m.last().map(|r| {
+            json!({
+                "at": ist_timestamp(r.at),
+                "date": r.date.to_string(),
+                "master": r.master,
+                "masterSwapped": r.master_swapped,
+                "instruments": r.instruments,
+                "rolled": r.rolled,
+                "expiredDropped": r.dropped,
+                "removedFromBook": r.removed,
+                "summary": r.summary,
+            })
+        });
+        let next = (m.next_at() > 0).then(|| ist_iso(m.next_at()));
+        json!({
+            "markets": markets,
+            "marketStatusPackets": packets,
+            "maintenance": {"runs": m.runs.get(), "nextRunAt": next, "lastRun": last},
+        })
     }
 
     /// `/health`: 200 while an upstream connection is up, else 503.
@@ -307,6 +382,7 @@ impl RestState {
             Some(_) => return bad("state must be active or queued".into()),
         };
         let view = self.view.load();
+        let master = self.master.load();
         let matching = view.active.iter().filter(|a| {
             segment.map_or(true, |s| a.key.segment == s) && queued.map_or(true, |q| a.queued == q)
         });
@@ -318,7 +394,7 @@ impl RestState {
                 json!({
                     "exchangeSegment": a.key.segment.name(),
                     "securityId": a.key.security_id.to_string(),
-                    "symbol": self.symbol_of(&view, a.key),
+                    "symbol": symbol_of(&view, &master, a.key),
                     "mode": a.mode.name(),
                     "clients": a.clients,
                     "state": if a.queued { "queued" } else { "active" },
@@ -346,6 +422,7 @@ impl RestState {
         let mut v: Vec<Sample> = (self.upstream.counters().iter())
             .chain(self.book.counters().iter())
             .chain(self.fanout.all().iter())
+            .chain(std::iter::once(&&self.maintenance.runs))
             .map(|c| c.sample())
             .collect();
         v.push((
@@ -468,6 +545,7 @@ impl RestState {
             "uptimeSeconds": self.started.elapsed().as_secs_f64(),
             "status": UpstreamStatus::of(&self.upstream).detail,
             "token": self.token.status().json(crate::token::unix_now()),
+            "day": self.day(),
             "latency": {
                 "receiveToBook": book.2,
                 "tickToWire": wire.2,
@@ -477,6 +555,15 @@ impl RestState {
         })
         .to_string()
     }
+}
+
+/// The symbol shown for `key`: its watchlist name, else the master's.
+fn symbol_of<'a>(view: &'a View, master: &'a Master, key: InstrumentKey) -> Option<&'a str> {
+    view.watchlist
+        .iter()
+        .find(|w| w.key == key)
+        .map(|w| w.symbol.as_str())
+        .or_else(|| master.get(key).map(|i| i.symbol()))
 }
 
 /// One labelled counter family in Prometheus text format.
@@ -609,7 +696,7 @@ mod tests {
         RestState {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             view: Arc::new(ArcSwap::from_pointee(View { watchlist, active })),
-            master: Arc::new(Master::sample()),
+            master: Arc::new(ArcSwap::from_pointee(Master::sample())),
             upstream: Arc::default(),
             book: Arc::default(),
             fanout: Arc::default(),
@@ -623,6 +710,14 @@ mod tests {
                 expires_at: Some(crate::token::unix_now() + 7200),
                 ..TokenStatus::default()
             }),
+            maintenance: Arc::default(),
+            calendar: Calendar::default(),
+            // A Thursday at 11:00 India time: every market is open.
+            clock: WallClock::fixed(crate::instrument::date::ist_instant(
+                crate::instrument::Date::from_ymd(2026, 12, 3).unwrap(),
+                11,
+                0,
+            )),
         }
     }
 
@@ -643,8 +738,9 @@ mod tests {
         assert_eq!(
             v["instruments"],
             json!([{"symbol": "NIFTY", "exchangeSegment": "IDX_I", "securityId": "13",
-                    "ltp": 25760.85, "ltt": 1, "prevClose": 25700.0}])
+                    "ltp": 25760.85, "ltt": 1, "prevClose": 25700.0, "market": "open"}])
         );
+        assert_eq!(v["markets"]["MCX"], "open");
         let (code, health) = rest.health();
         assert_eq!(code, 503);
         let h: Value = serde_json::from_str(&health).unwrap();

@@ -37,6 +37,10 @@ pub use watch::{WatchItem, Watchlist};
 
 use crate::domain::Segment;
 
+/// The master in use, swapped whole by the daily maintenance; readers
+/// `load()` it per request (lock-free) and never hold it across a turn.
+pub type SharedMaster = std::sync::Arc<arc_swap::ArcSwap<Master>>;
+
 /// The exchanges in DhanHQ's scrip master.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Exchange {

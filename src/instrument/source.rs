@@ -183,6 +183,66 @@ pub fn load(cfg: &SourceConfig, now: SystemTime) -> Result<Loaded, String> {
     }
 }
 
+/// The daily reload: the day's master, never a stale one. A URL is
+/// downloaded again (today's cache is reused only when written at or after
+/// `fresh_since`, e.g. by a start earlier this morning past the maintenance
+/// time) and cached; a file is read again. Any failure is an error, so the
+/// caller keeps the master it has instead of falling back to an older
+/// cache or the embedded sample.
+pub fn reload(cfg: &SourceConfig, fresh_since: SystemTime) -> Result<Loaded, String> {
+    let Source::Url(url) = &cfg.source else {
+        return load(cfg, fresh_since);
+    };
+    let cache = cfg
+        .cache_dir
+        .clone()
+        .or_else(default_cache_dir)
+        .map(|d| d.join(CACHE_FILE));
+    if let Some(path) = &cache {
+        let written = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if let Some(written) = written.filter(|w| *w >= fresh_since) {
+            if let Ok(master) = std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| Master::parse(&b).map_err(|e| e.to_string()))
+            {
+                let age = SystemTime::now()
+                    .duration_since(written)
+                    .unwrap_or_default();
+                return Ok(Loaded {
+                    master,
+                    origin: Origin::Cache {
+                        path: path.clone(),
+                        age,
+                        stale: false,
+                    },
+                    warnings: Vec::new(),
+                });
+            }
+        }
+    }
+    let bytes = download(url, cfg.timeout)?;
+    let master = Master::parse(&bytes).map_err(|e| format!("{url}: {e}"))?;
+    let mut warnings = Vec::new();
+    let cached = cache.and_then(|path| match store(&path, &bytes) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            warnings.push(format!(
+                "cannot cache the instrument master at {}: {e}",
+                path.display()
+            ));
+            None
+        }
+    });
+    Ok(Loaded {
+        master,
+        origin: Origin::Downloaded {
+            url: url.clone(),
+            cached,
+        },
+        warnings,
+    })
+}
+
 fn file_age(path: &Path, now: SystemTime) -> Option<(Duration, bool)> {
     let modified = std::fs::metadata(path).ok()?.modified().ok()?;
     let age = now.duration_since(modified).unwrap_or_default();
@@ -338,5 +398,28 @@ mod tests {
         assert_eq!(human_age(Duration::from_secs(5 * 60)), "5 min");
         assert_eq!(human_age(Duration::from_secs(5 * 3600)), "5 h");
         assert_eq!(human_age(Duration::from_secs(3 * 86_400)), "3 days");
+    }
+
+    #[test]
+    fn the_daily_reload_never_falls_back_to_an_old_cache_or_the_sample() {
+        let dir = std::env::temp_dir().join(format!("dhan-relay-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = dir.join(CACHE_FILE);
+        std::fs::write(&cache, include_bytes!("sample-master.csv")).unwrap();
+        let cfg = SourceConfig {
+            cache_dir: Some(dir.clone()),
+            timeout: Duration::from_secs(2),
+            // Nothing listens on port 1: the download fails at once.
+            ..SourceConfig::new(Source::Url("http://127.0.0.1:1/master.csv".into()))
+        };
+        let written = std::fs::metadata(&cache).unwrap().modified().unwrap();
+        let later = written + Duration::from_secs(60);
+        let e = reload(&cfg, later).map(|l| l.describe()).unwrap_err();
+        assert!(e.contains("127.0.0.1:1"), "{e}");
+        // A cache written since the given moment is today's download.
+        let l = reload(&cfg, written).unwrap();
+        assert!(matches!(l.origin, Origin::Cache { stale: false, .. }));
+        assert!(!l.master.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

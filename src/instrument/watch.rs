@@ -1,15 +1,15 @@
 //! The configured watchlist against the master: resolving entries given by
-//! symbol at start, and the daily expiry roll of entries that resolved to a
-//! dated contract (a future rolls to the next one once it has expired).
+//! symbol at start, and the expiry roll of entries that resolved to a dated
+//! contract (a future rolls to the next one once it has expired), which the
+//! daily maintenance runs.
 //!
 //! Layering: this module owns the watchlist's data ([`WatchItem`],
 //! [`Watchlist`]) and its calendar; the fanout owns subscriptions and asks
-//! [`Watchlist::roll_due`] what moved. Nothing here imports the fanout.
+//! [`Watchlist::roll_on`] what moved. Nothing here imports the fanout.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
 
-use super::{Date, Master, TimeOfDay};
+use super::{Date, Master};
 use crate::domain::InstrumentKey;
 
 /// A watchlist entry with its instrument: the symbol clients of the replaced
@@ -118,33 +118,6 @@ pub fn resolve_watchlist(
     Ok(out)
 }
 
-/// When to re-check rolling entries: once a day at `at` (India time), the
-/// first time the clock shows a later date than the last check.
-#[derive(Clone, Debug)]
-pub struct RollSchedule {
-    at: TimeOfDay,
-    last: Date,
-}
-
-impl RollSchedule {
-    /// Checked last on `checked` (the start-up resolution).
-    pub fn new(at: TimeOfDay, checked: Date) -> RollSchedule {
-        RollSchedule { at, last: checked }
-    }
-
-    /// The date to check for, when a check is due at `now` (and marks it
-    /// done).
-    pub fn due(&mut self, now: SystemTime) -> Option<Date> {
-        let today = Date::today_ist(now);
-        if today > self.last && TimeOfDay::ist(now) >= self.at {
-            self.last = today;
-            Some(today)
-        } else {
-            None
-        }
-    }
-}
-
 /// One entry moving to a new contract.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Roll {
@@ -216,7 +189,6 @@ pub fn plan_rolls(
 pub struct Watchlist {
     items: Vec<WatchItem>,
     rolling: Vec<String>,
-    schedule: RollSchedule,
     /// Upper-cased symbol → index of its first entry.
     by_symbol: HashMap<String, usize>,
     /// Instrument → index of its first entry; rebuilt after a roll.
@@ -224,11 +196,9 @@ pub struct Watchlist {
 }
 
 impl Watchlist {
-    /// The watchlist `resolved` on `today`; rolling entries are checked
-    /// daily at `roll_at` (India time), first on the day after `today`.
-    /// `resolved`'s notes and skipped entries are for the start-up log and
-    /// are not kept.
-    pub fn new(resolved: ResolvedWatchlist, roll_at: TimeOfDay, today: Date) -> Watchlist {
+    /// The watchlist as `resolved`; `resolved`'s notes and skipped entries
+    /// are for the start-up log and are not kept.
+    pub fn new(resolved: ResolvedWatchlist) -> Watchlist {
         let mut by_symbol = HashMap::with_capacity(resolved.items.len());
         for (i, item) in resolved.items.iter().enumerate() {
             by_symbol
@@ -238,7 +208,6 @@ impl Watchlist {
         let mut list = Watchlist {
             items: resolved.items,
             rolling: resolved.rolling,
-            schedule: RollSchedule::new(roll_at, today),
             by_symbol,
             by_key: HashMap::new(),
         };
@@ -275,23 +244,11 @@ impl Watchlist {
         Some(&self.items[i].symbol)
     }
 
-    /// When the daily check is due at `now` (see [`RollSchedule::due`]):
-    /// moves every rolling entry whose contract has been superseded to the
-    /// contract it resolves to now, logs each move (info) and each entry
-    /// that no longer resolves (warning; it keeps its contract), and returns
-    /// the moves so the caller can move its subscriptions. Empty when no
-    /// check is due or nothing moved.
-    pub fn roll_due(&mut self, master: &Master, now: SystemTime) -> Vec<Roll> {
-        if self.rolling.is_empty() {
-            return Vec::new();
-        }
-        match self.schedule.due(now) {
-            Some(today) => self.roll_on(master, today),
-            None => Vec::new(),
-        }
-    }
-
-    /// The check itself, as of `today`, whatever the schedule says.
+    /// The daily check (run by the maintenance): moves every rolling entry
+    /// whose contract has been superseded on `today` to the contract it
+    /// resolves to now, logs each move (info) and each entry that no longer
+    /// resolves (warning; it keeps its contract), and returns the moves so
+    /// the caller can move its subscriptions.
     pub fn roll_on(&mut self, master: &Master, today: Date) -> Vec<Roll> {
         let (rolls, warnings) = plan_rolls(master, &self.items, &self.rolling, today);
         for w in &warnings {
@@ -312,7 +269,6 @@ impl Watchlist {
 mod tests {
     use super::*;
     use crate::domain::Segment;
-    use crate::instrument::date::ist_instant;
 
     fn day(y: i32, m: u32, d: u32) -> Date {
         Date::from_ymd(y, m, d).unwrap()
@@ -328,7 +284,7 @@ mod tests {
             WatchSpec::by_key("Reliance BSE", InstrumentKey::new(Segment::BseEq, 500325)),
         ];
         let resolved = resolve_watchlist(&specs, master, nov19, true).unwrap();
-        Watchlist::new(resolved, TimeOfDay::new(8, 45).unwrap(), nov19)
+        Watchlist::new(resolved)
     }
 
     const NOV: InstrumentKey = InstrumentKey::new(Segment::McxComm, 472787);
@@ -336,17 +292,16 @@ mod tests {
     const NIFTY: InstrumentKey = InstrumentKey::new(Segment::IdxI, 13);
 
     #[test]
-    fn an_expired_future_rolls_to_the_next_once_the_check_is_due() {
+    fn an_expired_future_rolls_to_the_next_the_day_after() {
         let m = Master::sample();
         let mut w = crude_and_nifty(&m);
         assert_eq!(w.rolling(), ["CRUDEOIL"]);
         assert_eq!(w.key_of("CRUDEOIL"), Some(NOV));
-        let nov20 = day(2026, 11, 20);
         assert!(
-            w.roll_due(&m, ist_instant(nov20, 8, 44)).is_empty(),
-            "too early"
+            w.roll_on(&m, day(2026, 11, 19)).is_empty(),
+            "not on its expiry day"
         );
-        let rolls = w.roll_due(&m, ist_instant(nov20, 8, 45));
+        let rolls = w.roll_on(&m, day(2026, 11, 20));
         assert_eq!(rolls.len(), 1, "{rolls:?}");
         assert_eq!((rolls[0].index, rolls[0].from, rolls[0].to), (0, NOV, DEC));
         assert_eq!(rolls[0].symbol, "CRUDEOIL");
@@ -356,10 +311,7 @@ mod tests {
         assert_eq!(w.symbol_of(DEC), Some("CRUDEOIL"));
         assert_eq!(w.symbol_of(NOV), None);
         assert_eq!(w.key_of("NIFTY"), Some(NIFTY), "the rest stays");
-        assert!(
-            w.roll_due(&m, ist_instant(nov20, 9, 0)).is_empty(),
-            "once a day"
-        );
+        assert!(w.roll_on(&m, day(2026, 11, 20)).is_empty(), "moved once");
     }
 
     #[test]
@@ -375,8 +327,7 @@ mod tests {
                 && warnings[0].contains("no unexpired MCX future"),
             "{warnings:?}"
         );
-        let jan = day(2028, 1, 1);
-        assert!(w.roll_due(&m, ist_instant(jan, 9, 0)).is_empty());
+        assert!(w.roll_on(&m, day(2028, 1, 1)).is_empty());
         assert_eq!(w.key_of("CRUDEOIL"), Some(NOV));
     }
 
@@ -405,7 +356,7 @@ mod tests {
             ],
             ..ResolvedWatchlist::default()
         };
-        let w = Watchlist::new(twice, TimeOfDay::new(8, 45).unwrap(), day(2026, 11, 19));
+        let w = Watchlist::new(twice);
         assert_eq!(w.key_of("A"), Some(NIFTY));
         assert_eq!(w.symbol_of(bse), Some("a"));
         assert!(w.rolling().is_empty());
