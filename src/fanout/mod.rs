@@ -20,7 +20,7 @@
 //! [`rest::View`] through `arc-swap`.
 
 mod admin;
-mod assets;
+pub(crate) mod assets;
 mod client;
 pub mod front;
 pub mod http;
