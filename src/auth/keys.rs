@@ -568,6 +568,15 @@ impl KeyWatch {
     }
 }
 
+/// A fresh temporary directory for a test.
+#[cfg(test)]
+pub(crate) fn tests_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dhan-relay-keys-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@
 //! Keys and session ids are never logged, printed by `Debug` or put in an
 //! error: only key names are.
 
+pub mod cmd;
 pub mod extract;
 pub mod failures;
 pub mod keys;
