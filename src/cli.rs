@@ -78,7 +78,7 @@ pub enum KeysAction {
     },
     /// List the keys: name, scopes, created, last used (never a key).
     List,
-    /// Remove a key; clients using it are refused.
+    /// Remove a key.
     Revoke {
         /// The key's name.
         name: String,
