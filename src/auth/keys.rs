@@ -466,11 +466,19 @@ impl KeyStore {
             .collect()
     }
 
-    /// Replaces the keys; the generation moves when they differ.
+    /// Replaces the keys; the generation moves (and `true` is returned)
+    /// when a key was added, removed or changed scopes (not for
+    /// `created`/`last_used` alone).
     pub fn replace(&self, keys: KeysFile) -> bool {
-        let changed = **self.shared.keys.load() != keys;
+        let identity = |f: &KeysFile| -> Vec<(String, KeyId, Scopes)> {
+            f.keys
+                .iter()
+                .map(|k| (k.name.clone(), k.id, k.scopes))
+                .collect()
+        };
+        let changed = identity(&self.shared.keys.load()) != identity(&keys);
+        self.shared.keys.store(Arc::new(keys));
         if changed {
-            self.shared.keys.store(Arc::new(keys));
             self.shared.generation.fetch_add(1, Ordering::AcqRel);
         }
         changed
@@ -816,6 +824,14 @@ mod tests {
             Reloaded::Unchanged,
             "SIGHUP, same keys"
         );
+        f.keys[0].last_used = Some("2026-06-01T00:00:00Z".into());
+        f.save(&path).unwrap();
+        assert_eq!(
+            watch.tick().unwrap(),
+            Reloaded::Unchanged,
+            "last_used alone"
+        );
+        assert_eq!(store.generation(), 2);
 
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(watch.tick().unwrap(), Reloaded::Changed { .. }));

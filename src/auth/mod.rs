@@ -456,7 +456,8 @@ impl Auth {
     /// response to send instead ([`Denial::response`]).
     ///
     /// Open paths are let through without looking at credentials. A
-    /// missing credential is 401; a wrong key is 401 and counts against
+    /// missing credential is 401 (on `/health`, anonymous, as is a session
+    /// cookie that ended); a wrong key is 401 and counts against
     /// `peer` (ten a minute, then 429 without checking keys); a session
     /// that ended is 401 without counting (a relay restart ends them all);
     /// a key without the scope is 403.
@@ -482,7 +483,14 @@ impl Auth {
                 }),
             };
         };
-        let principal = self.authenticate(&presented, peer, now)?;
+        let principal = match self.authenticate(&presented, peer, now) {
+            // Browsers send cookies whether the page meant to or not: a
+            // session that ended does not spoil a path anyone may read.
+            Err(Denial::Unauthorized { .. }) if need.is_none() && presented.via == Via::Cookie => {
+                return Ok(Principal::anonymous())
+            }
+            other => other?,
+        };
         match need {
             Some(scope) if !principal.can(scope) => Err(Denial::Forbidden { need: scope }),
             _ => Ok(principal),

@@ -402,6 +402,11 @@ fn sessions_log_in_expire_log_out_and_follow_revocation() {
     );
     assert_eq!(auth.sessions_open(), 0);
 
+    // On /health an ended session is just anonymous.
+    let h = auth
+        .check(&req("GET", "/health", &headers), PEER, t0)
+        .unwrap();
+    assert_eq!(h, Principal::anonymous());
     // Ended sessions do not count as failures: no 429 after many.
     for _ in 0..30 {
         assert_eq!(
