@@ -538,6 +538,21 @@ impl KeyWatch {
         KeyWatch { path, store, stamp }
     }
 
+    /// Loads the file at `path` into a new store and watches it (the stamp
+    /// is taken before reading, so a change while loading is seen at the
+    /// next tick). A missing file is an empty store; a bad one an error.
+    pub fn open(path: impl Into<PathBuf>) -> Result<KeyWatch, String> {
+        let path = path.into();
+        let stamp = stamp(&path);
+        let store = KeyStore::load(&path)?;
+        Ok(KeyWatch { path, store, stamp })
+    }
+
+    /// The store it reloads (clone it for the threads that check keys).
+    pub fn store(&self) -> &KeyStore {
+        &self.store
+    }
+
     /// The file watched.
     pub fn path(&self) -> &Path {
         &self.path
@@ -783,8 +798,8 @@ mod tests {
         let mut f = KeysFile::default();
         let a = f.add("a", read(), SystemTime::now()).unwrap();
         f.save(&path).unwrap();
-        let store = KeyStore::load(&path).unwrap();
-        let mut watch = KeyWatch::new(&path, store.clone());
+        let mut watch = KeyWatch::open(&path).unwrap();
+        let store = watch.store().clone();
         assert_eq!(watch.tick().unwrap(), Reloaded::Unchanged);
         assert_eq!(store.generation(), 0);
 
