@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::cmd::KeysCommand;
+use crate::auth::Scopes;
 use crate::config::{Feed, Flags, RunConfig};
 use crate::engine::{raise_fd_limit, Engine, StartError};
 use crate::sdnotify;
@@ -45,6 +47,42 @@ pub enum Command {
     /// Run a simulated DhanHQ Live Market Feed v2 server (demo mode, tests,
     /// benchmarks) until interrupted. Prints its URL on one line.
     Sim(SimArgs),
+    /// Manage the API keys clients use: add (prints the new key once),
+    /// list, revoke.
+    Keys(KeysArgs),
+}
+
+/// Flags of `dhan-relay keys`.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// The API keys file [default: $XDG_CONFIG_HOME/dhan-relay/keys.toml,
+    /// else ~/.config/dhan-relay/keys.toml].
+    #[arg(long, value_name = "FILE", global = true)]
+    pub keys_file: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: KeysAction,
+}
+
+/// `dhan-relay keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Create a key: prints it once on standard output; the file keeps only
+    /// its SHA-256.
+    Add {
+        /// The key's name (1-64 of A-Z a-z 0-9 _ . -), shown in logs.
+        name: String,
+        /// What it may do: read, trade, admin, comma-separated.
+        #[arg(long, value_name = "SCOPE,...", value_parser = Scopes::parse_list)]
+        scopes: Scopes,
+    },
+    /// List the keys: name, scopes, created, last used (never a key).
+    List,
+    /// Remove a key.
+    Revoke {
+        /// The key's name.
+        name: String,
+    },
 }
 
 /// Flags of `dhan-relay run`. Each overrides the config file.
@@ -88,6 +126,14 @@ pub struct RunArgs {
     /// DhanHQ auth base for token generation [default: https://auth.dhan.co].
     #[arg(long, value_name = "URL")]
     pub auth_url: Option<String>,
+    /// API keys file (see `dhan-relay keys`) [default:
+    /// $XDG_CONFIG_HOME/dhan-relay/keys.toml, else
+    /// ~/.config/dhan-relay/keys.toml].
+    #[arg(long, value_name = "FILE")]
+    pub keys_file: Option<PathBuf>,
+    /// Serve without access control even on a non-loopback address.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 /// Flags of `dhan-relay check-config`.
@@ -115,6 +161,8 @@ impl RunArgs {
             env_file: self.env_file.clone(),
             rest_url: self.rest_url.clone(),
             auth_url: self.auth_url.clone(),
+            keys_file: self.keys_file.clone(),
+            insecure_no_auth: self.insecure_no_auth,
         }
     }
 }
@@ -228,6 +276,7 @@ pub fn main() -> ExitCode {
         Some(Command::Sim(args)) => sim(&args),
         Some(Command::Run(args)) => run(&args),
         Some(Command::CheckConfig(args)) => check_config(&args),
+        Some(Command::Keys(args)) => keys(&args),
         None => run(&cli.run),
     }
 }
@@ -397,6 +446,35 @@ fn announce(engine: &Engine, config: &RunConfig) {
         config.upstream_connections,
         config.instruments_per_connection
     );
+}
+
+/// `dhan-relay keys …`: 0 when done; 2 for a bad name, scope or keys file,
+/// a duplicate or an unknown name; 1 when the file cannot be written.
+fn keys(args: &KeysArgs) -> ExitCode {
+    let command = match &args.action {
+        KeysAction::Add { name, scopes } => KeysCommand::Add {
+            name: name.clone(),
+            scopes: *scopes,
+        },
+        KeysAction::List => KeysCommand::List,
+        KeysAction::Revoke { name } => KeysCommand::Revoke { name: name.clone() },
+    };
+    let result = crate::auth::cmd::keys_file(args.keys_file.as_deref()).and_then(|path| {
+        crate::auth::cmd::run(
+            &command,
+            &path,
+            std::time::SystemTime::now(),
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dhan-relay keys: {}", e.message());
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 /// `dhan-relay sim`: start, say where, run until killed.
@@ -572,6 +650,45 @@ mod tests {
         }
         assert!(sim_args(&["--token-lifetime", "0"]).is_err());
         assert!(sim_args(&["--token-lifetime", "soon"]).is_err());
+    }
+
+    #[test]
+    fn keys_and_auth_flags() {
+        let cli = Cli::try_parse_from([
+            "dhan-relay",
+            "keys",
+            "add",
+            "bot",
+            "--scopes",
+            "read,trade",
+            "--keys-file",
+            "/tmp/k.toml",
+        ])
+        .unwrap();
+        let Some(Command::Keys(k)) = cli.command else {
+            panic!("keys expected")
+        };
+        assert_eq!(
+            k.keys_file.as_deref(),
+            Some(std::path::Path::new("/tmp/k.toml"))
+        );
+        assert!(
+            matches!(k.action, KeysAction::Add { ref name, scopes } if name == "bot" && scopes.to_string() == "read,trade")
+        );
+        let e = Cli::try_parse_from(["dhan-relay", "keys", "add", "x", "--scopes", "write"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("valid scopes: read, trade, admin"), "{e}");
+        assert!(Cli::try_parse_from(["dhan-relay", "keys", "add", "x"]).is_err());
+        let cli =
+            Cli::try_parse_from(["dhan-relay", "--keys-file", "/k.toml", "--insecure-no-auth"])
+                .unwrap();
+        let flags = cli.run.flags();
+        assert_eq!(
+            flags.keys_file.as_deref(),
+            Some(std::path::Path::new("/k.toml"))
+        );
+        assert!(flags.insecure_no_auth);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the credentials from the environment — validated into one [`RunConfig`]
 //! with errors that name the key (and, for the file, the line).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,6 +11,7 @@ use log::LevelFilter;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::auth::{AuthMode, KeyLimits, KeyLimitsMap};
 use crate::domain::{InstrumentKey, SecurityId, Segment};
 use crate::fanout::FanoutConfig;
 use crate::instrument::source::{Source, SourceConfig, DHAN_MASTER_URL};
@@ -84,6 +86,10 @@ pub struct Flags {
     pub rest_url: Option<String>,
     /// `--auth-url URL`: DhanHQ's auth base (token generation).
     pub auth_url: Option<String>,
+    /// `--keys-file FILE`: the API keys file.
+    pub keys_file: Option<PathBuf>,
+    /// `--insecure-no-auth`: no access control, whatever the addresses.
+    pub insecure_no_auth: bool,
 }
 
 /// Cores for each thread role.
@@ -135,6 +141,15 @@ pub struct RunConfig {
     pub token: TokenConfig,
     /// What loading the credentials found worth a log line (never a value).
     pub credential_notes: Vec<String>,
+    /// The API keys file (`--keys-file`, `keys_file`, else
+    /// [`crate::auth::keys::default_keys_file`], else `./dhan-relay-keys.toml`).
+    pub keys_file: PathBuf,
+    /// `auth = "auto" | "on" | "off"` (see [`crate::auth::resolve`]).
+    pub auth: AuthMode,
+    /// `--insecure-no-auth`.
+    pub insecure_no_auth: bool,
+    /// `[limits.keys.NAME]`: per-key limits.
+    pub key_limits: KeyLimitsMap,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +174,8 @@ struct FileConfig {
     rest_url: Option<String>,
     auth_url: Option<String>,
     credentials: Option<CredentialsTable>,
+    keys_file: Option<PathBuf>,
+    auth: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +211,7 @@ struct Limits {
     upstream_connections: Option<usize>,
     instruments_per_connection: Option<usize>,
     silence_timeout_ms: Option<u64>,
+    keys: Option<BTreeMap<String, KeyLimits>>,
 }
 
 /// Line number (1-based) of a byte offset in `text`.
@@ -374,7 +392,21 @@ impl RunConfig {
             Some(path) => Calendar::new(Holidays::load(path)?),
             None => Calendar::default(),
         };
-        let limits = fc.limits.unwrap_or_default();
+        let auth = match &fc.auth {
+            Some(a) => a
+                .get_ref()
+                .parse::<AuthMode>()
+                .map_err(|e| format!("{}: {e}", at(a.span().start)))?,
+            None => AuthMode::Auto,
+        };
+        let keys_file = flags
+            .keys_file
+            .clone()
+            .or(fc.keys_file)
+            .or_else(crate::auth::keys::default_keys_file)
+            .unwrap_or_else(|| PathBuf::from("dhan-relay-keys.toml"));
+        let mut limits = fc.limits.unwrap_or_default();
+        let key_limits = KeyLimitsMap::new(limits.keys.take().unwrap_or_default())?;
         let d = FanoutConfig::default();
         let positive = |name: &str, v: Option<usize>, default: usize| -> Result<usize, String> {
             match v {
@@ -463,6 +495,10 @@ impl RunConfig {
             clock: WallClock::system(),
             token,
             credential_notes,
+            keys_file,
+            auth,
+            insecure_no_auth: flags.insecure_no_auth,
+            key_limits,
         })
     }
 }
@@ -793,6 +829,53 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("expiry") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn access_control_settings() {
+        let c = build(&Flags::default(), None).unwrap();
+        assert_eq!(c.auth, AuthMode::Auto);
+        assert!(!c.insecure_no_auth && c.key_limits.is_empty());
+        if let Some(default) = crate::auth::keys::default_keys_file() {
+            assert_eq!(c.keys_file, default);
+        }
+        let text = "auth = \"on\"\nkeys_file = \"/etc/k.toml\"\n[limits.keys.bot]\nconnections = 2\nmessages_per_sec = 9\n";
+        let c = build(&Flags::default(), Some(text)).unwrap();
+        assert_eq!(c.auth, AuthMode::On);
+        assert_eq!(c.keys_file, PathBuf::from("/etc/k.toml"));
+        let bot = c.key_limits.get("bot").unwrap();
+        assert_eq!(
+            (bot.connections, bot.subscriptions, bot.messages_per_sec),
+            (Some(2), None, Some(9))
+        );
+        let flags = Flags {
+            keys_file: Some("/x/keys.toml".into()),
+            insecure_no_auth: true,
+            ..Flags::default()
+        };
+        let c = build(&flags, Some(text)).unwrap();
+        assert_eq!(c.keys_file, PathBuf::from("/x/keys.toml"), "flag wins");
+        assert!(c.insecure_no_auth);
+        let e = build(&Flags::default(), Some("\nauth = \"maybe\"\n")).unwrap_err();
+        assert!(
+            e.contains("line 2") && e.contains("not one of auto, on, off"),
+            "{e}"
+        );
+        let e = build(
+            &Flags::default(),
+            Some("[limits.keys.bot]\nconections = 2\n"),
+        )
+        .unwrap_err();
+        assert!(e.contains("conections"), "{e}");
+        let e = build(
+            &Flags::default(),
+            Some("[limits.keys.bot]\nconnections = 0\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("limits.keys.bot.connections must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]

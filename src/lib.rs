@@ -8,6 +8,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod affinity;
+pub mod auth;
 pub mod book;
 pub mod cli;
 pub mod clock;

@@ -20,7 +20,7 @@
 //! [`rest::View`] through `arc-swap`.
 
 mod admin;
-mod assets;
+pub(crate) mod assets;
 mod client;
 mod day;
 pub mod front;

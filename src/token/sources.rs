@@ -264,6 +264,15 @@ pub fn write_back(path: &Path, credentials: &Credentials) -> Result<(), String> 
     }
     changes.extend(aliases.into_iter().map(|k| (k, token)));
     let body = dotenv::update(&text, &changes);
+    write_private(path, body.as_bytes()).map_err(|e| at(&e))
+}
+
+/// Replaces the file at `path` with `body`, atomically and privately: a
+/// temporary file beside it (mode 0600), synced, renamed over it, and the
+/// directory synced. A failure leaves the old file as it was and no
+/// temporary file behind. The credentials file and the API keys file are
+/// written this way.
+pub fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let tmp = dir.unwrap_or(Path::new(".")).join(format!(
@@ -272,13 +281,14 @@ pub fn write_back(path: &Path, credentials: &Credentials) -> Result<(), String> 
         std::process::id()
     ));
     let write = || -> std::io::Result<()> {
+        // A leftover from a crashed writer may have another mode: start anew.
+        let _ = std::fs::remove_file(&tmp);
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(body.as_bytes())?;
+        f.write_all(body)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = dir {
@@ -287,9 +297,8 @@ pub fn write_back(path: &Path, credentials: &Credentials) -> Result<(), String> 
         }
         Ok(())
     };
-    write().map_err(|e| {
+    write().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-        at(&e)
     })
 }
 
