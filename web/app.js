@@ -721,6 +721,10 @@ async function pollStats() {
   let body;
   try {
     const r = await fetch('stats', { cache: 'no-store' });
+    if (r.status === 401) {
+      reauthenticate();
+      return;
+    }
     if (!r.ok) return;
     body = await r.json();
   } catch {
@@ -1303,7 +1307,82 @@ window.dhanRelay = {
   },
 };
 
-(function start() {
+/**
+ * Access control: when the relay asks for a key (HTTP 401), a dialog takes
+ * one, `POST api/session` exchanges it for an HttpOnly session cookie (sent
+ * with every later request and the WebSocket upgrade), and the key itself is
+ * forgotten. Resolves once the relay lets this page in.
+ */
+async function ensureAccess() {
+  let info;
+  try {
+    const r = await fetch('api/session', { cache: 'no-store' });
+    info = await r.json();
+  } catch {
+    return; // the relay is down: the connection loop reports it
+  }
+  if (!info.auth || info.authenticated) return;
+  await signIn();
+}
+
+let signingIn = null;
+
+function signIn() {
+  if (signingIn) return signingIn;
+  const dlg = $('login');
+  const form = $('login-form');
+  const input = $('login-key');
+  const msg = $('login-msg');
+  signingIn = new Promise((resolve) => {
+    form.onsubmit = async (ev) => {
+      ev.preventDefault();
+      msg.hidden = true;
+      let r;
+      try {
+        r = await fetch('api/session', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ key: input.value.trim() }),
+          cache: 'no-store',
+        });
+      } catch {
+        msg.textContent = 'The relay did not answer; try again.';
+        msg.hidden = false;
+        return;
+      }
+      if (r.ok) {
+        input.value = '';
+        dlg.close();
+        signingIn = null;
+        resolve();
+        return;
+      }
+      let why = `HTTP ${r.status}`;
+      try {
+        why = (await r.json()).error || why;
+      } catch {
+        // keep the status
+      }
+      if (r.status === 429) why += ` (retry in ${r.headers.get('Retry-After') || 'a minute'} s)`;
+      msg.textContent = why;
+      msg.hidden = false;
+      input.select();
+    };
+    dlg.addEventListener('cancel', (ev) => ev.preventDefault());
+    if (!dlg.open) dlg.showModal();
+    input.focus();
+  });
+  return signingIn;
+}
+
+/** A 401 from a later request (the session expired or its key was revoked). */
+async function reauthenticate() {
+  await signIn();
+  location.reload();
+}
+
+(async function start() {
+  await ensureAccess();
   let mode = 'quote';
   let theme = 'auto';
   try {

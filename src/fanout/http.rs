@@ -6,6 +6,8 @@
 
 use tungstenite::handshake::derive_accept_key;
 
+use crate::token::sources::Secret;
+
 /// Most bytes a request head may take (slowloris and garbage protection).
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// Most bytes of a request body (the few endpoints that take one take
@@ -14,7 +16,7 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
 
 /// A parsed request head, reduced to what routing needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Head {
     /// `GET`, `HEAD`, …
     pub method: String,
@@ -36,6 +38,10 @@ pub struct Head {
     pub ws_version: Option<String>,
     /// `Access-Control-Request-Headers` (a CORS preflight).
     pub cors_request_headers: Option<String>,
+    /// `Authorization` (an API key): `Debug` shows `***`.
+    pub authorization: Option<Secret>,
+    /// `Cookie` (a session id): `Debug` shows `***`.
+    pub cookie: Option<Secret>,
     /// The client wants the connection kept open after the response
     /// (HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with
     /// `Connection: keep-alive`).
@@ -61,6 +67,27 @@ pub enum Parsed {
     Done(Head),
     /// Not HTTP, or too big: answer with this status and close.
     Bad(u16, &'static str),
+}
+
+impl std::fmt::Debug for Head {
+    /// Method and path only: the query may carry an API key (`?key=`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Head({} {})", self.method, self.path)
+    }
+}
+
+impl Head {
+    /// The headers access control reads, as `auth::extract` takes them.
+    pub fn credential_headers(&self) -> Vec<(&'static str, &[u8])> {
+        let mut v = Vec::with_capacity(2);
+        if let Some(a) = &self.authorization {
+            v.push(("authorization", a.expose().as_bytes()));
+        }
+        if let Some(c) = &self.cookie {
+            v.push(("cookie", c.expose().as_bytes()));
+        }
+        v
+    }
 }
 
 /// Parses the head at the start of `buf`.
@@ -120,6 +147,8 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
                 ws_key: header("sec-websocket-key"),
                 ws_version: header("sec-websocket-version"),
                 cors_request_headers: header("access-control-request-headers"),
+                authorization: header("authorization").map(Secret::new),
+                cookie: header("cookie").map(Secret::new),
                 keep_alive,
                 has_body,
                 content_length: content_length.filter(|_| !chunked),
