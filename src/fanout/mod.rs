@@ -191,9 +191,14 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// Takes over a bound listener.
-    pub fn new(listener: std::net::TcpListener, config: FanoutConfig) -> std::io::Result<Fanout> {
-        let front = FrontDoor::new(listener)?;
+    /// Takes over bound listeners; setting `reload_tls` has the TLS
+    /// listeners re-read their certificate files.
+    pub fn new(
+        listeners: Vec<front::Listener>,
+        reload_tls: Arc<AtomicBool>,
+        config: FanoutConfig,
+    ) -> std::io::Result<Fanout> {
+        let front = FrontDoor::new(listeners, reload_tls)?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Fanout {
@@ -253,6 +258,7 @@ impl Fanout {
             started: Instant::now(),
             demo: self.config.demo,
             token: inputs.token.clone(),
+            listeners: self.front.listener_status(),
         };
         let front_waker = self.front.waker();
         let front = {
@@ -508,7 +514,7 @@ impl Worker {
             self.free.push(slot);
             return;
         }
-        set_send_buffer(&stream, self.config.client_send_buffer);
+        set_send_buffer(stream.tcp(), self.config.client_send_buffer);
         let id = self.next_id;
         self.next_id += 1;
         let mut s = Box::new(Session::new(
@@ -681,7 +687,7 @@ impl Worker {
         if s.kind == Kind::Prices {
             self.stats.prices_clients.sub(1);
         }
-        let _ = self.poll.registry().deregister(s.tcp_mut());
+        let _ = self.poll.registry().deregister(s.stream_mut());
         self.free.push(i);
         log::debug!("client {} closed", s.id);
     }

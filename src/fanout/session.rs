@@ -28,7 +28,6 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::WebSocket;
@@ -36,6 +35,7 @@ use tungstenite::WebSocket;
 use super::outbound::Outbound;
 use super::stats::FanoutStats;
 use crate::domain::{InstrumentKey, Mode};
+use crate::serve_tls::ServerStream;
 
 /// What the client connected to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,17 +55,18 @@ pub enum Slot {
     Prices,
 }
 
-/// The socket as tungstenite sees it: reads come from TCP, writes (only
-/// ever pongs and close frames) are collected for our queue.
+/// The socket as tungstenite sees it: reads come from the connection
+/// (TCP or TLS), writes (only ever pongs and close frames) are collected
+/// for our queue.
 #[derive(Debug)]
 pub struct ClientStream {
-    tcp: TcpStream,
+    stream: ServerStream,
     ctrl: Vec<u8>,
 }
 
 impl Read for ClientStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.tcp.read(buf)
+        self.stream.read(buf)
     }
 }
 
@@ -123,7 +124,7 @@ impl Session {
     /// the request head (a first frame sent with the handshake).
     pub fn new(
         id: u64,
-        tcp: TcpStream,
+        stream: ServerStream,
         early: Vec<u8>,
         kind: Kind,
         config: WebSocketConfig,
@@ -131,7 +132,7 @@ impl Session {
         max_per_sec: u32,
     ) -> Self {
         let stream = ClientStream {
-            tcp,
+            stream,
             ctrl: Vec::new(),
         };
         Session {
@@ -153,9 +154,9 @@ impl Session {
         }
     }
 
-    /// The socket, for (de)registration.
-    pub fn tcp_mut(&mut self) -> &mut TcpStream {
-        &mut self.ws.get_mut().tcp
+    /// The connection, for (de)registration.
+    pub fn stream_mut(&mut self) -> &mut ServerStream {
+        &mut self.ws.get_mut().stream
     }
 
     /// The next frame from the client (tungstenite's `read`).
@@ -260,6 +261,15 @@ impl Session {
             if self.out.is_empty() {
                 self.refill(stats);
                 if self.out.is_empty() {
+                    // TLS: the last record may be partly on the wire.
+                    match self.ws.get_mut().stream.flush_pending() {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            self.behind_since.get_or_insert(now);
+                            return Health::Ok;
+                        }
+                        Err(_) => return Health::Gone,
+                    }
                     self.dirty = false;
                     self.behind_since = None;
                     return match self.closing {
@@ -268,7 +278,7 @@ impl Session {
                     };
                 }
             }
-            match self.out.write_to(&mut self.ws.get_mut().tcp) {
+            match self.out.write_to(&mut self.ws.get_mut().stream) {
                 Ok(_) => {
                     if self.out.bytes() < self.cap {
                         self.refill(stats);
@@ -370,6 +380,7 @@ impl TokenBucket {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use mio::net::TcpStream;
     use std::net::{TcpListener, TcpStream as StdStream};
 
     #[test]
@@ -393,7 +404,7 @@ pub(crate) mod tests {
         server.set_nonblocking(true).unwrap();
         let s = Session::new(
             1,
-            TcpStream::from_std(server),
+            ServerStream::Plain(TcpStream::from_std(server)),
             Vec::new(),
             Kind::Feed,
             WebSocketConfig::default(),
