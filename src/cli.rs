@@ -396,7 +396,13 @@ fn ready_when_dialling(engine: &Engine, notifier: &sdnotify::Notifier) {
 /// One line a person reads first, then the start-up summary in the log.
 fn announce(engine: &Engine, config: &RunConfig) {
     let addr = engine.addr();
-    let schemes = |tls: bool| if tls { ("https", "wss") } else { ("http", "ws") };
+    let schemes = |tls: bool| {
+        if tls {
+            ("https", "wss")
+        } else {
+            ("http", "ws")
+        }
+    };
     let (http, ws) = schemes(engine.listeners()[0].1);
     match (&config.feed, engine.demo_feed_url()) {
         (Feed::Demo { rate }, Some(sim_url)) => println!(
@@ -523,7 +529,10 @@ mod tests {
         .unwrap();
         let flags = cli.run.flags();
         assert_eq!(flags.listen, ["127.0.0.1:1", "127.0.0.1:2"]);
-        assert_eq!(flags.tls_cert.as_deref(), Some(std::path::Path::new("c.pem")));
+        assert_eq!(
+            flags.tls_cert.as_deref(),
+            Some(std::path::Path::new("c.pem"))
+        );
         assert!(Cli::try_parse_from(["dhan-relay", "--tls-cert", "c.pem"]).is_err());
         assert_eq!(args.flags().demo_rate, Some(5));
         assert!(Cli::try_parse_from(["dhan-relay", "run", "--bogus"]).is_err());

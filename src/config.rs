@@ -12,10 +12,10 @@ use toml::Spanned;
 
 use crate::domain::{InstrumentKey, SecurityId, Segment};
 use crate::fanout::FanoutConfig;
-pub use crate::serve_tls::TlsFiles;
 use crate::instrument::source::{Source, SourceConfig, DHAN_MASTER_URL};
 use crate::instrument::watch::WatchSpec;
 use crate::instrument::{TimeOfDay, WallClock};
+pub use crate::serve_tls::TlsFiles;
 use crate::token::sources::CredentialSources;
 use crate::token::{Account, Origin, Renew, TokenConfig};
 use crate::upstream::DHAN_FEED_URL;
@@ -294,11 +294,7 @@ fn listeners(
             toml::Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let t: ListenTable = item.clone().try_into().map_err(|e| {
-                        format!(
-                            "{where_}: listen #{}: {}",
-                            i + 1,
-                            e.to_string().trim_end()
-                        )
+                        format!("{where_}: listen #{}: {}", i + 1, e.to_string().trim_end())
                     })?;
                     let addr = parse_listen(&t.addr)
                         .map_err(|e| format!("{where_}: listen #{}: {e}", i + 1))?;
@@ -882,7 +878,10 @@ mod tests {
         let text = "[[listen]]\naddr = \"127.0.0.1:8000\"\n\n[[listen]]\naddr = \"0.0.0.0:8443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nauth = \"on\"\n";
         let c = build(&Flags::default(), Some(text)).unwrap();
         assert_eq!(c.listen.len(), 2);
-        assert_eq!(c.listen[0], ListenSpec::plain("127.0.0.1:8000".parse().unwrap()));
+        assert_eq!(
+            c.listen[0],
+            ListenSpec::plain("127.0.0.1:8000".parse().unwrap())
+        );
         assert_eq!(c.listen[1].addr.to_string(), "0.0.0.0:8443");
         assert_eq!(
             c.listen[1].tls,

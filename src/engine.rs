@@ -24,10 +24,10 @@ use crate::book::{BookConfig, BookThread, Update};
 use crate::config::{Feed, RunConfig};
 use crate::fanout::front::Listener;
 use crate::fanout::{Fanout, FanoutInputs, FanoutThread};
-use crate::serve_tls::TlsListener;
 use crate::instrument::watch::{resolve_watchlist, WatchItem, Watchlist};
 use crate::instrument::{source, Master};
 use crate::sdnotify::Heartbeat;
+use crate::serve_tls::TlsListener;
 use crate::sim::{SimConfig, Simulator};
 use crate::tick::Tick;
 use crate::token::keeper::Start;
@@ -110,8 +110,10 @@ impl Engine {
                 tls,
             });
         }
-        let addrs: Vec<(SocketAddr, bool)> =
-            listeners.iter().map(|l| (l.addr, l.tls.is_some())).collect();
+        let addrs: Vec<(SocketAddr, bool)> = listeners
+            .iter()
+            .map(|l| (l.addr, l.tls.is_some()))
+            .collect();
         let reload_tls = Arc::new(AtomicBool::new(false));
         let (master, watchlist) = instruments(&config)?;
         let extra_ca = match &config.feed_ca {

@@ -47,7 +47,10 @@ fn key(i: u32) -> InstrumentKey {
 }
 
 fn tick(sim: &SimControl, k: InstrumentKey, ltp: f32) {
-    sim.inject(&FeedMessage::Data(k, FeedData::Ticker(Ticker { ltp, ltt: 1 })));
+    sim.inject(&FeedMessage::Data(
+        k,
+        FeedData::Ticker(Ticker { ltp, ltt: 1 }),
+    ));
 }
 
 /// Subscribes `k` and waits until the relay has taken it (a ping sent
@@ -80,7 +83,11 @@ fn https_rest_and_wss_ticks() {
     let config = ca.client_config();
 
     let health = https_get(addr, &config, "/health");
-    assert!(health.status == 200 || health.status == 503, "{}", health.head);
+    assert!(
+        health.status == 200 || health.status == 503,
+        "{}",
+        health.head
+    );
     let h = health.json();
     let cert = &h["listeners"][0]["certificate"];
     assert_eq!(h["listeners"][0]["tls"], json!(true));
@@ -135,7 +142,10 @@ fn a_certificate_swap_keeps_connections_and_new_handshakes_see_the_new_one() {
     ca.issue(2, 200);
     let t0 = Instant::now();
     while peer_serial(&common::tls::connect(addr, &config)) != "02" {
-        assert!(t0.elapsed() < RELOAD_WAIT, "the new certificate was not picked up");
+        assert!(
+            t0.elapsed() < RELOAD_WAIT,
+            "the new certificate was not picked up"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let cert = health_cert(&engine, &ca);
@@ -149,8 +159,11 @@ fn a_certificate_swap_keeps_connections_and_new_handshakes_see_the_new_one() {
     assert_eq!(ws.serial(), "01", "it keeps its session");
 
     // A bad replacement: refused, the old certificate stays, and it says so.
-    std::fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
-        .unwrap();
+    std::fs::write(
+        &files.cert,
+        "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     engine
         .reload_tls()
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -213,7 +226,8 @@ fn plain_http_on_the_tls_port_is_answered_400_and_closed() {
     let t0 = Instant::now();
     let mut half = TcpStream::connect(engine.addr()).unwrap();
     half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
     while half.read(&mut buf).unwrap_or(0) > 0 {}
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     engine.shutdown();
@@ -267,7 +281,14 @@ fn a_bad_certificate_at_start_is_a_clear_error_exit_2() {
     std::fs::write(&files.cert, "not a certificate").unwrap();
     std::fs::write(&files.key, "not a key").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dhan-relay"))
-        .args(["run", "--listen", "127.0.0.1:0", "--demo-rate", "0", "--tls-cert"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--demo-rate",
+            "0",
+            "--tls-cert",
+        ])
         .arg(&files.cert)
         .arg("--tls-key")
         .arg(&files.key)
@@ -287,7 +308,14 @@ fn a_bad_certificate_at_start_is_a_clear_error_exit_2() {
     let other = TestCa::new("tls-bad-start-2");
     let wrong = other.issue(2, 30);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dhan-relay"))
-        .args(["run", "--listen", "127.0.0.1:0", "--demo-rate", "0", "--tls-cert"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--demo-rate",
+            "0",
+            "--tls-cert",
+        ])
         .arg(&good.cert)
         .arg("--tls-key")
         .arg(&wrong.key)

@@ -72,7 +72,13 @@ struct SimProcess(Child, String);
 impl SimProcess {
     fn start(rate: u32) -> SimProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dhan-relay"))
-            .args(["sim", "--listen", "127.0.0.1:0", "--rate", &rate.to_string()])
+            .args([
+                "sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--rate",
+                &rate.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -162,7 +168,10 @@ fn tls_subscribers_allocate_at_most_once_per_flush_never_per_byte() {
     let a1 = ALLOCATIONS.load(Relaxed);
     let after = counters(plain);
     let delta = |name: &str| counter(&after, name) - counter(&before, name);
-    let (updates, messages) = (delta("fanout_updates_total"), delta("fanout_messages_total"));
+    let (updates, messages) = (
+        delta("fanout_updates_total"),
+        delta("fanout_messages_total"),
+    );
     let allocs = a1 - a0;
     assert!(updates >= 3000, "only {updates} updates");
     assert!(

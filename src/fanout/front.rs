@@ -146,8 +146,11 @@ impl FrontDoor {
         for (i, l) in listeners.into_iter().enumerate() {
             l.listener.set_nonblocking(true)?;
             let mut listener = TcpListener::from_std(l.listener);
-            poll.registry()
-                .register(&mut listener, Token(FIRST_LISTENER - i), Interest::READABLE)?;
+            poll.registry().register(
+                &mut listener,
+                Token(FIRST_LISTENER - i),
+                Interest::READABLE,
+            )?;
             doors.push(Door {
                 listener,
                 addr: l.addr,

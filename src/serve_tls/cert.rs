@@ -136,7 +136,10 @@ mod tests {
     #[test]
     fn reads_serial_and_validity_from_rcgen_certificates() {
         // 2049 is a UTCTime, 2050 a GeneralizedTime (RFC 5280 §4.1.2.5).
-        for (y, expect) in [(2049, "2049-12-31T00:00:00Z"), (2050, "2050-12-31T00:00:00Z")] {
+        for (y, expect) in [
+            (2049, "2049-12-31T00:00:00Z"),
+            (2050, "2050-12-31T00:00:00Z"),
+        ] {
             let info = cert_info(&cert(0x1234_5678, (y, 12, 31))).unwrap();
             assert_eq!(info.serial, "12345678");
             assert_eq!(info.not_after_iso(), expect);

@@ -78,7 +78,8 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, String> {
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bad = |e: rustls_pki_types::pem::Error| format!("TLS certificate file {}: {e}", path.display());
+    let bad =
+        |e: rustls_pki_types::pem::Error| format!("TLS certificate file {}: {e}", path.display());
     let chain = CertificateDer::pem_file_iter(path)
         .map_err(bad)?
         .collect::<Result<Vec<_>, _>>()
@@ -213,9 +214,9 @@ impl TlsListener {
             return false;
         };
         let left = info.days_left(unix_now());
-        let due = self
-            .last_warning
-            .map_or(true, |t| now.duration_since(t) >= Duration::from_secs(86_400));
+        let due = self.last_warning.map_or(true, |t| {
+            now.duration_since(t) >= Duration::from_secs(86_400)
+        });
         if left >= EXPIRY_WARNING_DAYS || !due {
             return false;
         }
@@ -261,9 +262,8 @@ pub(crate) mod tests {
 
         /// (certificate PEM, key PEM) with `serial`, expiring in `days`.
         pub(crate) fn leaf(&self, serial: u64, days: i64) -> (String, String) {
-            let mut p =
-                rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-                    .unwrap();
+            let mut p = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+                .unwrap();
             p.serial_number = Some(rcgen::SerialNumber::from(serial));
             let now = rcgen::date_time_ymd(2024, 1, 1);
             p.not_before = now;
@@ -309,7 +309,10 @@ pub(crate) mod tests {
         // Same length, maybe same second: a forced check (SIGHUP) reloads.
         assert_eq!(l.check(true), Some(Ok(())));
         assert_eq!(l.status().info.as_ref().unwrap().serial, "66");
-        assert_eq!(l.current.load().cert[0].as_ref(), read_chain(&files.cert).unwrap()[0].as_ref());
+        assert_eq!(
+            l.current.load().cert[0].as_ref(),
+            read_chain(&files.cert).unwrap()[0].as_ref()
+        );
 
         // A key that does not match: refused, the old one stays.
         let (_, k3) = ca.leaf(103, 90);
@@ -329,7 +332,10 @@ pub(crate) mod tests {
         let dir = tempdir("bad");
         let files = write(&dir, "garbage", "garbage");
         let e = TlsListener::load(&files).unwrap_err();
-        assert!(e.contains("cert.pem") && e.contains("no certificate"), "{e}");
+        assert!(
+            e.contains("cert.pem") && e.contains("no certificate"),
+            "{e}"
+        );
         let missing = TlsFiles {
             cert: dir.join("nope.pem"),
             key: dir.join("nope.key"),

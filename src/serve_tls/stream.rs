@@ -353,16 +353,19 @@ impl TlsStream {
                                 })) => {
                                     self.out.spare(required_size);
                                 }
-                                Err(e) => {
-                                    return Err(io::Error::new(ErrorKind::InvalidData, e))
-                                }
+                                Err(e) => return Err(io::Error::new(ErrorKind::InvalidData, e)),
                             }
                         }
                     }
                     Some(Driven::Ready)
                 }
                 // Early data is off (the default); anything else is new.
-                _ => return Err(io::Error::new(ErrorKind::InvalidData, "unexpected TLS state")),
+                _ => {
+                    return Err(io::Error::new(
+                        ErrorKind::InvalidData,
+                        "unexpected TLS state",
+                    ))
+                }
             };
             if discard > 0 {
                 self.inc.copy_within(discard..self.inc_len, 0);
@@ -402,7 +405,10 @@ impl TlsStream {
                 return Ok(0);
             }
             if self.inc_len == self.inc.len() {
-                return Err(io::Error::new(ErrorKind::InvalidData, "TLS record too large"));
+                return Err(io::Error::new(
+                    ErrorKind::InvalidData,
+                    "TLS record too large",
+                ));
             }
             match self.tcp.read(&mut self.inc[self.inc_len..]) {
                 Ok(0) => {
@@ -485,7 +491,10 @@ mod tests {
 
     /// A server `TlsStream` (non-blocking) and a blocking rustls client on
     /// a loopback pair, the client trusting a test CA.
-    fn pair() -> (TlsStream, rustls::StreamOwned<rustls::ClientConnection, StdStream>) {
+    fn pair() -> (
+        TlsStream,
+        rustls::StreamOwned<rustls::ClientConnection, StdStream>,
+    ) {
         let ca = TestCa::new();
         let (cert, key) = ca.leaf(9, 30);
         let dir = std::env::temp_dir().join(format!(
@@ -568,7 +577,9 @@ mod tests {
         assert_eq!(server_read(&mut server, 12), b"hello server");
         // Vectored writes of small parts; the socket fills, some writes
         // block, all bytes arrive once, in order.
-        let parts: Vec<Vec<u8>> = (0..30).map(|i| vec![b'a' + (i % 26) as u8; 100_000]).collect();
+        let parts: Vec<Vec<u8>> = (0..30)
+            .map(|i| vec![b'a' + (i % 26) as u8; 100_000])
+            .collect();
         let mut expected = Vec::new();
         for p in &parts {
             expected.extend_from_slice(p);

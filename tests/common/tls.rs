@@ -54,7 +54,11 @@ impl TestCa {
             rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
         p.serial_number = Some(rcgen::SerialNumber::from(serial));
         p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + days * 86_400;
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + days * 86_400;
         let (y, m, d) = dhan_relay::instrument::date::civil_from_days((secs / 86_400) as i64);
         p.not_after = rcgen::date_time_ymd(y as i32, m as u8, d as u8);
         let key = rcgen::KeyPair::generate().unwrap();
@@ -107,9 +111,11 @@ pub fn client_config(pem: &str) -> Arc<ClientConfig> {
 pub fn connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> Tls {
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-    let conn =
-        ClientConnection::new(Arc::clone(config), ServerName::try_from("localhost").unwrap())
-            .unwrap();
+    let conn = ClientConnection::new(
+        Arc::clone(config),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
     let mut tls = StreamOwned::new(conn, tcp);
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");

@@ -375,9 +375,7 @@ pub fn run_phase(plan: &Plan, mode: Mode, watchdog: &Watchdog) -> Result<PhaseRe
         })
         .sum();
     let (addr, path, protocol) = match (&engine, mode) {
-        (Some(e), Mode::Engine | Mode::EngineTls) => {
-            (e.addr, "/ws".to_string(), Protocol::Relay)
-        }
+        (Some(e), Mode::Engine | Mode::EngineTls) => (e.addr, "/ws".to_string(), Protocol::Relay),
         _ => (
             exchange.addr(),
             "/?version=2&token=loadgen-dummy-token&clientId=loadgen&authType=2".to_string(),
