@@ -91,9 +91,17 @@ pub struct RunArgs {
     /// TOML config file (see dhan-relay.example.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address for clients, REST and metrics [default: 127.0.0.1:8000].
+    /// Address for clients, REST and metrics; repeat for several listeners
+    /// sharing one engine [default: 127.0.0.1:8000].
     #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
+    pub listen: Vec<String>,
+    /// PEM certificate chain: the --listen listeners serve HTTPS and WSS
+    /// (re-read on change and on SIGHUP).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (RSA or ECDSA) for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// DhanHQ feed URL, without query [default: wss://api-feed.dhan.co].
     #[arg(long, value_name = "URL")]
     pub feed_url: Option<String>,
@@ -152,6 +160,8 @@ impl RunArgs {
         Flags {
             config: self.config.clone(),
             listen: self.listen.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
             feed_url: self.feed_url.clone(),
             feed_ca: self.feed_ca.clone(),
             log_level: self.log_level.clone(),
@@ -343,7 +353,20 @@ fn check_config(args: &CheckArgs) -> ExitCode {
             println!("feed: {}", Credentials::redacted_url(url));
         }
     }
-    println!("config OK: listen {}", config.listen);
+    for l in &config.listen {
+        if let Some(files) = &l.tls {
+            if let Err(e) = crate::serve_tls::load_certified_key(files) {
+                eprintln!("dhan-relay: listen {}: {e}", l.addr);
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let listen: Vec<String> = config
+        .listen
+        .iter()
+        .map(|l| format!("{}{}", l.addr, if l.tls.is_some() { " (TLS)" } else { "" }))
+        .collect();
+    println!("config OK: listen {}", listen.join(", "));
     ExitCode::SUCCESS
 }
 
@@ -384,6 +407,8 @@ fn run(args: &RunArgs) -> ExitCode {
         // `systemctl reload` (ExecReload) sends SIGHUP: re-read credentials.
         let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload);
     }
+    // …and the TLS listeners' certificate files.
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, engine.reload_tls());
     let notifier = sdnotify::Notifier::from_env();
     let watchdog = notifier.as_ref().and_then(|n| {
         ready_when_dialling(&engine, n);
@@ -420,17 +445,35 @@ fn ready_when_dialling(engine: &Engine, notifier: &sdnotify::Notifier) {
 /// One line a person reads first, then the start-up summary in the log.
 fn announce(engine: &Engine, config: &RunConfig) {
     let addr = engine.addr();
+    let schemes = |tls: bool| {
+        if tls {
+            ("https", "wss")
+        } else {
+            ("http", "ws")
+        }
+    };
+    let (http, ws) = schemes(engine.listeners()[0].1);
     match (&config.feed, engine.demo_feed_url()) {
         (Feed::Demo { rate }, Some(sim_url)) => println!(
             "dhan-relay: DEMO MODE (DHAN_CLIENT_ID / DHAN_ACCESS_TOKEN not set): simulated prices from the built-in \
-             simulator at {sim_url} ({rate} ticks/s). Open http://{addr}/  ·  GET http://{addr}/prices  ·  WebSocket ws://{addr}/ws"
+             simulator at {sim_url} ({rate} ticks/s). Open {http}://{addr}/  ·  GET {http}://{addr}/prices  ·  WebSocket {ws}://{addr}/ws"
         ),
         (Feed::Live { url, .. }, _) => println!(
-            "dhan-relay: relaying {} on http://{addr}/  ·  GET /prices  ·  WebSocket ws://{addr}/ws",
+            "dhan-relay: relaying {} on {http}://{addr}/  ·  GET /prices  ·  WebSocket {ws}://{addr}/ws",
             Credentials::redacted_url(url)
         ),
         _ => {}
     }
+    for &(other, tls) in &engine.listeners()[1..] {
+        let (http, ws) = schemes(tls);
+        println!("dhan-relay: also on {http}://{other}/  ·  WebSocket {ws}://{other}/ws");
+    }
+    let addr: Vec<String> = engine
+        .listeners()
+        .iter()
+        .map(|(a, tls)| format!("{a}{}", if *tls { " (TLS)" } else { "" }))
+        .collect();
+    let addr = addr.join(", ");
     let watch: Vec<String> = engine
         .watchlist()
         .iter()
@@ -549,7 +592,26 @@ mod tests {
         let Some(Command::Run(args)) = cli.command else {
             panic!("run expected")
         };
-        assert_eq!(args.flags().listen.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(args.flags().listen, ["127.0.0.1:0"]);
+        let cli = Cli::try_parse_from([
+            "dhan-relay",
+            "--listen",
+            "127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:2",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .unwrap();
+        let flags = cli.run.flags();
+        assert_eq!(flags.listen, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(
+            flags.tls_cert.as_deref(),
+            Some(std::path::Path::new("c.pem"))
+        );
+        assert!(Cli::try_parse_from(["dhan-relay", "--tls-cert", "c.pem"]).is_err());
         assert_eq!(args.flags().demo_rate, Some(5));
         assert!(Cli::try_parse_from(["dhan-relay", "run", "--bogus"]).is_err());
         let cli = Cli::try_parse_from(["dhan-relay", "--instruments", "/data/master.csv"]).unwrap();

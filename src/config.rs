@@ -17,6 +17,7 @@ use crate::fanout::FanoutConfig;
 use crate::instrument::source::{Source, SourceConfig, DHAN_MASTER_URL};
 use crate::instrument::watch::WatchSpec;
 use crate::instrument::{Calendar, Holidays, TimeOfDay, WallClock};
+pub use crate::serve_tls::TlsFiles;
 use crate::token::sources::CredentialSources;
 use crate::token::{Account, Origin, Renew, TokenConfig};
 use crate::upstream::DHAN_FEED_URL;
@@ -40,6 +41,29 @@ pub fn default_watchlist() -> Vec<WatchSpec> {
         .into_iter()
         .map(WatchSpec::by_symbol)
         .collect()
+}
+
+/// One client-facing listener: plain, or TLS with a certificate and key
+/// (PEM files, reloaded on change).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenSpec {
+    /// Address to bind.
+    pub addr: SocketAddr,
+    /// Certificate chain and key: serve HTTPS and WSS.
+    pub tls: Option<TlsFiles>,
+    /// The listener's auth setting, when given.
+    pub auth: Option<AuthMode>,
+}
+
+impl ListenSpec {
+    /// A plain listener on `addr`.
+    pub fn plain(addr: SocketAddr) -> ListenSpec {
+        ListenSpec {
+            addr,
+            tls: None,
+            auth: None,
+        }
+    }
 }
 
 /// Where prices come from.
@@ -66,8 +90,12 @@ pub enum Feed {
 pub struct Flags {
     /// `--config FILE`.
     pub config: Option<PathBuf>,
-    /// `--listen ADDR`.
-    pub listen: Option<String>,
+    /// `--listen ADDR` (repeatable; replaces the file's listeners).
+    pub listen: Vec<String>,
+    /// `--tls-cert FILE`: for the `--listen` listeners.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key FILE`: for the `--listen` listeners.
+    pub tls_key: Option<PathBuf>,
     /// `--feed-url URL`.
     pub feed_url: Option<String>,
     /// `--feed-ca FILE`.
@@ -107,8 +135,8 @@ pub struct Pinning {
 /// Everything `run` needs, validated.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    /// Public listen address.
-    pub listen: SocketAddr,
+    /// Client-facing listeners (at least one; addresses distinct).
+    pub listen: Vec<ListenSpec>,
     /// Demo or live.
     pub feed: Feed,
     /// Extra CA for the feed's TLS.
@@ -155,7 +183,8 @@ pub struct RunConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    listen: Option<Spanned<String>>,
+    /// `listen = "ADDR"` or `[[listen]]` tables.
+    listen: Option<Spanned<toml::Value>>,
     feed_url: Option<String>,
     feed_ca: Option<PathBuf>,
     log_level: Option<Spanned<String>>,
@@ -184,6 +213,16 @@ struct CredentialsTable {
     file: Option<PathBuf>,
     renew: Option<Spanned<String>>,
     renew_before_secs: Option<u64>,
+}
+
+/// One `[[listen]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenTable {
+    addr: String,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    auth: Option<AuthMode>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +266,88 @@ fn parse_log_level(s: &str) -> Result<LevelFilter, String> {
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| format!("listen address '{s}' is not IP:PORT (e.g. 127.0.0.1:8000)"))
+}
+
+/// Certificate and key given together, or neither.
+fn tls_pair(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFiles>, String> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err("tls_cert is given without tls_key".into()),
+        (None, Some(_)) => Err("tls_key is given without tls_cert".into()),
+    }
+}
+
+/// The listeners: `--listen` flags (with `--tls-cert`/`--tls-key`) replace
+/// the file's `listen` (a string, or `[[listen]]` tables); the default is
+/// one plain listener on [`DEFAULT_LISTEN`].
+fn listeners(
+    flags: &Flags,
+    file: Option<&Spanned<toml::Value>>,
+    at: &dyn Fn(usize) -> String,
+) -> Result<Vec<ListenSpec>, String> {
+    let flag_tls = tls_pair(flags.tls_cert.clone(), flags.tls_key.clone())
+        .map_err(|e| format!("--{}", e.replace('_', "-").replacen(" tls-", " --tls-", 1)))?;
+    let mut out = Vec::new();
+    if !flags.listen.is_empty() {
+        for l in &flags.listen {
+            out.push(ListenSpec {
+                addr: parse_listen(l).map_err(|e| format!("--listen: {e}"))?,
+                tls: flag_tls.clone(),
+                auth: None,
+            });
+        }
+    } else if let Some(v) = file {
+        let where_ = at(v.span().start);
+        match v.get_ref() {
+            toml::Value::String(s) => out.push(ListenSpec::plain(
+                parse_listen(s).map_err(|e| format!("{where_}: listen: {e}"))?,
+            )),
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let t: ListenTable = item.clone().try_into().map_err(|e| {
+                        format!("{where_}: listen #{}: {}", i + 1, e.to_string().trim_end())
+                    })?;
+                    let addr = parse_listen(&t.addr)
+                        .map_err(|e| format!("{where_}: listen #{}: {e}", i + 1))?;
+                    let tls = tls_pair(t.tls_cert, t.tls_key)
+                        .map_err(|e| format!("{where_}: listen #{} ({addr}): {e}", i + 1))?;
+                    out.push(ListenSpec {
+                        addr,
+                        tls,
+                        auth: t.auth,
+                    });
+                }
+                if out.is_empty() {
+                    return Err(format!("{where_}: listen: no listener given"));
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "{where_}: listen: expected \"IP:PORT\" or [[listen]] tables with addr"
+                ))
+            }
+        }
+        if flag_tls.is_some() {
+            return Err(
+                "--tls-cert/--tls-key apply to listeners given with --listen; the config file's \
+                 listeners take tls_cert/tls_key"
+                    .into(),
+            );
+        }
+    } else {
+        out.push(ListenSpec {
+            addr: DEFAULT_LISTEN.parse().expect("valid default"),
+            tls: flag_tls,
+            auth: None,
+        });
+    }
+    for (i, l) in out.iter().enumerate() {
+        if l.addr.port() != 0 && out[..i].iter().any(|o| o.addr == l.addr) {
+            return Err(format!("listen: {} is given twice", l.addr));
+        }
+    }
+    Ok(out)
 }
 
 /// `net=2,book=3,fanout=4`.
@@ -274,12 +395,7 @@ impl RunConfig {
         };
         let at = |offset: usize| format!("config {path}, line {}", line_of(text, offset));
 
-        let listen = match (&flags.listen, &fc.listen) {
-            (Some(l), _) => parse_listen(l).map_err(|e| format!("--listen: {e}"))?,
-            (None, Some(l)) => parse_listen(l.get_ref())
-                .map_err(|e| format!("{}: listen: {e}", at(l.span().start)))?,
-            (None, None) => DEFAULT_LISTEN.parse().expect("valid default"),
-        };
+        let listen = listeners(flags, fc.listen.as_ref(), &at)?;
         let log_level = match (&flags.log_level, &fc.log_level) {
             (Some(l), _) => parse_log_level(l).map_err(|e| format!("--log-level: {e}"))?,
             (None, Some(l)) => parse_log_level(l.get_ref())
@@ -598,7 +714,10 @@ mod tests {
     #[test]
     fn defaults_are_demo_on_loopback() {
         let c = build(&Flags::default(), None).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(
+            c.listen,
+            [ListenSpec::plain("127.0.0.1:8000".parse().unwrap())]
+        );
         assert_eq!(
             c.feed,
             Feed::Demo {
@@ -666,11 +785,15 @@ mod tests {
     fn the_example_file_parses_and_flags_win() {
         let text = include_str!("../dhan-relay.example.toml");
         let flags = Flags {
-            listen: Some("127.0.0.1:9999".into()),
+            listen: vec!["127.0.0.1:9999".into()],
             ..Flags::default()
         };
         let c = build(&flags, Some(text)).unwrap();
-        assert_eq!(c.listen.port(), 9999, "flag beats file");
+        assert_eq!(c.listen.len(), 1);
+        assert_eq!(c.listen[0].addr.port(), 9999, "flag beats file");
+        assert_eq!(c.listen[0].tls, None);
+        let c = build(&Flags::default(), Some(text)).unwrap();
+        assert_eq!(c.listen[0].addr.to_string(), "127.0.0.1:8000");
         assert!(c.watch.iter().any(|w| w.symbol == "NIFTY"));
         let crude = c.watch.iter().find(|w| w.symbol == "CRUDEOIL").unwrap();
         assert_eq!(crude.key, None, "resolved through the master");
@@ -876,6 +999,86 @@ mod tests {
             e.contains("limits.keys.bot.connections must be at least 1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn several_listeners_from_tables_and_flags() {
+        let text = "[[listen]]\naddr = \"127.0.0.1:8000\"\n\n[[listen]]\naddr = \"0.0.0.0:8443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nauth = \"on\"\n";
+        let c = build(&Flags::default(), Some(text)).unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(
+            c.listen[0],
+            ListenSpec::plain("127.0.0.1:8000".parse().unwrap())
+        );
+        assert_eq!(c.listen[1].addr.to_string(), "0.0.0.0:8443");
+        assert_eq!(
+            c.listen[1].tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        assert_eq!(c.listen[1].auth, Some(AuthMode::On));
+
+        let flags = Flags {
+            listen: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            tls_cert: Some("a.pem".into()),
+            tls_key: Some("b.pem".into()),
+            ..Flags::default()
+        };
+        let c = build(&flags, Some(text)).unwrap();
+        assert_eq!(c.listen.len(), 2, "flags replace the file's listeners");
+        assert!(c.listen.iter().all(|l| l.tls.is_some()));
+
+        let e = build(
+            &Flags {
+                tls_cert: Some("a.pem".into()),
+                ..Flags::default()
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("--tls-cert is given without --tls-key"), "{e}");
+        let e = build(
+            &Flags::default(),
+            Some("\n[[listen]]\naddr = \"127.0.0.1:1\"\ntls_cert = \"c\"\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("line 2") && e.contains("tls_cert is given without tls_key"),
+            "{e}"
+        );
+        let e = build(
+            &Flags::default(),
+            Some("[[listen]]\naddr = \"127.0.0.1:1\"\nport = 5\n"),
+        )
+        .unwrap_err();
+        assert!(e.contains("port"), "{e}");
+        let e = build(
+            &Flags::default(),
+            Some("[[listen]]\naddr = \"127.0.0.1:1\"\nauth = \"maybe\"\n"),
+        )
+        .unwrap_err();
+        assert!(e.contains("maybe"), "{e}");
+        let e = build(
+            &Flags {
+                listen: vec!["127.0.0.1:5".into(), "127.0.0.1:5".into()],
+                ..Flags::default()
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("given twice"), "{e}");
+        let c = build(
+            &Flags {
+                tls_cert: Some("a.pem".into()),
+                tls_key: Some("b.pem".into()),
+                ..Flags::default()
+            },
+            None,
+        )
+        .unwrap();
+        assert!(c.listen[0].tls.is_some(), "the default listener takes them");
     }
 
     #[test]

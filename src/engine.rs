@@ -13,6 +13,7 @@
 //! gets RequestCode 12, then every thread is joined.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use ringbuf::HeapRb;
 
 use crate::book::{BookConfig, BookThread, Update};
 use crate::config::{Feed, RunConfig};
+use crate::fanout::front::Listener;
 use crate::fanout::{Fanout, FanoutInputs, FanoutThread};
 use crate::instrument::watch::{resolve_watchlist, WatchItem, Watchlist};
 use crate::instrument::{source, Master, SharedMaster};
@@ -28,6 +30,7 @@ use crate::maintenance::{
     DayCounts, Maintenance, MaintenanceConfig, MaintenanceLinks, MaintenanceStats,
 };
 use crate::sdnotify::Heartbeat;
+use crate::serve_tls::TlsListener;
 use crate::sim::{SimConfig, Simulator};
 use crate::tick::Tick;
 use crate::token::keeper::Start;
@@ -67,7 +70,9 @@ impl std::error::Error for StartError {}
 /// The running engine.
 #[derive(Debug)]
 pub struct Engine {
-    addr: SocketAddr,
+    /// Bound addresses, in configuration order, and whether each is TLS.
+    addrs: Vec<(SocketAddr, bool)>,
+    reload_tls: Arc<AtomicBool>,
     demo: Option<Simulator>,
     keeper: Option<Keeper>,
     /// Network, book and fanout loop heartbeats.
@@ -84,11 +89,36 @@ impl Engine {
     /// Binds, loads the instrument master and resolves the watchlist,
     /// starts every thread, and subscribes the watchlist.
     pub fn start(config: RunConfig) -> Result<Engine, StartError> {
-        let listener =
-            TcpListener::bind(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| StartError::Io(e.to_string()))?;
+        // Certificates first: a bad file is a configuration error (exit 2)
+        // whatever the state of the ports.
+        let mut tls = Vec::with_capacity(config.listen.len());
+        for spec in &config.listen {
+            tls.push(match &spec.tls {
+                Some(files) => Some(
+                    TlsListener::load(files)
+                        .map_err(|e| StartError::Config(format!("listen {}: {e}", spec.addr)))?,
+                ),
+                None => None,
+            });
+        }
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        for (spec, tls) in config.listen.iter().zip(tls) {
+            let listener =
+                TcpListener::bind(spec.addr).map_err(|e| StartError::Bind(spec.addr, e))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| StartError::Io(e.to_string()))?;
+            listeners.push(Listener {
+                listener,
+                addr,
+                tls,
+            });
+        }
+        let addrs: Vec<(SocketAddr, bool)> = listeners
+            .iter()
+            .map(|l| (l.addr, l.tls.is_some()))
+            .collect();
+        let reload_tls = Arc::new(AtomicBool::new(false));
         let (master, watchlist) = instruments(&config)?;
         let master: SharedMaster = Arc::new(arc_swap::ArcSwap::new(master));
         let extra_ca = match &config.feed_ca {
@@ -131,7 +161,7 @@ impl Engine {
                 (None, url.clone(), start)
             }
         };
-        let fanout = Fanout::new(listener, config.fanout.clone())
+        let fanout = Fanout::new(listeners, Arc::clone(&reload_tls), config.fanout.clone())
             .map_err(|e| StartError::Io(e.to_string()))?;
         let (tick_tx, tick_rx) = HeapRb::<Tick>::new(RING).split();
         let (update_tx, update_rx) = HeapRb::<Update>::new(RING).split();
@@ -225,7 +255,8 @@ impl Engine {
         )
         .map_err(|e| StartError::Io(format!("cannot start the maintenance thread: {e}")))?;
         Ok(Engine {
-            addr,
+            addrs,
+            reload_tls,
             demo,
             keeper: Some(keeper),
             beats,
@@ -248,9 +279,22 @@ impl Engine {
         &self.watchlist
     }
 
-    /// The address clients connect to.
+    /// The address clients connect to (the first listener's).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[0].0
+    }
+
+    /// Every listener's address, in configuration order, and whether it
+    /// speaks TLS.
+    pub fn listeners(&self) -> &[(SocketAddr, bool)] {
+        &self.addrs
+    }
+
+    /// Set this (from a SIGHUP handler) to have the TLS listeners'
+    /// certificate files re-read now; they are also re-read within a few
+    /// seconds of changing.
+    pub fn reload_tls(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.reload_tls)
     }
 
     /// The built-in simulator's URL, in demo mode.

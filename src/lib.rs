@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod percent;
 pub mod price;
 pub mod sdnotify;
+pub mod serve_tls;
 pub mod sim;
 pub mod tick;
 pub mod token;

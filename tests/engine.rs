@@ -22,7 +22,7 @@ use tungstenite::Message;
 
 fn config() -> RunConfig {
     let flags = Flags {
-        listen: Some("127.0.0.1:0".into()),
+        listen: vec!["127.0.0.1:0".into()],
         demo_rate: Some(0),
         ..Flags::default()
     };
@@ -531,7 +531,7 @@ fn shutdown_closes_clients_and_disconnects_upstream() {
 fn a_port_in_use_is_a_clear_error() {
     let (engine, _sim) = start(|_| {});
     let mut c = config();
-    c.listen = engine.addr();
+    c.listen = vec![dhan_relay::config::ListenSpec::plain(engine.addr())];
     let err = Engine::start(c).err().unwrap().to_string();
     assert!(err.contains("in use"), "{err}");
     engine.shutdown();

@@ -35,7 +35,7 @@ use tungstenite::Message;
 /// values, e.g. the upstream capacity, apply). Waits for the upstream.
 fn start(demo_rate: u32, toml: &str) -> (Engine, SimControl) {
     let flags = Flags {
-        listen: Some("127.0.0.1:0".into()),
+        listen: vec!["127.0.0.1:0".into()],
         demo_rate: Some(demo_rate),
         ..Flags::default()
     };

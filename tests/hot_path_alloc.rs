@@ -118,7 +118,7 @@ fn raw_client(addr: SocketAddr, received: Arc<AtomicU64>) {
 fn hot_paths_allocate_per_update_at_most_once_and_never_per_tick_or_subscriber() {
     let sim = SimProcess::start(3000);
     let flags = Flags {
-        listen: Some("127.0.0.1:0".into()),
+        listen: vec!["127.0.0.1:0".into()],
         feed_url: Some(sim.1.clone()),
         ..Flags::default()
     };

@@ -730,7 +730,7 @@ fn clock_at(t: SystemTime) -> (WallClock, Arc<AtomicU64>) {
 
 fn demo_config(file: Option<(&Path, &str)>, rate: u32, clock: WallClock) -> RunConfig {
     let flags = Flags {
-        listen: Some("127.0.0.1:0".into()),
+        listen: vec!["127.0.0.1:0".into()],
         demo_rate: Some(rate),
         ..Flags::default()
     };
@@ -962,7 +962,7 @@ fn an_explicit_master_file_is_authoritative_for_the_watchlist() {
     engine.shutdown();
     // And the fixture through --instruments resolves what the sample lacks.
     let flags = Flags {
-        listen: Some("127.0.0.1:0".into()),
+        listen: vec!["127.0.0.1:0".into()],
         demo_rate: Some(0),
         instruments: Some(FIXTURE.into()),
         ..Flags::default()

@@ -130,7 +130,7 @@ fn healthy_phase(client: &mut WsClient, length: Duration) -> Seen {
 fn bursts_of_unknown_symbols_cost_other_clients_nothing() {
     let (path, real) = master_file();
     let flags = Flags {
-        listen: Some("127.0.0.1:0".into()),
+        listen: vec!["127.0.0.1:0".into()],
         demo_rate: Some(1_000),
         instruments: Some(path.to_string_lossy().into_owned()),
         ..Flags::default()

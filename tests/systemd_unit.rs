@@ -317,7 +317,7 @@ fn the_relay_accepts_the_shipped_config() {
     assert!(matches!(config.feed, Feed::Live { .. }));
     assert_eq!(config.token.renew, Renew::Dhan);
     assert_eq!(
-        config.listen.ip(),
+        config.listen[0].addr.ip(),
         std::net::Ipv4Addr::LOCALHOST,
         "loopback by default"
     );

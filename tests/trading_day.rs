@@ -97,7 +97,7 @@ fn a_trading_day_closes_then_the_maintenance_swaps_the_master_and_drops_the_expi
         WallClock::new(move || UNIX_EPOCH + Duration::from_secs(s.load(SeqCst)))
     };
     let flags = Flags {
-        listen: Some("127.0.0.1:0".into()),
+        listen: vec!["127.0.0.1:0".into()],
         demo_rate: Some(0),
         ..Flags::default()
     };

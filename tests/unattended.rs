@@ -50,7 +50,7 @@ fn sim(rate: u32) -> Simulator {
 /// The engine, in process, relaying `sim` with the credentials in `file`.
 fn engine(sim: &Simulator, file: &Path, toml: &str) -> Engine {
     let flags = Flags {
-        listen: Some("127.0.0.1:0".into()),
+        listen: vec!["127.0.0.1:0".into()],
         feed_url: Some(sim.feed_url()),
         env_file: Some(file.to_path_buf()),
         ..Flags::default()
@@ -570,7 +570,7 @@ fn renew_dhan_replaces_the_token_before_it_expires() {
     let file = d.join("credentials.env");
     write_creds(&file, &first);
     let flags = Flags {
-        listen: Some("127.0.0.1:0".into()),
+        listen: vec!["127.0.0.1:0".into()],
         feed_url: Some(sim.feed_url()),
         env_file: Some(file.clone()),
         rest_url: Some(sim.rest_url()),

@@ -39,8 +39,10 @@ pub use sessions::Sessions;
 
 use crate::fanout::http::Response;
 
-/// Whether access control is on: `auth = "auto" | "on" | "off"`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Whether access control is on: `auth = "auto" | "on" | "off"` (for
+/// the relay, and per `[[listen]]` table).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// On when any listen address is not loopback (the default).
     #[default]

@@ -1,4 +1,5 @@
-//! The front door thread: owns the public listener, reads request heads,
+//! The front door thread: owns the public listeners (plain and TLS, all
+//! polled here), completes TLS handshakes, reads request heads,
 //! answers plain HTTP (REST, the dashboard) with keep-alive, and completes
 //! WebSocket handshakes, handing each upgraded socket to the fanout thread.
 //!
@@ -18,26 +19,56 @@
 //! which must give `Content-Length` up to
 //! [`MAX_BODY_BYTES`](super::http::MAX_BODY_BYTES); so a connection never
 //! has to skip unread bytes.
+//!
+//! TLS listeners: the handshake runs here, under the same `head_timeout`
+//! as a request head (a client that stalls in the handshake is a
+//! slowloris too); a peer that sends plain HTTP to a TLS port is answered
+//! 400 in plain text and closed. Certificate files are re-checked every
+//! [`TLS_CHECK_EVERY`] and when the reload flag (SIGHUP) is set.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::admin;
 use super::http::{self, Head, Parsed, Response};
-use super::rest::RestState;
+use super::rest::{ListenerStatus, RestState};
 use super::session::Kind;
 use super::FanoutConfig;
+use crate::serve_tls::{ServerStream, TlsListener};
 
-const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
+/// Listener `i` polls as `Token(FIRST_LISTENER - i)`; connections count up
+/// from 0.
+const FIRST_LISTENER: usize = usize::MAX - 1;
+/// How often certificate files are checked for a change.
+pub const TLS_CHECK_EVERY: Duration = Duration::from_secs(3);
+
+/// A bound listener, plain or TLS.
+#[derive(Debug)]
+pub struct Listener {
+    /// The bound socket.
+    pub listener: std::net::TcpListener,
+    /// Its address (port 0 resolved).
+    pub addr: SocketAddr,
+    /// Its certificate, for a TLS listener.
+    pub tls: Option<TlsListener>,
+}
+
+/// A listener as the loop holds it.
+#[derive(Debug)]
+struct Door {
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Option<TlsListener>,
+}
 
 /// Plain HTTP connections allowed beyond `max_clients` (REST pollers next
 /// to a full house of WebSocket clients); more are answered 503 and closed.
@@ -48,8 +79,8 @@ const PIPELINE_PER_TURN: usize = 8;
 /// A socket that finished the WebSocket handshake, for the fanout.
 #[derive(Debug)]
 pub struct NewClient {
-    /// The socket (deregistered from the front door's poll).
-    pub stream: TcpStream,
+    /// The connection (deregistered from the front door's poll).
+    pub stream: ServerStream,
     /// Bytes read past the request head (a first frame sent early).
     pub early: Vec<u8>,
     /// `/ws` or `/ws/prices`.
@@ -70,7 +101,7 @@ pub enum Handoff {
 /// One plain HTTP connection.
 #[derive(Debug)]
 struct Conn {
-    stream: TcpStream,
+    stream: ServerStream,
     /// The peer's address (admin calls are loopback-only).
     peer: IpAddr,
     /// Received, not yet consumed.
@@ -98,24 +129,52 @@ enum Then {
 #[derive(Debug)]
 pub struct FrontDoor {
     poll: Poll,
-    listener: TcpListener,
+    doors: Vec<Door>,
     waker: Arc<Waker>,
+    reload_tls: Arc<AtomicBool>,
 }
 
 impl FrontDoor {
-    /// Takes over a bound listener.
-    pub fn new(listener: std::net::TcpListener) -> std::io::Result<FrontDoor> {
-        listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(listener);
+    /// Takes over bound listeners; `reload_tls` set means re-read the
+    /// certificate files now.
+    pub fn new(
+        listeners: Vec<Listener>,
+        reload_tls: Arc<AtomicBool>,
+    ) -> std::io::Result<FrontDoor> {
         let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut doors = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.into_iter().enumerate() {
+            l.listener.set_nonblocking(true)?;
+            let mut listener = TcpListener::from_std(l.listener);
+            poll.registry().register(
+                &mut listener,
+                Token(FIRST_LISTENER - i),
+                Interest::READABLE,
+            )?;
+            doors.push(Door {
+                listener,
+                addr: l.addr,
+                tls: l.tls,
+            });
+        }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(FrontDoor {
             poll,
-            listener,
+            doors,
             waker,
+            reload_tls,
         })
+    }
+
+    /// Each listener's address and certificate, for `/health`.
+    pub fn listener_status(&self) -> Vec<ListenerStatus> {
+        self.doors
+            .iter()
+            .map(|d| ListenerStatus {
+                addr: d.addr,
+                tls: d.tls.as_ref().map(|t| t.status().clone()),
+            })
+            .collect()
     }
 
     /// Wakes the loop (for shutdown).
@@ -135,7 +194,7 @@ impl FrontDoor {
         crate::affinity::background("front door");
         let mut front = Front {
             poll: self.poll,
-            listener: self.listener,
+            doors: self.doors,
             conns: Vec::new(),
             free: Vec::new(),
             again: Vec::new(),
@@ -147,6 +206,12 @@ impl FrontDoor {
         };
         let mut events = Events::with_capacity(256);
         let mut next_sweep = Instant::now();
+        let mut next_tls_check = Instant::now() + TLS_CHECK_EVERY;
+        for door in front.doors.iter_mut() {
+            if let Some(tls) = &mut door.tls {
+                tls.warn_if_expiring(Instant::now());
+            }
+        }
         while !stop.load(Relaxed) {
             let timeout = if front.again.is_empty() {
                 Duration::from_millis(250)
@@ -162,8 +227,10 @@ impl FrontDoor {
             let now = Instant::now();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => front.accept(now),
                     WAKER => {}
+                    Token(t) if t > FIRST_LISTENER - front.doors.len() => {
+                        front.accept(FIRST_LISTENER - t, now)
+                    }
                     Token(i) => front.serve(i, now),
                 }
             }
@@ -175,13 +242,18 @@ impl FrontDoor {
                 front.sweep(now);
                 front.push_prices();
             }
+            let hup = self.reload_tls.swap(false, Relaxed);
+            if hup || now >= next_tls_check {
+                next_tls_check = now + TLS_CHECK_EVERY;
+                front.check_tls(hup, now);
+            }
         }
     }
 }
 
 struct Front {
     poll: Poll,
-    listener: TcpListener,
+    doors: Vec<Door>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     /// Connections with pipelined requests left for the next turn.
@@ -195,19 +267,48 @@ struct Front {
 }
 
 impl Front {
-    fn accept(&mut self, now: Instant) {
+    /// Re-reads changed (or, on SIGHUP, all) certificate files, updates
+    /// what `/health` shows, and repeats the expiry warning once a day.
+    fn check_tls(&mut self, force: bool, now: Instant) {
+        for (i, door) in self.doors.iter_mut().enumerate() {
+            let Some(tls) = &mut door.tls else {
+                continue;
+            };
+            if tls.check(force).is_some() {
+                self.rest.listeners[i].tls = Some(tls.status().clone());
+            }
+            tls.warn_if_expiring(now);
+        }
+    }
+
+    fn accept(&mut self, door: usize, now: Instant) {
         loop {
-            match self.listener.accept() {
-                Ok((mut stream, peer)) => {
+            let Some(d) = self.doors.get(door) else {
+                return;
+            };
+            match d.listener.accept() {
+                Ok((mut tcp, peer)) => {
                     let open = self.conns.len() - self.free.len();
                     if open >= self.config.max_clients + SPARE_CONNECTIONS {
                         self.rest.fanout.clients_rejected.inc();
-                        let _ = stream.write(
+                        // Plain text even on a TLS port: a best effort
+                        // the client may not understand, but it is closed.
+                        let _ = tcp.write(
                             &Response::error(503, "too many connections").to_bytes(false, false),
                         );
                         continue;
                     }
-                    let _ = stream.set_nodelay(true);
+                    let _ = tcp.set_nodelay(true);
+                    let mut stream = match &d.tls {
+                        None => ServerStream::Plain(tcp),
+                        Some(tls) => match ServerStream::tls(tcp, tls.config()) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                log::warn!("TLS connection refused: {e}");
+                                continue;
+                            }
+                        },
+                    };
                     let slot = self.free.pop().unwrap_or_else(|| {
                         self.conns.push(None);
                         self.conns.len() - 1
@@ -258,8 +359,9 @@ impl Front {
         };
         let mut requests = 0;
         let keep = loop {
-            // Write what is pending first.
-            if conn.pos < conn.out.len() {
+            // Write what is pending first (for TLS, until it is on the
+            // wire: `out` is cleared only then).
+            if !conn.out.is_empty() {
                 let before = conn.pos;
                 let done = write_some(&mut conn.stream, &conn.out, &mut conn.pos);
                 if conn.pos > before {
@@ -284,6 +386,9 @@ impl Front {
                 Then::Read => {}
             }
             if !read_some(&mut conn) {
+                if conn.stream.refuse_plain_http() {
+                    self.rest.fanout.http_requests.inc();
+                }
                 break false;
             }
             match http::parse_head(&conn.buf) {
@@ -322,6 +427,7 @@ impl Front {
         if keep {
             self.conns[i] = Some(conn);
         } else {
+            conn.stream.close_notify();
             let _ = self.poll.registry().deregister(&mut conn.stream);
             self.free.push(i);
         }
@@ -556,8 +662,9 @@ fn read_some(conn: &mut Conn) -> bool {
     true
 }
 
-/// Writes from `pos`; `Ok(true)` once everything is written.
-fn write_some(stream: &mut TcpStream, out: &[u8], pos: &mut usize) -> std::io::Result<bool> {
+/// Writes from `pos`; `Ok(true)` once everything is written (and, for
+/// TLS, on the wire).
+fn write_some(stream: &mut ServerStream, out: &[u8], pos: &mut usize) -> std::io::Result<bool> {
     while *pos < out.len() {
         match stream.write(&out[*pos..]) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
@@ -567,5 +674,6 @@ fn write_some(stream: &mut TcpStream, out: &[u8], pos: &mut usize) -> std::io::R
             Err(e) => return Err(e),
         }
     }
-    Ok(true)
+    // TLS: the last record may still be partly in the stream's buffer.
+    stream.flush_pending()
 }

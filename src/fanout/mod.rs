@@ -69,8 +69,11 @@ use stats::FanoutStats;
 use topics::Topics;
 
 const WAKER: Token = Token(usize::MAX);
-/// How long a queued close frame may take before the socket is dropped.
+/// How long a queued close frame may wait without the socket taking a
+/// byte before the socket is dropped …
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// … and at most, however slowly the client reads.
+const CLOSE_MAX: Duration = Duration::from_secs(5);
 /// Frames read from one client per loop turn; the rest wait a turn.
 pub const READ_BUDGET: usize = 16;
 /// Bytes of text parsed from one client per loop turn, at most (after the
@@ -202,9 +205,14 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// Takes over a bound listener.
-    pub fn new(listener: std::net::TcpListener, config: FanoutConfig) -> std::io::Result<Fanout> {
-        let front = FrontDoor::new(listener)?;
+    /// Takes over bound listeners; setting `reload_tls` has the TLS
+    /// listeners re-read their certificate files.
+    pub fn new(
+        listeners: Vec<front::Listener>,
+        reload_tls: Arc<AtomicBool>,
+        config: FanoutConfig,
+    ) -> std::io::Result<Fanout> {
+        let front = FrontDoor::new(listeners, reload_tls)?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Fanout {
@@ -267,6 +275,7 @@ impl Fanout {
             maintenance: inputs.maintenance,
             calendar: inputs.calendar,
             clock: inputs.clock.clone(),
+            listeners: self.front.listener_status(),
         };
         let front_waker = self.front.waker();
         let front = {
@@ -524,7 +533,7 @@ impl Worker {
             self.free.push(slot);
             return;
         }
-        set_send_buffer(&stream, self.config.client_send_buffer);
+        set_send_buffer(stream.tcp(), self.config.client_send_buffer);
         let id = self.next_id;
         self.next_id += 1;
         let mut s = Box::new(Session::new(
@@ -620,9 +629,7 @@ impl Worker {
             let Some(s) = self.sessions[i].as_mut() else {
                 continue;
             };
-            if s.closing
-                .is_some_and(|at| now.duration_since(at) > CLOSE_GRACE)
-            {
+            if s.close_expired(now, CLOSE_GRACE, CLOSE_MAX) {
                 self.close_slot(i);
                 continue;
             }
@@ -676,7 +683,7 @@ impl Worker {
         if s.kind == Kind::Prices {
             self.stats.prices_clients.sub(1);
         }
-        let _ = self.poll.registry().deregister(s.tcp_mut());
+        let _ = self.poll.registry().deregister(s.stream_mut());
         self.free.push(i);
         log::debug!("client {} closed", s.id);
     }

@@ -257,7 +257,14 @@ mod tests {
         let keys: Vec<InstrumentKey> = (1..=4).map(key).collect();
         let (slow_i, slow_peer) = client(&mut h, 4096, &keys, Mode::Quote);
         // Small kernel buffers on both ends, as the fanout sets them.
-        super::super::set_send_buffer(h.worker.sessions[slow_i].as_mut().unwrap().tcp_mut(), 4096);
+        super::super::set_send_buffer(
+            h.worker.sessions[slow_i]
+                .as_mut()
+                .unwrap()
+                .stream_mut()
+                .tcp(),
+            4096,
+        );
         let small: libc::c_int = 4096;
         // SAFETY: setsockopt reads a live local c_int; the fd is owned by
         // `slow_peer` for the call.

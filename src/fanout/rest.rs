@@ -126,6 +126,40 @@ pub struct RestState {
     pub calendar: Calendar,
     /// The calendar's clock.
     pub clock: WallClock,
+    /// The listeners, with their certificates (kept current by the front
+    /// door when it reloads them).
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// A listener as `/health` shows it.
+#[derive(Debug, Clone)]
+pub struct ListenerStatus {
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+    /// Its certificate, for a TLS listener.
+    pub tls: Option<crate::serve_tls::CertStatus>,
+}
+
+impl ListenerStatus {
+    /// `{"addr", "tls", "certificate": {"notAfter", "daysLeft", "serial",
+    /// "file", "reloadError"}}`.
+    fn json(&self, now: i64) -> Value {
+        let Some(tls) = &self.tls else {
+            return json!({"addr": self.addr.to_string(), "tls": false});
+        };
+        let cert = match &tls.info {
+            Some(i) => json!({
+                "notAfter": i.not_after_iso(),
+                "daysLeft": i.days_left(now),
+                "serial": i.serial,
+            }),
+            None => json!({}),
+        };
+        let mut cert = cert;
+        cert["file"] = json!(tls.file.display().to_string());
+        cert["reloadError"] = json!(tls.reload_error);
+        json!({"addr": self.addr.to_string(), "tls": true, "certificate": cert})
+    }
 }
 
 /// Rows of `/api/v2/subscriptions/active` when `limit` is not given, and
@@ -328,6 +362,11 @@ impl RestState {
             },
             "clients": f.clients.get(),
             "token": token.json(now),
+            "listeners": self
+                .listeners
+                .iter()
+                .map(|l| l.json(now as i64))
+                .collect::<Vec<_>>(),
         });
         (if status.is_up() { 200 } else { 503 }, body.to_string())
     }
@@ -718,6 +757,10 @@ mod tests {
                 11,
                 0,
             )),
+            listeners: vec![ListenerStatus {
+                addr: "127.0.0.1:8000".parse().unwrap(),
+                tls: None,
+            }],
         }
     }
 

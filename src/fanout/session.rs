@@ -28,7 +28,6 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::WebSocket;
@@ -36,6 +35,7 @@ use tungstenite::WebSocket;
 use super::outbound::Outbound;
 use super::stats::FanoutStats;
 use crate::domain::{InstrumentKey, Mode};
+use crate::serve_tls::ServerStream;
 
 /// What the client connected to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,17 +55,18 @@ pub enum Slot {
     Prices,
 }
 
-/// The socket as tungstenite sees it: reads come from TCP, writes (only
-/// ever pongs and close frames) are collected for our queue.
+/// The socket as tungstenite sees it: reads come from the connection
+/// (TCP or TLS), writes (only ever pongs and close frames) are collected
+/// for our queue.
 #[derive(Debug)]
 pub struct ClientStream {
-    tcp: TcpStream,
+    stream: ServerStream,
     ctrl: Vec<u8>,
 }
 
 impl Read for ClientStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.tcp.read(buf)
+        self.stream.read(buf)
     }
 }
 
@@ -113,6 +114,9 @@ pub struct Session {
     /// A close frame was queued at this time; dropped once it is written or
     /// soon after.
     pub closing: Option<Instant>,
+    /// When the socket last took bytes: a closing client that is still
+    /// reading gets its close frame.
+    wrote_at: Option<Instant>,
     /// A symbol resolution for this client is in flight: its socket is not
     /// read until the answer is applied, so its messages keep their order.
     pub awaiting: bool,
@@ -123,7 +127,7 @@ impl Session {
     /// the request head (a first frame sent with the handshake).
     pub fn new(
         id: u64,
-        tcp: TcpStream,
+        stream: ServerStream,
         early: Vec<u8>,
         kind: Kind,
         config: WebSocketConfig,
@@ -131,7 +135,7 @@ impl Session {
         max_per_sec: u32,
     ) -> Self {
         let stream = ClientStream {
-            tcp,
+            stream,
             ctrl: Vec::new(),
         };
         Session {
@@ -149,13 +153,14 @@ impl Session {
             ignored_this_second: 0,
             last_notice: None,
             closing: None,
+            wrote_at: None,
             awaiting: false,
         }
     }
 
-    /// The socket, for (de)registration.
-    pub fn tcp_mut(&mut self) -> &mut TcpStream {
-        &mut self.ws.get_mut().tcp
+    /// The connection, for (de)registration.
+    pub fn stream_mut(&mut self) -> &mut ServerStream {
+        &mut self.ws.get_mut().stream
     }
 
     /// The next frame from the client (tungstenite's `read`).
@@ -260,6 +265,15 @@ impl Session {
             if self.out.is_empty() {
                 self.refill(stats);
                 if self.out.is_empty() {
+                    // TLS: the last record may be partly on the wire.
+                    match self.ws.get_mut().stream.flush_pending() {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            self.behind_since.get_or_insert(now);
+                            return Health::Ok;
+                        }
+                        Err(_) => return Health::Gone,
+                    }
                     self.dirty = false;
                     self.behind_since = None;
                     return match self.closing {
@@ -268,8 +282,11 @@ impl Session {
                     };
                 }
             }
-            match self.out.write_to(&mut self.ws.get_mut().tcp) {
-                Ok(_) => {
+            match self.out.write_to(&mut self.ws.get_mut().stream) {
+                Ok(n) => {
+                    if n > 0 {
+                        self.wrote_at = Some(now);
+                    }
                     if self.out.bytes() < self.cap {
                         self.refill(stats);
                     }
@@ -304,6 +321,16 @@ impl Session {
     pub fn too_slow(&self, now: Instant, limit: Duration) -> bool {
         self.behind_since
             .is_some_and(|since| now.saturating_duration_since(since) > limit)
+    }
+
+    /// Whether a closing session has had its chance to take its close
+    /// frame: `grace` without the socket taking a byte, or `max` in all.
+    pub fn close_expired(&self, now: Instant, grace: Duration, max: Duration) -> bool {
+        let Some(at) = self.closing else {
+            return false;
+        };
+        let last = self.wrote_at.map_or(at, |w| w.max(at));
+        now.saturating_duration_since(last) > grace || now.saturating_duration_since(at) > max
     }
 
     /// The client sent a close frame: tungstenite queued the reply. Drop
@@ -370,6 +397,7 @@ impl TokenBucket {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use mio::net::TcpStream;
     use std::net::{TcpListener, TcpStream as StdStream};
 
     #[test]
@@ -393,7 +421,7 @@ pub(crate) mod tests {
         server.set_nonblocking(true).unwrap();
         let s = Session::new(
             1,
-            TcpStream::from_std(server),
+            ServerStream::Plain(TcpStream::from_std(server)),
             Vec::new(),
             Kind::Feed,
             WebSocketConfig::default(),

@@ -121,6 +121,15 @@ pub struct Args {
     /// Write the results as JSON here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also measure the engine over WSS in the same run (a started engine
+    /// gets a self-signed certificate the clients trust). With a wss://
+    /// --engine-url, only WSS is measured.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM certificate(s) to trust for a wss:// --engine-url (its CA, or
+    /// its self-signed certificate).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 /// Named scenarios (issue 7).
@@ -223,6 +232,12 @@ pub struct Plan {
     pub quiet_wait: Duration,
     /// JSON output.
     pub json: Option<PathBuf>,
+    /// Measure plain WS on the engine.
+    pub ws: bool,
+    /// Measure WSS on the engine.
+    pub wss: bool,
+    /// Trust for a wss:// engine.
+    pub ca: Option<PathBuf>,
 }
 
 impl Plan {
@@ -265,15 +280,10 @@ fn secs(name: &str, v: f64) -> Result<Duration, String> {
 
 /// A `ws://HOST:PORT[/…]` or `HOST:PORT` address, which must be loopback.
 pub fn parse_loopback_url(s: &str) -> Result<SocketAddr, String> {
-    let rest = s
-        .strip_prefix("ws://")
-        .or_else(|| s.strip_prefix("http://"))
+    let rest = ["ws://", "http://", "wss://", "https://"]
+        .iter()
+        .find_map(|p| s.strip_prefix(p))
         .unwrap_or(s);
-    if s.starts_with("wss://") || s.starts_with("https://") {
-        return Err(format!(
-            "'{s}': TLS is not supported; use ws:// on loopback"
-        ));
-    }
     let authority = rest.split('/').next().unwrap_or("");
     parse_loopback_addr(authority)
 }
@@ -333,6 +343,13 @@ impl Args {
             Preset::Fanout => !self.no_floor,
             _ => self.floor && !self.no_floor,
         };
+        let attach_tls = self
+            .engine_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("wss://") || u.starts_with("https://"));
+        if attach_tls && self.ca.is_none() {
+            return Err("a wss:// --engine-url needs --ca FILE (the certificate to trust)".into());
+        }
         let engine = match (self.preset, &self.engine_url) {
             (Preset::Floor, _) => None,
             (_, Some(url)) => Some(EngineSource::Attach(
@@ -406,6 +423,9 @@ impl Args {
             quiet_below: self.quiet_below,
             quiet_wait: secs("quiet-wait", self.quiet_wait)?,
             json: self.json.clone(),
+            ws: !attach_tls,
+            wss: self.tls || attach_tls,
+            ca: self.ca.clone(),
         };
         plan.client_threads = match self.client_threads {
             Some(0) => return Err("--client-threads must be at least 1".into()),
@@ -456,7 +476,12 @@ mod tests {
             .unwrap_err()
             .contains("not a loopback"));
         assert!(parse_loopback_url("ws://example.com:80").is_err());
-        assert!(parse_loopback_url("wss://127.0.0.1:1").is_err());
+        assert!(parse_loopback_url("wss://127.0.0.1:1").is_ok());
+        let e = Args::try_parse_from(["loadgen", "--engine-url", "wss://127.0.0.1:1"])
+            .unwrap()
+            .plan()
+            .unwrap_err();
+        assert!(e.contains("--ca"), "{e}");
         assert!(plan(&["--engine-listen", "0.0.0.0:1"]).is_err());
         assert!(plan(&["--exchange-listen", "10.0.0.1:1"]).is_err());
         assert!(

@@ -33,12 +33,12 @@ use dhan_relay::clock;
 use dhan_relay::wire::feed::{self, FeedData, FeedMessage};
 use dhan_relay::wire::request::{encode_subscription, RequestCode};
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::relay_json::{self, Message};
 use crate::schedule::{Rng, Schedule, SendTable, SEGMENT};
 use crate::sys;
+use crate::tls::Conn;
 use crate::wsframe::{self, opcode};
 
 /// Which protocol the clients speak.
@@ -71,6 +71,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How slow clients read.
     pub slow: SlowReader,
+    /// wss://: the client TLS configuration.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A deliberately slow reader: at most `bytes` per `every`, so the server
@@ -264,7 +266,7 @@ enum Phase {
 
 #[derive(Debug)]
 struct Client {
-    stream: Option<TcpStream>,
+    stream: Option<Conn>,
     phase: Phase,
     subs: Vec<Sub>,
     partial: Vec<u8>,
@@ -436,7 +438,7 @@ impl Thread {
 
     fn start(&mut self, i: usize) {
         let c = &mut self.clients[i];
-        match TcpStream::connect(self.config.addr) {
+        match Conn::connect(self.config.addr, self.config.tls.as_ref()) {
             Ok(mut stream) => {
                 if let Err(e) = self.poll.registry().register(
                     &mut stream,
@@ -449,9 +451,9 @@ impl Thread {
                     self.progress.failed.fetch_add(1, Relaxed);
                     return;
                 }
-                let _ = stream.set_nodelay(true);
+                let _ = stream.tcp().set_nodelay(true);
                 if c.slow {
-                    sys::set_rcvbuf(&stream, self.config.slow.rcvbuf);
+                    sys::set_rcvbuf(stream.tcp(), self.config.slow.rcvbuf);
                 }
                 c.stream = Some(stream);
                 c.phase = Phase::Connecting {
@@ -485,10 +487,10 @@ impl Thread {
         match &c.phase {
             Phase::Connecting { .. } => {
                 let Some(stream) = &c.stream else { return };
-                if let Ok(Some(e)) | Err(e) = stream.take_error() {
+                if let Ok(Some(e)) | Err(e) = stream.tcp().take_error() {
                     return self.fail_connect(i, format!("connect: {e}"));
                 }
-                match stream.peer_addr() {
+                match stream.tcp().peer_addr() {
                     Ok(_) => {}
                     Err(e) if e.kind() == ErrorKind::NotConnected => return,
                     Err(e) => return self.fail_connect(i, format!("connect: {e}")),

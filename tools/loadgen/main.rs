@@ -141,6 +141,7 @@ mod report;
 mod run;
 mod schedule;
 mod sys;
+mod tls;
 mod wsframe;
 
 use std::process::ExitCode;
@@ -194,8 +195,11 @@ fn real_main(args: &Args) -> Result<(), String> {
     if plan.floor {
         modes.push(Mode::Floor);
     }
-    if plan.engine.is_some() {
+    if plan.engine.is_some() && plan.ws {
         modes.push(Mode::Engine);
+    }
+    if plan.engine.is_some() && plan.wss {
+        modes.push(Mode::EngineTls);
     }
     for mode in modes {
         eprintln!("loadgen: measuring {} …", mode.name());

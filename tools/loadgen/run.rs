@@ -25,15 +25,23 @@ pub enum Mode {
     Floor,
     /// Clients on the engine, the engine on the exchange.
     Engine,
+    /// The same over WSS (`--tls`).
+    EngineTls,
 }
 
 impl Mode {
-    /// `floor` or `engine`.
+    /// `floor`, `engine` or `engine-wss`.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Floor => "floor",
             Mode::Engine => "engine",
+            Mode::EngineTls => "engine-wss",
         }
+    }
+
+    /// Whether the clients talk to the engine.
+    pub fn is_engine(self) -> bool {
+        matches!(self, Mode::Engine | Mode::EngineTls)
     }
 }
 
@@ -269,13 +277,26 @@ pub fn run_phase(plan: &Plan, mode: Mode, watchdog: &Watchdog) -> Result<PhaseRe
     // The engine, connected to the exchange.
     let mut engine = None;
     let mut figures = None;
-    if mode == Mode::Engine {
+    let mut tls = None;
+    if mode.is_engine() {
         let e = match plan.engine.as_ref().expect("engine phase has an engine") {
             EngineSource::Start(bin) => {
                 let listen = match plan.engine_listen {
                     Some(a) => a,
                     None => free_port()?,
                 };
+                let dir = std::env::temp_dir().join(format!("loadgen-{}", std::process::id()));
+                let mut extra_args = plan.engine_args.clone();
+                if mode == Mode::EngineTls {
+                    let (cert, key) = crate::tls::self_signed(&dir)?;
+                    tls = Some(crate::tls::client_config(&cert)?);
+                    extra_args.extend([
+                        "--tls-cert".to_string(),
+                        cert.display().to_string(),
+                        "--tls-key".to_string(),
+                        key.display().to_string(),
+                    ]);
+                }
                 Engine::start(&Launch {
                     binary: bin.clone(),
                     listen,
@@ -285,11 +306,17 @@ pub fn run_phase(plan: &Plan, mode: Mode, watchdog: &Watchdog) -> Result<PhaseRe
                     client_queue_bytes: plan.client_queue_bytes,
                     log_level: plan.engine_log_level.clone(),
                     cpus: plan.pin_engine.clone(),
-                    extra_args: plan.engine_args.clone(),
-                    dir: std::env::temp_dir().join(format!("loadgen-{}", std::process::id())),
+                    extra_args,
+                    dir,
                 })?
             }
-            EngineSource::Attach(addr, pid) => Engine::attach(*addr, *pid)?,
+            EngineSource::Attach(addr, pid) => {
+                if mode == Mode::EngineTls {
+                    let ca = plan.ca.as_ref().ok_or("a wss:// engine needs --ca FILE")?;
+                    tls = Some(crate::tls::client_config(ca)?);
+                }
+                Engine::attach(*addr, *pid)?
+            }
         };
         watchdog.engine(e.pid);
         eprintln!(
@@ -348,7 +375,7 @@ pub fn run_phase(plan: &Plan, mode: Mode, watchdog: &Watchdog) -> Result<PhaseRe
         })
         .sum();
     let (addr, path, protocol) = match (&engine, mode) {
-        (Some(e), Mode::Engine) => (e.addr, "/ws".to_string(), Protocol::Relay),
+        (Some(e), Mode::Engine | Mode::EngineTls) => (e.addr, "/ws".to_string(), Protocol::Relay),
         _ => (
             exchange.addr(),
             "/?version=2&token=loadgen-dummy-token&clientId=loadgen&authType=2".to_string(),
@@ -369,6 +396,7 @@ pub fn run_phase(plan: &Plan, mode: Mode, watchdog: &Watchdog) -> Result<PhaseRe
             every: plan.slow_every,
             rcvbuf: plan.slow_rcvbuf,
         },
+        tls,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
@@ -398,7 +426,7 @@ pub fn run_phase(plan: &Plan, mode: Mode, watchdog: &Watchdog) -> Result<PhaseRe
     loop {
         let settled = sum(|p| &p.ready) + sum(|p| &p.failed) + sum(|p| &p.closed) >= n;
         let upstream_ok = match mode {
-            Mode::Engine => {
+            Mode::Engine | Mode::EngineTls => {
                 exchange.stats.instruments_subscribed.load(Relaxed) >= union.len() as u64
             }
             Mode::Floor => {

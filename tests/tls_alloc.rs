@@ -1,0 +1,196 @@
+//! Allocation counts of the fanout to TLS subscribers, in the style of
+//! `hot_path_alloc.rs`: the simulator runs as a separate process, and the
+//! client threads (rustls clients, which allocate per record they decrypt)
+//! are left out of the count with a thread-local flag, so what is counted is
+//! the engine's own.
+//!
+//! The relay encrypts each client's flush as one record with rustls'
+//! unbuffered API into a buffer allocated at accept; rustls 0.23 still
+//! allocates one `Vec` per record it encrypts (its `PrefixedPayload`), so a
+//! TLS subscriber costs at most one allocation per flush — never per
+//! message queued, never per byte — and this test holds it to that.
+
+mod common;
+use common::http_get_json;
+use common::tls::{TestCa, Wss};
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dhan_relay::config::{Flags, ListenSpec, RunConfig};
+use dhan_relay::engine::Engine;
+use dhan_relay::token::sources::CredentialSources;
+use dhan_relay::upstream::Credentials;
+use serde_json::{json, Value};
+
+struct Counting;
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Set on test-client threads: their allocations are not the engine's.
+    static EXEMPT: Cell<bool> = const { Cell::new(false) };
+}
+
+fn count() {
+    if !EXEMPT.with(Cell::get) {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+    }
+}
+
+// SAFETY: forwards every call unchanged to the system allocator; the counter
+// is a static atomic and the flag a const-initialised thread local, neither
+// of which allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The simulator as a child process, killed on drop.
+struct SimProcess(Child, String);
+
+impl SimProcess {
+    fn start(rate: u32) -> SimProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dhan-relay"))
+            .args([
+                "sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--rate",
+                &rate.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("simulator process starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        SimProcess(child, line.trim().to_string())
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn counters(addr: SocketAddr) -> Value {
+    let (status, stats) = http_get_json(addr, "/stats");
+    assert_eq!(status, 200, "/stats: {stats}");
+    stats["counters"].clone()
+}
+
+fn counter(v: &Value, name: &str) -> u64 {
+    v[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// A WSS client that subscribes the watchlist and reads forever, on its
+/// own (exempt) thread.
+fn tls_client(addr: SocketAddr, ca: Arc<rustls::ClientConfig>, received: Arc<AtomicU64>) {
+    std::thread::spawn(move || {
+        EXEMPT.with(|e| e.set(true));
+        let mut ws = Wss::connect(addr, &ca, "/ws");
+        ws.send(json!({"type": "subscribe", "instruments": [
+            {"symbol": "NIFTY"}, {"symbol": "SENSEX"}, {"symbol": "RELIANCE"}, {"symbol": "CRUDEOIL"}]}));
+        let mut tls = ws.0.into_inner();
+        tls.sock.set_read_timeout(None).unwrap();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = tls.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            received.fetch_add(n as u64, Relaxed);
+        }
+    });
+}
+
+#[test]
+fn tls_subscribers_allocate_at_most_once_per_flush_never_per_byte() {
+    let ca = TestCa::new("tls-alloc");
+    let files = ca.issue(1, 30);
+    let sim = SimProcess::start(3000);
+    let flags = Flags {
+        listen: vec!["127.0.0.1:0".into()],
+        feed_url: Some(sim.1.clone()),
+        ..Flags::default()
+    };
+    let mut config = RunConfig::build(
+        &flags,
+        None,
+        &CredentialSources::given(&Credentials::new("c", "t")),
+    )
+    .unwrap();
+    config.listen.push(ListenSpec {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        tls: Some(files),
+        auth: None,
+    });
+    let engine = Engine::start(config).unwrap();
+    let plain = engine.listeners()[0].0;
+    let secure = engine.listeners()[1].0;
+
+    let received = Arc::new(AtomicU64::new(0));
+    const CLIENTS: u64 = 20;
+    for _ in 0..CLIENTS {
+        tls_client(secure, ca.client_config(), Arc::clone(&received));
+    }
+    // Warm up: handshakes, subscriptions, buffers at their working size.
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = counters(plain);
+    let a0 = ALLOCATIONS.load(Relaxed);
+    std::thread::sleep(Duration::from_secs(3));
+    let a1 = ALLOCATIONS.load(Relaxed);
+    let after = counters(plain);
+    let delta = |name: &str| counter(&after, name) - counter(&before, name);
+    let (updates, messages) = (
+        delta("fanout_updates_total"),
+        delta("fanout_messages_total"),
+    );
+    let allocs = a1 - a0;
+    assert!(updates >= 3000, "only {updates} updates");
+    assert!(
+        messages >= updates * (CLIENTS - 1),
+        "{messages} messages for {updates} updates × {CLIENTS} clients"
+    );
+    // What the plain test allows (the renderer's arena, snapshots) plus at
+    // most one per flush; a flush carries at least one message, so the
+    // bound is one per message: checked with room to spare below, and the
+    // per-message figure is printed.
+    let base = updates / 10 + 2 * 20 * 4 + 64;
+    let per_message = (allocs.saturating_sub(base)) as f64 / messages as f64;
+    println!(
+        "TLS fanout: {allocs} allocations for {updates} updates and {messages} messages to {CLIENTS} TLS clients ({per_message:.3} beyond the plain allowance per message)"
+    );
+    assert!(
+        allocs <= base + messages,
+        "{allocs} allocations for {messages} messages"
+    );
+    assert!(received.load(Relaxed) > 0);
+    engine.shutdown();
+}
