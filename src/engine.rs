@@ -89,8 +89,24 @@ impl Engine {
     /// Binds, loads the instrument master and resolves the watchlist,
     /// starts every thread, and subscribes the watchlist.
     pub fn start(config: RunConfig) -> Result<Engine, StartError> {
-        // Certificates first: a bad file is a configuration error (exit 2)
-        // whatever the state of the ports.
+        // Access control and certificates first: a missing key or a bad
+        // file is a configuration error (exit 2) whatever the state of the
+        // ports, and nothing is bound before it is known.
+        let listen: Vec<(SocketAddr, Option<crate::auth::AuthMode>)> =
+            config.listen.iter().map(|l| (l.addr, l.auth)).collect();
+        let access = crate::auth::setup(
+            config.auth,
+            config.insecure_no_auth,
+            &listen,
+            &config.keys_file,
+            config.key_limits.clone(),
+        )
+        .map_err(StartError::Config)?;
+        if access.insecure {
+            log::warn!(
+                "--insecure-no-auth: access control is OFF on every listener; anyone who can reach them can read prices and use admin calls"
+            );
+        }
         let mut tls = Vec::with_capacity(config.listen.len());
         for spec in &config.listen {
             tls.push(match &spec.tls {
@@ -102,7 +118,7 @@ impl Engine {
             });
         }
         let mut listeners = Vec::with_capacity(config.listen.len());
-        for (spec, tls) in config.listen.iter().zip(tls) {
+        for ((spec, tls), &auth) in config.listen.iter().zip(tls).zip(&access.listeners) {
             let listener =
                 TcpListener::bind(spec.addr).map_err(|e| StartError::Bind(spec.addr, e))?;
             let addr = listener
@@ -112,6 +128,7 @@ impl Engine {
                 listener,
                 addr,
                 tls,
+                auth,
             });
         }
         let addrs: Vec<(SocketAddr, bool)> = listeners
@@ -161,8 +178,13 @@ impl Engine {
                 (None, url.clone(), start)
             }
         };
-        let fanout = Fanout::new(listeners, Arc::clone(&reload_tls), config.fanout.clone())
-            .map_err(|e| StartError::Io(e.to_string()))?;
+        let fanout = Fanout::new(
+            listeners,
+            Arc::clone(&reload_tls),
+            access,
+            config.fanout.clone(),
+        )
+        .map_err(|e| StartError::Io(e.to_string()))?;
         let (tick_tx, tick_rx) = HeapRb::<Tick>::new(RING).split();
         let (update_tx, update_rx) = HeapRb::<Update>::new(RING).split();
         let waker = fanout.waker();

@@ -119,6 +119,81 @@ pub fn resolve(
     Ok(effective(mode, listen))
 }
 
+/// Whether one listener asks for keys: its own `auth` when given, else
+/// the relay's (`relay_on`, from [`resolve`]). `--insecure-no-auth` turns
+/// every listener off; a listener's `auth = "off"` on a non-loopback
+/// address needs that flag, as the relay-wide setting does.
+pub fn listener_enabled(
+    relay_on: bool,
+    own: Option<AuthMode>,
+    addr: SocketAddr,
+    insecure_no_auth: bool,
+) -> Result<bool, String> {
+    if insecure_no_auth {
+        return Ok(false);
+    }
+    match own {
+        None | Some(AuthMode::Auto) => Ok(relay_on),
+        Some(AuthMode::On) => Ok(true),
+        Some(AuthMode::Off) if !addr.ip().is_loopback() => Err(format!(
+            "[[listen]] {addr} has auth = \"off\" but is not a loopback address: anyone who can \
+             reach it could use the relay; add --insecure-no-auth if that is meant"
+        )),
+        Some(AuthMode::Off) => Ok(false),
+    }
+}
+
+/// Access control as the engine starts it: the keys file loaded and
+/// watched, whether each listener asks for keys, and the shared [`Auth`].
+#[derive(Debug)]
+pub struct Setup {
+    /// Checks requests (shared by the front door and the fanout).
+    pub auth: std::sync::Arc<Auth>,
+    /// Reloads the keys file (ticked by the front door).
+    pub watch: KeyWatch,
+    /// Per listener, in order: whether it asks for keys.
+    pub listeners: Vec<bool>,
+    /// `--insecure-no-auth` was given.
+    pub insecure: bool,
+}
+
+/// Resolves the relay's and every listener's `auth` (listeners as
+/// address and own setting), loads the keys file, and refuses to go on
+/// when a listener asks for keys and the file holds none. Runs before any
+/// port is bound; every error is a configuration error (exit 2).
+pub fn setup(
+    mode: AuthMode,
+    insecure_no_auth: bool,
+    listeners: &[(SocketAddr, Option<AuthMode>)],
+    keys_file: &Path,
+    limits: KeyLimitsMap,
+) -> Result<Setup, String> {
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.0).collect();
+    let relay_on = resolve(mode, insecure_no_auth, &addrs)?;
+    let on = listeners
+        .iter()
+        .map(|&(addr, own)| listener_enabled(relay_on, own, addr, insecure_no_auth))
+        .collect::<Result<Vec<bool>, String>>()?;
+    let any = on.iter().any(|&b| b);
+    let watch = match KeyWatch::open(keys_file) {
+        Ok(w) => w,
+        // Without access control a broken keys file does not matter.
+        Err(e) if !any => {
+            log::warn!("{e} (access control is off, so it is not used)");
+            KeyWatch::new(keys_file, KeyStore::new(KeysFile::default()))
+        }
+        Err(e) => return Err(e),
+    };
+    startup_check(any, watch.store(), keys_file)?;
+    let auth = Auth::new(any, watch.store().clone()).with_limits(limits);
+    Ok(Setup {
+        auth: std::sync::Arc::new(auth),
+        watch,
+        listeners: on,
+        insecure: insecure_no_auth,
+    })
+}
+
 /// `path` quoted for a shell when it needs it.
 fn shell_word(path: &Path) -> String {
     let s = path.display().to_string();
@@ -410,6 +485,9 @@ pub struct Auth {
     store: KeyStore,
     sessions: Mutex<Sessions>,
     failures: Mutex<FailureLimiter>,
+    limits: KeyLimitsMap,
+    /// Open WebSocket connections per key (for `limits.keys.NAME.connections`).
+    connections: Mutex<std::collections::HashMap<KeyId, usize>>,
 }
 
 impl Auth {
@@ -440,6 +518,53 @@ impl Auth {
             store,
             sessions: Mutex::new(sessions),
             failures: Mutex::new(failures),
+            limits: KeyLimitsMap::default(),
+            connections: Mutex::default(),
+        }
+    }
+
+    /// With per-key limits.
+    pub fn with_limits(mut self, limits: KeyLimitsMap) -> Auth {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits for `principal`'s key (none for no key).
+    pub fn limits_of(&self, principal: &Principal) -> KeyLimits {
+        principal
+            .key_name
+            .as_deref()
+            .and_then(|n| self.limits.get(n))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Counts a WebSocket connection for `principal`'s key; `false` (and
+    /// nothing counted) when the key already holds its limit of
+    /// connections. Pair with [`Auth::connection_closed`].
+    pub fn connection_opened(&self, principal: &Principal) -> bool {
+        let Some(id) = principal.key else {
+            return true;
+        };
+        let limit = self.limits_of(principal).connections.unwrap_or(usize::MAX);
+        let mut open = lock(&self.connections);
+        let n = open.entry(id).or_insert(0);
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A connection counted by [`Auth::connection_opened`] closed.
+    pub fn connection_closed(&self, key: Option<KeyId>) {
+        let Some(id) = key else { return };
+        let mut open = lock(&self.connections);
+        if let Some(n) = open.get_mut(&id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&id);
+            }
         }
     }
 

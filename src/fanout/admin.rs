@@ -1,9 +1,10 @@
 //! Admin calls: `POST /api/admin/credentials` hands the token keeper a new
 //! client id and access token.
 //!
-//! Until access control exists these are served to loopback peers only
-//! (and, like every request, only to an allowed Origin, so a web page
-//! cannot make a visitor's browser post one). The call is validated here
+//! On a listener that asks for API keys these need a key with the `admin`
+//! scope (checked before we get here); on one that does not, they are
+//! served to loopback peers only. Like every request, only to an allowed
+//! Origin, so a web page cannot make a visitor's browser post one. The call is validated here
 //! and queued for the keeper, which reconnects the upstream; the answer
 //! comes at once (202) and never echoes a secret. A token the keeper cannot
 //! use shows in `/health` like any other credentials problem.
@@ -22,15 +23,17 @@ const MAX_TOKEN: usize = 4096;
 
 /// The paths that take a request body.
 pub fn takes_body(method: &str, path: &str) -> bool {
-    method == "POST" && path == "/api/admin/credentials"
+    method == "POST" && matches!(path, "/api/admin/credentials" | "/api/session")
 }
 
-/// `POST /api/admin/credentials` from `peer` with `body`.
-pub fn credentials(peer: IpAddr, body: &[u8], keeper: &KeeperHandle) -> Response {
-    if !peer.is_loopback() {
+/// `POST /api/admin/credentials` from `peer` with `body`; `keyed` says the
+/// caller showed a key with the admin scope.
+pub fn credentials(peer: IpAddr, keyed: bool, body: &[u8], keeper: &KeeperHandle) -> Response {
+    if !keyed && !peer.is_loopback() {
         return Response::error(
             403,
-            "admin calls are served to loopback clients only (until access control exists)",
+            "admin calls without an API key are served to loopback clients only \
+             (turn access control on and use a key with the admin scope)",
         );
     }
     let credentials = match parse(body) {
@@ -107,7 +110,7 @@ mod tests {
 
     fn answer(peer: &str, body: &str) -> (u16, String) {
         let keeper = KeeperHandle::detached(TokenStatus::default());
-        let r = credentials(peer.parse().unwrap(), body.as_bytes(), &keeper);
+        let r = credentials(peer.parse().unwrap(), false, body.as_bytes(), &keeper);
         let text = String::from_utf8(r.to_bytes(false, false)).unwrap();
         (r.status, text)
     }
@@ -153,7 +156,12 @@ mod tests {
         assert_eq!(answer("::1", body).0, 503);
         let (tx, rx) = crossbeam_channel::unbounded();
         let keeper = KeeperHandle::with_channel(tx, TokenStatus::default());
-        let r = credentials("127.0.0.1".parse().unwrap(), body.as_bytes(), &keeper);
+        let r = credentials(
+            "127.0.0.1".parse().unwrap(),
+            false,
+            body.as_bytes(),
+            &keeper,
+        );
         assert_eq!(r.status, 202);
         match rx.try_recv().unwrap() {
             Request::Set(c) => assert_eq!(c, Credentials::new("1", "tok")),

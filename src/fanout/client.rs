@@ -265,7 +265,7 @@ impl Worker {
         keys.sort_unstable();
         keys.dedup();
         let new = keys.iter().filter(|k| !s.subs.contains_key(k)).count();
-        let limit = self.config.max_subscriptions_per_client;
+        let limit = s.max_subs.min(self.config.max_subscriptions_per_client);
         if s.subs.len() + new > limit {
             self.client_error(s, &format!(
                 "subscription limit: a client may hold {limit} instruments (holding {}, asked for {new} more); nothing subscribed",

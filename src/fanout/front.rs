@@ -42,6 +42,9 @@ use super::http::{self, Head, Parsed, Response};
 use super::rest::{ListenerStatus, RestState};
 use super::session::Kind;
 use super::FanoutConfig;
+use crate::auth::{
+    Auth, Denial, KeyLimits, KeyWatch, Principal, Reloaded, RequestView, Scope, Setup,
+};
 use crate::serve_tls::{ServerStream, TlsListener};
 
 const WAKER: Token = Token(usize::MAX);
@@ -60,6 +63,8 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// Its certificate, for a TLS listener.
     pub tls: Option<TlsListener>,
+    /// Whether it asks for API keys.
+    pub auth: bool,
 }
 
 /// A listener as the loop holds it.
@@ -68,6 +73,7 @@ struct Door {
     listener: TcpListener,
     addr: SocketAddr,
     tls: Option<TlsListener>,
+    auth: bool,
 }
 
 /// Plain HTTP connections allowed beyond `max_clients` (REST pollers next
@@ -87,6 +93,10 @@ pub struct NewClient {
     pub kind: Kind,
     /// For `/ws/prices`: the prices object to greet it with.
     pub prices: Option<Bytes>,
+    /// Who it is (its key, when access control is on).
+    pub principal: Principal,
+    /// Its key's limits.
+    pub limits: KeyLimits,
 }
 
 /// What the front door hands the fanout thread.
@@ -102,8 +112,14 @@ pub enum Handoff {
 #[derive(Debug)]
 struct Conn {
     stream: ServerStream,
-    /// The peer's address (admin calls are loopback-only).
+    /// The peer's address (admin calls are loopback-only without keys).
     peer: IpAddr,
+    /// Its listener asks for API keys.
+    auth: bool,
+    /// Its listener speaks TLS (session cookies are `Secure`).
+    tls: bool,
+    /// Set once the upgrade is accepted (its key's connection counted).
+    upgrading: Option<Upgrading>,
     /// Received, not yet consumed.
     buf: Vec<u8>,
     /// Response bytes to write, and how far.
@@ -125,21 +141,30 @@ enum Then {
     Upgrade(Kind),
 }
 
+/// A WebSocket client on its way to the fanout: who, and its limits.
+#[derive(Debug)]
+struct Upgrading {
+    principal: Principal,
+    limits: KeyLimits,
+}
+
 /// The front door, running.
 #[derive(Debug)]
 pub struct FrontDoor {
     poll: Poll,
     doors: Vec<Door>,
     waker: Arc<Waker>,
-    reload_tls: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+    access: Setup,
 }
 
 impl FrontDoor {
-    /// Takes over bound listeners; `reload_tls` set means re-read the
-    /// certificate files now.
+    /// Takes over bound listeners; `reload` set (SIGHUP) means re-read
+    /// the certificate files and the keys file now.
     pub fn new(
         listeners: Vec<Listener>,
-        reload_tls: Arc<AtomicBool>,
+        reload: Arc<AtomicBool>,
+        access: Setup,
     ) -> std::io::Result<FrontDoor> {
         let poll = Poll::new()?;
         let mut doors = Vec::with_capacity(listeners.len());
@@ -155,6 +180,7 @@ impl FrontDoor {
                 listener,
                 addr: l.addr,
                 tls: l.tls,
+                auth: l.auth,
             });
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -162,7 +188,8 @@ impl FrontDoor {
             poll,
             doors,
             waker,
-            reload_tls,
+            reload,
+            access,
         })
     }
 
@@ -173,8 +200,14 @@ impl FrontDoor {
             .map(|d| ListenerStatus {
                 addr: d.addr,
                 tls: d.tls.as_ref().map(|t| t.status().clone()),
+                auth: d.auth,
             })
             .collect()
+    }
+
+    /// Started with `--insecure-no-auth`.
+    pub fn insecure(&self) -> bool {
+        self.access.insecure
     }
 
     /// Wakes the loop (for shutdown).
@@ -203,6 +236,8 @@ impl FrontDoor {
             to_fanout,
             fanout_waker,
             last_prices: None,
+            auth: self.access.auth,
+            keys: self.access.watch,
         };
         let mut events = Events::with_capacity(256);
         let mut next_sweep = Instant::now();
@@ -241,11 +276,15 @@ impl FrontDoor {
                 next_sweep = now + Duration::from_secs(1);
                 front.sweep(now);
                 front.push_prices();
+                front.check_keys(false);
             }
-            let hup = self.reload_tls.swap(false, Relaxed);
+            let hup = self.reload.swap(false, Relaxed);
             if hup || now >= next_tls_check {
                 next_tls_check = now + TLS_CHECK_EVERY;
                 front.check_tls(hup, now);
+            }
+            if hup {
+                front.check_keys(true);
             }
         }
     }
@@ -264,9 +303,35 @@ struct Front {
     fanout_waker: Arc<Waker>,
     /// The last `/ws/prices` body, for greeting new clients.
     last_prices: Option<(Instant, Bytes)>,
+    /// Access control.
+    auth: Arc<Auth>,
+    /// The keys file, re-read when it changes.
+    keys: KeyWatch,
 }
 
 impl Front {
+    /// Re-reads the keys file when it changed (every second) or now
+    /// (SIGHUP); the fanout closes connections of keys that went.
+    fn check_keys(&mut self, force: bool) {
+        let result = if force {
+            self.keys.reload()
+        } else {
+            self.keys.tick()
+        };
+        match result {
+            Ok(Reloaded::Unchanged) => {}
+            Ok(Reloaded::Changed { names, .. }) => {
+                log::info!(
+                    "keys file {} reloaded: {} keys ({})",
+                    self.keys.path().display(),
+                    names.len(),
+                    names.join(", ")
+                );
+            }
+            Err(e) => log::error!("{e}; the keys loaded before stay in force"),
+        }
+    }
+
     /// Re-reads changed (or, on SIGHUP, all) certificate files, updates
     /// what `/health` shows, and repeats the expiry warning once a day.
     fn check_tls(&mut self, force: bool, now: Instant) {
@@ -299,6 +364,7 @@ impl Front {
                         continue;
                     }
                     let _ = tcp.set_nodelay(true);
+                    let (auth, tls) = (d.auth, d.tls.is_some());
                     let mut stream = match &d.tls {
                         None => ServerStream::Plain(tcp),
                         Some(tls) => match ServerStream::tls(tcp, tls.config()) {
@@ -330,6 +396,9 @@ impl Front {
                     self.conns[slot] = Some(Conn {
                         stream,
                         peer: peer.ip(),
+                        auth,
+                        tls,
+                        upgrading: None,
                         buf: Vec::with_capacity(1024),
                         out: Vec::new(),
                         pos: 0,
@@ -427,9 +496,18 @@ impl Front {
         if keep {
             self.conns[i] = Some(conn);
         } else {
+            self.release(&mut conn);
             conn.stream.close_notify();
             let _ = self.poll.registry().deregister(&mut conn.stream);
             self.free.push(i);
+        }
+    }
+
+    /// A connection dropped before its upgrade finished gives its key's
+    /// connection count back.
+    fn release(&self, conn: &mut Conn) {
+        if let Some(u) = conn.upgrading.take() {
+            self.auth.connection_closed(u.principal.key);
         }
     }
 
@@ -469,15 +547,82 @@ impl Front {
             head.host.as_deref(),
             &config.allowed_origins,
         );
-        if head.upgrade {
-            return self.upgrade(conn, &head, origin_ok, now);
-        }
         let cors = |r: Response| match (&head.origin, origin_ok) {
             (Some(o), true) => r
                 .header("Access-Control-Allow-Origin", o)
+                .header("Access-Control-Allow-Credentials", "true")
                 .header("Vary", "Origin"),
             _ => r,
         };
+        let headers = head.credential_headers();
+        let view = RequestView {
+            method: &head.method,
+            path: &head.path,
+            query: &head.query,
+            upgrade: head.upgrade,
+            headers: &headers,
+        };
+        let principal = if conn.auth {
+            match self.auth.check(&view, conn.peer, now) {
+                Ok(p) => p,
+                Err(denial) => {
+                    if let Denial::Forbidden { need } = denial {
+                        log::info!(
+                            "{} {}: refused, the key lacks '{need}'",
+                            head.method,
+                            head.path
+                        );
+                    }
+                    let r = cors(denial.response());
+                    return self.respond(conn, r, head.keep_alive && !head.upgrade, false, now);
+                }
+            }
+        } else {
+            Principal::off()
+        };
+        if head.path == "/api/session" {
+            let r = match head.method.as_str() {
+                "GET" | "HEAD" => Response::new(
+                    200,
+                    "application/json",
+                    serde_json::json!({
+                        "auth": conn.auth,
+                        "authenticated": !conn.auth || principal.key_name.is_some(),
+                        "key": principal.key_name,
+                    })
+                    .to_string(),
+                ),
+                "POST" if !origin_ok => {
+                    Response::error(403, "origin not allowed: add it to allowed_origins")
+                }
+                "POST" if !conn.auth => Response::new(
+                    200,
+                    "application/json",
+                    r#"{"auth":"off","message":"this listener does not ask for keys"}"#,
+                ),
+                "POST" => match self.auth.login(&view, body, conn.peer, now, conn.tls) {
+                    Ok(login) => login.response(),
+                    Err(denial) => denial.response(),
+                },
+                "DELETE" => self.auth.logout(&view, conn.tls),
+                "OPTIONS" => Response::new(204, "text/plain", "")
+                    .header("Allow", "GET, HEAD, POST, DELETE, OPTIONS")
+                    .header(
+                        "Access-Control-Allow-Methods",
+                        "GET, HEAD, POST, DELETE, OPTIONS",
+                    )
+                    .header(
+                        "Access-Control-Allow-Headers",
+                        "Authorization, Content-Type",
+                    ),
+                _ => Response::error(405, "GET, POST or DELETE /api/session")
+                    .header("Allow", "GET, HEAD, POST, DELETE, OPTIONS"),
+            };
+            return self.respond(conn, cors(r), head.keep_alive, head.method == "HEAD", now);
+        }
+        if head.upgrade {
+            return self.upgrade(conn, &head, origin_ok, principal, now);
+        }
         let (response, head_only) = match head.method.as_str() {
             "GET" | "HEAD" => {
                 let r = match head.path.as_str() {
@@ -486,6 +631,15 @@ impl Front {
                         "this endpoint speaks WebSocket; connect with a WebSocket client",
                     )
                     .header("Upgrade", "websocket"),
+                    "/health" if !principal.can(Scope::Read) => {
+                        // Status only: the details need the read scope.
+                        let (code, status) = self.rest.health_status();
+                        Response::new(
+                            code,
+                            "application/json",
+                            serde_json::json!({ "status": status }).to_string(),
+                        )
+                    }
                     path => self
                         .rest
                         .route(path, &head.query)
@@ -495,7 +649,9 @@ impl Front {
             }
             "POST" if admin::takes_body(&head.method, &head.path) => {
                 let r = if origin_ok {
-                    admin::credentials(conn.peer, body, &self.rest.token)
+                    // With keys on this listener the admin scope was
+                    // checked; without, only loopback peers may call.
+                    admin::credentials(conn.peer, conn.auth, body, &self.rest.token)
                 } else {
                     Response::error(403, "origin not allowed: add it to allowed_origins")
                 };
@@ -524,7 +680,14 @@ impl Front {
         self.respond(conn, response, head.keep_alive, head_only, now);
     }
 
-    fn upgrade(&mut self, conn: &mut Conn, head: &Head, origin_ok: bool, now: Instant) {
+    fn upgrade(
+        &mut self,
+        conn: &mut Conn,
+        head: &Head,
+        origin_ok: bool,
+        principal: Principal,
+        now: Instant,
+    ) {
         let kind = match head.path.as_str() {
             "/" | "/ws" => Kind::Feed,
             "/ws/prices" => Kind::Prices,
@@ -561,6 +724,25 @@ impl Front {
                 now,
             );
         }
+        if !self.auth.connection_opened(&principal) {
+            let name = principal.key_name.as_deref().unwrap_or_default();
+            log::info!("key '{name}': WebSocket refused, it holds its limit of connections");
+            return self.respond(
+                conn,
+                Response::error(
+                    429,
+                    &format!("key '{name}' holds its limit of connections (limits.keys.{name}.connections)"),
+                ),
+                false,
+                false,
+                now,
+            );
+        }
+        let limits = self.auth.limits_of(&principal);
+        if let Some(name) = &principal.key_name {
+            log::debug!("WebSocket {} for key '{name}'", head.path);
+        }
+        conn.upgrading = Some(Upgrading { principal, limits });
         // `upgrade_error` checked the key is there.
         let key = head.ws_key.as_deref().unwrap_or_default();
         conn.out = http::upgrade_response(key);
@@ -571,14 +753,26 @@ impl Front {
     fn hand_off(&mut self, mut conn: Conn, kind: Kind) {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let prices = (kind == Kind::Prices).then(|| self.prices_body());
+        let who = conn.upgrading.take().unwrap_or(Upgrading {
+            principal: Principal::off(),
+            limits: KeyLimits::default(),
+        });
         let client = NewClient {
             stream: conn.stream,
             early: conn.buf,
             kind,
             prices,
+            principal: who.principal,
+            limits: who.limits,
         };
-        if self.to_fanout.send(Handoff::Client(client)).is_ok() {
-            let _ = self.fanout_waker.wake();
+        match self.to_fanout.send(Handoff::Client(client)) {
+            Ok(()) => {
+                let _ = self.fanout_waker.wake();
+            }
+            Err(crossbeam_channel::SendError(Handoff::Client(c))) => {
+                self.auth.connection_closed(c.principal.key);
+            }
+            Err(_) => {}
         }
     }
 
@@ -624,6 +818,7 @@ impl Front {
                 );
                 self.rest.fanout.http_requests.inc();
             }
+            self.release(&mut conn);
             let _ = self.poll.registry().deregister(&mut conn.stream);
             self.free.push(i);
         }

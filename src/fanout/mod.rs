@@ -51,6 +51,7 @@ use ringbuf::HeapCons;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::WebSocketConfig;
 
+use crate::auth::Auth;
 use crate::book::{BookStats, SharedSnapshot, Update};
 use crate::domain::{InstrumentKey, Mode};
 use crate::instrument::watch::Watchlist;
@@ -202,6 +203,7 @@ pub struct Fanout {
     waker: Arc<Waker>,
     front: FrontDoor,
     config: FanoutConfig,
+    auth: Arc<Auth>,
 }
 
 impl Fanout {
@@ -209,10 +211,12 @@ impl Fanout {
     /// listeners re-read their certificate files.
     pub fn new(
         listeners: Vec<front::Listener>,
-        reload_tls: Arc<AtomicBool>,
+        reload: Arc<AtomicBool>,
+        access: crate::auth::Setup,
         config: FanoutConfig,
     ) -> std::io::Result<Fanout> {
-        let front = FrontDoor::new(listeners, reload_tls)?;
+        let auth = Arc::clone(&access.auth);
+        let front = FrontDoor::new(listeners, reload, access)?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Fanout {
@@ -220,6 +224,7 @@ impl Fanout {
             waker,
             front,
             config,
+            auth,
         })
     }
 
@@ -276,6 +281,7 @@ impl Fanout {
             calendar: inputs.calendar,
             clock: inputs.clock.clone(),
             listeners: self.front.listener_status(),
+            insecure_no_auth: self.front.insecure(),
         };
         let front_waker = self.front.waker();
         let front = {
@@ -336,6 +342,8 @@ impl Fanout {
             heartbeat: inputs.heartbeat,
             day_turns: inputs.day_turns,
             day_done: inputs.day_done,
+            keys_generation: self.auth.store().generation(),
+            auth: self.auth,
             next_second: Instant::now(),
             turn_recv: Vec::with_capacity(1024),
             dirty: Vec::with_capacity(1024),
@@ -435,6 +443,10 @@ struct Worker {
     heartbeat: Heartbeat,
     day_turns: Receiver<DayTurn>,
     day_done: Sender<DayDone>,
+    /// Access control (revoked keys close their connections).
+    auth: Arc<Auth>,
+    /// The keys' generation last checked.
+    keys_generation: u64,
     next_second: Instant,
     /// Receive stamps of the updates delivered this turn.
     turn_recv: Vec<u64>,
@@ -519,6 +531,8 @@ impl Worker {
             early,
             kind,
             prices,
+            principal,
+            limits,
         } = c;
         let slot = self.free.pop().unwrap_or_else(|| {
             self.sessions.push(None);
@@ -530,12 +544,18 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("cannot watch a new client: {e}");
+            self.auth.connection_closed(principal.key);
             self.free.push(slot);
             return;
         }
         set_send_buffer(stream.tcp(), self.config.client_send_buffer);
         let id = self.next_id;
         self.next_id += 1;
+        let rate = limits
+            .messages_per_sec
+            .map_or(self.config.max_messages_per_sec, |r| {
+                r.min(self.config.max_messages_per_sec)
+            });
         let mut s = Box::new(Session::new(
             id,
             stream,
@@ -543,8 +563,14 @@ impl Worker {
             kind,
             self.ws_config,
             self.config.client_queue_bytes,
-            self.config.max_messages_per_sec,
+            rate,
         ));
+        s.max_subs = limits
+            .subscriptions
+            .unwrap_or(self.config.max_subscriptions_per_client)
+            .min(self.config.max_subscriptions_per_client);
+        s.key = principal.key;
+        s.key_name = principal.key_name;
         self.stats.clients.inc();
         self.stats.clients_total.inc();
         match kind {
@@ -622,6 +648,7 @@ impl Worker {
 
     fn every_second(&mut self, now: Instant) {
         self.take_day_turns(now);
+        self.check_revoked(now);
         self.announce_status(now);
         let limit = self.config.slow_client_timeout;
         let abuse = self.config.max_messages_per_sec.saturating_mul(10);
@@ -658,6 +685,33 @@ impl Worker {
         self.message_latency.maybe_publish(now);
     }
 
+    /// When the keys file changed: closes (4403) every connection whose key
+    /// is no longer in it. The front door reloads the file every second, so
+    /// a revoked key's connections end within about two.
+    fn check_revoked(&mut self, now: Instant) {
+        let generation = self.auth.store().generation();
+        if generation == self.keys_generation {
+            return;
+        }
+        self.keys_generation = generation;
+        for i in 0..self.sessions.len() {
+            let Some(s) = self.sessions[i].as_mut() else {
+                continue;
+            };
+            let Some(id) = s.key else { continue };
+            if self.auth.store().by_id(id).is_some() || s.closing.is_some() {
+                continue;
+            }
+            log::info!(
+                "closing client {} (key '{}'): the key was revoked",
+                s.id,
+                s.key_name.as_deref().unwrap_or_default()
+            );
+            s.close(CloseCode::from(4403), "API key revoked", now);
+            self.dirty.push(i);
+        }
+    }
+
     /// Publishes the upstream subscriptions and the watchlist for REST and
     /// the resolver (at most every [`VIEW_EVERY`]).
     fn publish_view(&mut self, now: Instant) {
@@ -678,6 +732,7 @@ impl Worker {
             self.topics.remove(i, *key);
         }
         self.view_dirty |= !s.subs.is_empty();
+        self.auth.connection_closed(s.key);
         self.stats.subscriptions.sub(s.subs.len() as u64);
         self.stats.clients.sub(1);
         if s.kind == Kind::Prices {
@@ -799,6 +854,8 @@ mod test_worker {
             heartbeat: Heartbeat::new(),
             day_turns: crossbeam_channel::never(),
             day_done: crossbeam_channel::unbounded().0,
+            auth: Arc::new(Auth::off()),
+            keys_generation: 0,
             next_second: Instant::now(),
             turn_recv: Vec::new(),
             dirty: Vec::new(),

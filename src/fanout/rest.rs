@@ -129,6 +129,8 @@ pub struct RestState {
     /// The listeners, with their certificates (kept current by the front
     /// door when it reloads them).
     pub listeners: Vec<ListenerStatus>,
+    /// Started with `--insecure-no-auth` (said in `/health`).
+    pub insecure_no_auth: bool,
 }
 
 /// A listener as `/health` shows it.
@@ -138,6 +140,8 @@ pub struct ListenerStatus {
     pub addr: std::net::SocketAddr,
     /// Its certificate, for a TLS listener.
     pub tls: Option<crate::serve_tls::CertStatus>,
+    /// Whether it asks for API keys.
+    pub auth: bool,
 }
 
 impl ListenerStatus {
@@ -145,7 +149,7 @@ impl ListenerStatus {
     /// "file", "reloadError"}}`.
     fn json(&self, now: i64) -> Value {
         let Some(tls) = &self.tls else {
-            return json!({"addr": self.addr.to_string(), "tls": false});
+            return json!({"addr": self.addr.to_string(), "tls": false, "auth": self.auth});
         };
         let cert = match &tls.info {
             Some(i) => json!({
@@ -158,7 +162,7 @@ impl ListenerStatus {
         let mut cert = cert;
         cert["file"] = json!(tls.file.display().to_string());
         cert["reloadError"] = json!(tls.reload_error);
-        json!({"addr": self.addr.to_string(), "tls": true, "certificate": cert})
+        json!({"addr": self.addr.to_string(), "tls": true, "auth": self.auth, "certificate": cert})
     }
 }
 
@@ -319,8 +323,26 @@ impl RestState {
         })
     }
 
-    /// `/health`: 200 while an upstream connection is up, else 503.
+    /// `/health`'s status alone (what callers without a key see) and its
+    /// HTTP code: `ok`, `degraded` (token trouble), `down` (503).
+    pub fn health_status(&self) -> (u16, &'static str) {
+        let up = UpstreamStatus::of(&self.upstream).is_up();
+        let token = self.token.status();
+        let now = crate::token::unix_now();
+        let troubled =
+            token.last_error.is_some() || matches!(token.state(now), "expired" | "refused");
+        match (up, troubled) {
+            (false, _) => (503, "down"),
+            (true, true) => (200, "degraded"),
+            (true, false) => (200, "ok"),
+        }
+    }
+
+    /// `/health` with its details (for callers with the read scope, or
+    /// any caller where access control is off): 200 while an upstream
+    /// connection is up, else 503.
     pub fn health(&self) -> (u16, String) {
+        let (code, overall) = self.health_status();
         let status = UpstreamStatus::of(&self.upstream);
         let connections: Vec<Value> = self
             .upstream
@@ -337,14 +359,8 @@ impl RestState {
         let f = &self.fanout;
         let token = self.token.status();
         let now = crate::token::unix_now();
-        let troubled =
-            token.last_error.is_some() || matches!(token.state(now), "expired" | "refused");
-        let body = json!({
-            "status": match (status.is_up(), troubled) {
-                (false, _) => "down",
-                (true, true) => "degraded",
-                (true, false) => "ok",
-            },
+        let mut body = json!({
+            "status": overall,
             "state": status.state,
             "detail": status.detail,
             "demo": self.demo,
@@ -368,7 +384,12 @@ impl RestState {
                 .map(|l| l.json(now as i64))
                 .collect::<Vec<_>>(),
         });
-        (if status.is_up() { 200 } else { 503 }, body.to_string())
+        if self.insecure_no_auth {
+            body["insecureNoAuth"] = json!(true);
+            body["warning"] =
+                json!("started with --insecure-no-auth: access control is off on every listener");
+        }
+        (code, body.to_string())
     }
 
     /// `/api/watchlist`: the watchlist, in order.
@@ -635,7 +656,11 @@ const INDEX: &str = "dhan-relay\n\n\
      GET  /api/instruments?q=relia&limit=20  instrument search (exact, prefix, substring)\n\
      WS   /ws (or /)                     subscribe/unsubscribe protocol (JSON)\n\
      WS   /ws/prices                     the /prices object every second\n\
-     POST /api/admin/credentials         {\"clientId\",\"accessToken\"}: new token, no restart (loopback only)\n";
+     POST /api/admin/credentials         {\"clientId\",\"accessToken\"}: new token, no restart (admin scope; loopback only without keys)\n\
+     GET  /api/session                   whether this listener asks for keys, and whether you are signed in\n\
+     POST /api/session                   Authorization: Bearer KEY (or {\"key\"}): a session cookie for browsers\n\
+     DELETE /api/session                 sign out\n\n\
+     With access control on: Authorization: Bearer KEY, ?key=KEY on a WebSocket URL, or the session cookie.\n";
 
 /// `GET /api/instruments?q=relia&limit=20`: `{"query","count","results"}`,
 /// or 400 with `{"error"}` for a missing or empty `q` or a bad `limit`
@@ -760,7 +785,9 @@ mod tests {
             listeners: vec![ListenerStatus {
                 addr: "127.0.0.1:8000".parse().unwrap(),
                 tls: None,
+                auth: false,
             }],
+            insecure_no_auth: false,
         }
     }
 

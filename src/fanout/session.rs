@@ -120,6 +120,12 @@ pub struct Session {
     /// A symbol resolution for this client is in flight: its socket is not
     /// read until the answer is applied, so its messages keep their order.
     pub awaiting: bool,
+    /// Its API key (access control on), re-checked when the keys change.
+    pub key: Option<crate::auth::KeyId>,
+    /// The key's name, for the log.
+    pub key_name: Option<String>,
+    /// Instruments it may hold (its key's limit, else the relay's).
+    pub max_subs: usize,
 }
 
 impl Session {
@@ -154,6 +160,9 @@ impl Session {
             last_notice: None,
             closing: None,
             wrote_at: None,
+            key: None,
+            key_name: None,
+            max_subs: usize::MAX,
             awaiting: false,
         }
     }
