@@ -624,6 +624,18 @@ impl Auth {
         }
     }
 
+    /// Who presents what this request carries, whatever its path needs:
+    /// anonymous when nothing (or nothing valid) is presented; a wrong key
+    /// counts against `peer` as in [`Auth::check`]. For `GET /api/session`.
+    pub fn identify(&self, req: &RequestView<'_>, peer: IpAddr, now: Instant) -> Principal {
+        if !self.enabled {
+            return Principal::off();
+        }
+        extract(req.headers, req.query)
+            .and_then(|p| self.authenticate(&p, peer, now).ok())
+            .unwrap_or_else(Principal::anonymous)
+    }
+
     fn authenticate(
         &self,
         presented: &Presented,

@@ -582,16 +582,23 @@ impl Front {
         };
         if head.path == "/api/session" {
             let r = match head.method.as_str() {
-                "GET" | "HEAD" => Response::new(
-                    200,
-                    "application/json",
-                    serde_json::json!({
-                        "auth": conn.auth,
-                        "authenticated": !conn.auth || principal.key_name.is_some(),
-                        "key": principal.key_name,
-                    })
-                    .to_string(),
-                ),
+                "GET" | "HEAD" => {
+                    let who = if conn.auth {
+                        self.auth.identify(&view, conn.peer, now)
+                    } else {
+                        principal
+                    };
+                    Response::new(
+                        200,
+                        "application/json",
+                        serde_json::json!({
+                            "auth": conn.auth,
+                            "authenticated": !conn.auth || who.key_name.is_some(),
+                            "key": who.key_name,
+                        })
+                        .to_string(),
+                    )
+                }
                 "POST" if !origin_ok => {
                     Response::error(403, "origin not allowed: add it to allowed_origins")
                 }
