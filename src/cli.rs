@@ -153,6 +153,9 @@ pub struct CheckArgs {
     /// Credentials file to check (as for `run`).
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
+    /// API keys file to check (as for `run`).
+    #[arg(long, value_name = "FILE")]
+    pub keys_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -313,6 +316,7 @@ fn check_config(args: &CheckArgs) -> ExitCode {
     let flags = Flags {
         config: args.config.clone(),
         env_file: args.env_file.clone(),
+        keys_file: args.keys_file.clone(),
         ..Flags::default()
     };
     let config = match load_config(&flags) {
@@ -361,10 +365,40 @@ fn check_config(args: &CheckArgs) -> ExitCode {
             }
         }
     }
+    let specs: Vec<_> = config.listen.iter().map(|l| (l.addr, l.auth)).collect();
+    let access = match crate::auth::setup(
+        config.auth,
+        config.insecure_no_auth,
+        &specs,
+        &config.keys_file,
+        config.key_limits.clone(),
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dhan-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if access.listeners.iter().any(|&on| on) {
+        println!(
+            "access control on: {} keys in {} ({})",
+            access.watch.store().len(),
+            config.keys_file.display(),
+            access.watch.store().names().join(", ")
+        );
+    }
     let listen: Vec<String> = config
         .listen
         .iter()
-        .map(|l| format!("{}{}", l.addr, if l.tls.is_some() { " (TLS)" } else { "" }))
+        .zip(&access.listeners)
+        .map(|(l, &keys)| {
+            format!(
+                "{}{}{}",
+                l.addr,
+                if l.tls.is_some() { " (TLS)" } else { "" },
+                if keys { " (API keys)" } else { "" }
+            )
+        })
         .collect();
     println!("config OK: listen {}", listen.join(", "));
     ExitCode::SUCCESS
