@@ -481,8 +481,18 @@ fn the_binary_exits_2_without_keys_and_never_prints_a_key() {
         .to_string();
     drop(w);
     std::thread::sleep(Duration::from_millis(300));
-    let _ = child.kill();
-    let _ = child.wait();
+    // SIGTERM: an orderly stop, which records when keys were last used.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let list = std::process::Command::new(bin)
+        .args(["keys", "list", "--keys-file", keys.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&list.stdout);
+    let row = table.lines().find(|l| l.starts_with("cli ")).unwrap();
+    assert!(row.trim_end().ends_with('Z'), "last used recorded: {table}");
     let text = std::fs::read(&log).unwrap();
     for secret in [key.as_str(), wrong, sid.as_str()] {
         assert!(

@@ -95,15 +95,21 @@ pub fn run(
                 writeln!(err, "dhan-relay: no keys in {}", path.display()).map_err(io)?;
                 return Ok(());
             }
+            // The running relay records uses beside the file.
+            let used = super::usage::read(&super::usage::usage_file(path));
             let rows: Vec<[String; 4]> = file
                 .keys
                 .iter()
                 .map(|k| {
+                    let last = [used.get(&k.name).cloned(), k.last_used.clone()]
+                        .into_iter()
+                        .flatten()
+                        .max();
                     [
                         k.name.clone(),
                         k.scopes.to_string(),
                         k.created.clone(),
-                        k.last_used.clone().unwrap_or_else(|| "-".into()),
+                        last.unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
@@ -170,6 +176,19 @@ mod tests {
         assert_eq!(
             table,
             "NAME   SCOPES      CREATED               LAST USED\nalice  read,trade  2026-05-28T20:26:40Z  -\n"
+        );
+        std::fs::write(
+            super::super::usage::usage_file(&path),
+            "alice = \"2026-06-01T10:00:00Z\"\n",
+        )
+        .unwrap();
+        let mut table = Vec::new();
+        run(&KeysCommand::List, &path, now, &mut table, &mut err).unwrap();
+        assert!(
+            String::from_utf8(table)
+                .unwrap()
+                .contains("2026-06-01T10:00:00Z"),
+            "the relay's record of the last use"
         );
         let revoke = KeysCommand::Revoke {
             name: "alice".into(),

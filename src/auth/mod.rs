@@ -20,6 +20,7 @@ pub mod keys;
 pub mod limits;
 pub mod scope;
 pub mod sessions;
+pub mod usage;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -488,6 +489,8 @@ pub struct Auth {
     limits: KeyLimitsMap,
     /// Open WebSocket connections per key (for `limits.keys.NAME.connections`).
     connections: Mutex<std::collections::HashMap<KeyId, usize>>,
+    /// When each key was last used (for `keys list`).
+    usage: Mutex<usage::Usage>,
 }
 
 impl Auth {
@@ -520,6 +523,19 @@ impl Auth {
             failures: Mutex::new(failures),
             limits: KeyLimitsMap::default(),
             connections: Mutex::default(),
+            usage: Mutex::default(),
+        }
+    }
+
+    /// The last-use file's new text, when a key was used since the last
+    /// call (the front door writes it beside the keys file).
+    pub fn take_usage(&self) -> Option<String> {
+        lock(&self.usage).take_changes()
+    }
+
+    fn used(&self, principal: &Principal) {
+        if let Some(name) = &principal.key_name {
+            lock(&self.usage).record(name, std::time::SystemTime::now());
         }
     }
 
@@ -618,6 +634,7 @@ impl Auth {
             }
             other => other?,
         };
+        self.used(&principal);
         match need {
             Some(scope) if !principal.can(scope) => Err(Denial::Forbidden { need: scope }),
             _ => Ok(principal),

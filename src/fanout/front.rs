@@ -241,6 +241,7 @@ impl FrontDoor {
         };
         let mut events = Events::with_capacity(256);
         let mut next_sweep = Instant::now();
+        let mut next_usage = Instant::now() + Duration::from_secs(60);
         let mut next_tls_check = Instant::now() + TLS_CHECK_EVERY;
         for door in front.doors.iter_mut() {
             if let Some(tls) = &mut door.tls {
@@ -278,6 +279,10 @@ impl FrontDoor {
                 front.push_prices();
                 front.check_keys(false);
             }
+            if now >= next_usage {
+                next_usage = now + Duration::from_secs(60);
+                front.save_usage();
+            }
             let hup = self.reload.swap(false, Relaxed);
             if hup || now >= next_tls_check {
                 next_tls_check = now + TLS_CHECK_EVERY;
@@ -287,6 +292,7 @@ impl FrontDoor {
                 front.check_keys(true);
             }
         }
+        front.save_usage();
     }
 }
 
@@ -310,6 +316,21 @@ struct Front {
 }
 
 impl Front {
+    /// Writes when keys were last used beside the keys file (called once a
+    /// minute and at the end; nothing is written when nothing changed).
+    fn save_usage(&self) {
+        let Some(text) = self.auth.take_usage() else {
+            return;
+        };
+        let path = crate::auth::usage::usage_file(self.keys.path());
+        if let Err(e) = crate::token::sources::write_private(&path, text.as_bytes()) {
+            log::warn!(
+                "cannot record when API keys were last used in {}: {e}",
+                path.display()
+            );
+        }
+    }
+
     /// Re-reads the keys file when it changed (every second) or now
     /// (SIGHUP); the fanout closes connections of keys that went.
     fn check_keys(&mut self, force: bool) {
