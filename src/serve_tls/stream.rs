@@ -314,6 +314,8 @@ struct Records {
     /// Records sent under one key before it is replaced (TLS 1.3) or the
     /// connection ends (TLS 1.2).
     tx_limit: u64,
+    /// Send-key updates so far.
+    tx_updates: u32,
 }
 
 impl Records {
@@ -335,6 +337,7 @@ impl Records {
             rx: DirectionKey::new(secrets.rx.0, secrets.rx.1)?,
             // Key updates a little before the limit, as rustls does.
             tx_limit: if tls13 { limit / 16 * 15 } else { limit },
+            tx_updates: 0,
         })
     }
 
@@ -456,6 +459,7 @@ impl Records {
         out.end += n;
         let (seq, secrets) = self.kernel.update_tx_secret().map_err(tls_error)?;
         self.tx = DirectionKey::new(seq, secrets)?;
+        self.tx_updates += 1;
         Ok(())
     }
 }
@@ -849,10 +853,14 @@ mod tests {
 
     /// A server `TlsStream` (non-blocking) and a blocking rustls client on
     /// a loopback pair, the client trusting a test CA.
-    fn pair() -> (
-        TlsStream,
-        rustls::StreamOwned<rustls::ClientConnection, StdStream>,
-    ) {
+    fn pair() -> (TlsStream, Client) {
+        pair_with(None)
+    }
+
+    type Client = rustls::StreamOwned<rustls::ClientConnection, StdStream>;
+
+    /// As [`pair`], the client offering only `suite` (and its version).
+    fn pair_with(suite: Option<SupportedCipherSuite>) -> (TlsStream, Client) {
         let ca = TestCa::new();
         let (cert, key) = ca.leaf(9, 30);
         let dir = std::env::temp_dir().join(format!(
@@ -877,6 +885,9 @@ mod tests {
             .unwrap();
         let (server, _) = l.accept().unwrap();
         server.set_nonblocking(true).unwrap();
+        // Small socket buffers, so that writes are often partial.
+        small_buffers(&server, libc::SO_SNDBUF);
+        small_buffers(&client_tcp, libc::SO_RCVBUF);
         let server = TlsStream::new(TcpStream::from_std(server), listener.config()).unwrap();
 
         let mut roots = rustls::RootCertStore::empty();
@@ -884,9 +895,14 @@ mod tests {
         roots
             .add(rustls_pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
             .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let mut provider = rustls::crypto::ring::default_provider();
+        let mut versions = rustls::DEFAULT_VERSIONS.to_vec();
+        if let Some(suite) = suite {
+            provider.cipher_suites = vec![suite];
+            versions = vec![suite.version()];
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -898,6 +914,22 @@ mod tests {
         (server, rustls::StreamOwned::new(conn, client_tcp))
     }
 
+    fn small_buffers(s: &StdStream, which: libc::c_int) {
+        use std::os::fd::AsRawFd;
+        let size: libc::c_int = 32 * 1024;
+        // SAFETY: a valid socket and a c_int option value of the right size.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                which,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+    }
+
     /// Drives the server's read side until `want` plaintext bytes arrive.
     fn server_read(s: &mut TlsStream, want: usize) -> Vec<u8> {
         let mut got = Vec::new();
@@ -905,7 +937,8 @@ mod tests {
         while got.len() < want {
             assert!(std::time::Instant::now() < end, "timed out: {got:?}");
             let mut buf = [0u8; 1000];
-            match s.read(&mut buf) {
+            let room = buf.len().min(want - got.len());
+            match s.read(&mut buf[..room]) {
                 Ok(0) => break,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -998,5 +1031,240 @@ mod tests {
         assert!(answer.contains("use https://"), "{answer}");
         let body = answer.split("\r\n\r\n").nth(1).unwrap();
         assert_eq!(body.len(), 45, "Content-Length matches");
+    }
+
+    /// Every suite the ring provider negotiates, by name.
+    fn suites() -> Vec<(&'static str, SupportedCipherSuite)> {
+        use rustls::crypto::ring::cipher_suite::*;
+        vec![
+            ("TLS 1.3 AES-128-GCM", TLS13_AES_128_GCM_SHA256),
+            ("TLS 1.3 AES-256-GCM", TLS13_AES_256_GCM_SHA384),
+            ("TLS 1.3 ChaCha20-Poly1305", TLS13_CHACHA20_POLY1305_SHA256),
+            (
+                "TLS 1.2 ECDHE AES-128-GCM",
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ),
+            (
+                "TLS 1.2 ECDHE AES-256-GCM",
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ),
+            (
+                "TLS 1.2 ECDHE ChaCha20-Poly1305",
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ),
+        ]
+    }
+
+    /// Writes `data` through the server in vectored writes of up to three
+    /// slices, retrying on `WouldBlock`, then flushes; how often it blocked.
+    fn server_write_all(s: &mut TlsStream, data: &[u8]) -> usize {
+        let mut pos = 0;
+        let mut blocked = 0;
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while pos < data.len() {
+            assert!(std::time::Instant::now() < end, "write timed out");
+            let rest = &data[pos..];
+            let a = rest.len().min(1 + pos % 700);
+            let b = (rest.len() - a).min(5000);
+            let slices = [
+                IoSlice::new(&rest[..a]),
+                IoSlice::new(&rest[a..a + b]),
+                IoSlice::new(&rest[a + b..]),
+            ];
+            match s.write_vectored(&slices) {
+                Ok(n) => {
+                    assert!(n > 0 && n <= MAX_PLAIN);
+                    pos += n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    blocked += 1;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        while !s.flush_out().unwrap() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        blocked
+    }
+
+    fn pattern(len: usize, seed: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + seed * 7) as u8).collect()
+    }
+
+    /// Sizes from 1 byte to 64 KiB, across record boundaries.
+    const SIZES: [usize; 10] = [1, 2, 100, 1500, 16383, 16384, 16385, 30000, 40000, 65536];
+
+    fn established(s: &TlsStream) -> bool {
+        matches!(s.conn, Conn::Records(_))
+    }
+
+    #[test]
+    fn every_suite_round_trips_1_byte_to_64_kib_both_ways_and_closes_cleanly() {
+        for (name, suite) in suites() {
+            let (mut server, mut client) = pair_with(Some(suite));
+            let up: Vec<u8> = (0..SIZES.len())
+                .flat_map(|i| pattern(SIZES[i], i))
+                .collect();
+            let down: Vec<u8> = (0..60)
+                .flat_map(|i| pattern(SIZES[i % SIZES.len()], 100 + i))
+                .collect();
+            let (up_len, down_len) = (up.len(), down.len());
+            let c = std::thread::spawn(move || {
+                for i in 0..SIZES.len() {
+                    client.write_all(&pattern(SIZES[i], i)).unwrap();
+                }
+                // Late to read: the server's socket fills and its writes
+                // are partial or blocked.
+                std::thread::sleep(Duration::from_millis(50));
+                let mut got = vec![0u8; down_len];
+                client.read_exact(&mut got).unwrap();
+                // Our close_notify, then the server's: a clean end.
+                client.conn.send_close_notify();
+                client.flush().unwrap();
+                let mut rest = Vec::new();
+                let n = client.read_to_end(&mut rest).unwrap();
+                assert_eq!(n, 0, "nothing after the data");
+                (
+                    got,
+                    client.conn.negotiated_cipher_suite().unwrap().suite(),
+                )
+            });
+            assert!(server_read(&mut server, up_len) == up, "{name}: upstream bytes");
+            assert!(established(&server), "{name}: own record layer in use");
+            let blocked = server_write_all(&mut server, &down);
+            // The client's close_notify: end of stream.
+            assert_eq!(server_read(&mut server, 1), b"", "{name}");
+            assert!(server.peer_done);
+            server.close_notify();
+            let (got, negotiated) = c.join().unwrap();
+            assert_eq!(negotiated, suite.suite(), "{name}");
+            assert_eq!(got.len(), down.len(), "{name}");
+            assert!(got == down, "{name}: downstream bytes differ");
+            assert!(blocked > 0, "{name}: the socket never filled");
+            println!("{name}: {} bytes down, {blocked} writes blocked", down.len());
+        }
+    }
+
+    #[test]
+    fn every_suite_rejects_a_corrupted_record() {
+        for (name, suite) in suites() {
+            let (mut server, mut client) = pair_with(Some(suite));
+            let c = std::thread::spawn(move || {
+                client.write_all(b"hello").unwrap();
+                client
+            });
+            assert_eq!(server_read(&mut server, 5), b"hello", "{name}");
+            let mut client = c.join().unwrap();
+            client.conn.writer().write_all(b"tampered").unwrap();
+            let mut wire = Vec::new();
+            client.conn.write_tls(&mut wire).unwrap();
+            let last = wire.len() - 1;
+            wire[last] ^= 1;
+            client.sock.write_all(&wire).unwrap();
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            let mut buf = [0u8; 100];
+            let e = loop {
+                match server.read(&mut buf) {
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        assert!(std::time::Instant::now() < end, "{name}: timed out");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => break e,
+                    Ok(n) => panic!("{name}: read {n} bytes of a corrupted record"),
+                }
+            };
+            assert_eq!(e.kind(), ErrorKind::InvalidData, "{name}");
+            assert!(e.to_string().contains("authentication"), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn tls13_key_updates_from_the_client_are_followed_both_ways() {
+        for (name, suite) in suites().into_iter().filter(|(_, s)| s.tls13().is_some()) {
+            let (mut server, mut client) = pair_with(Some(suite));
+            let c = std::thread::spawn(move || {
+                client.write_all(b"hi").unwrap();
+                let mut got = Vec::new();
+                for round in 0..3u8 {
+                    // KeyUpdate(update_requested), then data under the new key.
+                    client.conn.refresh_traffic_keys().unwrap();
+                    client.write_all(&[round; 10]).unwrap();
+                    let mut buf = vec![0u8; 20_000];
+                    client.read_exact(&mut buf).unwrap();
+                    got.extend_from_slice(&buf);
+                }
+                got
+            });
+            assert_eq!(server_read(&mut server, 2), b"hi", "{name}");
+            let mut expected = Vec::new();
+            for round in 0..3u8 {
+                assert_eq!(server_read(&mut server, 10), [round; 10], "{name}");
+                let data = pattern(20_000, round as usize);
+                server_write_all(&mut server, &data);
+                expected.extend_from_slice(&data);
+            }
+            let got = c.join().unwrap();
+            assert!(got == expected, "{name}: bytes after key updates differ");
+            let Conn::Records(rec) = &server.conn else {
+                panic!("{name}: not established")
+            };
+            assert_eq!(rec.tx_updates, 3, "{name}: one answer per request");
+        }
+    }
+
+    #[test]
+    fn send_key_is_updated_before_the_limit_on_tls13_and_tls12_stops_there() {
+        for (name, suite) in suites() {
+            let (mut server, mut client) = pair_with(Some(suite));
+            let c = std::thread::spawn(move || {
+                client.write_all(b"go").unwrap();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = client.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                got
+            });
+            assert_eq!(server_read(&mut server, 2), b"go", "{name}");
+            let Conn::Records(rec) = &mut server.conn else {
+                panic!("{name}: not established")
+            };
+            rec.tx_limit = rec.tx.seq + 3;
+            let mut sent = Vec::new();
+            let mut refused = false;
+            for i in 0..20u8 {
+                match server.write_vectored(&[IoSlice::new(&[i; 100])]) {
+                    Ok(n) => {
+                        assert_eq!(n, 100);
+                        sent.extend_from_slice(&[i; 100]);
+                        while !server.flush_out().unwrap() {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    Err(e) => {
+                        assert_eq!(e.kind(), ErrorKind::InvalidData, "{name}: {e}");
+                        refused = true;
+                        break;
+                    }
+                }
+            }
+            server.close_notify();
+            let got = c.join().unwrap();
+            assert!(got == sent, "{name}: bytes differ");
+            let Conn::Records(rec) = &server.conn else {
+                unreachable!()
+            };
+            if suite.tls13().is_some() {
+                assert!(!refused && sent.len() == 2000, "{name}: all sent");
+                assert!(rec.tx_updates >= 6, "{name}: {} updates", rec.tx_updates);
+            } else {
+                assert!(refused && sent.len() == 300, "{name}: 1.2 stops at the limit");
+            }
+        }
     }
 }
