@@ -265,10 +265,7 @@ impl DirectionKey {
             _ => return Err(invalid("TLS: cipher suite without a record layer here")),
         };
         let key = UnboundKey::new(alg, key.as_ref()).map_err(|_| invalid("TLS: bad key"))?;
-        let iv: [u8; NONCE_LEN] = iv
-            .as_ref()
-            .try_into()
-            .map_err(|_| invalid("TLS: bad IV"))?;
+        let iv: [u8; NONCE_LEN] = iv.as_ref().try_into().map_err(|_| invalid("TLS: bad IV"))?;
         Ok(DirectionKey {
             key: LessSafeKey::new(key),
             iv,
@@ -325,7 +322,10 @@ impl Records {
         let (explicit_nonce, limit) = match kernel.negotiated_cipher_suite() {
             SupportedCipherSuite::Tls13(s) => (false, s.common.confidentiality_limit),
             SupportedCipherSuite::Tls12(s) => (
-                !matches!(secrets.tx.1, ConnectionTrafficSecrets::Chacha20Poly1305 { .. }),
+                !matches!(
+                    secrets.tx.1,
+                    ConnectionTrafficSecrets::Chacha20Poly1305 { .. }
+                ),
                 s.common.confidentiality_limit,
             ),
         };
@@ -343,7 +343,12 @@ impl Records {
 
     /// Where a record's plaintext goes in its buffer.
     fn prefix(&self) -> usize {
-        HEADER + if self.explicit_nonce { EXPLICIT_NONCE } else { 0 }
+        HEADER
+            + if self.explicit_nonce {
+                EXPLICIT_NONCE
+            } else {
+                0
+            }
     }
 
     /// Seals the `n` plaintext bytes at `buf[self.prefix()..]` as one record
@@ -465,6 +470,9 @@ impl Records {
 }
 
 /// Who runs the connection.
+// Inline on purpose: `TlsStream` is boxed already, each connection holds
+// one `Conn`, and the record layer stays one pointer away on the hot path.
+#[allow(clippy::large_enum_variant)]
 enum Conn {
     /// rustls, during the handshake.
     Handshake(UnbufferedServerConnection),
@@ -701,11 +709,9 @@ impl TlsStream {
                         msgs = rest;
                     }
                 }
-                _ => {
-                    return Err(invalid(
-                        "TLS: unexpected record after the handshake (renegotiation is not supported)",
-                    ))
-                }
+                _ => return Err(invalid(
+                    "TLS: unexpected record after the handshake (renegotiation is not supported)",
+                )),
             }
             let used = HEADER + len;
             self.inc.copy_within(used..self.inc_len, 0);
@@ -1104,16 +1110,18 @@ mod tests {
     fn every_suite_round_trips_1_byte_to_64_kib_both_ways_and_closes_cleanly() {
         for (name, suite) in suites() {
             let (mut server, mut client) = pair_with(Some(suite));
-            let up: Vec<u8> = (0..SIZES.len())
-                .flat_map(|i| pattern(SIZES[i], i))
+            let up: Vec<u8> = SIZES
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &size)| pattern(size, i))
                 .collect();
             let down: Vec<u8> = (0..60)
                 .flat_map(|i| pattern(SIZES[i % SIZES.len()], 100 + i))
                 .collect();
             let (up_len, down_len) = (up.len(), down.len());
             let c = std::thread::spawn(move || {
-                for i in 0..SIZES.len() {
-                    client.write_all(&pattern(SIZES[i], i)).unwrap();
+                for (i, &size) in SIZES.iter().enumerate() {
+                    client.write_all(&pattern(size, i)).unwrap();
                 }
                 // Late to read: the server's socket fills and its writes
                 // are partial or blocked.
@@ -1126,12 +1134,12 @@ mod tests {
                 let mut rest = Vec::new();
                 let n = client.read_to_end(&mut rest).unwrap();
                 assert_eq!(n, 0, "nothing after the data");
-                (
-                    got,
-                    client.conn.negotiated_cipher_suite().unwrap().suite(),
-                )
+                (got, client.conn.negotiated_cipher_suite().unwrap().suite())
             });
-            assert!(server_read(&mut server, up_len) == up, "{name}: upstream bytes");
+            assert!(
+                server_read(&mut server, up_len) == up,
+                "{name}: upstream bytes"
+            );
             assert!(established(&server), "{name}: own record layer in use");
             let blocked = server_write_all(&mut server, &down);
             // The client's close_notify: end of stream.
@@ -1143,7 +1151,10 @@ mod tests {
             assert_eq!(got.len(), down.len(), "{name}");
             assert!(got == down, "{name}: downstream bytes differ");
             assert!(blocked > 0, "{name}: the socket never filled");
-            println!("{name}: {} bytes down, {blocked} writes blocked", down.len());
+            println!(
+                "{name}: {} bytes down, {blocked} writes blocked",
+                down.len()
+            );
         }
     }
 
@@ -1263,7 +1274,10 @@ mod tests {
                 assert!(!refused && sent.len() == 2000, "{name}: all sent");
                 assert!(rec.tx_updates >= 6, "{name}: {} updates", rec.tx_updates);
             } else {
-                assert!(refused && sent.len() == 300, "{name}: 1.2 stops at the limit");
+                assert!(
+                    refused && sent.len() == 300,
+                    "{name}: 1.2 stops at the limit"
+                );
             }
         }
     }
