@@ -799,9 +799,10 @@ impl TlsStream {
             rec.update_tx(&mut self.out)?;
         }
         // Gather up to one record's plaintext straight into `out`, after
-        // room for the header, and seal it there.
+        // room for the header, and seal it there. (`out` is empty here, or
+        // holds only a key update: room for both without growing.)
         let start = rec.prefix();
-        let buf = self.out.spare(start + MAX_PLAIN + RECORD_OVERHEAD);
+        let buf = self.out.spare(start + MAX_PLAIN + 1 + TAG);
         let mut n = 0;
         for b in bufs {
             let take = b.len().min(MAX_PLAIN - n);
