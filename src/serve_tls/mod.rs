@@ -9,8 +9,9 @@
 //! leaves open connections alone. A replacement that does not load (bad
 //! PEM, a key that does not match) is logged and the old certificate stays.
 //!
-//! The stream itself — non-blocking, fixed buffers, one encrypt per
-//! vectored write — is in [`stream`]; the few certificate fields `/health`
+//! The stream itself — non-blocking, fixed buffers, rustls for the
+//! handshake and its own `ring::aead` record layer after it, one record per
+//! vectored write, no allocation per write — is in [`stream`]; the few certificate fields `/health`
 //! shows are read by [`cert`].
 
 pub mod cert;
@@ -134,7 +135,9 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Loads the files (an error names the file and what is wrong) and
-    /// builds the server configuration: TLS 1.2 and 1.3, ALPN `http/1.1`.
+    /// builds the server configuration: TLS 1.2 and 1.3, ALPN `http/1.1`,
+    /// secret extraction on (the stream's own record layer) and no TLS 1.3
+    /// session tickets.
     pub fn load(files: &TlsFiles) -> Result<TlsListener, String> {
         let stamp = stamp(files);
         let key = load_certified_key(files)?;
@@ -147,6 +150,11 @@ impl TlsListener {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Resolver(Arc::clone(&current))));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // After the handshake the stream takes the traffic keys and runs the
+        // record layer itself, allocation-free (see [`stream`]); no TLS 1.3
+        // tickets, so nothing is left to send when it does.
+        config.enable_secret_extraction = true;
+        config.send_tls13_tickets = 0;
         Ok(TlsListener {
             status: CertStatus {
                 file: files.cert.clone(),

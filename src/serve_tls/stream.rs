@@ -2,9 +2,13 @@
 //! TLS, behind one enum so the plain path is a match arm, not a vtable or
 //! a box per write.
 //!
-//! [`TlsStream`] drives rustls' unbuffered server API over a non-blocking
-//! mio socket with buffers allocated when the connection is accepted:
-//! - `inc`: ciphertext received, processed a record at a time;
+//! [`TlsStream`] runs the handshake with rustls' unbuffered server API over
+//! a non-blocking mio socket, then takes the traffic keys out of rustls
+//! ([`UnbufferedServerConnection::dangerous_into_kernel_connection`]) and
+//! does the record layer itself with `ring::aead`, in place, in buffers
+//! allocated when the connection is accepted — so a TLS subscriber costs no
+//! allocation per message or per flush (`tests/tls_alloc.rs`):
+//! - `inc`: ciphertext received; records are decrypted in place;
 //! - `plain`: decrypted bytes not yet read (tungstenite and the HTTP head
 //!   parser read through [`Read`]);
 //! - `out`: ciphertext not yet on the wire. A write first sends what is
@@ -13,42 +17,71 @@
 //!   that does not drain reports `WouldBlock` on the next write, which is
 //!   what the session's slow-client and conflation policy keys on.
 //!
-//! A vectored write (the fanout's frames: headers and shared payloads)
-//! is gathered into a per-thread staging buffer and encrypted as one
-//! record, so a TLS client costs one encryption and one `send` per flush,
-//! as a plain one costs one `writev`.
+//! A vectored write (the fanout's frames: headers and shared payloads) is
+//! gathered straight into `out` and sealed there as one record, so a TLS
+//! client costs one encryption and one `send` per flush, as a plain one
+//! costs one `writev`.
+//!
+//! The record layer covers every suite rustls' ring provider negotiates:
+//! TLS 1.3 AES-128-GCM, AES-256-GCM and ChaCha20-Poly1305; TLS 1.2 ECDHE
+//! with AES-GCM (8-byte explicit nonce after a 4-byte salt) and
+//! ChaCha20-Poly1305. After the handshake:
+//! - a `close_notify` from the peer is the end of the stream; a fatal alert
+//!   or a record that does not authenticate is an error (the caller drops
+//!   the connection);
+//! - a TLS 1.3 `KeyUpdate` is honoured (RFC 8446 §4.6.3): rustls' kernel
+//!   connection derives the next receive secret and, when the peer asks,
+//!   we answer with a `KeyUpdate` of our own and move to the next send
+//!   secret. Any other post-handshake handshake message (a TLS 1.2
+//!   renegotiation, for one) is an error;
+//! - we update our own send key before the suite's confidentiality limit
+//!   (TLS 1.3), or end the connection with an error there (TLS 1.2,
+//!   AES-GCM: 2^24 records).
+//!
+//! The server sends no TLS 1.3 session tickets (`send_tls13_tickets = 0`
+//! in [`super::TlsListener`]), so nothing is pending when the keys are
+//! taken; TLS 1.2 session-ID resumption still works.
 //!
 //! A peer that speaks plain HTTP to a TLS port is recognised by its first
 //! byte (a TLS record starts with 0x16) and can be told so in plain text
 //! ([`ServerStream::refuse_plain_http`]).
 
-use std::cell::RefCell;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::sync::Arc;
 
 use mio::event::Source;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
-};
-use rustls::ServerConfig;
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
+use rustls::kernel::KernelConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError, UnbufferedStatus};
+use rustls::{ConnectionTrafficSecrets, ProtocolVersion, ServerConfig, SupportedCipherSuite};
 
 /// Largest plaintext encrypted per write: one full TLS record.
 pub const MAX_PLAIN: usize = 16 * 1024;
 /// Room for one record's header, padding and tag on top of its plaintext.
 const RECORD_OVERHEAD: usize = 256;
-/// Ciphertext received: one full record and a little of the next.
-const INCOMING: usize = MAX_PLAIN + 2 * 1024;
+/// TLS record header: type, version, length.
+const HEADER: usize = 5;
+/// Largest record payload accepted (TLS 1.2's limit, 2^14 + 2048).
+const MAX_CIPHER: usize = MAX_PLAIN + 2048;
+/// Ciphertext received: one record of the largest size.
+const INCOMING: usize = HEADER + MAX_CIPHER;
+/// AEAD tag length of every supported suite.
+const TAG: usize = 16;
+/// TLS 1.2 AES-GCM's explicit nonce, sent before the ciphertext.
+const EXPLICIT_NONCE: usize = 8;
+
+/// Record content types.
+const APPLICATION_DATA: u8 = 0x17;
+const ALERT: u8 = 0x15;
+const HANDSHAKE: u8 = 0x16;
+/// Handshake message type of a TLS 1.3 `KeyUpdate`.
+const KEY_UPDATE: u8 = 24;
 
 /// What a non-TLS peer is told on a TLS port.
 pub const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 45\r\nConnection: close\r\n\r\nthis port speaks TLS; use https:// or wss://\n";
-
-thread_local! {
-    /// Where a vectored write's slices are gathered before encryption.
-    static STAGE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(MAX_PLAIN));
-}
 
 /// A client connection: plain TCP or TLS.
 #[derive(Debug)]
@@ -60,7 +93,8 @@ pub enum ServerStream {
 }
 
 impl ServerStream {
-    /// A TLS server connection over an accepted socket.
+    /// A TLS server connection over an accepted socket. `config` must have
+    /// `enable_secret_extraction` set (as [`super::TlsListener`]'s has).
     pub fn tls(tcp: TcpStream, config: &Arc<ServerConfig>) -> io::Result<ServerStream> {
         Ok(ServerStream::Tls(Box::new(TlsStream::new(tcp, config)?)))
     }
@@ -164,12 +198,12 @@ impl Source for ServerStream {
     }
 }
 
-/// Where driving rustls stopped.
+/// Where processing the received ciphertext stopped.
 #[derive(Debug, PartialEq, Eq)]
 enum Driven {
     /// The handshake (or a record) needs more bytes from the peer.
     NeedInput,
-    /// Established; the given plaintext (if any) was encrypted into `out`.
+    /// Established: the record layer is ours.
     Ready,
     /// Decrypted data waits for room in `plain` (the reader is behind).
     PlainFull,
@@ -212,10 +246,246 @@ impl OutBuf {
     }
 }
 
+/// One direction's traffic key.
+struct DirectionKey {
+    key: LessSafeKey,
+    iv: [u8; NONCE_LEN],
+    /// Sequence number of the next record.
+    seq: u64,
+}
+
+impl DirectionKey {
+    fn new(seq: u64, secrets: ConnectionTrafficSecrets) -> io::Result<DirectionKey> {
+        let (alg, key, iv) = match &secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (&aead::CHACHA20_POLY1305, key, iv)
+            }
+            _ => return Err(invalid("TLS: cipher suite without a record layer here")),
+        };
+        let key = UnboundKey::new(alg, key.as_ref()).map_err(|_| invalid("TLS: bad key"))?;
+        let iv: [u8; NONCE_LEN] = iv.as_ref().try_into().map_err(|_| invalid("TLS: bad IV"))?;
+        Ok(DirectionKey {
+            key: LessSafeKey::new(key),
+            iv,
+            seq,
+        })
+    }
+
+    /// The per-record nonce: the IV XOR the sequence number (TLS 1.3, and
+    /// TLS 1.2 ChaCha20-Poly1305; for TLS 1.2 AES-GCM the IV's last 8 bytes
+    /// are the explicit nonce's starting point, as rustls does it).
+    fn nonce(&self) -> [u8; NONCE_LEN] {
+        let mut n = self.iv;
+        for (a, b) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *a ^= b;
+        }
+        n
+    }
+}
+
+/// TLS 1.2's additional data: sequence number, type, version, length.
+fn tls12_aad(seq: u64, typ: u8, len: usize) -> [u8; 13] {
+    let mut aad = [0u8; 13];
+    aad[..8].copy_from_slice(&seq.to_be_bytes());
+    aad[8] = typ;
+    aad[9] = 3;
+    aad[10] = 3;
+    aad[11..].copy_from_slice(&(len as u16).to_be_bytes());
+    aad
+}
+
+fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, msg)
+}
+
+/// The record layer after the handshake: our keys, rustls for key updates.
+struct Records {
+    kernel: KernelConnection<ServerConnectionData>,
+    tls13: bool,
+    /// TLS 1.2 AES-GCM: an explicit nonce precedes each record's ciphertext.
+    explicit_nonce: bool,
+    tx: DirectionKey,
+    rx: DirectionKey,
+    /// Records sent under one key before it is replaced (TLS 1.3) or the
+    /// connection ends (TLS 1.2).
+    tx_limit: u64,
+    /// Send-key updates so far.
+    tx_updates: u32,
+}
+
+impl Records {
+    fn new(conn: UnbufferedServerConnection) -> io::Result<Records> {
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+        let tls13 = kernel.protocol_version() == ProtocolVersion::TLSv1_3;
+        let (explicit_nonce, limit) = match kernel.negotiated_cipher_suite() {
+            SupportedCipherSuite::Tls13(s) => (false, s.common.confidentiality_limit),
+            SupportedCipherSuite::Tls12(s) => (
+                !matches!(
+                    secrets.tx.1,
+                    ConnectionTrafficSecrets::Chacha20Poly1305 { .. }
+                ),
+                s.common.confidentiality_limit,
+            ),
+        };
+        Ok(Records {
+            kernel,
+            tls13,
+            explicit_nonce,
+            tx: DirectionKey::new(secrets.tx.0, secrets.tx.1)?,
+            rx: DirectionKey::new(secrets.rx.0, secrets.rx.1)?,
+            // Key updates a little before the limit, as rustls does.
+            tx_limit: if tls13 { limit / 16 * 15 } else { limit },
+            tx_updates: 0,
+        })
+    }
+
+    /// Where a record's plaintext goes in its buffer.
+    fn prefix(&self) -> usize {
+        HEADER
+            + if self.explicit_nonce {
+                EXPLICIT_NONCE
+            } else {
+                0
+            }
+    }
+
+    /// Seals the `n` plaintext bytes at `buf[self.prefix()..]` as one record
+    /// of type `typ`, in place; returns the record's length.
+    fn seal(&mut self, typ: u8, buf: &mut [u8], n: usize) -> io::Result<usize> {
+        let start = self.prefix();
+        let tx = &mut self.tx;
+        let nonce = tx.nonce();
+        let (outer, body, aad_seal) = if self.tls13 {
+            buf[start + n] = typ;
+            (APPLICATION_DATA, start..start + n + 1, None)
+        } else {
+            if self.explicit_nonce {
+                buf[HEADER..start].copy_from_slice(&nonce[4..]);
+            }
+            (typ, start..start + n, Some(tls12_aad(tx.seq, typ, n)))
+        };
+        let len = body.end + TAG - HEADER;
+        buf[0] = outer;
+        buf[1] = 3;
+        buf[2] = 3;
+        buf[3..HEADER].copy_from_slice(&(len as u16).to_be_bytes());
+        let nonce = Nonce::assume_unique_for_key(nonce);
+        let tag = match aad_seal {
+            None => {
+                let header: [u8; HEADER] = buf[..HEADER].try_into().expect("5 bytes");
+                tx.key
+                    .seal_in_place_separate_tag(nonce, Aad::from(header), &mut buf[body.clone()])
+            }
+            Some(aad) => {
+                tx.key
+                    .seal_in_place_separate_tag(nonce, Aad::from(aad), &mut buf[body.clone()])
+            }
+        }
+        .map_err(|_| invalid("TLS: encryption failed"))?;
+        buf[body.end..body.end + TAG].copy_from_slice(tag.as_ref());
+        tx.seq += 1;
+        Ok(HEADER + len)
+    }
+
+    /// Opens the record `rec` (header and payload) in place: its content
+    /// type and where its plaintext is in `rec`.
+    fn open(&mut self, rec: &mut [u8]) -> io::Result<(u8, std::ops::Range<usize>)> {
+        let rx = &mut self.rx;
+        let bad_mac = || invalid("TLS: a record failed authentication");
+        let payload = rec.len() - HEADER;
+        if self.tls13 {
+            if rec[0] != APPLICATION_DATA || payload < TAG + 1 {
+                return Err(invalid("TLS: unexpected record after the handshake"));
+            }
+            let header: [u8; HEADER] = rec[..HEADER].try_into().expect("5 bytes");
+            let nonce = Nonce::assume_unique_for_key(rx.nonce());
+            let plain = rx
+                .key
+                .open_in_place(nonce, Aad::from(header), &mut rec[HEADER..])
+                .map_err(|_| bad_mac())?;
+            rx.seq += 1;
+            // Inner plaintext: content, type, zero padding.
+            let Some(at) = plain.iter().rposition(|&b| b != 0) else {
+                return Err(invalid("TLS: record without a content type"));
+            };
+            if at > MAX_PLAIN {
+                return Err(invalid("TLS: record overflow"));
+            }
+            Ok((plain[at], HEADER..HEADER + at))
+        } else {
+            let typ = rec[0];
+            let (start, nonce) = if self.explicit_nonce {
+                if payload < EXPLICIT_NONCE + TAG {
+                    return Err(bad_mac());
+                }
+                let mut n = [0u8; NONCE_LEN];
+                n[..4].copy_from_slice(&rx.iv[..4]);
+                n[4..].copy_from_slice(&rec[HEADER..HEADER + EXPLICIT_NONCE]);
+                (HEADER + EXPLICIT_NONCE, n)
+            } else {
+                if payload < TAG {
+                    return Err(bad_mac());
+                }
+                (HEADER, rx.nonce())
+            };
+            let n = rec.len() - start - TAG;
+            let aad = tls12_aad(rx.seq, typ, n);
+            rx.key
+                .open_in_place(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(aad),
+                    &mut rec[start..],
+                )
+                .map_err(|_| bad_mac())?;
+            rx.seq += 1;
+            if n > MAX_PLAIN {
+                return Err(invalid("TLS: record overflow"));
+            }
+            Ok((typ, start..start + n))
+        }
+    }
+
+    /// Takes the next receive key (the peer sent `KeyUpdate`).
+    fn update_rx(&mut self) -> io::Result<()> {
+        let (seq, secrets) = self.kernel.update_rx_secret().map_err(tls_error)?;
+        self.rx = DirectionKey::new(seq, secrets)?;
+        Ok(())
+    }
+
+    /// Appends a `KeyUpdate` (not requesting one back) sealed with the
+    /// current key to `out`, then takes the next send key.
+    fn update_tx(&mut self, out: &mut OutBuf) -> io::Result<()> {
+        let start = self.prefix();
+        let buf = out.spare(start + 5 + 1 + TAG);
+        buf[start..start + 5].copy_from_slice(&[KEY_UPDATE, 0, 0, 1, 0]);
+        let n = self.seal(HANDSHAKE, buf, 5)?;
+        out.end += n;
+        let (seq, secrets) = self.kernel.update_tx_secret().map_err(tls_error)?;
+        self.tx = DirectionKey::new(seq, secrets)?;
+        self.tx_updates += 1;
+        Ok(())
+    }
+}
+
+/// Who runs the connection.
+// Inline on purpose: `TlsStream` is boxed already, each connection holds
+// one `Conn`, and the record layer stays one pointer away on the hot path.
+#[allow(clippy::large_enum_variant)]
+enum Conn {
+    /// rustls, during the handshake.
+    Handshake(UnbufferedServerConnection),
+    /// Our record layer, after it.
+    Records(Records),
+    /// Neither: the switch failed (the connection is unusable).
+    Gone,
+}
+
 /// A server-side TLS connection over a non-blocking socket.
 pub struct TlsStream {
     tcp: TcpStream,
-    conn: UnbufferedServerConnection,
+    conn: Conn,
     inc: Box<[u8]>,
     inc_len: usize,
     plain: Vec<u8>,
@@ -235,7 +505,7 @@ impl std::fmt::Debug for TlsStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsStream")
             .field("tcp", &self.tcp)
-            .field("handshaking", &self.conn.is_handshaking())
+            .field("handshaking", &matches!(self.conn, Conn::Handshake(_)))
             .field("pending_out", &(self.out.end - self.out.start))
             .finish()
     }
@@ -251,7 +521,7 @@ impl TlsStream {
         let conn = UnbufferedServerConnection::new(Arc::clone(config)).map_err(tls_error)?;
         Ok(TlsStream {
             tcp,
-            conn,
+            conn: Conn::Handshake(conn),
             inc: vec![0u8; INCOMING].into_boxed_slice(),
             inc_len: 0,
             plain: Vec::with_capacity(MAX_PLAIN),
@@ -283,13 +553,33 @@ impl TlsStream {
         Ok(true)
     }
 
+    /// Makes what progress the received ciphertext allows: the handshake
+    /// through rustls (switching to our record layer once it completes),
+    /// then records.
+    fn process(&mut self) -> io::Result<Driven> {
+        if matches!(self.conn, Conn::Handshake(_)) {
+            let driven = self.drive()?;
+            if driven != Driven::Ready {
+                return Ok(driven);
+            }
+            let Conn::Handshake(conn) = std::mem::replace(&mut self.conn, Conn::Gone) else {
+                unreachable!("checked above")
+            };
+            self.conn = Conn::Records(Records::new(conn)?);
+        }
+        self.open_records()
+    }
+
     /// Runs rustls over the received ciphertext until it needs more input
-    /// or the connection is established; once established, encrypts `data`
-    /// (which must fit one record) into `out`.
-    fn drive(&mut self, data: &[u8]) -> io::Result<Driven> {
+    /// or the handshake is complete (`Ready`: nothing left to send, the
+    /// keys can be taken).
+    fn drive(&mut self) -> io::Result<Driven> {
+        let Conn::Handshake(conn) = &mut self.conn else {
+            return Err(invalid("TLS: connection unusable"));
+        };
         loop {
             let UnbufferedStatus { mut discard, state } =
-                self.conn.process_tls_records(&mut self.inc[..self.inc_len]);
+                conn.process_tls_records(&mut self.inc[..self.inc_len]);
             let result = match state.map_err(tls_error)? {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     let mut full = false;
@@ -339,33 +629,11 @@ impl TlsStream {
                     None
                 }
                 ConnectionState::Closed => Some(Driven::Closed),
-                ConnectionState::WriteTraffic(mut write) => {
-                    if !data.is_empty() {
-                        loop {
-                            let spare = self.out.spare(data.len() + RECORD_OVERHEAD);
-                            match write.encrypt(data, spare) {
-                                Ok(n) => {
-                                    self.out.end += n;
-                                    break;
-                                }
-                                Err(EncryptError::InsufficientSize(InsufficientSizeError {
-                                    required_size,
-                                })) => {
-                                    self.out.spare(required_size);
-                                }
-                                Err(e) => return Err(io::Error::new(ErrorKind::InvalidData, e)),
-                            }
-                        }
-                    }
-                    Some(Driven::Ready)
-                }
+                // The handshake is complete and every record rustls made
+                // was encoded into `out`.
+                ConnectionState::WriteTraffic(_) => Some(Driven::Ready),
                 // Early data is off (the default); anything else is new.
-                _ => {
-                    return Err(io::Error::new(
-                        ErrorKind::InvalidData,
-                        "unexpected TLS state",
-                    ))
-                }
+                _ => return Err(invalid("unexpected TLS state")),
             };
             if discard > 0 {
                 self.inc.copy_within(discard..self.inc_len, 0);
@@ -374,6 +642,80 @@ impl TlsStream {
             if let Some(r) = result {
                 return Ok(r);
             }
+        }
+    }
+
+    /// Decrypts the complete records in `inc`: application data into
+    /// `plain` (while it has room), alerts and key updates acted on.
+    fn open_records(&mut self) -> io::Result<Driven> {
+        let Conn::Records(rec) = &mut self.conn else {
+            return Err(invalid("TLS: connection unusable"));
+        };
+        loop {
+            if self.peer_done {
+                return Ok(Driven::Closed);
+            }
+            if self.inc_len < HEADER {
+                return Ok(Driven::NeedInput);
+            }
+            let len = u16::from_be_bytes([self.inc[3], self.inc[4]]) as usize;
+            if len > MAX_CIPHER {
+                return Err(invalid("TLS record too large"));
+            }
+            if self.inc_len < HEADER + len {
+                return Ok(Driven::NeedInput);
+            }
+            if self.plain_pos == self.plain.len() {
+                self.plain.clear();
+                self.plain_pos = 0;
+            }
+            // The plaintext is shorter than the ciphertext; an empty
+            // `plain` has room for any record's.
+            if !self.plain.is_empty() && self.plain.len() + len > self.plain.capacity() {
+                return Ok(Driven::PlainFull);
+            }
+            let (typ, range) = rec.open(&mut self.inc[..HEADER + len])?;
+            match typ {
+                APPLICATION_DATA => self.plain.extend_from_slice(&self.inc[range]),
+                ALERT => {
+                    let alert = &self.inc[range];
+                    match alert {
+                        // close_notify (any level).
+                        [_, 0] => self.peer_done = true,
+                        // TLS 1.3: user_canceled is the only other
+                        // non-fatal one; TLS 1.2: warning level.
+                        [_, 90] => {}
+                        [1, _] if !rec.tls13 => {}
+                        _ => return Err(invalid("TLS: fatal alert from the peer")),
+                    }
+                }
+                HANDSHAKE if rec.tls13 => {
+                    let mut msgs = &self.inc[range];
+                    // KeyUpdate, alone at the end of its record (RFC 8446
+                    // §5.1: handshake messages must not span key changes).
+                    while !msgs.is_empty() {
+                        let &[KEY_UPDATE, 0, 0, 1, request, ref rest @ ..] = msgs else {
+                            return Err(invalid(
+                                "TLS: unexpected handshake message after the handshake",
+                            ));
+                        };
+                        if !rest.is_empty() || request > 1 {
+                            return Err(invalid("TLS: malformed KeyUpdate"));
+                        }
+                        rec.update_rx()?;
+                        if request == 1 {
+                            rec.update_tx(&mut self.out)?;
+                        }
+                        msgs = rest;
+                    }
+                }
+                _ => return Err(invalid(
+                    "TLS: unexpected record after the handshake (renegotiation is not supported)",
+                )),
+            }
+            let used = HEADER + len;
+            self.inc.copy_within(used..self.inc_len, 0);
+            self.inc_len -= used;
         }
     }
 
@@ -395,8 +737,9 @@ impl TlsStream {
                     ));
                 }
             }
-            let driven = self.drive(&[])?;
-            // Handshake messages go out as soon as they are made.
+            let driven = self.process()?;
+            // Handshake messages (and key updates) go out as soon as they
+            // are made.
             self.flush_out()?;
             if self.plain_pos < self.plain.len() {
                 continue;
@@ -430,38 +773,51 @@ impl TlsStream {
         if self.closed {
             return Err(ErrorKind::BrokenPipe.into());
         }
-        let first = bufs.iter().find(|b| !b.is_empty());
-        let Some(first) = first else {
+        if !bufs.iter().any(|b| !b.is_empty()) {
             return Ok(0);
-        };
-        let one = bufs.iter().filter(|b| !b.is_empty()).count() == 1;
-        let (driven, n) = if one || first.len() >= MAX_PLAIN {
-            let n = first.len().min(MAX_PLAIN);
-            (self.drive(&first[..n])?, n)
-        } else {
-            STAGE.with(|stage| -> io::Result<(Driven, usize)> {
-                let mut stage = stage.borrow_mut();
-                stage.clear();
-                for b in bufs {
-                    let take = b.len().min(MAX_PLAIN - stage.len());
-                    stage.extend_from_slice(&b[..take]);
-                    if stage.len() == MAX_PLAIN {
-                        break;
-                    }
-                }
-                Ok((self.drive(&stage)?, stage.len()))
-            })?
-        };
-        match driven {
-            Driven::Ready => {
-                // The plaintext is taken; whatever ciphertext the socket
-                // does not take now waits in `out` for the next write.
-                self.flush_out()?;
-                Ok(n)
-            }
-            Driven::NeedInput | Driven::PlainFull => Err(ErrorKind::WouldBlock.into()),
-            Driven::Closed => Err(ErrorKind::BrokenPipe.into()),
         }
+        if matches!(self.conn, Conn::Handshake(_)) {
+            match self.process()? {
+                Driven::Closed => return Err(ErrorKind::BrokenPipe.into()),
+                _ if matches!(self.conn, Conn::Handshake(_)) => {
+                    self.flush_out()?;
+                    return Err(ErrorKind::WouldBlock.into());
+                }
+                _ => {}
+            }
+            if !self.flush_out()? {
+                return Err(ErrorKind::WouldBlock.into());
+            }
+        }
+        let Conn::Records(rec) = &mut self.conn else {
+            return Err(ErrorKind::BrokenPipe.into());
+        };
+        if rec.tx.seq >= rec.tx_limit {
+            if !rec.tls13 {
+                return Err(invalid("TLS 1.2: confidentiality limit reached"));
+            }
+            rec.update_tx(&mut self.out)?;
+        }
+        // Gather up to one record's plaintext straight into `out`, after
+        // room for the header, and seal it there. (`out` is empty here, or
+        // holds only a key update: room for both without growing.)
+        let start = rec.prefix();
+        let buf = self.out.spare(start + MAX_PLAIN + 1 + TAG);
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(MAX_PLAIN - n);
+            buf[start + n..start + n + take].copy_from_slice(&b[..take]);
+            n += take;
+            if n == MAX_PLAIN {
+                break;
+            }
+        }
+        let sealed = rec.seal(APPLICATION_DATA, buf, n)?;
+        self.out.end += sealed;
+        // The plaintext is taken; whatever ciphertext the socket does not
+        // take now waits in `out` for the next write.
+        self.flush_out()?;
+        Ok(n)
     }
 
     /// Queues `close_notify` and tries to send it with what is pending.
@@ -470,11 +826,24 @@ impl TlsStream {
             return;
         }
         self.closed = true;
-        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-        if let Ok(ConnectionState::WriteTraffic(mut w)) = state {
-            if let Ok(n) = w.queue_close_notify(self.out.spare(64)) {
-                self.out.end += n;
+        match &mut self.conn {
+            Conn::Handshake(conn) => {
+                let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
+                if let Ok(ConnectionState::WriteTraffic(mut w)) = state {
+                    if let Ok(n) = w.queue_close_notify(self.out.spare(64)) {
+                        self.out.end += n;
+                    }
+                }
             }
+            Conn::Records(rec) => {
+                let start = rec.prefix();
+                let buf = self.out.spare(start + 2 + 1 + TAG);
+                buf[start..start + 2].copy_from_slice(&[1, 0]);
+                if let Ok(n) = rec.seal(ALERT, buf, 2) {
+                    self.out.end += n;
+                }
+            }
+            Conn::Gone => {}
         }
         let _ = self.flush_out();
     }
@@ -491,10 +860,14 @@ mod tests {
 
     /// A server `TlsStream` (non-blocking) and a blocking rustls client on
     /// a loopback pair, the client trusting a test CA.
-    fn pair() -> (
-        TlsStream,
-        rustls::StreamOwned<rustls::ClientConnection, StdStream>,
-    ) {
+    fn pair() -> (TlsStream, Client) {
+        pair_with(None)
+    }
+
+    type Client = rustls::StreamOwned<rustls::ClientConnection, StdStream>;
+
+    /// As [`pair`], the client offering only `suite` (and its version).
+    fn pair_with(suite: Option<SupportedCipherSuite>) -> (TlsStream, Client) {
         let ca = TestCa::new();
         let (cert, key) = ca.leaf(9, 30);
         let dir = std::env::temp_dir().join(format!(
@@ -519,6 +892,9 @@ mod tests {
             .unwrap();
         let (server, _) = l.accept().unwrap();
         server.set_nonblocking(true).unwrap();
+        // Small socket buffers, so that writes are often partial.
+        small_buffers(&server, libc::SO_SNDBUF);
+        small_buffers(&client_tcp, libc::SO_RCVBUF);
         let server = TlsStream::new(TcpStream::from_std(server), listener.config()).unwrap();
 
         let mut roots = rustls::RootCertStore::empty();
@@ -526,9 +902,14 @@ mod tests {
         roots
             .add(rustls_pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
             .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let mut provider = rustls::crypto::ring::default_provider();
+        let mut versions = rustls::DEFAULT_VERSIONS.to_vec();
+        if let Some(suite) = suite {
+            provider.cipher_suites = vec![suite];
+            versions = vec![suite.version()];
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -540,6 +921,22 @@ mod tests {
         (server, rustls::StreamOwned::new(conn, client_tcp))
     }
 
+    fn small_buffers(s: &StdStream, which: libc::c_int) {
+        use std::os::fd::AsRawFd;
+        let size: libc::c_int = 32 * 1024;
+        // SAFETY: a valid socket and a c_int option value of the right size.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                which,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+    }
+
     /// Drives the server's read side until `want` plaintext bytes arrive.
     fn server_read(s: &mut TlsStream, want: usize) -> Vec<u8> {
         let mut got = Vec::new();
@@ -547,7 +944,8 @@ mod tests {
         while got.len() < want {
             assert!(std::time::Instant::now() < end, "timed out: {got:?}");
             let mut buf = [0u8; 1000];
-            match s.read(&mut buf) {
+            let room = buf.len().min(want - got.len());
+            match s.read(&mut buf[..room]) {
                 Ok(0) => break,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -640,5 +1038,248 @@ mod tests {
         assert!(answer.contains("use https://"), "{answer}");
         let body = answer.split("\r\n\r\n").nth(1).unwrap();
         assert_eq!(body.len(), 45, "Content-Length matches");
+    }
+
+    /// Every suite the ring provider negotiates, by name.
+    fn suites() -> Vec<(&'static str, SupportedCipherSuite)> {
+        use rustls::crypto::ring::cipher_suite::*;
+        vec![
+            ("TLS 1.3 AES-128-GCM", TLS13_AES_128_GCM_SHA256),
+            ("TLS 1.3 AES-256-GCM", TLS13_AES_256_GCM_SHA384),
+            ("TLS 1.3 ChaCha20-Poly1305", TLS13_CHACHA20_POLY1305_SHA256),
+            (
+                "TLS 1.2 ECDHE AES-128-GCM",
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ),
+            (
+                "TLS 1.2 ECDHE AES-256-GCM",
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ),
+            (
+                "TLS 1.2 ECDHE ChaCha20-Poly1305",
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ),
+        ]
+    }
+
+    /// Writes `data` through the server in vectored writes of up to three
+    /// slices, retrying on `WouldBlock`, then flushes; how often it blocked.
+    fn server_write_all(s: &mut TlsStream, data: &[u8]) -> usize {
+        let mut pos = 0;
+        let mut blocked = 0;
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while pos < data.len() {
+            assert!(std::time::Instant::now() < end, "write timed out");
+            let rest = &data[pos..];
+            let a = rest.len().min(1 + pos % 700);
+            let b = (rest.len() - a).min(5000);
+            let slices = [
+                IoSlice::new(&rest[..a]),
+                IoSlice::new(&rest[a..a + b]),
+                IoSlice::new(&rest[a + b..]),
+            ];
+            match s.write_vectored(&slices) {
+                Ok(n) => {
+                    assert!(n > 0 && n <= MAX_PLAIN);
+                    pos += n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    blocked += 1;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        while !s.flush_out().unwrap() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        blocked
+    }
+
+    fn pattern(len: usize, seed: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + seed * 7) as u8).collect()
+    }
+
+    /// Sizes from 1 byte to 64 KiB, across record boundaries.
+    const SIZES: [usize; 10] = [1, 2, 100, 1500, 16383, 16384, 16385, 30000, 40000, 65536];
+
+    fn established(s: &TlsStream) -> bool {
+        matches!(s.conn, Conn::Records(_))
+    }
+
+    #[test]
+    fn every_suite_round_trips_1_byte_to_64_kib_both_ways_and_closes_cleanly() {
+        for (name, suite) in suites() {
+            let (mut server, mut client) = pair_with(Some(suite));
+            let up: Vec<u8> = SIZES
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &size)| pattern(size, i))
+                .collect();
+            let down: Vec<u8> = (0..60)
+                .flat_map(|i| pattern(SIZES[i % SIZES.len()], 100 + i))
+                .collect();
+            let (up_len, down_len) = (up.len(), down.len());
+            let c = std::thread::spawn(move || {
+                for (i, &size) in SIZES.iter().enumerate() {
+                    client.write_all(&pattern(size, i)).unwrap();
+                }
+                // Late to read: the server's socket fills and its writes
+                // are partial or blocked.
+                std::thread::sleep(Duration::from_millis(50));
+                let mut got = vec![0u8; down_len];
+                client.read_exact(&mut got).unwrap();
+                // Our close_notify, then the server's: a clean end.
+                client.conn.send_close_notify();
+                client.flush().unwrap();
+                let mut rest = Vec::new();
+                let n = client.read_to_end(&mut rest).unwrap();
+                assert_eq!(n, 0, "nothing after the data");
+                (got, client.conn.negotiated_cipher_suite().unwrap().suite())
+            });
+            assert!(
+                server_read(&mut server, up_len) == up,
+                "{name}: upstream bytes"
+            );
+            assert!(established(&server), "{name}: own record layer in use");
+            let blocked = server_write_all(&mut server, &down);
+            // The client's close_notify: end of stream.
+            assert_eq!(server_read(&mut server, 1), b"", "{name}");
+            assert!(server.peer_done);
+            server.close_notify();
+            let (got, negotiated) = c.join().unwrap();
+            assert_eq!(negotiated, suite.suite(), "{name}");
+            assert_eq!(got.len(), down.len(), "{name}");
+            assert!(got == down, "{name}: downstream bytes differ");
+            assert!(blocked > 0, "{name}: the socket never filled");
+            println!(
+                "{name}: {} bytes down, {blocked} writes blocked",
+                down.len()
+            );
+        }
+    }
+
+    #[test]
+    fn every_suite_rejects_a_corrupted_record() {
+        for (name, suite) in suites() {
+            let (mut server, mut client) = pair_with(Some(suite));
+            let c = std::thread::spawn(move || {
+                client.write_all(b"hello").unwrap();
+                client
+            });
+            assert_eq!(server_read(&mut server, 5), b"hello", "{name}");
+            let mut client = c.join().unwrap();
+            client.conn.writer().write_all(b"tampered").unwrap();
+            let mut wire = Vec::new();
+            client.conn.write_tls(&mut wire).unwrap();
+            let last = wire.len() - 1;
+            wire[last] ^= 1;
+            client.sock.write_all(&wire).unwrap();
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            let mut buf = [0u8; 100];
+            let e = loop {
+                match server.read(&mut buf) {
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        assert!(std::time::Instant::now() < end, "{name}: timed out");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => break e,
+                    Ok(n) => panic!("{name}: read {n} bytes of a corrupted record"),
+                }
+            };
+            assert_eq!(e.kind(), ErrorKind::InvalidData, "{name}");
+            assert!(e.to_string().contains("authentication"), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn tls13_key_updates_from_the_client_are_followed_both_ways() {
+        for (name, suite) in suites().into_iter().filter(|(_, s)| s.tls13().is_some()) {
+            let (mut server, mut client) = pair_with(Some(suite));
+            let c = std::thread::spawn(move || {
+                client.write_all(b"hi").unwrap();
+                let mut got = Vec::new();
+                for round in 0..3u8 {
+                    // KeyUpdate(update_requested), then data under the new key.
+                    client.conn.refresh_traffic_keys().unwrap();
+                    client.write_all(&[round; 10]).unwrap();
+                    let mut buf = vec![0u8; 20_000];
+                    client.read_exact(&mut buf).unwrap();
+                    got.extend_from_slice(&buf);
+                }
+                got
+            });
+            assert_eq!(server_read(&mut server, 2), b"hi", "{name}");
+            let mut expected = Vec::new();
+            for round in 0..3u8 {
+                assert_eq!(server_read(&mut server, 10), [round; 10], "{name}");
+                let data = pattern(20_000, round as usize);
+                server_write_all(&mut server, &data);
+                expected.extend_from_slice(&data);
+            }
+            let got = c.join().unwrap();
+            assert!(got == expected, "{name}: bytes after key updates differ");
+            let Conn::Records(rec) = &server.conn else {
+                panic!("{name}: not established")
+            };
+            assert_eq!(rec.tx_updates, 3, "{name}: one answer per request");
+        }
+    }
+
+    #[test]
+    fn send_key_is_updated_before_the_limit_on_tls13_and_tls12_stops_there() {
+        for (name, suite) in suites() {
+            let (mut server, mut client) = pair_with(Some(suite));
+            let c = std::thread::spawn(move || {
+                client.write_all(b"go").unwrap();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = client.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                got
+            });
+            assert_eq!(server_read(&mut server, 2), b"go", "{name}");
+            let Conn::Records(rec) = &mut server.conn else {
+                panic!("{name}: not established")
+            };
+            rec.tx_limit = rec.tx.seq + 3;
+            let mut sent = Vec::new();
+            let mut refused = false;
+            for i in 0..20u8 {
+                match server.write_vectored(&[IoSlice::new(&[i; 100])]) {
+                    Ok(n) => {
+                        assert_eq!(n, 100);
+                        sent.extend_from_slice(&[i; 100]);
+                        while !server.flush_out().unwrap() {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    Err(e) => {
+                        assert_eq!(e.kind(), ErrorKind::InvalidData, "{name}: {e}");
+                        refused = true;
+                        break;
+                    }
+                }
+            }
+            server.close_notify();
+            let got = c.join().unwrap();
+            assert!(got == sent, "{name}: bytes differ");
+            let Conn::Records(rec) = &server.conn else {
+                unreachable!()
+            };
+            if suite.tls13().is_some() {
+                assert!(!refused && sent.len() == 2000, "{name}: all sent");
+                assert!(rec.tx_updates >= 6, "{name}: {} updates", rec.tx_updates);
+            } else {
+                assert!(
+                    refused && sent.len() == 300,
+                    "{name}: 1.2 stops at the limit"
+                );
+            }
+        }
     }
 }
