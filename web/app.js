@@ -588,14 +588,41 @@ function connect() {
   ws.onopen = () => onOpen(ws);
   ws.onmessage = onMessage;
   ws.onerror = () => {}; // a close event follows and handles it
-  ws.onclose = () => {
+  ws.onclose = (ev) => {
     if (state.ws !== ws) return;
     state.ws = null;
     state.wsOpen = false;
     state.feedUp = false;
     stopPolling();
+    if (ev.code === 4403) {
+      // The relay closed it because its key was revoked: ask for a key.
+      signedOut();
+      return;
+    }
     scheduleReconnect();
+    // A refused upgrade (the session ended while away) looks like any
+    // failed connection: ask the relay whether this page is still signed in.
+    checkSession();
   };
+}
+
+/** Stops reconnecting and shows the sign-in dialog (then reloads). */
+function signedOut() {
+  clearTimeout(state.retryTimer);
+  clearInterval(state.countdownTimer);
+  stopPolling();
+  setConn('down', 'Signed out');
+  if (!signingIn) reauthenticate(); // once, however many requests were refused
+}
+
+async function checkSession() {
+  try {
+    const r = await fetch('api/session', { cache: 'no-store' });
+    const info = await r.json();
+    if (info.auth && !info.authenticated) signedOut();
+  } catch {
+    // the relay is down: the reconnect loop reports it
+  }
 }
 
 async function onOpen(ws) {
@@ -722,7 +749,7 @@ async function pollStats() {
   try {
     const r = await fetch('stats', { cache: 'no-store' });
     if (r.status === 401) {
-      reauthenticate();
+      signedOut();
       return;
     }
     if (!r.ok) return;

@@ -25,53 +25,24 @@
 
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const BIN = process.env.DHAN_RELAY_BIN || path.join(ROOT, 'target/release/dhan-relay');
-const OUT = path.resolve(process.env.BROWSER_ARTIFACTS || path.join(ROOT, 'target/browser'));
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+import { BIN, CHROMIUM, CHROMIUM_FLAGS, OUT, ROOT, Skip, check, freePort, log, sleep, steps, stopEngine, tail } from './relay.mjs';
+
 const WATCHDOG_MS = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 240_000);
 const PERF_INSTRUMENTS = 200;
 const PERF_RATE = 1000;
 const PERF_SECONDS = 10;
 
-const CHROMIUM_FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-quic',
-];
-
 fs.mkdirSync(OUT, { recursive: true });
-const t0 = Date.now();
-const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s]`, ...a);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ------------------------------------------------------------------ engine
 
 let engine = null;
 const engines = [];
-
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /**
  * Starts the engine: in demo mode at `rate` ticks/s, or, with `live`, against
@@ -142,61 +113,9 @@ async function startSimulator(extraArgs) {
   return { e, url };
 }
 
-async function stopEngine(e) {
-  if (!e || e.exited) return;
-  e.child.kill('SIGTERM');
-  const until = Date.now() + 5000;
-  while (!e.exited && Date.now() < until) await sleep(50);
-  if (!e.exited) {
-    e.child.kill('SIGKILL');
-    while (!e.exited) await sleep(20);
-  }
-}
-
-function tail(file, lines = 20) {
-  try {
-    return fs.readFileSync(file, 'utf8').trim().split('\n').slice(-lines).join('\n');
-  } catch {
-    return '(no log)';
-  }
-}
-
 // ------------------------------------------------------------------ steps
 
-const results = [];
-let aborted = false;
-
-class Skip extends Error {}
-class CheckFailed extends Error {}
-
-/** Runs a step; after a failure the rest are reported as not run, except `always` ones. */
-async function step(name, fn, { always = false } = {}) {
-  if (aborted && !always) {
-    results.push({ name, status: 'fail', why: 'not run: an earlier step failed' });
-    log(`not ok - ${name}: not run (an earlier step failed)`);
-    return;
-  }
-  const started = Date.now();
-  try {
-    const note = await fn();
-    const secs = ((Date.now() - started) / 1000).toFixed(1);
-    results.push({ name, status: 'pass' });
-    log(`ok - ${name} (${secs}s)${note ? `: ${note}` : ''}`);
-  } catch (e) {
-    if (e instanceof Skip) {
-      results.push({ name, status: 'skip', why: e.message });
-      log(`SKIP - ${name}: ${e.message}`);
-      return;
-    }
-    results.push({ name, status: 'fail', why: e.message });
-    log(`not ok - ${name}: ${e instanceof CheckFailed ? e.message : e.stack || e.message}`);
-    aborted = true;
-  }
-}
-
-function check(cond, message) {
-  if (!cond) throw new CheckFailed(message);
-}
+const { step, results, count } = steps();
 
 // ------------------------------------------------------------------ console
 
@@ -778,7 +697,6 @@ try {
 }
 clearTimeout(watchdog);
 
-const count = (s) => results.filter((r) => r.status === s).length;
 const failed = count('fail');
 if (failed) {
   for (const e of engines) log(`engine ${e.name} log tail (${path.relative(ROOT, e.logPath)}):\n${tail(e.logPath)}`);
