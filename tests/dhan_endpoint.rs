@@ -452,3 +452,73 @@ fn with_access_control_the_token_is_an_api_key_and_a_wrong_one_gets_809() {
     assert!(WsClient::connect_with(addr, "/ws", None).is_err());
     engine.shutdown();
 }
+
+#[test]
+fn a_dhan_client_that_never_reads_is_conflated_then_closed_like_a_json_one() {
+    let mut c = config("127.0.0.1:0", None, None);
+    c.fanout.client_queue_bytes = 4 * 1024;
+    c.fanout.slow_client_timeout = Duration::from_millis(1500);
+    let engine = Engine::start(c).expect("engine starts");
+    let sim = engine.demo_simulator().expect("demo mode").control();
+    wait_for("upstream up", || sim.subscriptions().len() == 1);
+    let addr = engine.addr();
+    let keys: Vec<_> = (100..150).map(nse).collect();
+    // The slow client: a tiny receive buffer, and it never reads.
+    let mut slow = DhanClient::ready(addr);
+    {
+        use std::os::fd::AsRawFd;
+        let size: libc::c_int = 4096;
+        // SAFETY: a valid socket fd and a pointer to a c_int that outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                slow.0.get_ref().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+    slow.request(15, &keys);
+    let mut good = DhanClient::ready(addr);
+    good.request(15, &keys);
+    wait_for("subscribed", || held(&sim).len() >= 53);
+    let started = std::time::Instant::now();
+    let mut n = 0u32;
+    let mut last = None;
+    while started.elapsed() < Duration::from_secs(4) && n < 40_000 {
+        for k in &keys {
+            n += 1;
+            let msg = FeedMessage::Data(
+                *k,
+                FeedData::Ticker(Ticker {
+                    ltp: n as f32,
+                    ltt: n,
+                }),
+            );
+            sim.inject(&msg);
+            last = Some(bytes(&msg));
+        }
+        // The good client keeps up: it reads through to the last packet.
+        let want = last.clone().unwrap();
+        while good.packet() != want {}
+    }
+    wait_for("the slow client to be closed", || {
+        let stats = common::stats(addr);
+        stats["counters"]["fanout_slow_closes_total"]
+            .as_u64()
+            .unwrap()
+            >= 1
+            && stats["counters"]["fanout_clients"] == 1
+    });
+    assert!(common::counter(addr, "fanout_conflated_total") > 0);
+    let msg = FeedMessage::Data(keys[0], FeedData::Ticker(Ticker { ltp: 0.5, ltt: 1 }));
+    sim.inject(&msg);
+    assert_eq!(
+        good.packet(),
+        bytes(&msg),
+        "the good client is still served"
+    );
+    engine.shutdown();
+}

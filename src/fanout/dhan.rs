@@ -430,4 +430,41 @@ mod tests {
         s.ltp = None;
         assert_eq!(snapshot_packet(&s, Mode::Ticker), None);
     }
+
+    #[test]
+    fn dhan_sessions_get_a_ping_every_ten_seconds_and_json_ones_do_not() {
+        use crate::serve_tls::ServerStream;
+        use std::io::Read;
+        use std::net::{TcpListener, TcpStream};
+        use tungstenite::protocol::WebSocketConfig;
+
+        let mut h = super::super::test_worker::worker(10);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peers = Vec::new();
+        let now = Instant::now();
+        for kind in [Kind::Dhan, Kind::Feed] {
+            let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            peer.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let (server, _) = l.accept().unwrap();
+            server.set_nonblocking(true).unwrap();
+            let stream = ServerStream::Plain(mio::net::TcpStream::from_std(server));
+            let cfg = WebSocketConfig::default();
+            let mut s = Session::new(1, stream, Vec::new(), kind, cfg, 1 << 16, 50);
+            s.next_ping = Some(now);
+            h.worker.sessions.push(Some(Box::new(s)));
+            peers.push(peer);
+        }
+        h.worker.ping_dhan(now + Duration::from_millis(1));
+        h.worker.flush_dirty(now);
+        let mut got = [0u8; 2];
+        peers[0].read_exact(&mut got).unwrap();
+        assert_eq!(got, [0x89, 0x00], "an empty ping frame");
+        assert!(peers[1].read(&mut got).is_err(), "no ping on /ws");
+        let next = h.worker.sessions[0].as_ref().unwrap().next_ping.unwrap();
+        assert_eq!(next, now + Duration::from_millis(1) + PING_EVERY);
+        // Not again before then.
+        h.worker.ping_dhan(next - Duration::from_millis(1));
+        assert!(h.worker.dirty.is_empty());
+    }
 }
