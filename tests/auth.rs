@@ -471,6 +471,17 @@ fn the_binary_exits_2_without_keys_and_never_prints_a_key() {
     );
     let mut w = ws(addr, &format!("/ws?key={key}"), &[]).ok().unwrap();
     w.recv_type("status");
+    // `/dhan` takes the key as DhanHQ's `token`: right and wrong.
+    let dhan = |token: &str| {
+        let path = format!("/dhan?version=2&token={token}&clientId=1&authType=2");
+        let mut c = ws(addr, &path, &[]).ok().unwrap();
+        match c.0.read().unwrap() {
+            tungstenite::Message::Binary(b) => b[0],
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(dhan(&key), 7, "market status");
+    assert_eq!(dhan(wrong), 50, "disconnect (809)");
     let r = request(addr, "POST", "/api/session", &bearer(&key), "");
     let sid = r.header("Set-Cookie").unwrap();
     let sid = sid

@@ -114,6 +114,32 @@ fn raw_client(addr: SocketAddr, received: Arc<AtomicU64>) {
     });
 }
 
+/// A `/dhan` client (DhanHQ's protocol) that subscribes the watchlist in
+/// full mode (RequestCode 21), then reads raw bytes into a stack buffer.
+fn raw_dhan_client(addr: SocketAddr, watchlist: &[Value], received: Arc<AtomicU64>) {
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    let url = format!("ws://{addr}/dhan?version=2&token=t&clientId=c&authType=2");
+    let (mut ws, _) = tungstenite::client::client(url, stream).unwrap();
+    let list: Vec<Value> = watchlist
+        .iter()
+        .map(|w| json!({"ExchangeSegment": w["exchangeSegment"], "SecurityId": w["securityId"]}))
+        .collect();
+    let request = json!({"RequestCode": 21, "InstrumentCount": list.len(), "InstrumentList": list});
+    ws.send(tungstenite::Message::text(request.to_string()))
+        .unwrap();
+    let mut stream = ws.into_inner();
+    stream.set_read_timeout(None).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            received.fetch_add(n as u64, Relaxed);
+        }
+    });
+}
+
 #[test]
 fn hot_paths_allocate_per_update_at_most_once_and_never_per_tick_or_subscriber() {
     let sim = SimProcess::start(3000);
@@ -180,5 +206,34 @@ fn hot_paths_allocate_per_update_at_most_once_and_never_per_tick_or_subscriber()
         "{allocs} allocations for {updates} updates to 20 subscribers"
     );
     assert!(received.load(Relaxed) > 0);
+
+    // 3. And 20 `/dhan` clients of the same instruments in full mode: binary
+    //    packets rendered once per update and packet type, shared by all.
+    let (status, watchlist) = http_get_json(addr, "/api/watchlist");
+    assert_eq!(status, 200);
+    let watchlist = watchlist["watchlist"].as_array().unwrap().clone();
+    assert_eq!(watchlist.len(), 4);
+    let dhan_received = Arc::new(AtomicU64::new(0));
+    for _ in 0..20 {
+        raw_dhan_client(addr, &watchlist, Arc::clone(&dhan_received));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let (allocs, before, after) = window(2);
+    let updates = delta(&before, &after, "fanout_updates_total");
+    let messages = delta(&before, &after, "fanout_messages_total");
+    assert!(updates >= 2000, "only {updates} updates");
+    assert!(
+        messages >= updates * 39,
+        "{messages} messages for {updates} updates × 40 clients"
+    );
+    let allowed = updates / 10 + 2 * 20 * 3 + 64;
+    println!(
+        "fanout with /dhan clients: {allocs} allocations for {updates} updates and {messages} messages (allowed {allowed})"
+    );
+    assert!(
+        allocs <= allowed,
+        "{allocs} allocations for {updates} updates to 20 JSON and 20 /dhan subscribers"
+    );
+    assert!(dhan_received.load(Relaxed) > 0);
     engine.shutdown();
 }

@@ -84,13 +84,19 @@ impl Worker {
                     } else {
                         self.stats.rate_limited.inc();
                     }
-                    if s.awaiting {
+                    if s.awaiting || s.closing.is_some() {
                         read = Read::Done;
                         break;
                     }
                     if text_bytes >= READ_BYTES_BUDGET {
                         break; // parsing is the cost: one big message a turn
                     }
+                }
+                Ok(Message::Binary(_)) if s.kind == Kind::Dhan => {
+                    let why = "binary frames are not requests; send DhanHQ's JSON requests";
+                    self.dhan_disconnect(s, super::dhan::reason::INVALID_REQUEST, why, now);
+                    read = Read::Done;
+                    break;
                 }
                 Ok(Message::Binary(_)) => {
                     self.stats.protocol_closes.inc();
@@ -163,6 +169,12 @@ impl Worker {
         let started = Instant::now();
         if s.kind == Kind::Prices {
             self.client_error(s, "/ws/prices only sends; subscribe on /ws", now);
+            return;
+        }
+        if s.kind == Kind::Dhan {
+            self.on_dhan_text(i, s, text, now);
+            self.message_latency
+                .record(started.elapsed().as_nanos() as u64);
             return;
         }
         match protocol::parse(text, self.config.max_instruments_per_message) {
@@ -251,10 +263,15 @@ impl Worker {
 
     pub(super) fn client_error(&self, s: &mut Session, message: &str, now: Instant) {
         self.stats.client_errors.inc();
+        if s.kind == Kind::Dhan {
+            // DhanHQ's protocol has no error message: logged only.
+            log::debug!("/dhan client {}: {message}", s.id);
+            return;
+        }
         s.reply(protocol::error_message(message), &self.stats, now);
     }
 
-    fn subscribe(
+    pub(super) fn subscribe(
         &mut self,
         i: usize,
         s: &mut Session,
@@ -266,6 +283,14 @@ impl Worker {
         keys.dedup();
         let new = keys.iter().filter(|k| !s.subs.contains_key(k)).count();
         let limit = s.max_subs.min(self.config.max_subscriptions_per_client);
+        if s.subs.len() + new > limit && s.kind == Kind::Dhan {
+            let why = format!(
+                "a client may hold {limit} instruments (holding {}, asked for {new} more)",
+                s.subs.len()
+            );
+            self.dhan_disconnect(s, super::dhan::reason::TOO_MANY_INSTRUMENTS, &why, now);
+            return;
+        }
         if s.subs.len() + new > limit {
             self.client_error(s, &format!(
                 "subscription limit: a client may hold {limit} instruments (holding {}, asked for {new} more); nothing subscribed",
@@ -296,7 +321,9 @@ impl Worker {
                 .get(&key)
                 .and_then(|t| t.last.map(|u| u.state))
                 .or_else(|| snapshot.get(key).copied());
-            if let Some(state) = state {
+            if let (Some(state), Kind::Dhan) = (state, s.kind) {
+                self.dhan_snapshot(s, &state, mode, now);
+            } else if let Some(state) = state {
                 let symbol = self.symbols.get(&key).map(String::as_str);
                 if let Some(msg) = self.renderer.state(&state, mode, symbol) {
                     s.deliver(Slot::Instrument(key), &msg, &self.stats, now);

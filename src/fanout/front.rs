@@ -48,6 +48,19 @@ use crate::auth::{
 use crate::serve_tls::{ServerStream, TlsListener};
 
 const WAKER: Token = Token(usize::MAX);
+/// The DhanHQ-compatible feed (`super::dhan`).
+pub const DHAN_PATH: &str = "/dhan";
+
+/// `key=<token>` from a `/dhan` query string, still percent-encoded as
+/// sent: DhanHQ clients put the access token in `token`, and on the relay
+/// that is an API key. Never logged.
+fn dhan_key_query(query: &str) -> String {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+        .map(|token| format!("key={token}"))
+        .unwrap_or_default()
+}
 /// Listener `i` polls as `Token(FIRST_LISTENER - i)`; connections count up
 /// from 0.
 const FIRST_LISTENER: usize = usize::MAX - 1;
@@ -97,6 +110,10 @@ pub struct NewClient {
     pub principal: Principal,
     /// Its key's limits.
     pub limits: KeyLimits,
+    /// `/dhan` with access control on and a `token` that is not a relay
+    /// API key with `read`: the fanout sends DhanHQ's disconnect packet
+    /// (809, authentication failed) and closes.
+    pub refused: bool,
 }
 
 /// What the front door hands the fanout thread.
@@ -146,6 +163,8 @@ enum Then {
 struct Upgrading {
     principal: Principal,
     limits: KeyLimits,
+    /// `/dhan` whose key was refused (see [`NewClient::refused`]).
+    refused: bool,
 }
 
 /// The front door, running.
@@ -576,16 +595,30 @@ impl Front {
             _ => r,
         };
         let headers = head.credential_headers();
+        // `/dhan` speaks DhanHQ's protocol: the key is its `token` query
+        // parameter (what DhanHQ clients send as the access token).
+        let dhan = head.upgrade && head.path == DHAN_PATH;
+        let dhan_query = if dhan {
+            dhan_key_query(&head.query)
+        } else {
+            String::new()
+        };
         let view = RequestView {
             method: &head.method,
             path: &head.path,
-            query: &head.query,
+            query: if dhan { &dhan_query } else { &head.query },
             upgrade: head.upgrade,
             headers: &headers,
         };
         let principal = if conn.auth {
             match self.auth.check(&view, conn.peer, now) {
                 Ok(p) => p,
+                Err(_) if dhan => {
+                    // A DhanHQ client understands a disconnect packet, not
+                    // an HTTP 401: upgrade, then refuse in its protocol.
+                    log::info!("/dhan: refused, the token is not a relay API key with 'read'");
+                    return self.upgrade(conn, &head, origin_ok, None, now);
+                }
                 Err(denial) => {
                     if let Denial::Forbidden { need } = denial {
                         log::info!(
@@ -649,12 +682,12 @@ impl Front {
             return self.respond(conn, cors(r), head.keep_alive, head.method == "HEAD", now);
         }
         if head.upgrade {
-            return self.upgrade(conn, &head, origin_ok, principal, now);
+            return self.upgrade(conn, &head, origin_ok, Some(principal), now);
         }
         let (response, head_only) = match head.method.as_str() {
             "GET" | "HEAD" => {
                 let r = match head.path.as_str() {
-                    "/ws" | "/ws/prices" => Response::error(
+                    "/ws" | "/ws/prices" | DHAN_PATH => Response::error(
                         426,
                         "this endpoint speaks WebSocket; connect with a WebSocket client",
                     )
@@ -713,16 +746,17 @@ impl Front {
         conn: &mut Conn,
         head: &Head,
         origin_ok: bool,
-        principal: Principal,
+        principal: Option<Principal>,
         now: Instant,
     ) {
         let kind = match head.path.as_str() {
             "/" | "/ws" => Kind::Feed,
             "/ws/prices" => Kind::Prices,
+            DHAN_PATH => Kind::Dhan,
             _ => {
                 return self.respond(
                     conn,
-                    Response::error(404, "no WebSocket here: use /ws or /ws/prices"),
+                    Response::error(404, "no WebSocket here: use /ws, /ws/prices or /dhan"),
                     false,
                     false,
                     now,
@@ -752,6 +786,19 @@ impl Front {
                 now,
             );
         }
+        let Some(principal) = principal else {
+            // A refused `/dhan` key: upgraded only to be told so.
+            conn.upgrading = Some(Upgrading {
+                principal: Principal::anonymous(),
+                limits: KeyLimits::default(),
+                refused: true,
+            });
+            let key = head.ws_key.as_deref().unwrap_or_default();
+            conn.out = http::upgrade_response(key);
+            conn.pos = 0;
+            conn.then = Then::Upgrade(kind);
+            return;
+        };
         if !self.auth.connection_opened(&principal) {
             let name = principal.key_name.as_deref().unwrap_or_default();
             log::info!("key '{name}': WebSocket refused, it holds its limit of connections");
@@ -770,7 +817,11 @@ impl Front {
         if let Some(name) = &principal.key_name {
             log::debug!("WebSocket {} for key '{name}'", head.path);
         }
-        conn.upgrading = Some(Upgrading { principal, limits });
+        conn.upgrading = Some(Upgrading {
+            principal,
+            limits,
+            refused: false,
+        });
         // `upgrade_error` checked the key is there.
         let key = head.ws_key.as_deref().unwrap_or_default();
         conn.out = http::upgrade_response(key);
@@ -784,6 +835,7 @@ impl Front {
         let who = conn.upgrading.take().unwrap_or(Upgrading {
             principal: Principal::off(),
             limits: KeyLimits::default(),
+            refused: false,
         });
         let client = NewClient {
             stream: conn.stream,
@@ -792,6 +844,7 @@ impl Front {
             prices,
             principal: who.principal,
             limits: who.limits,
+            refused: who.refused,
         };
         match self.to_fanout.send(Handoff::Client(client)) {
             Ok(()) => {

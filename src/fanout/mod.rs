@@ -23,6 +23,7 @@ mod admin;
 pub(crate) mod assets;
 mod client;
 mod day;
+pub mod dhan;
 pub mod front;
 pub mod http;
 pub mod outbound;
@@ -326,6 +327,7 @@ impl Fanout {
             next_id: 1,
             readable: Vec::with_capacity(64),
             renderer: Renderer::new(),
+            dhan: dhan::DhanRenderer::new(),
             stats: Arc::clone(&stats),
             latency: tick_to_wire.recorder(),
             message_latency: client_message.recorder(),
@@ -424,6 +426,8 @@ struct Worker {
     readable: Vec<usize>,
     topics: Topics,
     renderer: Renderer,
+    /// Packets for `/dhan` clients.
+    dhan: dhan::DhanRenderer,
     stats: Arc<FanoutStats>,
     latency: LatencyRecorder,
     message_latency: LatencyRecorder,
@@ -533,6 +537,7 @@ impl Worker {
             prices,
             principal,
             limits,
+            refused,
         } = c;
         let slot = self.free.pop().unwrap_or_else(|| {
             self.sessions.push(None);
@@ -593,6 +598,7 @@ impl Worker {
                     s.deliver(Slot::Prices, &body, &self.stats, now);
                 }
             }
+            Kind::Dhan => self.greet_dhan(&mut s, refused, now),
         }
         log::debug!("client {id} connected");
         self.sessions[slot] = Some(s);
@@ -648,6 +654,7 @@ impl Worker {
 
     fn every_second(&mut self, now: Instant) {
         self.take_day_turns(now);
+        self.ping_dhan(now);
         self.check_revoked(now);
         self.announce_status(now);
         let limit = self.config.slow_client_timeout;
@@ -707,6 +714,13 @@ impl Worker {
                 s.id,
                 s.key_name.as_deref().unwrap_or_default()
             );
+            if s.kind == Kind::Dhan {
+                // DhanHQ's word for it first: authentication failed.
+                s.send_binary(
+                    &dhan::disconnect_packet(dhan::reason::AUTH_FAILED),
+                    &self.stats,
+                );
+            }
             s.close(CloseCode::from(4403), "API key revoked", now);
             self.dirty.push(i);
         }
@@ -838,6 +852,7 @@ mod test_worker {
             next_id: 1,
             readable: Vec::new(),
             renderer: Renderer::new(),
+            dhan: dhan::DhanRenderer::new(),
             stats: Arc::default(),
             latency: SharedLatency::default().recorder(),
             message_latency: SharedLatency::default().recorder(),

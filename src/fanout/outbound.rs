@@ -37,8 +37,18 @@ impl Chunk {
 /// The header of an unmasked, final server text frame carrying `len` bytes
 /// (RFC 6455 §5.2): the 7-bit length, or 126 + u16, or 127 + u64, big-endian.
 pub fn text_frame_header(len: usize) -> ([u8; 10], u8) {
+    frame_header(0x81, len) // FIN + text
+}
+
+/// The header of an unmasked, final server binary frame carrying `len`
+/// bytes (the `/dhan` feed's packets).
+pub fn binary_frame_header(len: usize) -> ([u8; 10], u8) {
+    frame_header(0x82, len) // FIN + binary
+}
+
+fn frame_header(first: u8, len: usize) -> ([u8; 10], u8) {
     let mut h = [0u8; 10];
-    h[0] = 0x81; // FIN + text
+    h[0] = first;
     let n = if len < 126 {
         h[1] = len as u8;
         2
@@ -76,6 +86,16 @@ impl Outbound {
     /// Queues `payload` as one text frame.
     pub fn push_text(&mut self, payload: &Bytes) {
         let (head, head_len) = text_frame_header(payload.len());
+        self.push(Chunk {
+            head,
+            head_len,
+            body: payload.clone(),
+        });
+    }
+
+    /// Queues `payload` as one binary frame.
+    pub fn push_binary(&mut self, payload: &Bytes) {
+        let (head, head_len) = binary_frame_header(payload.len());
         self.push(Chunk {
             head,
             head_len,

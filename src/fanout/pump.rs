@@ -12,8 +12,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use ringbuf::traits::Consumer;
 
+use super::dhan;
 use super::render::message_mode;
-use super::session::{Health, Slot};
+use super::session::{Health, Kind, Slot};
 use super::{client::name_some, Worker};
 use crate::clock;
 use crate::upstream::Command;
@@ -26,6 +27,7 @@ impl Worker {
             topics,
             sessions,
             renderer,
+            dhan: dhan_renderer,
             stats,
             symbols,
             turn_recv,
@@ -39,14 +41,30 @@ impl Worker {
             let Some(topic) = topics.get_mut(&key) else {
                 continue;
             };
+            let oi_changed = dhan::oi_changed(topic.last.as_ref(), &update);
             topic.last = Some(update);
             // Rendered at most once per message type, shared by all.
             let mut rendered: [Option<Option<Bytes>>; 3] = [None, None, None];
+            let mut packets: [Option<Option<Bytes>>; 5] = [None, None, None, None, None];
             let mut delivered = false;
             for &(client, mode) in &topic.subscribers {
                 let Some(Some(s)) = sessions.get_mut(client) else {
                     continue; // the relay's own watchlist entry
                 };
+                if s.kind == Kind::Dhan {
+                    for &p in dhan::packets_for(update.kind, mode, oi_changed) {
+                        let msg = packets[p.index()]
+                            .get_or_insert_with(|| dhan_renderer.packet(p, &update.state));
+                        if let Some(msg) = msg {
+                            if !s.is_dirty() {
+                                dirty.push(client);
+                            }
+                            s.deliver(Slot::Packet(key, p.code()), msg, stats, now);
+                            delivered = true;
+                        }
+                    }
+                    continue;
+                }
                 let as_mode = message_mode(update.kind, mode);
                 let msg = rendered[as_mode as usize].get_or_insert_with(|| {
                     renderer.update(&update, as_mode, symbols.get(&key).map(String::as_str))
@@ -132,6 +150,9 @@ impl Worker {
             let Some(Some(s)) = self.sessions.get_mut(client) else {
                 continue;
             };
+            if s.kind == Kind::Dhan {
+                continue; // no message for it in DhanHQ's protocol
+            }
             let text = format!(
                 "upstream capacity freed: {} queued instruments now subscribed: {}",
                 keys.len(),

@@ -656,6 +656,7 @@ const INDEX: &str = "dhan-relay\n\n\
      GET  /api/instruments?q=relia&limit=20  instrument search (exact, prefix, substring)\n\
      WS   /ws (or /)                     subscribe/unsubscribe protocol (JSON)\n\
      WS   /ws/prices                     the /prices object every second\n\
+     WS   /dhan?version=2&token=..       DhanHQ's Live Market Feed v2 (its JSON requests, its binary packets)\n\
      POST /api/admin/credentials         {\"clientId\",\"accessToken\"}: new token, no restart (admin scope; loopback only without keys)\n\
      GET  /api/session                   whether this listener asks for keys, and whether you are signed in\n\
      POST /api/session                   Authorization: Bearer KEY (or {\"key\"}): a session cookie for browsers\n\

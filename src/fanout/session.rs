@@ -44,6 +44,9 @@ pub enum Kind {
     Feed,
     /// `/ws/prices`: the watchlist object every second.
     Prices,
+    /// `/dhan`: DhanHQ's Live Market Feed v2 (JSON requests, binary
+    /// packets; `super::dhan`).
+    Dhan,
 }
 
 /// Where a queued message came from: conflation keeps the newest per slot.
@@ -53,6 +56,9 @@ pub enum Slot {
     Instrument(InstrumentKey),
     /// The `/ws/prices` object.
     Prices,
+    /// The latest packet of one type (response code) for an instrument
+    /// (`/dhan`: a quote must not replace an OI or previous-close packet).
+    Packet(InstrumentKey, u8),
 }
 
 /// The socket as tungstenite sees it: reads come from the connection
@@ -126,6 +132,10 @@ pub struct Session {
     pub key_name: Option<String>,
     /// Instruments it may hold (its key's limit, else the relay's).
     pub max_subs: usize,
+    /// `/dhan`: price messages go out as binary frames.
+    binary: bool,
+    /// `/dhan`: when the next server ping is due.
+    pub next_ping: Option<Instant>,
 }
 
 impl Session {
@@ -164,6 +174,8 @@ impl Session {
             key_name: None,
             max_subs: usize::MAX,
             awaiting: false,
+            binary: kind == Kind::Dhan,
+            next_ping: None,
         }
     }
 
@@ -232,8 +244,35 @@ impl Session {
             }
             return;
         }
-        self.out.push_text(msg);
+        self.push_message(msg);
         stats.count_message(msg.len());
+    }
+
+    fn push_message(&mut self, msg: &Bytes) {
+        if self.binary {
+            self.out.push_binary(msg);
+        } else {
+            self.out.push_text(msg);
+        }
+    }
+
+    /// Queues a binary frame that must not be conflated away (`/dhan`: the
+    /// market-status packet on connect, a disconnect packet before a close).
+    pub fn send_binary(&mut self, msg: &Bytes, stats: &FanoutStats) {
+        if self.closing.is_some() {
+            return;
+        }
+        stats.count_message(msg.len());
+        self.out.push_binary(msg);
+        self.dirty = true;
+    }
+
+    /// Queues a server ping (an empty ping frame, `/dhan`).
+    pub fn ping(&mut self) {
+        if self.closing.is_none() {
+            self.out.push_raw(Bytes::from_static(&[0x89, 0x00]));
+            self.dirty = true;
+        }
     }
 
     /// Queues a reply that must not be conflated away (errors, pongs,
@@ -320,7 +359,7 @@ impl Session {
                 return;
             };
             if let Some(msg) = self.conflated.remove(&slot) {
-                self.out.push_text(&msg);
+                self.push_message(&msg);
                 stats.count_message(msg.len());
             }
         }

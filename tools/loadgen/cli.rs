@@ -130,6 +130,30 @@ pub struct Args {
     /// its self-signed certificate).
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
+    /// What the clients speak to the engine: the relay's JSON on `/ws`, or
+    /// DhanHQ's Live Market Feed v2 on `/dhan` (ticker mode, binary
+    /// packets). The floor always speaks DhanHQ's protocol.
+    #[arg(long, value_enum, default_value_t = ClientProtocol::Json)]
+    pub protocol: ClientProtocol,
+}
+
+/// The engine-side client protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClientProtocol {
+    /// The relay's JSON protocol on `/ws`.
+    Json,
+    /// DhanHQ's protocol on `/dhan`.
+    Dhan,
+}
+
+impl ClientProtocol {
+    /// Its name as typed.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientProtocol::Json => "json",
+            ClientProtocol::Dhan => "dhan",
+        }
+    }
 }
 
 /// Named scenarios (issue 7).
@@ -238,6 +262,8 @@ pub struct Plan {
     pub wss: bool,
     /// Trust for a wss:// engine.
     pub ca: Option<PathBuf>,
+    /// The engine-side client protocol.
+    pub protocol: ClientProtocol,
 }
 
 impl Plan {
@@ -426,6 +452,7 @@ impl Args {
             ws: !attach_tls,
             wss: self.tls || attach_tls,
             ca: self.ca.clone(),
+            protocol: self.protocol,
         };
         plan.client_threads = match self.client_threads {
             Some(0) => return Err("--client-threads must be at least 1".into()),

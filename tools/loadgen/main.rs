@@ -176,8 +176,9 @@ fn real_main(args: &Args) -> Result<(), String> {
     }
     let cap = plan.hard_cap();
     eprintln!(
-        "loadgen {}: {} clients × {} subs over {} instruments, {} ticks/s (warmup {:?} at {}/s, window {:?}), seed {}, {} client thread(s); hard limit {:?}",
+        "loadgen {} ({} clients): {} clients × {} subs over {} instruments, {} ticks/s (warmup {:?} at {}/s, window {:?}), seed {}, {} client thread(s); hard limit {:?}",
         plan.preset.name(),
+        plan.protocol.name(),
         plan.clients,
         plan.subs,
         plan.instruments,

@@ -453,6 +453,7 @@ pub fn json(plan: &Plan, results: &[PhaseResult], targets: &[Target]) -> Value {
         .collect();
     json!({
         "preset": plan.preset.name(),
+        "protocol": plan.protocol.name(),
         "config": {
             "clients": plan.clients, "subs": plan.subs, "instruments": plan.instruments,
             "rate": plan.rate, "warmup_rate": plan.warmup_rate,

@@ -11,7 +11,7 @@ use dhan_relay::clock;
 use hdrhistogram::Histogram;
 use serde_json::Value;
 
-use crate::cli::{EngineSource, Plan};
+use crate::cli::{ClientProtocol, EngineSource, Plan};
 use crate::clients::{self, ClientConfig, ClientSpec, Counts, Progress, Protocol, SlowReader};
 use crate::engine::{self, Engine, Launch};
 use crate::exchange::Exchange;
@@ -375,6 +375,11 @@ pub fn run_phase(plan: &Plan, mode: Mode, watchdog: &Watchdog) -> Result<PhaseRe
         })
         .sum();
     let (addr, path, protocol) = match (&engine, mode) {
+        (Some(e), Mode::Engine | Mode::EngineTls) if plan.protocol == ClientProtocol::Dhan => (
+            e.addr,
+            "/dhan?version=2&token=loadgen-dummy-token&clientId=loadgen&authType=2".to_string(),
+            Protocol::Dhan,
+        ),
         (Some(e), Mode::Engine | Mode::EngineTls) => (e.addr, "/ws".to_string(), Protocol::Relay),
         _ => (
             exchange.addr(),
