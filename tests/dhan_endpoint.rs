@@ -450,6 +450,18 @@ fn with_access_control_the_token_is_an_api_key_and_a_wrong_one_gets_809() {
     assert_eq!(ok.packet()[0], 6, "previous close");
     // /ws still refuses before the upgrade.
     assert!(WsClient::connect_with(addr, "/ws", None).is_err());
+    // Revoked while connected: DhanHQ's 809, then the close (4403).
+    let keys_file = dir.0.join("keys.toml");
+    let mut keys = KeysFile::load(&keys_file).unwrap();
+    keys.revoke("bot").unwrap();
+    keys.save(&keys_file).unwrap();
+    let (packets, close) = ok.until_close();
+    assert_eq!(
+        packets.last(),
+        Some(&disconnect(809)),
+        "the last packet says why"
+    );
+    assert_eq!(close, Some(CloseCode::from(4403)));
     engine.shutdown();
 }
 
