@@ -7,10 +7,10 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{exchange, find, wait_for, Resp, WsClient, READ_TIMEOUT};
+use common::{exchange, find, wait_for, Resp, TempDir, WsClient, READ_TIMEOUT};
 use dhan_relay::auth::keys::KeysFile;
 use dhan_relay::auth::Scopes;
 use dhan_relay::config::{Flags, RunConfig};
@@ -21,24 +21,6 @@ use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 
 const NIFTY: InstrumentKey = InstrumentKey::new(Segment::IdxI, 13);
-
-/// A directory of its own under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("dhan-relay-auth-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Adds `name` with `scopes` to the keys file; the key.
 fn add_key(file: &Path, name: &str, scopes: &str) -> String {
@@ -120,7 +102,7 @@ fn ws(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<WsClient
 
 #[test]
 fn keys_by_header_query_and_cookie_scopes_health_and_the_wrong_key_limit() {
-    let dir = TempDir::new("ways");
+    let dir = TempDir::new("auth-ways");
     let keys = dir.0.join("keys.toml");
     let reader = add_key(&keys, "reader", "read");
     let trader = add_key(&keys, "trader", "trade");
@@ -281,7 +263,7 @@ fn keys_by_header_query_and_cookie_scopes_health_and_the_wrong_key_limit() {
 
 #[test]
 fn a_revoked_key_closes_its_websockets_with_4403_and_limits_hold_per_key() {
-    let dir = TempDir::new("revoke");
+    let dir = TempDir::new("auth-revoke");
     let keys = dir.0.join("keys.toml");
     let bot = add_key(&keys, "bot", "read");
     let other = add_key(&keys, "other", "read");
@@ -353,7 +335,7 @@ fn a_revoked_key_closes_its_websockets_with_4403_and_limits_hold_per_key() {
 
 #[test]
 fn a_loopback_listener_without_keys_next_to_one_with_keys() {
-    let dir = TempDir::new("two");
+    let dir = TempDir::new("auth-two");
     let keys = dir.0.join("keys.toml");
     let key = add_key(&keys, "phone", "read");
     let config = "auth = \"on\"\n\
@@ -386,7 +368,7 @@ fn a_loopback_listener_without_keys_next_to_one_with_keys() {
 
 #[test]
 fn access_control_on_without_a_key_refuses_to_start_before_binding() {
-    let dir = TempDir::new("nokey");
+    let dir = TempDir::new("auth-nokey");
     // A free port, released: the engine must not take it.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -416,7 +398,7 @@ fn access_control_on_without_a_key_refuses_to_start_before_binding() {
 /// output while it serves right and wrong keys.
 #[test]
 fn the_binary_exits_2_without_keys_and_never_prints_a_key() {
-    let dir = TempDir::new("bin");
+    let dir = TempDir::new("auth-bin");
     let bin = env!("CARGO_BIN_EXE_dhan-relay");
     let keys = dir.0.join("keys.toml");
     let cfg = dir.0.join("relay.toml");

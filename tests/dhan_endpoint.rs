@@ -4,7 +4,7 @@
 //! packet it gets is compared byte for byte with what the simulator sent.
 
 mod common;
-use common::{wait_for, WsClient, READ_TIMEOUT};
+use common::{wait_for, TempDir, WsClient, READ_TIMEOUT};
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -400,20 +400,9 @@ fn request_code_12_closes_cleanly() {
     engine.shutdown();
 }
 
-/// A directory of its own under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn with_access_control_the_token_is_an_api_key_and_a_wrong_one_gets_809() {
-    let dir = TempDir(std::env::temp_dir().join(format!("dhan-relay-dhan-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = TempDir::new("dhan");
     let keys_file = dir.0.join("keys.toml");
     let mut keys = KeysFile::load(&keys_file).unwrap();
     let reader = keys

@@ -11,10 +11,9 @@
 mod common;
 use common::{http_get_json, WsClient};
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::io::{BufRead, BufReader, Read};
+use common::alloc::{allocations, counter, counters, Counting, SimProcess};
+use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,74 +24,8 @@ use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::upstream::Credentials;
 use serde_json::{json, Value};
 
-struct Counting;
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call unchanged to the system allocator; the counter
-// is a static atomic that never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// The simulator as a child process, killed on drop.
-struct SimProcess(Child, String);
-
-impl SimProcess {
-    fn start(rate: u32) -> SimProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dhan-relay"))
-            .args([
-                "sim",
-                "--listen",
-                "127.0.0.1:0",
-                "--rate",
-                &rate.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("simulator process starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        SimProcess(child, line.trim().to_string())
-    }
-}
-
-impl Drop for SimProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn counters(addr: SocketAddr) -> Value {
-    let (status, stats) = http_get_json(addr, "/stats");
-    assert_eq!(status, 200, "/stats: {stats}");
-    stats["counters"].clone()
-}
-
-fn counter(v: &Value, name: &str) -> u64 {
-    v[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name}"))
-}
 
 /// A client that subscribes the watchlist, then reads raw bytes forever
 /// into a stack buffer (no allocation per message).
@@ -164,9 +97,9 @@ fn hot_paths_allocate_per_update_at_most_once_and_never_per_tick_or_subscriber()
     // a few ticks at its edges are counted without their (zero) allocations.
     let window = |secs: u64| {
         let before = counters(addr);
-        let a0 = ALLOCATIONS.load(Relaxed);
+        let a0 = allocations();
         std::thread::sleep(Duration::from_secs(secs));
-        let a1 = ALLOCATIONS.load(Relaxed);
+        let a1 = allocations();
         (a1 - a0, before, counters(addr))
     };
     let delta =

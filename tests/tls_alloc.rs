@@ -13,14 +13,11 @@
 //! go to however many TLS clients.
 
 mod common;
-use common::http_get_json;
 use common::tls::{TestCa, Wss};
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::io::{BufRead, BufReader, Read};
+use common::alloc::{allocations, counter, counters, exempt_this_thread, Counting, SimProcess};
+use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,94 +26,16 @@ use dhan_relay::config::{Flags, ListenSpec, RunConfig};
 use dhan_relay::engine::Engine;
 use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::upstream::Credentials;
-use serde_json::{json, Value};
-
-struct Counting;
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// Set on test-client threads: their allocations are not the engine's.
-    static EXEMPT: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if !EXEMPT.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-    }
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; the counter
-// is a static atomic and the flag a const-initialised thread local, neither
-// of which allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use serde_json::json;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// The simulator as a child process, killed on drop.
-struct SimProcess(Child, String);
-
-impl SimProcess {
-    fn start(rate: u32) -> SimProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dhan-relay"))
-            .args([
-                "sim",
-                "--listen",
-                "127.0.0.1:0",
-                "--rate",
-                &rate.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("simulator process starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        SimProcess(child, line.trim().to_string())
-    }
-}
-
-impl Drop for SimProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn counters(addr: SocketAddr) -> Value {
-    let (status, stats) = http_get_json(addr, "/stats");
-    assert_eq!(status, 200, "/stats: {stats}");
-    stats["counters"].clone()
-}
-
-fn counter(v: &Value, name: &str) -> u64 {
-    v[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name}"))
-}
 
 /// A WSS client that subscribes the watchlist and reads forever, on its
 /// own (exempt) thread.
 fn tls_client(addr: SocketAddr, ca: Arc<rustls::ClientConfig>, received: Arc<AtomicU64>) {
     std::thread::spawn(move || {
-        EXEMPT.with(|e| e.set(true));
+        exempt_this_thread();
         let mut ws = Wss::connect(addr, &ca, "/ws");
         ws.send(json!({"type": "subscribe", "instruments": [
             {"symbol": "NIFTY"}, {"symbol": "SENSEX"}, {"symbol": "RELIANCE"}, {"symbol": "CRUDEOIL"}]}));
@@ -165,9 +84,9 @@ fn tls_subscribers_allocate_nothing_per_message_flush_or_subscriber() {
     // Warm up: handshakes, subscriptions, buffers at their working size.
     std::thread::sleep(Duration::from_millis(2500));
     let before = counters(plain);
-    let a0 = ALLOCATIONS.load(Relaxed);
+    let a0 = allocations();
     std::thread::sleep(Duration::from_secs(3));
-    let a1 = ALLOCATIONS.load(Relaxed);
+    let a1 = allocations();
     let after = counters(plain);
     let delta = |name: &str| counter(&after, name) - counter(&before, name);
     let (updates, messages) = (

@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{get_json, wait_for, WsClient};
+use common::{get_json, wait_for, TempDir, WsClient};
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Segment};
 use dhan_relay::engine::Engine;
@@ -29,24 +29,6 @@ const NIFTY: InstrumentKey = InstrumentKey::new(Segment::IdxI, 13);
 
 fn day(y: i32, m: u32, d: u32) -> Date {
     Date::from_ymd(y, m, d).unwrap()
-}
-
-/// A directory of its own under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("dhan-relay-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn held(sim: &SimControl) -> Vec<InstrumentKey> {

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
+pub mod alloc;
 pub mod tls;
 
 /// How long any single wait may take before the test fails.
@@ -21,6 +22,26 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// How long one socket read may block before it fails.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A fresh directory of its own under the system temp dir (named for the
+/// test and the process), removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// `$TMPDIR/dhan-relay-{name}-{pid}`, emptied.
+    pub fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("dhan-relay-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// Polls `cond` every 10 ms until it holds; fails the test after [`WAIT`].
 pub fn wait_for(what: &str, cond: impl FnMut() -> bool) {
