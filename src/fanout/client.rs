@@ -20,7 +20,7 @@ use super::resolver::{Job, Op};
 use super::session::{Kind, Session, Slot};
 use super::topics::Admission;
 use super::{Worker, READ_BUDGET, READ_BYTES_BUDGET};
-use crate::domain::{InstrumentKey, Mode};
+use crate::domain::{InstrumentKey, Mode, Segment};
 
 /// Instruments named in one error message, at most.
 const NAMED_IN_ERROR: usize = 10;
@@ -183,6 +183,9 @@ impl Worker {
             Ok(ClientMessage::Subscribe { instruments, mode }) => {
                 self.request(i, s, Op::Subscribe(mode), instruments, now)
             }
+            Ok(ClientMessage::SubscribeDepth20 { instruments }) => {
+                self.request(i, s, Op::SubscribeDepth20, instruments, now)
+            }
             Ok(ClientMessage::Unsubscribe { instruments }) => {
                 self.request(i, s, Op::Unsubscribe, instruments, now)
             }
@@ -228,7 +231,16 @@ impl Worker {
 
     fn apply(&mut self, i: usize, s: &mut Session, op: Op, keys: Vec<InstrumentKey>, now: Instant) {
         match op {
-            Op::Subscribe(mode) => self.subscribe(i, s, keys, mode, now),
+            Op::Subscribe(mode) => {
+                // A plain mode replaces depth20 on these instruments.
+                for key in &keys {
+                    if s.depth20.remove(key) {
+                        self.depth_topics.remove(i, *key);
+                    }
+                }
+                self.subscribe(i, s, keys, mode, now)
+            }
+            Op::SubscribeDepth20 => self.subscribe_depth20(i, s, keys, now),
             Op::Unsubscribe => self.unsubscribe(i, s, keys, now),
         }
     }
@@ -349,9 +361,53 @@ impl Worker {
         }
     }
 
+    /// `"mode": "depth20"`: full mode on the main feed (so the client has
+    /// the LTP and the rest), plus the instrument's 20-level book, on
+    /// NSE_EQ and NSE_FNO only; other segments get one error naming them.
+    fn subscribe_depth20(
+        &mut self,
+        i: usize,
+        s: &mut Session,
+        keys: Vec<InstrumentKey>,
+        now: Instant,
+    ) {
+        let (keys, refused): (Vec<InstrumentKey>, Vec<InstrumentKey>) = keys
+            .into_iter()
+            .partition(|k| matches!(k.segment, Segment::NseEq | Segment::NseFno));
+        if !refused.is_empty() {
+            self.client_error(
+                s,
+                &format!(
+                    "depth20 is available on NSE_EQ and NSE_FNO only; not subscribed: {}",
+                    name_some(&refused)
+                ),
+                now,
+            );
+        }
+        if keys.is_empty() {
+            return;
+        }
+        self.subscribe(i, s, keys.clone(), Mode::Full, now);
+        let snapshot = self.snapshot.load();
+        for key in keys {
+            if !s.subs.contains_key(&key) || !s.depth20.insert(key) {
+                continue; // refused (limit), or already held in depth20
+            }
+            self.depth_topics.add(i, key);
+            if let Some(d) = snapshot.depth20(key) {
+                let symbol = self.symbols.get(&key).map(String::as_str);
+                let msg = self.renderer.depth20(d, symbol);
+                s.deliver(Slot::Depth20(key), &msg, &self.stats, now);
+            }
+        }
+    }
+
     fn unsubscribe(&mut self, i: usize, s: &mut Session, keys: Vec<InstrumentKey>, now: Instant) {
         let mut missing = Vec::new();
         for key in keys {
+            if s.depth20.remove(&key) {
+                self.depth_topics.remove(i, key);
+            }
             if s.subs.remove(&key).is_some() {
                 self.topics.remove(i, key);
                 self.stats.subscriptions.sub(1);

@@ -53,7 +53,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::Auth;
-use crate::book::{BookStats, SharedSnapshot, Update};
+use crate::book::{BookStats, Depth20, SharedSnapshot, Update};
 use crate::domain::{InstrumentKey, Mode};
 use crate::instrument::watch::Watchlist;
 use crate::instrument::{Calendar, SharedMaster, WallClock};
@@ -68,7 +68,7 @@ use resolver::{Answer, Job};
 use rest::{RestState, SharedView, UpstreamStatus, View};
 use session::{Kind, Session, Slot};
 use stats::FanoutStats;
-use topics::Topics;
+use topics::{DepthTopics, Topics};
 
 const WAKER: Token = Token(usize::MAX);
 /// How long a queued close frame may wait without the socket taking a
@@ -159,6 +159,8 @@ impl Default for FanoutConfig {
 pub struct FanoutInputs {
     /// Updates from the book thread.
     pub updates: HeapCons<Update>,
+    /// 20-level books from the book thread (none: no depth feed).
+    pub depth_updates: Option<HeapCons<Depth20>>,
     /// The book's latest snapshot.
     pub snapshot: SharedSnapshot,
     /// Commands to the network thread.
@@ -312,6 +314,8 @@ impl Fanout {
         let core = self.config.core;
         let worker = Worker {
             topics: Topics::new(self.config.unsubscribe_grace, self.config.upstream_capacity),
+            depth_topics: DepthTopics::new(self.config.unsubscribe_grace),
+            depth_updates: inputs.depth_updates,
             poll: self.poll,
             stop: Arc::clone(&stop),
             ws_config,
@@ -411,6 +415,7 @@ struct Worker {
     config: FanoutConfig,
     ws_config: WebSocketConfig,
     updates: HeapCons<Update>,
+    depth_updates: Option<HeapCons<Depth20>>,
     snapshot: SharedSnapshot,
     upstream: UpstreamControl,
     upstream_stats: Arc<UpstreamStats>,
@@ -425,6 +430,8 @@ struct Worker {
     /// report them again).
     readable: Vec<usize>,
     topics: Topics,
+    /// Who holds which instrument in `depth20`.
+    depth_topics: DepthTopics,
     renderer: Renderer,
     /// Packets for `/dhan` clients.
     dhan: dhan::DhanRenderer,
@@ -470,6 +477,9 @@ impl Worker {
                 let until = self
                     .topics
                     .next_deadline()
+                    .into_iter()
+                    .chain(self.depth_topics.next_deadline())
+                    .min()
                     .map(|d| d.saturating_duration_since(Instant::now()));
                 until.map_or(Duration::from_millis(100), |u| {
                     u.min(Duration::from_millis(100))
@@ -505,6 +515,7 @@ impl Worker {
             self.take_answers(now);
             self.read_clients(now);
             self.drain_updates(now);
+            self.drain_depth(now);
             self.check_upstream(now);
             self.flush_dirty(now);
             self.push_changes(now);
@@ -745,6 +756,9 @@ impl Worker {
         for key in s.subs.keys() {
             self.topics.remove(i, *key);
         }
+        for key in s.depth20.iter() {
+            self.depth_topics.remove(i, *key);
+        }
         self.view_dirty |= !s.subs.is_empty();
         self.auth.connection_closed(s.key);
         self.stats.subscriptions.sub(s.subs.len() as u64);
@@ -837,6 +851,8 @@ mod test_worker {
         };
         let worker = Worker {
             topics: Topics::new(config.unsubscribe_grace, capacity),
+            depth_topics: DepthTopics::new(config.unsubscribe_grace),
+            depth_updates: None,
             poll,
             stop: Arc::default(),
             ws_config: WebSocketConfig::default(),

@@ -86,6 +86,49 @@ impl Worker {
         }
     }
 
+    /// Takes every queued 20-level book and hands it, rendered once, to its
+    /// `depth20` subscribers.
+    pub(super) fn drain_depth(&mut self, now: Instant) {
+        let Worker {
+            depth_updates: Some(updates),
+            depth_topics,
+            sessions,
+            renderer,
+            stats,
+            symbols,
+            turn_recv,
+            dirty,
+            ..
+        } = self
+        else {
+            return;
+        };
+        while let Some(d) = updates.try_pop() {
+            let Some(topic) = depth_topics.get(&d.key) else {
+                continue;
+            };
+            let mut rendered: Option<Bytes> = None;
+            for &client in &topic.subscribers {
+                let Some(Some(s)) = sessions.get_mut(client) else {
+                    continue;
+                };
+                if s.kind != Kind::Feed {
+                    continue;
+                }
+                let msg = rendered.get_or_insert_with(|| {
+                    renderer.depth20(&d, symbols.get(&d.key).map(String::as_str))
+                });
+                if !s.is_dirty() {
+                    dirty.push(client);
+                }
+                s.deliver(Slot::Depth20(d.key), msg, stats, now);
+            }
+            if rendered.is_some() {
+                turn_recv.push(d.recv_ns);
+            }
+        }
+    }
+
     /// One flush per dirty client, then the tick-to-wire latencies.
     pub(super) fn flush_dirty(&mut self, now: Instant) {
         let mut dirty = std::mem::take(&mut self.dirty);
@@ -129,6 +172,14 @@ impl Worker {
         if !changes.subscribe.is_empty() {
             self.upstream.send(Command::Subscribe(changes.subscribe));
             self.view_dirty = true;
+        }
+        let depth = self.depth_topics.take_changes(now);
+        if !depth.unsubscribe.is_empty() {
+            self.upstream
+                .send(Command::UnsubscribeDepth(depth.unsubscribe));
+        }
+        if !depth.subscribe.is_empty() {
+            self.upstream.send(Command::SubscribeDepth(depth.subscribe));
         }
     }
 

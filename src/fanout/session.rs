@@ -56,6 +56,9 @@ pub enum Slot {
     Instrument(InstrumentKey),
     /// The `/ws/prices` object.
     Prices,
+    /// The latest `depth20` message of an instrument (kept apart from its
+    /// `full` message: one must not replace the other).
+    Depth20(InstrumentKey),
     /// The latest packet of one type (response code) for an instrument
     /// (`/dhan`: a quote must not replace an OI or previous-close packet).
     Packet(InstrumentKey, u8),
@@ -108,6 +111,8 @@ pub struct Session {
     pub kind: Kind,
     /// What the client holds, in which mode.
     pub subs: HashMap<InstrumentKey, Mode>,
+    /// Instruments held in `depth20` (also in `subs`, in full mode).
+    pub depth20: std::collections::HashSet<InstrumentKey>,
     conflated: HashMap<Slot, Bytes>,
     behind_since: Option<Instant>,
     dirty: bool,
@@ -161,6 +166,7 @@ impl Session {
             cap,
             kind,
             subs: HashMap::new(),
+            depth20: std::collections::HashSet::new(),
             conflated: HashMap::new(),
             behind_since: None,
             dirty: false,
