@@ -261,3 +261,104 @@ fn depth20_outside_nse_is_an_error_naming_the_segments() {
         .all(|r| !r.contains(&nifty)));
     engine.shutdown();
 }
+
+/// The next binary frame from a `/dhan/twentydepth` client socket.
+fn next_binary(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> Vec<u8> {
+    loop {
+        match ws.read().expect("a frame before the timeout") {
+            tungstenite::Message::Binary(b) => return b.to_vec(),
+            tungstenite::Message::Close(f) => panic!("closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+fn depth_request(code: u8, key: InstrumentKey) -> tungstenite::Message {
+    tungstenite::Message::text(format!(
+        r#"{{"RequestCode":{code},"InstrumentCount":1,"InstrumentList":[{{"ExchangeSegment":"{}","SecurityId":"{}"}}]}}"#,
+        key.segment.name(),
+        key.security_id
+    ))
+}
+
+fn encoded(book: &DepthBook) -> Vec<u8> {
+    let mut b = Vec::new();
+    dhan_relay::wire::depth::DepthMessage::Book(*book).encode(&mut b);
+    b
+}
+
+#[test]
+fn dhan_twentydepth_serves_dhans_depth_packets_byte_for_byte_sharing_the_subscription() {
+    let (engine, sim) = start();
+    let addr = engine.addr();
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let url = format!("ws://{addr}/dhan/twentydepth?token=t&clientId=c&authType=2");
+    let (mut dhan, _) = tungstenite::client::client(url, stream).unwrap();
+    dhan.send(depth_request(23, reliance())).unwrap();
+    let mut json = WsClient::connect(addr, "/ws");
+    json.subscribe(reliance(), "depth20");
+    wait_for("RELIANCE on one depth connection", || {
+        let conns = depth_conns(&sim);
+        conns.len() == 1 && conns[0].1 == vec![reliance()]
+    });
+    wait_for("the JSON client's full subscription", || {
+        sim.subscriptions()
+            .iter()
+            .any(|c| !c.depth && c.instruments.get(&reliance()) == Some(&Mode::Full))
+    });
+    // A main-feed packet is not for a depth-feed client.
+    sim.inject(&FeedMessage::Data(
+        reliance(),
+        FeedData::Ticker(Ticker {
+            ltp: 1465.5,
+            ltt: 1_729_412_345,
+        }),
+    ));
+    let bids = side(reliance(), Side::Bid, 1465.4);
+    let asks = DepthBook {
+        sequence: 8,
+        ..side(reliance(), Side::Ask, 1465.45)
+    };
+    sim.inject_depth(&bids);
+    sim.inject_depth(&asks);
+    assert_eq!(
+        next_binary(&mut dhan),
+        encoded(&bids),
+        "bid packet byte for byte"
+    );
+    assert_eq!(
+        next_binary(&mut dhan),
+        encoded(&asks),
+        "ask packet byte for byte"
+    );
+    let text = inject_and_receive(&sim, &mut json, &bids, &asks);
+    assert_eq!(rows_of(&text, "bids"), expected(&bids));
+    assert_eq!(
+        depth_requests(&sim, RequestCode::SubscribeDepth),
+        vec![vec![reliance()]],
+        "one upstream depth subscription for the /dhan and the /ws client"
+    );
+
+    // The docs' unsubscribe code (25) is accepted like the SDK's (24).
+    dhan.send(depth_request(25, reliance())).unwrap();
+    json.unsubscribe(&[reliance()]);
+    wait_for("the depth connection closed after the grace", || {
+        depth_conns(&sim).is_empty()
+    });
+
+    // A main-feed request on the depth endpoint: the depth feed's
+    // disconnect packet (code 50, reason 814), then a close.
+    dhan.send(depth_request(15, reliance())).unwrap();
+    let packet = next_binary(&mut dhan);
+    let decoded = dhan_relay::wire::depth::decode(&packet).unwrap();
+    assert_eq!(
+        decoded.message,
+        dhan_relay::wire::depth::DepthMessage::Disconnect(
+            dhan_relay::wire::DisconnectReason::from_code(814)
+        )
+    );
+    engine.shutdown();
+}

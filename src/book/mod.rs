@@ -54,8 +54,12 @@ pub struct Depth20 {
     pub asks: [DepthRow; ROWS],
     /// Side packets applied to this instrument.
     pub seq: u64,
-    /// The header's sequence field of the last packet, as sent.
-    pub sequence: u32,
+    /// The side of the last packet applied.
+    pub side: Side,
+    /// The header's sequence field of the last bid packet, as sent.
+    pub bid_sequence: u32,
+    /// The header's sequence field of the last ask packet, as sent.
+    pub ask_sequence: u32,
     /// Receive time of the last packet ([`clock::now_ns`]).
     pub recv_ns: u64,
 }
@@ -68,7 +72,9 @@ impl Depth20 {
             bids: [DepthRow::default(); ROWS],
             asks: [DepthRow::default(); ROWS],
             seq: 0,
-            sequence: 0,
+            side: Side::Bid,
+            bid_sequence: 0,
+            ask_sequence: 0,
             recv_ns: 0,
         }
     }
@@ -180,11 +186,17 @@ impl Book {
         };
         let d = &mut self.depth[id];
         match tick.book.side {
-            Side::Bid => d.bids = tick.book.rows,
-            Side::Ask => d.asks = tick.book.rows,
+            Side::Bid => {
+                d.bids = tick.book.rows;
+                d.bid_sequence = tick.book.sequence;
+            }
+            Side::Ask => {
+                d.asks = tick.book.rows;
+                d.ask_sequence = tick.book.sequence;
+            }
         }
         d.seq += 1;
-        d.sequence = tick.book.sequence;
+        d.side = tick.book.side;
         d.recv_ns = tick.recv_ns;
         *d
     }

@@ -92,7 +92,7 @@ impl Worker {
                         break; // parsing is the cost: one big message a turn
                     }
                 }
-                Ok(Message::Binary(_)) if s.kind == Kind::Dhan => {
+                Ok(Message::Binary(_)) if s.kind.is_dhan() => {
                     let why = "binary frames are not requests; send DhanHQ's JSON requests";
                     self.dhan_disconnect(s, super::dhan::reason::INVALID_REQUEST, why, now);
                     read = Read::Done;
@@ -169,6 +169,12 @@ impl Worker {
         let started = Instant::now();
         if s.kind == Kind::Prices {
             self.client_error(s, "/ws/prices only sends; subscribe on /ws", now);
+            return;
+        }
+        if s.kind == Kind::DhanDepth {
+            self.on_dhan_depth_text(i, s, text, now);
+            self.message_latency
+                .record(started.elapsed().as_nanos() as u64);
             return;
         }
         if s.kind == Kind::Dhan {
@@ -275,7 +281,7 @@ impl Worker {
 
     pub(super) fn client_error(&self, s: &mut Session, message: &str, now: Instant) {
         self.stats.client_errors.inc();
-        if s.kind == Kind::Dhan {
+        if s.kind.is_dhan() {
             // DhanHQ's protocol has no error message: logged only.
             log::debug!("/dhan client {}: {message}", s.id);
             return;

@@ -610,6 +610,7 @@ impl Worker {
                 }
             }
             Kind::Dhan => self.greet_dhan(&mut s, refused, now),
+            Kind::DhanDepth => self.greet_dhan_depth(&mut s, refused, now),
         }
         log::debug!("client {id} connected");
         self.sessions[slot] = Some(s);
@@ -725,12 +726,14 @@ impl Worker {
                 s.id,
                 s.key_name.as_deref().unwrap_or_default()
             );
-            if s.kind == Kind::Dhan {
+            if s.kind.is_dhan() {
                 // DhanHQ's word for it first: authentication failed.
-                s.send_binary(
-                    &dhan::disconnect_packet(dhan::reason::AUTH_FAILED),
-                    &self.stats,
-                );
+                let packet = if s.kind == Kind::DhanDepth {
+                    dhan::depth_disconnect_packet(dhan::reason::AUTH_FAILED)
+                } else {
+                    dhan::disconnect_packet(dhan::reason::AUTH_FAILED)
+                };
+                s.send_binary(&packet, &self.stats);
             }
             s.close(CloseCode::from(4403), "API key revoked", now);
             self.dirty.push(i);

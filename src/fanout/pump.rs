@@ -94,6 +94,7 @@ impl Worker {
             depth_topics,
             sessions,
             renderer,
+            dhan: dhan_renderer,
             stats,
             symbols,
             turn_recv,
@@ -108,10 +109,20 @@ impl Worker {
                 continue;
             };
             let mut rendered: Option<Bytes> = None;
+            let mut packet: Option<Bytes> = None;
             for &client in &topic.subscribers {
                 let Some(Some(s)) = sessions.get_mut(client) else {
                     continue;
                 };
+                if s.kind == Kind::DhanDepth {
+                    // The side that just came, as DhanHQ sent it.
+                    let p = packet.get_or_insert_with(|| dhan_renderer.depth(&d, d.side));
+                    if !s.is_dirty() {
+                        dirty.push(client);
+                    }
+                    s.deliver(Slot::Packet(d.key, dhan::depth_code(d.side)), p, stats, now);
+                    continue;
+                }
                 if s.kind != Kind::Feed {
                     continue;
                 }
@@ -123,7 +134,7 @@ impl Worker {
                 }
                 s.deliver(Slot::Depth20(d.key), msg, stats, now);
             }
-            if rendered.is_some() {
+            if rendered.is_some() || packet.is_some() {
                 turn_recv.push(d.recv_ns);
             }
         }
@@ -201,7 +212,7 @@ impl Worker {
             let Some(Some(s)) = self.sessions.get_mut(client) else {
                 continue;
             };
-            if s.kind == Kind::Dhan {
+            if s.kind.is_dhan() {
                 continue; // no message for it in DhanHQ's protocol
             }
             let text = format!(

@@ -657,6 +657,7 @@ const INDEX: &str = "dhan-relay\n\n\
      WS   /ws (or /)                     subscribe/unsubscribe protocol (JSON)\n\
      WS   /ws/prices                     the /prices object every second\n\
      WS   /dhan?version=2&token=..       DhanHQ's Live Market Feed v2 (its JSON requests, its binary packets)\n\
+     WS   /dhan/twentydepth?token=..     DhanHQ's 20-level depth feed (RequestCode 23/24, its binary depth packets)\n\
      POST /api/admin/credentials         {\"clientId\",\"accessToken\"}: new token, no restart (admin scope; loopback only without keys)\n\
      GET  /api/session                   whether this listener asks for keys, and whether you are signed in\n\
      POST /api/session                   Authorization: Bearer KEY (or {\"key\"}): a session cookie for browsers\n\

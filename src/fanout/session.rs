@@ -47,6 +47,17 @@ pub enum Kind {
     /// `/dhan`: DhanHQ's Live Market Feed v2 (JSON requests, binary
     /// packets; `super::dhan`).
     Dhan,
+    /// `/dhan/twentydepth`: DhanHQ's 20-level depth feed (RequestCode
+    /// 23/24, binary depth packets; `super::dhan`).
+    DhanDepth,
+}
+
+impl Kind {
+    /// Speaks one of DhanHQ's protocols (binary packets, disconnect codes,
+    /// server pings).
+    pub fn is_dhan(self) -> bool {
+        matches!(self, Kind::Dhan | Kind::DhanDepth)
+    }
 }
 
 /// Where a queued message came from: conflation keeps the newest per slot.
@@ -180,7 +191,7 @@ impl Session {
             key_name: None,
             max_subs: usize::MAX,
             awaiting: false,
-            binary: kind == Kind::Dhan,
+            binary: kind.is_dhan(),
             next_ping: None,
         }
     }
