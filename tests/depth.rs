@@ -336,6 +336,8 @@ fn dhan_twentydepth_serves_dhans_depth_packets_byte_for_byte_sharing_the_subscri
     );
     let text = inject_and_receive(&sim, &mut json, &bids, &asks);
     assert_eq!(rows_of(&text, "bids"), expected(&bids));
+    assert_eq!(next_binary(&mut dhan), encoded(&bids), "injected again");
+    assert_eq!(next_binary(&mut dhan), encoded(&asks), "injected again");
     assert_eq!(
         depth_requests(&sim, RequestCode::SubscribeDepth),
         vec![vec![reliance()]],
@@ -361,4 +363,116 @@ fn dhan_twentydepth_serves_dhans_depth_packets_byte_for_byte_sharing_the_subscri
         )
     );
     engine.shutdown();
+}
+
+/// The network thread alone against a simulator, with a depth ring.
+fn net_rig(
+    max_connections: usize,
+) -> (
+    dhan_relay::sim::Simulator,
+    dhan_relay::upstream::Upstream,
+    ringbuf::HeapCons<dhan_relay::tick::DepthTick>,
+) {
+    use dhan_relay::upstream::{
+        derive_depth_url, BackoffConfig, Credentials, Upstream, UpstreamConfig,
+    };
+    use ringbuf::traits::Split;
+    use ringbuf::HeapRb;
+    let sim = dhan_relay::sim::Simulator::start(dhan_relay::sim::SimConfig {
+        ticks_per_sec: 0,
+        ..dhan_relay::sim::SimConfig::default()
+    })
+    .unwrap();
+    let cfg = UpstreamConfig {
+        feed_url: sim.feed_url(),
+        depth_url: derive_depth_url(&sim.feed_url()),
+        credentials: Credentials::new("1100003626", "test-token-secret"),
+        max_connections,
+        backoff: BackoffConfig {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(300),
+            auth_failure: Duration::from_secs(60),
+        },
+        ..UpstreamConfig::default()
+    };
+    let (prod, _cons) = HeapRb::<dhan_relay::tick::Tick>::new(64).split();
+    std::mem::forget(_cons);
+    let (depth_prod, depth_cons) = HeapRb::<dhan_relay::tick::DepthTick>::new(64).split();
+    let up = Upstream::spawn_with_depth(cfg, prod, Some(depth_prod), None).unwrap();
+    (sim, up, depth_cons)
+}
+
+#[test]
+fn depth_connections_share_the_accounts_connections_with_the_main_feed() {
+    use dhan_relay::upstream::Command;
+    let (sim, up, _depth) = net_rig(2);
+    let ctl = sim.control();
+    wait_for("the main feed up", || ctl.subscriptions().len() == 1);
+    // 120 instruments would take three depth connections of 50; the account
+    // has two connections and the main feed holds one.
+    let keys: Vec<InstrumentKey> = (0..120)
+        .map(|i| InstrumentKey::new(Segment::NseFno, 40_000 + i))
+        .collect();
+    assert!(up.control().send(Command::SubscribeDepth(keys.clone())));
+    wait_for("one depth connection with 50 instruments", || {
+        let d = depth_conns(&ctl);
+        d.len() == 1 && d[0].1.len() == 50
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        ctl.subscriptions().len(),
+        2,
+        "never more than the account's two"
+    );
+    assert_eq!(depth_conns(&ctl).len(), 1);
+    // Dropping the first 50 frees the connection for the next 50.
+    let first = depth_conns(&ctl)[0].clone();
+    assert!(up
+        .control()
+        .send(Command::UnsubscribeDepth(keys[..50].to_vec())));
+    wait_for("the next 50 on a new depth connection", || {
+        let d = depth_conns(&ctl);
+        d.len() == 1 && d[0].0 != first.0 && d[0].1.len() == 50 && !d[0].1.contains(&keys[0])
+    });
+    assert_eq!(ctl.subscriptions().len(), 2);
+    // And none wanted: none open.
+    assert!(up
+        .control()
+        .send(Command::UnsubscribeDepth(keys[50..].to_vec())));
+    wait_for("no depth connection", || depth_conns(&ctl).is_empty());
+    assert_eq!(ctl.subscriptions().len(), 1, "the main feed stays");
+    up.shutdown();
+}
+
+#[test]
+fn new_credentials_restart_the_depth_connection_with_the_new_token() {
+    use dhan_relay::upstream::{Command, Credentials};
+    use ringbuf::traits::Consumer;
+    let (sim, up, mut depth) = net_rig(5);
+    let ctl = sim.control();
+    assert!(up.control().send(Command::SubscribeDepth(vec![reliance()])));
+    wait_for("a depth connection", || depth_conns(&ctl).len() == 1);
+    let old = depth_conns(&ctl)[0].0;
+    assert!(up.control().send(Command::Credentials(Credentials::new(
+        "1100003626",
+        "rotated-token"
+    ))));
+    wait_for("a new depth connection holding RELIANCE", || {
+        let d = depth_conns(&ctl);
+        d.len() == 1 && d[0].0 != old && d[0].1 == vec![reliance()]
+    });
+    // The old token is not used again: refusing it changes nothing.
+    let rotated = depth_conns(&ctl)[0].0;
+    ctl.expire_token("test-token-secret");
+    ctl.drop_connections();
+    wait_for("a reconnect on the new token", || {
+        let d = depth_conns(&ctl);
+        d.len() == 1 && d[0].0 != rotated && d[0].1 == vec![reliance()]
+    });
+    let bids = side(reliance(), Side::Bid, 1465.4);
+    ctl.inject_depth(&bids);
+    wait_for("the packet on the depth ring", || {
+        depth.try_pop().is_some_and(|t| t.book == bids)
+    });
+    up.shutdown();
 }

@@ -267,6 +267,7 @@ impl Upstream {
                 .map(|i| Conn::new_depth(i, config.backoff))
                 .collect(),
             max_connections: slots,
+            depth_starved: false,
             poll,
             rx,
             settings,
@@ -412,6 +413,8 @@ struct Net {
     depth_shards: Shards,
     depth_conns: Vec<Conn>,
     max_connections: usize,
+    /// Depth instruments are waiting for a connection (logged once).
+    depth_starved: bool,
     /// A credentials change is being rolled out.
     rotating: bool,
     /// (old slot, spare slot): a new connection is being opened on a spare
@@ -809,21 +812,30 @@ impl Net {
         let main = (0..self.conns.len())
             .filter(|&s| !self.conns[s].is_closed() || s == 0 || self.shards.wanted(s) > 0)
             .count();
-        let allowed = self.max_connections.saturating_sub(main);
+        let mut budget = self.max_connections.saturating_sub(main);
+        let mut starved = 0;
         for slot in 0..self.depth_conns.len() {
-            if slot < allowed && self.depth_shards.wanted(slot) > 0 {
+            let wanted = self.depth_shards.wanted(slot);
+            if wanted > 0 && budget > 0 {
+                budget -= 1;
                 self.depth_conns[slot].want_connected(now);
                 self.sync_depth(slot, now);
-            } else if !self.depth_conns[slot].is_closed() {
-                if self.depth_shards.wanted(slot) > 0 {
-                    log::warn!(
-                        "depth[{slot}] closed: the main feed needs the account's connection"
-                    );
-                }
+                continue;
+            }
+            starved += wanted;
+            if !self.depth_conns[slot].is_closed() {
                 let t = self.with_depth_env(slot, |conn, env| conn.close(env, now));
                 self.after_depth(slot, t, now);
             }
         }
+        if starved > 0 && !self.depth_starved {
+            log::warn!(
+                "20-level depth: {starved} instruments wait for a connection: the account's \
+                 {} connections are taken (the main feed comes first)",
+                self.max_connections
+            );
+        }
+        self.depth_starved = starved > 0;
         // Start connections that are due now rather than after the next poll.
         for slot in 0..self.conns.len() {
             let t = self.with_env(slot, |conn, env| conn.on_timer(env, now));
