@@ -258,6 +258,7 @@ impl Engine {
                 snapshot: book.snapshot.clone(),
                 upstream: upstream.control(),
                 upstream_stats: upstream.stats(),
+                depth_stats: upstream.depth_stats(),
                 book_stats: book.stats.clone(),
                 receive_to_book: book.latency.clone(),
                 master: Arc::clone(&master),

@@ -2,7 +2,7 @@
 //! the engine's depth connection to the demo simulator's `/twentydepth`.
 
 mod common;
-use common::{wait_for, WsClient};
+use common::{get_json, wait_for, WsClient};
 
 use std::time::Duration;
 
@@ -161,6 +161,9 @@ fn depth20_opens_the_depth_feed_on_demand_shares_it_and_closes_it_after_the_grac
         vec![vec![reliance()]],
         "RequestCode 23 with the instrument"
     );
+    wait_for("/health shows the depth connection", || {
+        get_json(addr, "/health")["upstream"]["depth"]["connectionsUp"] == 1
+    });
     // depth20 implies full mode on the main feed.
     wait_for("full mode on the main feed", || {
         sim.subscriptions()
@@ -239,6 +242,11 @@ fn depth20_opens_the_depth_feed_on_demand_shares_it_and_closes_it_after_the_grac
         depth_conns(&sim).is_empty()
     });
     assert_eq!(sim.subscriptions().len(), 1, "the main feed stays up");
+    wait_for("/health shows no depth connection", || {
+        get_json(addr, "/health")["upstream"]["depth"]["connectionsUp"] == 0
+    });
+    let stats = get_json(addr, "/stats");
+    assert!(stats["depth"]["counters"]["upstream_frames_total"].as_u64() >= Some(2));
     engine.shutdown();
 }
 

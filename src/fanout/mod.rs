@@ -167,6 +167,8 @@ pub struct FanoutInputs {
     pub upstream: UpstreamControl,
     /// Network-thread counters.
     pub upstream_stats: Arc<UpstreamStats>,
+    /// The depth connections' counters.
+    pub depth_stats: Arc<UpstreamStats>,
     /// Book-thread counters.
     pub book_stats: Arc<BookStats>,
     /// Network receive → book apply latency.
@@ -272,6 +274,7 @@ impl Fanout {
             view: Arc::clone(&view),
             master: Arc::clone(&inputs.master),
             upstream: Arc::clone(&inputs.upstream_stats),
+            depth: Arc::clone(&inputs.depth_stats),
             book: Arc::clone(&inputs.book_stats),
             fanout: Arc::clone(&stats),
             receive_to_book: inputs.receive_to_book.clone(),
