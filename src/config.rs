@@ -141,6 +141,9 @@ pub struct RunConfig {
     pub feed: Feed,
     /// Extra CA for the feed's TLS.
     pub feed_ca: Option<PathBuf>,
+    /// The 20-level depth feed's URL (`depth_url`); `None`: derived from
+    /// the feed URL ([`crate::upstream::derive_depth_url`]).
+    pub depth_url: Option<String>,
     /// Log level.
     pub log_level: LevelFilter,
     /// Fanout and listener limits.
@@ -186,6 +189,7 @@ struct FileConfig {
     /// `listen = "ADDR"` or `[[listen]]` tables.
     listen: Option<Spanned<toml::Value>>,
     feed_url: Option<String>,
+    depth_url: Option<String>,
     feed_ca: Option<PathBuf>,
     log_level: Option<Spanned<String>>,
     demo_rate: Option<u32>,
@@ -596,6 +600,7 @@ impl RunConfig {
             listen,
             feed,
             feed_ca: flags.feed_ca.clone().or(fc.feed_ca),
+            depth_url: fc.depth_url,
             log_level,
             fanout,
             upstream_connections,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use ringbuf::traits::Split;
 use ringbuf::HeapRb;
 
-use crate::book::{BookConfig, BookThread, Update};
+use crate::book::{BookConfig, BookThread, Depth20, DepthRings, Update};
 use crate::config::{Feed, RunConfig};
 use crate::fanout::front::Listener;
 use crate::fanout::{Fanout, FanoutInputs, FanoutThread};
@@ -32,13 +32,17 @@ use crate::maintenance::{
 use crate::sdnotify::Heartbeat;
 use crate::serve_tls::TlsListener;
 use crate::sim::{SimConfig, Simulator};
-use crate::tick::Tick;
+use crate::tick::{DepthTick, Tick};
 use crate::token::keeper::Start;
 use crate::token::{Account, Keeper};
 use crate::upstream::{load_ca_file, Credentials, Upstream, UpstreamConfig};
 
 /// Capacity of each SPSC ring (ticks, updates).
 const RING: usize = 65_536;
+
+/// Capacity of each depth ring: the depth feed carries at most 250
+/// instruments, two side packets each per update.
+const DEPTH_RING: usize = 4_096;
 
 /// Why the engine did not start; each maps to an exit code.
 #[derive(Debug)]
@@ -187,6 +191,8 @@ impl Engine {
         .map_err(|e| StartError::Io(e.to_string()))?;
         let (tick_tx, tick_rx) = HeapRb::<Tick>::new(RING).split();
         let (update_tx, update_rx) = HeapRb::<Update>::new(RING).split();
+        let (depth_tick_tx, depth_tick_rx) = HeapRb::<DepthTick>::new(DEPTH_RING).split();
+        let (depth_tx, depth_rx) = HeapRb::<Depth20>::new(DEPTH_RING).split();
         let waker = fanout.waker();
         let beats = [Heartbeat::new(), Heartbeat::new(), Heartbeat::new()];
         let book = BookThread::spawn(
@@ -197,14 +203,23 @@ impl Engine {
             },
             tick_rx,
             update_tx,
+            Some(DepthRings {
+                ticks: depth_tick_rx,
+                updates: depth_tx,
+            }),
             Some(Box::new(move || {
                 let _ = waker.wake();
             })),
         )
         .map_err(|e| StartError::Io(format!("cannot start the book thread: {e}")))?;
-        let upstream = Upstream::spawn(
+        let depth_url = config
+            .depth_url
+            .clone()
+            .unwrap_or_else(|| crate::upstream::derive_depth_url(&feed_url));
+        let upstream = Upstream::spawn_with_depth(
             UpstreamConfig {
                 feed_url,
+                depth_url,
                 credentials: start.account.credentials.clone(),
                 extra_ca,
                 max_connections: config.upstream_connections,
@@ -215,6 +230,7 @@ impl Engine {
                 ..UpstreamConfig::default()
             },
             tick_tx,
+            Some(depth_tick_tx),
             book.thread(),
         )
         .map_err(|e| match e {
@@ -238,9 +254,11 @@ impl Engine {
                 token: keeper.handle(),
                 heartbeat: beats[2].clone(),
                 updates: update_rx,
+                depth_updates: Some(depth_rx),
                 snapshot: book.snapshot.clone(),
                 upstream: upstream.control(),
                 upstream_stats: upstream.stats(),
+                depth_stats: upstream.depth_stats(),
                 book_stats: book.stats.clone(),
                 receive_to_book: book.latency.clone(),
                 master: Arc::clone(&master),

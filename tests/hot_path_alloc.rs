@@ -73,6 +73,30 @@ fn raw_dhan_client(addr: SocketAddr, watchlist: &[Value], received: Arc<AtomicU6
     });
 }
 
+/// A `/ws` client of RELIANCE in `depth20` (its 20-level book on the depth
+/// feed, plus full mode): waits for its first depth20 message, then reads
+/// raw bytes into a stack buffer.
+fn raw_depth_client(addr: SocketAddr, received: Arc<AtomicU64>) {
+    let mut ws = WsClient::connect(addr, "/ws");
+    ws.send(
+        json!({"type": "subscribe", "mode": "depth20", "instruments": [
+        {"exchangeSegment": "NSE_EQ", "securityId": "2885"}]}),
+    );
+    let first = ws.recv_type("depth20");
+    assert_eq!(first["bids"].as_array().unwrap().len(), 20);
+    let mut stream = ws.into_stream();
+    stream.set_read_timeout(None).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            received.fetch_add(n as u64, Relaxed);
+        }
+    });
+}
+
 #[test]
 fn hot_paths_allocate_per_update_at_most_once_and_never_per_tick_or_subscriber() {
     let sim = SimProcess::start(3000);
@@ -168,5 +192,28 @@ fn hot_paths_allocate_per_update_at_most_once_and_never_per_tick_or_subscriber()
         "{allocs} allocations for {updates} updates to 20 JSON and 20 /dhan subscribers"
     );
     assert!(dhan_received.load(Relaxed) > 0);
+
+    // 4. And 20 `depth20` clients of RELIANCE: the depth feed's side
+    //    packets cross their own rings, each book is rendered once and
+    //    shared. One more allocation per snapshot (the depth rows).
+    let depth_received = Arc::new(AtomicU64::new(0));
+    for _ in 0..20 {
+        raw_depth_client(addr, Arc::clone(&depth_received));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let before_bytes = depth_received.load(Relaxed);
+    let (allocs, before, after) = window(2);
+    let updates = delta(&before, &after, "fanout_updates_total");
+    let applied = delta(&before, &after, "book_ticks_total");
+    assert!(updates >= 2000, "only {updates} updates");
+    let allowed = updates / 10 + 3 * 20 * 3 + 64;
+    println!(
+        "fanout with depth20 clients: {allocs} allocations for {updates} updates, {applied} packets applied (allowed {allowed})"
+    );
+    assert!(
+        allocs <= allowed,
+        "{allocs} allocations for {updates} updates to JSON, /dhan and depth20 subscribers"
+    );
+    assert!(depth_received.load(Relaxed) > before_bytes);
     engine.shutdown();
 }

@@ -18,7 +18,8 @@
 //
 // Protocol (docs/dhanhq-protocol.md, the client protocol section): subscribe/unsubscribe with {exchangeSegment,
 // securityId}; the watchlist is subscribed in the chosen mode (ticker or
-// quote), the instrument open in the detail panel in full mode (depth).
+// quote), the instrument open in the detail panel in full mode (depth) — in
+// depth20 (20-level book, plus full) where DhanHQ has it (NSE_EQ, NSE_FNO).
 // Client messages are rate-limited by the relay (50/s), so subscriptions go
 // out in as few messages as possible.
 
@@ -569,7 +570,12 @@ function subscribeAll() {
   for (const row of state.rows.values()) if (row.key !== state.selected) refs.push(refOf(row));
   sendChunked('subscribe', refs, state.mode);
   const sel = state.rows.get(state.selected);
-  if (sel) send({ type: 'subscribe', instruments: [refOf(sel)], mode: 'full' });
+  if (sel) send({ type: 'subscribe', instruments: [refOf(sel)], mode: detailMode(sel) });
+}
+
+/** The detail panel's mode: 20-level depth where DhanHQ serves it. */
+function detailMode(row) {
+  return row.seg === 'NSE_EQ' || row.seg === 'NSE_FNO' ? 'depth20' : 'full';
 }
 
 function connect() {
@@ -664,6 +670,15 @@ function onMessage(ev) {
       const row = state.rows.get(`${m.exchangeSegment}:${m.securityId}`);
       if (row) {
         row.apply(m, Date.now());
+        markDirty(row);
+      }
+      break;
+    }
+    case 'depth20': {
+      perf.received++;
+      const row = state.rows.get(`${m.exchangeSegment}:${m.securityId}`);
+      if (row && row.key === state.selected && Array.isArray(m.bids) && Array.isArray(m.asks)) {
+        row.depth20 = { bids: m.bids, asks: m.asks };
         markDirty(row);
       }
       break;
@@ -1074,11 +1089,13 @@ const d = {
   depth: $('d-depth'),
   depthTable: $('d-depth').closest('table'),
   nodepth: $('d-nodepth'),
+  depthTitle: $('d-depth-title'),
   close: $('d-close'),
 };
 const chart = new PriceChart($('d-chart'));
 const depthCells = [];
-for (let i = 0; i < 5; i++) {
+const depthRows = [];
+for (let i = 0; i < 20; i++) {
   const tr = document.createElement('tr');
   const cells = [];
   for (let j = 0; j < 6; j++) {
@@ -1088,8 +1105,10 @@ for (let i = 0; i < 5; i++) {
     tr.append(td);
     cells.push(td);
   }
+  tr.hidden = i >= 5;
   d.depth.append(tr);
   depthCells.push(cells);
+  depthRows.push(tr);
 }
 
 function openDetail(row) {
@@ -1097,11 +1116,13 @@ function openDetail(row) {
   const prev = state.rows.get(state.selected);
   if (prev) {
     prev.tr.classList.remove('selected');
+    prev.depth20 = null;
     send({ type: 'subscribe', instruments: [refOf(prev)], mode: state.mode });
   }
   state.selected = row.key;
   row.tr.classList.add('selected');
-  send({ type: 'subscribe', instruments: [refOf(row)], mode: 'full' });
+  row.depth20 = null;
+  send({ type: 'subscribe', instruments: [refOf(row)], mode: detailMode(row) });
   d.symbol.textContent = row.label();
   d.sub.textContent = `${row.name ? row.name + ' · ' : ''}${row.seg} · ${row.id}`;
   el.detail.hidden = false;
@@ -1118,6 +1139,7 @@ function closeDetail(resubscribe = true) {
   document.body.classList.remove('detail-open');
   if (row) {
     row.tr.classList.remove('selected');
+    row.depth20 = null;
     if (resubscribe) send({ type: 'subscribe', instruments: [refOf(row)], mode: state.mode });
   }
 }
@@ -1146,14 +1168,33 @@ function renderDetail() {
   const tb = s.totalBuyQuantity;
   const ts = s.totalSellQuantity;
   d.buybar.style.width = isNum(tb) && isNum(ts) && tb + ts > 0 ? `${((tb / (tb + ts)) * 100).toFixed(1)}%` : '50%';
-  const depth = Array.isArray(s.depth) ? s.depth : null;
+  // 20 levels when the depth feed has sent them, else full mode's 5.
+  const d20 = row.depth20;
+  const depth = d20
+    ? d20.bids.map((b, i) => {
+        const a = d20.asks[i] || {};
+        return {
+          bidOrders: b.orders,
+          bidQuantity: b.quantity,
+          bidPrice: b.price,
+          askPrice: a.price,
+          askQuantity: a.quantity,
+          askOrders: a.orders,
+        };
+      })
+    : Array.isArray(s.depth)
+      ? s.depth
+      : null;
   d.nodepth.hidden = !!depth;
   d.depthTable.hidden = !depth;
   if (!depth) d.nodepth.textContent = row.seg === 'IDX_I' ? 'An index has no market depth.' : 'Waiting for full-mode data (depth)…';
   if (depth) {
+    const levels = d20 ? 20 : 5;
+    d.depthTitle.textContent = d20 ? 'Market depth · 20 levels' : 'Market depth';
+    for (let i = 0; i < 20; i++) depthRows[i].hidden = i >= levels;
     let max = 1;
     for (const l of depth) max = Math.max(max, l.bidQuantity || 0, l.askQuantity || 0);
-    for (let i = 0; i < 5; i++) {
+    for (let i = 0; i < levels; i++) {
       const l = depth[i] || {};
       const c = depthCells[i];
       c[0].textContent = fmtInt(l.bidOrders);

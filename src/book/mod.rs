@@ -8,6 +8,11 @@
 //! `arc-swap` at most every `snapshot_interval`, and only when something
 //! changed, for REST and `/ws/prices`.
 //!
+//! The 20-level depth feed has rings of its own (see
+//! [`crate::tick::DepthTick`]): side packets come in on one, and the book
+//! forwards each instrument's whole 20 + 20 rows ([`Depth20`]) on another,
+//! so the main `Tick`/`Update` records stay as small as before.
+//!
 //! Backpressure: a full update ring is never a silent drop. The thread waits
 //! (counting it) and stops popping ticks, so the network ring fills and the
 //! network thread in turn stops reading its socket.
@@ -31,8 +36,49 @@ use crate::clock;
 use crate::domain::{InstrumentKey, Segment};
 use crate::metrics::{Counter, LatencyRecorder, SharedLatency};
 use crate::sdnotify::Heartbeat;
-use crate::tick::Tick;
+use crate::tick::{DepthTick, Tick};
+use crate::wire::depth::{DepthRow, Side, ROWS};
 use crate::wire::feed::FeedData;
+
+/// One instrument's latest 20-level book: the last bid packet's rows and
+/// the last ask packet's rows (each side arrives in its own packet).
+/// `Copy` and fixed-size (~680 bytes): forwarding it is a memcpy, never an
+/// allocation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Depth20 {
+    /// The instrument.
+    pub key: InstrumentKey,
+    /// Bid levels, best first as sent (zero rows until a bid packet came).
+    pub bids: [DepthRow; ROWS],
+    /// Ask levels, best first as sent.
+    pub asks: [DepthRow; ROWS],
+    /// Side packets applied to this instrument.
+    pub seq: u64,
+    /// The side of the last packet applied.
+    pub side: Side,
+    /// The header's sequence field of the last bid packet, as sent.
+    pub bid_sequence: u32,
+    /// The header's sequence field of the last ask packet, as sent.
+    pub ask_sequence: u32,
+    /// Receive time of the last packet ([`clock::now_ns`]).
+    pub recv_ns: u64,
+}
+
+impl Depth20 {
+    /// Empty rows for `key`.
+    pub fn new(key: InstrumentKey) -> Depth20 {
+        Depth20 {
+            key,
+            bids: [DepthRow::default(); ROWS],
+            asks: [DepthRow::default(); ROWS],
+            seq: 0,
+            side: Side::Bid,
+            bid_sequence: 0,
+            ask_sequence: 0,
+            recv_ns: 0,
+        }
+    }
+}
 
 /// One instrument changed: its whole new state, so the fanout can render
 /// any mode from it without looking anything up.
@@ -54,6 +100,9 @@ pub struct Snapshot {
     /// Key → index in `instruments`; shared with the book and the other
     /// snapshots (cloned only when instruments were added since).
     ids: Arc<HashMap<InstrumentKey, usize>>,
+    /// The latest 20-level book of every instrument the depth feed has
+    /// sent (at most 5 × 50), for snapshot-on-subscribe.
+    pub depth20: Vec<Depth20>,
 }
 
 impl Snapshot {
@@ -68,7 +117,14 @@ impl Snapshot {
             taken_ns,
             instruments,
             ids: Arc::new(ids),
+            depth20: Vec::new(),
         }
+    }
+
+    /// The latest 20-level book of `key`, if the depth feed sent one: a scan
+    /// of at most a few hundred entries.
+    pub fn depth20(&self, key: InstrumentKey) -> Option<&Depth20> {
+        self.depth20.iter().find(|d| d.key == key)
     }
 
     /// The state of one instrument, if it has been seen: O(1).
@@ -88,6 +144,8 @@ pub struct Book {
     /// arrives while a snapshot still holds it.
     ids: Arc<HashMap<InstrumentKey, usize>>,
     table: Vec<InstrumentState>,
+    depth_ids: HashMap<InstrumentKey, usize>,
+    depth: Vec<Depth20>,
 }
 
 impl Book {
@@ -114,9 +172,47 @@ impl Book {
         })
     }
 
+    /// Applies one depth side packet; the instrument's new 20 + 20 rows.
+    /// Allocates only the first time an instrument is seen.
+    pub fn apply_depth(&mut self, tick: &DepthTick) -> Depth20 {
+        let key = tick.book.key;
+        let id = match self.depth_ids.get(&key) {
+            Some(&id) => id,
+            None => {
+                self.depth.push(Depth20::new(key));
+                self.depth_ids.insert(key, self.depth.len() - 1);
+                self.depth.len() - 1
+            }
+        };
+        let d = &mut self.depth[id];
+        match tick.book.side {
+            Side::Bid => {
+                d.bids = tick.book.rows;
+                d.bid_sequence = tick.book.sequence;
+            }
+            Side::Ask => {
+                d.asks = tick.book.rows;
+                d.ask_sequence = tick.book.sequence;
+            }
+        }
+        d.seq += 1;
+        d.side = tick.book.side;
+        d.recv_ns = tick.recv_ns;
+        *d
+    }
+
     /// Forgets `keys` (contracts that expired); how many it held. Rare, so
     /// it simply rebuilds the table and the index.
     pub fn remove(&mut self, keys: &[InstrumentKey]) -> usize {
+        if self.depth.iter().any(|d| keys.contains(&d.key)) {
+            self.depth.retain(|d| !keys.contains(&d.key));
+            self.depth_ids = self
+                .depth
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.key, i))
+                .collect();
+        }
         let before = self.table.len();
         self.table.retain(|s| !keys.contains(&s.key));
         if self.table.len() != before {
@@ -137,6 +233,7 @@ impl Book {
             taken_ns: clock::now_ns(),
             instruments: self.table.clone(),
             ids: Arc::clone(&self.ids),
+            depth20: self.depth.clone(),
         }
     }
 }
@@ -244,6 +341,20 @@ impl BookControl {
     }
 }
 
+/// The book's ends of the depth rings: side packets in, whole books out.
+pub struct DepthRings {
+    /// From the network thread.
+    pub ticks: HeapCons<DepthTick>,
+    /// To the fanout thread.
+    pub updates: HeapProd<Depth20>,
+}
+
+impl std::fmt::Debug for DepthRings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DepthRings")
+    }
+}
+
 /// Something to poke after a batch of updates (the fanout thread's waker).
 pub type Notify = Box<dyn Fn() + Send>;
 
@@ -267,6 +378,7 @@ impl BookThread {
         config: BookConfig,
         ticks: HeapCons<Tick>,
         updates: HeapProd<Update>,
+        depth: Option<DepthRings>,
         notify: Option<Notify>,
     ) -> std::io::Result<BookThread> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -280,6 +392,7 @@ impl BookThread {
             commands,
             ticks,
             updates,
+            depth,
             notify,
             stop: Arc::clone(&stop),
             snapshot: Arc::clone(&snapshot),
@@ -341,6 +454,7 @@ struct Worker {
     commands: Receiver<BookCommand>,
     ticks: HeapCons<Tick>,
     updates: HeapProd<Update>,
+    depth: Option<DepthRings>,
     notify: Option<Notify>,
     stop: Arc<AtomicBool>,
     snapshot: SharedSnapshot,
@@ -371,6 +485,9 @@ impl Worker {
                     self.poke();
                 }
             }
+            let depth_applied = self.drain_depth();
+            dirty |= depth_applied > 0;
+            applied += depth_applied;
             if applied > 0 {
                 self.stats.ticks.add(applied);
                 self.poke();
@@ -400,6 +517,46 @@ impl Worker {
         }
         self.latency.publish(Instant::now());
         self.snapshot.store(Arc::new(self.book.snapshot()));
+    }
+
+    /// Applies every depth packet waiting; how many.
+    fn drain_depth(&mut self) -> u64 {
+        let Worker {
+            depth: Some(rings),
+            book,
+            notify,
+            stop,
+            stats,
+            ..
+        } = self
+        else {
+            return 0;
+        };
+        let notify = &*notify;
+        let poke = || {
+            if let Some(notify) = notify {
+                notify();
+            }
+        };
+        let mut n = 0;
+        while let Some(tick) = rings.ticks.try_pop() {
+            n += 1;
+            let mut d = book.apply_depth(&tick);
+            // Same backpressure as `forward`: wait, never drop.
+            while let Err(back) = rings.updates.try_push(d) {
+                if !rings.updates.read_is_held() || stop.load(Relaxed) {
+                    break;
+                }
+                d = back;
+                stats.ring_full_waits.inc();
+                poke();
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            if n % 64 == 0 {
+                poke();
+            }
+        }
+        n
     }
 
     fn forward(&mut self, update: Update) {
@@ -494,6 +651,38 @@ mod tests {
     }
 
     #[test]
+    fn depth_keeps_the_last_rows_of_each_side() {
+        use crate::wire::depth::DepthBook;
+        let mut book = Book::new();
+        let key = InstrumentKey::new(Segment::NseEq, 2885);
+        let row = |p: f64| DepthRow {
+            price: p,
+            quantity: 3,
+            orders: 1,
+        };
+        let side = |side, p| DepthTick {
+            book: DepthBook {
+                key,
+                side,
+                sequence: 9,
+                rows: [row(p); ROWS],
+            },
+            recv_ns: 1,
+        };
+        book.apply_depth(&side(Side::Bid, 100.0));
+        let d = book.apply_depth(&side(Side::Ask, 101.0));
+        assert_eq!(
+            (d.bids[19].price, d.asks[0].price, d.seq),
+            (100.0, 101.0, 2)
+        );
+        let d = book.apply_depth(&side(Side::Bid, 99.5));
+        assert_eq!((d.bids[0].price, d.asks[0].price), (99.5, 101.0));
+        assert_eq!(book.snapshot().depth20(key).unwrap().bids[0].price, 99.5);
+        assert_eq!(book.remove(&[key]), 0, "depth only: no main-feed state");
+        assert!(book.snapshot().depth20(key).is_none());
+    }
+
+    #[test]
     fn removed_instruments_leave_the_book_and_the_rest_keep_their_state() {
         let mut book = Book::new();
         for id in 1..=3 {
@@ -536,6 +725,7 @@ mod tests {
             },
             tick_rx,
             update_tx,
+            None,
             None,
         )
         .unwrap();

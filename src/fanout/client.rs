@@ -20,7 +20,7 @@ use super::resolver::{Job, Op};
 use super::session::{Kind, Session, Slot};
 use super::topics::Admission;
 use super::{Worker, READ_BUDGET, READ_BYTES_BUDGET};
-use crate::domain::{InstrumentKey, Mode};
+use crate::domain::{InstrumentKey, Mode, Segment};
 
 /// Instruments named in one error message, at most.
 const NAMED_IN_ERROR: usize = 10;
@@ -92,7 +92,7 @@ impl Worker {
                         break; // parsing is the cost: one big message a turn
                     }
                 }
-                Ok(Message::Binary(_)) if s.kind == Kind::Dhan => {
+                Ok(Message::Binary(_)) if s.kind.is_dhan() => {
                     let why = "binary frames are not requests; send DhanHQ's JSON requests";
                     self.dhan_disconnect(s, super::dhan::reason::INVALID_REQUEST, why, now);
                     read = Read::Done;
@@ -171,6 +171,12 @@ impl Worker {
             self.client_error(s, "/ws/prices only sends; subscribe on /ws", now);
             return;
         }
+        if s.kind == Kind::DhanDepth {
+            self.on_dhan_depth_text(i, s, text, now);
+            self.message_latency
+                .record(started.elapsed().as_nanos() as u64);
+            return;
+        }
         if s.kind == Kind::Dhan {
             self.on_dhan_text(i, s, text, now);
             self.message_latency
@@ -182,6 +188,9 @@ impl Worker {
             Ok(ClientMessage::Ping) => s.reply(r#"{"type":"pong"}"#.to_string(), &self.stats, now),
             Ok(ClientMessage::Subscribe { instruments, mode }) => {
                 self.request(i, s, Op::Subscribe(mode), instruments, now)
+            }
+            Ok(ClientMessage::SubscribeDepth20 { instruments }) => {
+                self.request(i, s, Op::SubscribeDepth20, instruments, now)
             }
             Ok(ClientMessage::Unsubscribe { instruments }) => {
                 self.request(i, s, Op::Unsubscribe, instruments, now)
@@ -228,7 +237,16 @@ impl Worker {
 
     fn apply(&mut self, i: usize, s: &mut Session, op: Op, keys: Vec<InstrumentKey>, now: Instant) {
         match op {
-            Op::Subscribe(mode) => self.subscribe(i, s, keys, mode, now),
+            Op::Subscribe(mode) => {
+                // A plain mode replaces depth20 on these instruments.
+                for key in &keys {
+                    if s.depth20.remove(key) {
+                        self.depth_topics.remove(i, *key);
+                    }
+                }
+                self.subscribe(i, s, keys, mode, now)
+            }
+            Op::SubscribeDepth20 => self.subscribe_depth20(i, s, keys, now),
             Op::Unsubscribe => self.unsubscribe(i, s, keys, now),
         }
     }
@@ -263,7 +281,7 @@ impl Worker {
 
     pub(super) fn client_error(&self, s: &mut Session, message: &str, now: Instant) {
         self.stats.client_errors.inc();
-        if s.kind == Kind::Dhan {
+        if s.kind.is_dhan() {
             // DhanHQ's protocol has no error message: logged only.
             log::debug!("/dhan client {}: {message}", s.id);
             return;
@@ -349,9 +367,53 @@ impl Worker {
         }
     }
 
+    /// `"mode": "depth20"`: full mode on the main feed (so the client has
+    /// the LTP and the rest), plus the instrument's 20-level book, on
+    /// NSE_EQ and NSE_FNO only; other segments get one error naming them.
+    fn subscribe_depth20(
+        &mut self,
+        i: usize,
+        s: &mut Session,
+        keys: Vec<InstrumentKey>,
+        now: Instant,
+    ) {
+        let (keys, refused): (Vec<InstrumentKey>, Vec<InstrumentKey>) = keys
+            .into_iter()
+            .partition(|k| matches!(k.segment, Segment::NseEq | Segment::NseFno));
+        if !refused.is_empty() {
+            self.client_error(
+                s,
+                &format!(
+                    "depth20 is available on NSE_EQ and NSE_FNO only; not subscribed: {}",
+                    name_some(&refused)
+                ),
+                now,
+            );
+        }
+        if keys.is_empty() {
+            return;
+        }
+        self.subscribe(i, s, keys.clone(), Mode::Full, now);
+        let snapshot = self.snapshot.load();
+        for key in keys {
+            if !s.subs.contains_key(&key) || !s.depth20.insert(key) {
+                continue; // refused (limit), or already held in depth20
+            }
+            self.depth_topics.add(i, key);
+            if let Some(d) = snapshot.depth20(key) {
+                let symbol = self.symbols.get(&key).map(String::as_str);
+                let msg = self.renderer.depth20(d, symbol);
+                s.deliver(Slot::Depth20(key), &msg, &self.stats, now);
+            }
+        }
+    }
+
     fn unsubscribe(&mut self, i: usize, s: &mut Session, keys: Vec<InstrumentKey>, now: Instant) {
         let mut missing = Vec::new();
         for key in keys {
+            if s.depth20.remove(&key) {
+                self.depth_topics.remove(i, key);
+            }
             if s.subs.remove(&key).is_some() {
                 self.topics.remove(i, key);
                 self.stats.subscriptions.sub(1);

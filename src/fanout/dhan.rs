@@ -40,10 +40,11 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::session::{Kind, Session, Slot};
 use super::Worker;
-use crate::book::{InstrumentState, Update, UpdateKind};
+use crate::book::{Depth20, InstrumentState, Update, UpdateKind};
 use crate::domain::{InstrumentKey, Mode, Segment};
+use crate::wire::depth::{DepthBook, DepthMessage, Side};
 use crate::wire::feed::{FeedData, FeedMessage, Full, Oi, Ticker};
-use crate::wire::request::{self, ParseError, RequestCode, MAX_PER_MESSAGE};
+use crate::wire::request::{self, ParseError, RequestCode, MAX_PER_DEPTH_MESSAGE, MAX_PER_MESSAGE};
 use crate::wire::DisconnectReason;
 
 /// How often the relay pings a `/dhan` client: DhanHQ's interval (its v2
@@ -193,6 +194,28 @@ impl DhanRenderer {
         self.arena.split().freeze()
     }
 
+    /// One side of a 20-level book as the depth feed's packet (code 41 or
+    /// 51, that side's sequence), exactly as DhanHQ sends it.
+    pub fn depth(&mut self, d: &Depth20, side: Side) -> Bytes {
+        let (rows, sequence) = match side {
+            Side::Bid => (d.bids, d.bid_sequence),
+            Side::Ask => (d.asks, d.ask_sequence),
+        };
+        self.buf.clear();
+        DepthMessage::Book(DepthBook {
+            key: d.key,
+            side,
+            sequence,
+            rows,
+        })
+        .encode(&mut self.buf);
+        if self.arena.capacity() < self.buf.len() {
+            self.arena.reserve(ARENA.max(self.buf.len()));
+        }
+        self.arena.extend_from_slice(&self.buf);
+        self.arena.split().freeze()
+    }
+
     /// The `packet` for `state`, if its fields are known.
     pub fn packet(&mut self, packet: Packet, state: &InstrumentState) -> Option<Bytes> {
         packet.message(state).map(|m| self.encode(&m))
@@ -243,7 +266,12 @@ impl Worker {
         }
         self.stats.protocol_closes.inc();
         log::info!("closing /dhan client {}: disconnect {code} ({why})", s.id);
-        s.send_binary(&disconnect_packet(code), &self.stats);
+        let packet = if s.kind == Kind::DhanDepth {
+            depth_disconnect_packet(code)
+        } else {
+            disconnect_packet(code)
+        };
+        s.send_binary(&packet, &self.stats);
         s.close(CloseCode::Normal, why, now);
     }
 
@@ -292,6 +320,102 @@ impl Worker {
         }
     }
 
+    /// A `/dhan/twentydepth` client (DhanHQ's 20-level depth feed) is
+    /// greeted with nothing (DhanHQ's depth feed sends no market status);
+    /// a refused key gets the depth feed's disconnect packet, 809.
+    pub(super) fn greet_dhan_depth(&mut self, s: &mut Session, refused: bool, now: Instant) {
+        if refused {
+            self.dhan_disconnect(s, reason::AUTH_FAILED, "authentication failed", now);
+            return;
+        }
+        s.next_ping = Some(now + PING_EVERY);
+    }
+
+    /// A text frame from a `/dhan/twentydepth` client: RequestCode 23
+    /// (subscribe, at most 50, NSE_EQ and NSE_FNO only), 24 or 25
+    /// (unsubscribe: the SDK's and the docs' codes), 12 (close). Its
+    /// instruments share the depth feed subscription with `/ws` depth20
+    /// clients; it gets depth packets only, no main-feed packets.
+    pub(super) fn on_dhan_depth_text(
+        &mut self,
+        i: usize,
+        s: &mut Session,
+        text: &str,
+        now: Instant,
+    ) {
+        let req = match request::parse(text) {
+            Ok(req) => req,
+            Err(e) => {
+                let why = e.to_string();
+                return self.dhan_disconnect(s, refusal(&e), &why, now);
+            }
+        };
+        match req.code {
+            RequestCode::Disconnect => {
+                log::debug!("/dhan/twentydepth client {}: RequestCode 12, closing", s.id);
+                s.close(CloseCode::Normal, "disconnect requested", now);
+            }
+            RequestCode::SubscribeDepth => {
+                if req.instruments.len() > MAX_PER_DEPTH_MESSAGE {
+                    let why = format!(
+                        "{} instruments in one request (the depth feed takes at most {MAX_PER_DEPTH_MESSAGE})",
+                        req.instruments.len()
+                    );
+                    return self.dhan_disconnect(s, reason::TOO_MANY_INSTRUMENTS, &why, now);
+                }
+                if let Some(k) = req
+                    .instruments
+                    .iter()
+                    .find(|k| !matches!(k.segment, Segment::NseEq | Segment::NseFno))
+                {
+                    let why = format!("20-level depth covers NSE_EQ and NSE_FNO only, not {k}");
+                    return self.dhan_disconnect(s, reason::INVALID_REQUEST, &why, now);
+                }
+                let new = req
+                    .instruments
+                    .iter()
+                    .filter(|k| !s.depth20.contains(k))
+                    .count();
+                let limit = s.max_subs.min(self.config.max_subscriptions_per_client);
+                if s.depth20.len() + new > limit {
+                    let why = format!(
+                        "a client may hold {limit} instruments (holding {}, asked for {new} more)",
+                        s.depth20.len()
+                    );
+                    return self.dhan_disconnect(s, reason::TOO_MANY_INSTRUMENTS, &why, now);
+                }
+                let snapshot = self.snapshot.load();
+                for key in req.instruments {
+                    if !s.depth20.insert(key) {
+                        continue;
+                    }
+                    self.depth_topics.add(i, key);
+                    if let Some(d) = snapshot.depth20(key) {
+                        for side in [Side::Bid, Side::Ask] {
+                            let b = self.dhan.depth(d, side);
+                            let code = depth_code(side);
+                            s.deliver(Slot::Packet(key, code), &b, &self.stats, now);
+                        }
+                    }
+                }
+            }
+            RequestCode::UnsubscribeDepth => {
+                for key in req.instruments {
+                    if s.depth20.remove(&key) {
+                        self.depth_topics.remove(i, key);
+                    }
+                }
+            }
+            other => {
+                let why = format!(
+                    "RequestCode {} is not a depth-feed request (23, 24 or 25, 12)",
+                    other.code()
+                );
+                self.dhan_disconnect(s, reason::INVALID_REQUEST, &why, now);
+            }
+        }
+    }
+
     /// What a new `/dhan` subscriber of `key` gets at once: the previous
     /// close when known, then the latest packet in its mode.
     pub(super) fn dhan_snapshot(
@@ -320,7 +444,7 @@ impl Worker {
     /// Server pings, every [`PING_EVERY`], to `/dhan` clients.
     pub(super) fn ping_dhan(&mut self, now: Instant) {
         for (i, s) in self.sessions.iter_mut().enumerate() {
-            let Some(s) = s.as_mut().filter(|s| s.kind == Kind::Dhan) else {
+            let Some(s) = s.as_mut().filter(|s| s.kind.is_dhan()) else {
                 continue;
             };
             if s.next_ping.is_some_and(|t| now >= t) {
@@ -330,6 +454,21 @@ impl Worker {
             }
         }
     }
+}
+
+/// The depth feed's response code for a side.
+pub const fn depth_code(side: Side) -> u8 {
+    match side {
+        Side::Bid => crate::wire::depth::code::BID,
+        Side::Ask => crate::wire::depth::code::ASK,
+    }
+}
+
+/// The depth feed's disconnect packet (code 50) with reason `code`.
+pub fn depth_disconnect_packet(code: u16) -> Bytes {
+    let mut b = Vec::with_capacity(crate::wire::depth::DISCONNECT_LEN);
+    DepthMessage::Disconnect(DisconnectReason::from_code(code)).encode(&mut b);
+    Bytes::from(b)
 }
 
 /// Whether a full update changed the open interest since `before`.

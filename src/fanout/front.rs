@@ -51,6 +51,9 @@ const WAKER: Token = Token(usize::MAX);
 /// The DhanHQ-compatible feed (`super::dhan`).
 pub const DHAN_PATH: &str = "/dhan";
 
+/// Where the relay speaks DhanHQ's 20-level depth feed.
+pub const DHAN_DEPTH_PATH: &str = "/dhan/twentydepth";
+
 /// `key=<token>` from a `/dhan` query string, still percent-encoded as
 /// sent: DhanHQ clients put the access token in `token`, and on the relay
 /// that is an API key. Never logged.
@@ -597,7 +600,7 @@ impl Front {
         let headers = head.credential_headers();
         // `/dhan` speaks DhanHQ's protocol: the key is its `token` query
         // parameter (what DhanHQ clients send as the access token).
-        let dhan = head.upgrade && head.path == DHAN_PATH;
+        let dhan = head.upgrade && (head.path == DHAN_PATH || head.path == DHAN_DEPTH_PATH);
         let dhan_query = if dhan {
             dhan_key_query(&head.query)
         } else {
@@ -687,7 +690,7 @@ impl Front {
         let (response, head_only) = match head.method.as_str() {
             "GET" | "HEAD" => {
                 let r = match head.path.as_str() {
-                    "/ws" | "/ws/prices" | DHAN_PATH => Response::error(
+                    "/ws" | "/ws/prices" | DHAN_PATH | DHAN_DEPTH_PATH => Response::error(
                         426,
                         "this endpoint speaks WebSocket; connect with a WebSocket client",
                     )
@@ -753,6 +756,7 @@ impl Front {
             "/" | "/ws" => Kind::Feed,
             "/ws/prices" => Kind::Prices,
             DHAN_PATH => Kind::Dhan,
+            DHAN_DEPTH_PATH => Kind::DhanDepth,
             _ => {
                 return self.respond(
                     conn,

@@ -53,7 +53,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::Auth;
-use crate::book::{BookStats, SharedSnapshot, Update};
+use crate::book::{BookStats, Depth20, SharedSnapshot, Update};
 use crate::domain::{InstrumentKey, Mode};
 use crate::instrument::watch::Watchlist;
 use crate::instrument::{Calendar, SharedMaster, WallClock};
@@ -68,7 +68,7 @@ use resolver::{Answer, Job};
 use rest::{RestState, SharedView, UpstreamStatus, View};
 use session::{Kind, Session, Slot};
 use stats::FanoutStats;
-use topics::Topics;
+use topics::{DepthTopics, Topics};
 
 const WAKER: Token = Token(usize::MAX);
 /// How long a queued close frame may wait without the socket taking a
@@ -159,12 +159,16 @@ impl Default for FanoutConfig {
 pub struct FanoutInputs {
     /// Updates from the book thread.
     pub updates: HeapCons<Update>,
+    /// 20-level books from the book thread (none: no depth feed).
+    pub depth_updates: Option<HeapCons<Depth20>>,
     /// The book's latest snapshot.
     pub snapshot: SharedSnapshot,
     /// Commands to the network thread.
     pub upstream: UpstreamControl,
     /// Network-thread counters.
     pub upstream_stats: Arc<UpstreamStats>,
+    /// The depth connections' counters.
+    pub depth_stats: Arc<UpstreamStats>,
     /// Book-thread counters.
     pub book_stats: Arc<BookStats>,
     /// Network receive → book apply latency.
@@ -270,6 +274,7 @@ impl Fanout {
             view: Arc::clone(&view),
             master: Arc::clone(&inputs.master),
             upstream: Arc::clone(&inputs.upstream_stats),
+            depth: Arc::clone(&inputs.depth_stats),
             book: Arc::clone(&inputs.book_stats),
             fanout: Arc::clone(&stats),
             receive_to_book: inputs.receive_to_book.clone(),
@@ -312,6 +317,8 @@ impl Fanout {
         let core = self.config.core;
         let worker = Worker {
             topics: Topics::new(self.config.unsubscribe_grace, self.config.upstream_capacity),
+            depth_topics: DepthTopics::new(self.config.unsubscribe_grace),
+            depth_updates: inputs.depth_updates,
             poll: self.poll,
             stop: Arc::clone(&stop),
             ws_config,
@@ -411,6 +418,7 @@ struct Worker {
     config: FanoutConfig,
     ws_config: WebSocketConfig,
     updates: HeapCons<Update>,
+    depth_updates: Option<HeapCons<Depth20>>,
     snapshot: SharedSnapshot,
     upstream: UpstreamControl,
     upstream_stats: Arc<UpstreamStats>,
@@ -425,6 +433,8 @@ struct Worker {
     /// report them again).
     readable: Vec<usize>,
     topics: Topics,
+    /// Who holds which instrument in `depth20`.
+    depth_topics: DepthTopics,
     renderer: Renderer,
     /// Packets for `/dhan` clients.
     dhan: dhan::DhanRenderer,
@@ -470,6 +480,9 @@ impl Worker {
                 let until = self
                     .topics
                     .next_deadline()
+                    .into_iter()
+                    .chain(self.depth_topics.next_deadline())
+                    .min()
                     .map(|d| d.saturating_duration_since(Instant::now()));
                 until.map_or(Duration::from_millis(100), |u| {
                     u.min(Duration::from_millis(100))
@@ -505,6 +518,7 @@ impl Worker {
             self.take_answers(now);
             self.read_clients(now);
             self.drain_updates(now);
+            self.drain_depth(now);
             self.check_upstream(now);
             self.flush_dirty(now);
             self.push_changes(now);
@@ -599,6 +613,7 @@ impl Worker {
                 }
             }
             Kind::Dhan => self.greet_dhan(&mut s, refused, now),
+            Kind::DhanDepth => self.greet_dhan_depth(&mut s, refused, now),
         }
         log::debug!("client {id} connected");
         self.sessions[slot] = Some(s);
@@ -714,12 +729,14 @@ impl Worker {
                 s.id,
                 s.key_name.as_deref().unwrap_or_default()
             );
-            if s.kind == Kind::Dhan {
+            if s.kind.is_dhan() {
                 // DhanHQ's word for it first: authentication failed.
-                s.send_binary(
-                    &dhan::disconnect_packet(dhan::reason::AUTH_FAILED),
-                    &self.stats,
-                );
+                let packet = if s.kind == Kind::DhanDepth {
+                    dhan::depth_disconnect_packet(dhan::reason::AUTH_FAILED)
+                } else {
+                    dhan::disconnect_packet(dhan::reason::AUTH_FAILED)
+                };
+                s.send_binary(&packet, &self.stats);
             }
             s.close(CloseCode::from(4403), "API key revoked", now);
             self.dirty.push(i);
@@ -744,6 +761,9 @@ impl Worker {
         };
         for key in s.subs.keys() {
             self.topics.remove(i, *key);
+        }
+        for key in s.depth20.iter() {
+            self.depth_topics.remove(i, *key);
         }
         self.view_dirty |= !s.subs.is_empty();
         self.auth.connection_closed(s.key);
@@ -837,6 +857,8 @@ mod test_worker {
         };
         let worker = Worker {
             topics: Topics::new(config.unsubscribe_grace, capacity),
+            depth_topics: DepthTopics::new(config.unsubscribe_grace),
+            depth_updates: None,
             poll,
             stop: Arc::default(),
             ws_config: WebSocketConfig::default(),

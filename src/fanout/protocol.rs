@@ -25,6 +25,12 @@ pub enum ClientMessage {
         /// The mode (`ticker` when absent).
         mode: Mode,
     },
+    /// `"mode": "depth20"`: 20-level depth (NSE_EQ, NSE_FNO), plus full
+    /// mode on the main feed.
+    SubscribeDepth20 {
+        /// The instruments.
+        instruments: Vec<InstrumentRef>,
+    },
     /// Stop these instruments.
     Unsubscribe {
         /// The instruments.
@@ -125,7 +131,10 @@ impl std::fmt::Display for ProtocolError {
                 "unknown type {q} (expected subscribe, unsubscribe or ping)"
             ),
             ModeNotString(q) => write!(f, "\"mode\" must be a string, not {q}"),
-            UnknownMode(q) => write!(f, "unknown mode {q} (expected ticker, quote or full)"),
+            UnknownMode(q) => write!(
+                f,
+                "unknown mode {q} (expected ticker, quote, full or depth20)"
+            ),
             MissingInstruments => f.write_str("missing \"instruments\""),
             InstrumentsNotList(q) => write!(f, "\"instruments\" must be a list, not {q}"),
             NoInstruments => f.write_str("\"instruments\" is empty"),
@@ -162,6 +171,11 @@ pub fn parse(text: &str, max_instruments: usize) -> Result<ClientMessage, Protoc
     };
     match kind {
         "subscribe" => {
+            if obj.get("mode").and_then(Value::as_str) == Some("depth20") {
+                return Ok(ClientMessage::SubscribeDepth20 {
+                    instruments: instruments(&obj, max_instruments)?,
+                });
+            }
             let mode = match obj.get("mode") {
                 None | Some(Value::Null) => Mode::Ticker,
                 Some(Value::String(m)) => m

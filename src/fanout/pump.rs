@@ -86,6 +86,60 @@ impl Worker {
         }
     }
 
+    /// Takes every queued 20-level book and hands it, rendered once, to its
+    /// `depth20` subscribers.
+    pub(super) fn drain_depth(&mut self, now: Instant) {
+        let Worker {
+            depth_updates: Some(updates),
+            depth_topics,
+            sessions,
+            renderer,
+            dhan: dhan_renderer,
+            stats,
+            symbols,
+            turn_recv,
+            dirty,
+            ..
+        } = self
+        else {
+            return;
+        };
+        while let Some(d) = updates.try_pop() {
+            let Some(topic) = depth_topics.get(&d.key) else {
+                continue;
+            };
+            let mut rendered: Option<Bytes> = None;
+            let mut packet: Option<Bytes> = None;
+            for &client in &topic.subscribers {
+                let Some(Some(s)) = sessions.get_mut(client) else {
+                    continue;
+                };
+                if s.kind == Kind::DhanDepth {
+                    // The side that just came, as DhanHQ sent it.
+                    let p = packet.get_or_insert_with(|| dhan_renderer.depth(&d, d.side));
+                    if !s.is_dirty() {
+                        dirty.push(client);
+                    }
+                    s.deliver(Slot::Packet(d.key, dhan::depth_code(d.side)), p, stats, now);
+                    continue;
+                }
+                if s.kind != Kind::Feed {
+                    continue;
+                }
+                let msg = rendered.get_or_insert_with(|| {
+                    renderer.depth20(&d, symbols.get(&d.key).map(String::as_str))
+                });
+                if !s.is_dirty() {
+                    dirty.push(client);
+                }
+                s.deliver(Slot::Depth20(d.key), msg, stats, now);
+            }
+            if rendered.is_some() || packet.is_some() {
+                turn_recv.push(d.recv_ns);
+            }
+        }
+    }
+
     /// One flush per dirty client, then the tick-to-wire latencies.
     pub(super) fn flush_dirty(&mut self, now: Instant) {
         let mut dirty = std::mem::take(&mut self.dirty);
@@ -130,6 +184,14 @@ impl Worker {
             self.upstream.send(Command::Subscribe(changes.subscribe));
             self.view_dirty = true;
         }
+        let depth = self.depth_topics.take_changes(now);
+        if !depth.unsubscribe.is_empty() {
+            self.upstream
+                .send(Command::UnsubscribeDepth(depth.unsubscribe));
+        }
+        if !depth.subscribe.is_empty() {
+            self.upstream.send(Command::SubscribeDepth(depth.subscribe));
+        }
     }
 
     fn announce_promoted(&mut self, promoted: &[crate::domain::InstrumentKey], now: Instant) {
@@ -150,7 +212,7 @@ impl Worker {
             let Some(Some(s)) = self.sessions.get_mut(client) else {
                 continue;
             };
-            if s.kind == Kind::Dhan {
+            if s.kind.is_dhan() {
                 continue; // no message for it in DhanHQ's protocol
             }
             let text = format!(

@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::book::{InstrumentState, Update, UpdateKind};
+use crate::book::{Depth20, InstrumentState, Update, UpdateKind};
 use crate::domain::Mode;
 use crate::price::PriceFormatter;
 
@@ -133,6 +133,51 @@ impl Renderer {
         self.arena.extend_from_slice(self.buf.as_bytes());
         // Built from a `String`: valid UTF-8, as a text frame needs.
         Some(self.arena.split().freeze())
+    }
+
+    /// The `depth20` message of a 20-level book: `bids` and `asks`, 20
+    /// `{"price","quantity","orders"}` rows each, best first as DhanHQ sent
+    /// them (prices are the depth feed's f64, printed shortest; NaN or
+    /// infinity as `null`).
+    pub fn depth20(&mut self, d: &Depth20, symbol: Option<&str>) -> Bytes {
+        self.buf.clear();
+        let b = &mut self.buf;
+        let _ = write!(
+            b,
+            r#"{{"type":"depth20","exchangeSegment":"{}","securityId":"{}""#,
+            d.key.segment.name(),
+            d.key.security_id
+        );
+        if let Some(symbol) = symbol {
+            b.push_str(r#","symbol":"#);
+            push_json_string(b, symbol);
+        }
+        for (name, rows) in [("bids", &d.bids), ("asks", &d.asks)] {
+            let _ = write!(b, r#","{name}":["#);
+            for (i, row) in rows.iter().enumerate() {
+                if i > 0 {
+                    b.push(',');
+                }
+                b.push_str(r#"{"price":"#);
+                if row.price.is_finite() {
+                    let _ = write!(b, "{}", row.price);
+                } else {
+                    b.push_str("null");
+                }
+                let _ = write!(
+                    b,
+                    r#","quantity":{},"orders":{}}}"#,
+                    row.quantity, row.orders
+                );
+            }
+            b.push(']');
+        }
+        let _ = write!(b, r#","seq":{}}}"#, d.seq);
+        if self.arena.capacity() < self.buf.len() {
+            self.arena.reserve(ARENA.max(self.buf.len()));
+        }
+        self.arena.extend_from_slice(self.buf.as_bytes());
+        self.arena.split().freeze()
     }
 
     /// `,"name":price`, or `,"name":null` for NaN/infinity (a garbled packet

@@ -27,6 +27,8 @@ pub const SUGGEST_FOR: usize = 3;
 pub enum Op {
     /// Subscribe in this mode.
     Subscribe(Mode),
+    /// Subscribe in `depth20` (and full).
+    SubscribeDepth20,
     /// Unsubscribe.
     Unsubscribe,
 }

@@ -104,6 +104,8 @@ pub struct RestState {
     pub master: SharedMaster,
     /// Network-thread counters.
     pub upstream: Arc<UpstreamStats>,
+    /// The 20-level depth connections' counters (their own slots).
+    pub depth: Arc<UpstreamStats>,
     /// Book-thread counters.
     pub book: Arc<BookStats>,
     /// Fanout counters.
@@ -375,6 +377,7 @@ impl RestState {
                     "limit": f.upstream_capacity.get(),
                     "queued": f.upstream_queued.get(),
                 },
+                "depth": self.depth_health(),
             },
             "clients": f.clients.get(),
             "token": token.json(now),
@@ -390,6 +393,29 @@ impl RestState {
                 json!("started with --insecure-no-auth: access control is off on every listener");
         }
         (code, body.to_string())
+    }
+
+    /// The 20-level depth connections for `/health`: open only while a
+    /// client holds `depth20` (or `/dhan/twentydepth`).
+    fn depth_health(&self) -> Value {
+        let connections: Vec<Value> = self
+            .depth
+            .slot_states()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.name() != "unused")
+            .map(|(i, s)| json!({"slot": i, "state": s.name()}))
+            .collect();
+        let last = self
+            .depth
+            .last_disconnect()
+            .map(|r| json!({"code": r.code(), "name": r.name(), "hint": r.hint()}));
+        json!({
+            "connectionsUp": self.depth.connections_up(),
+            "connections": connections,
+            "lastDisconnect": last,
+            "lastError": self.depth.last_error(),
+        })
     }
 
     /// `/api/watchlist`: the watchlist, in order.
@@ -612,6 +638,15 @@ impl RestState {
                 "clientMessage": message.2,
             },
             "counters": counters,
+            "depth": {
+                "connectionsUp": self.depth.connections_up(),
+                "counters": self
+                    .depth
+                    .counters()
+                    .iter()
+                    .map(|c| (c.name.to_string(), Value::from(c.get())))
+                    .collect::<Map<String, Value>>(),
+            },
         })
         .to_string()
     }
@@ -657,6 +692,7 @@ const INDEX: &str = "dhan-relay\n\n\
      WS   /ws (or /)                     subscribe/unsubscribe protocol (JSON)\n\
      WS   /ws/prices                     the /prices object every second\n\
      WS   /dhan?version=2&token=..       DhanHQ's Live Market Feed v2 (its JSON requests, its binary packets)\n\
+     WS   /dhan/twentydepth?token=..     DhanHQ's 20-level depth feed (RequestCode 23/24, its binary depth packets)\n\
      POST /api/admin/credentials         {\"clientId\",\"accessToken\"}: new token, no restart (admin scope; loopback only without keys)\n\
      GET  /api/session                   whether this listener asks for keys, and whether you are signed in\n\
      POST /api/session                   Authorization: Bearer KEY (or {\"key\"}): a session cookie for browsers\n\
@@ -763,6 +799,7 @@ mod tests {
             view: Arc::new(ArcSwap::from_pointee(View { watchlist, active })),
             master: Arc::new(ArcSwap::from_pointee(Master::sample())),
             upstream: Arc::default(),
+            depth: Arc::default(),
             book: Arc::default(),
             fanout: Arc::default(),
             receive_to_book: SharedLatency::default(),

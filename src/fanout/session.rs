@@ -47,6 +47,17 @@ pub enum Kind {
     /// `/dhan`: DhanHQ's Live Market Feed v2 (JSON requests, binary
     /// packets; `super::dhan`).
     Dhan,
+    /// `/dhan/twentydepth`: DhanHQ's 20-level depth feed (RequestCode
+    /// 23/24, binary depth packets; `super::dhan`).
+    DhanDepth,
+}
+
+impl Kind {
+    /// Speaks one of DhanHQ's protocols (binary packets, disconnect codes,
+    /// server pings).
+    pub fn is_dhan(self) -> bool {
+        matches!(self, Kind::Dhan | Kind::DhanDepth)
+    }
 }
 
 /// Where a queued message came from: conflation keeps the newest per slot.
@@ -56,6 +67,9 @@ pub enum Slot {
     Instrument(InstrumentKey),
     /// The `/ws/prices` object.
     Prices,
+    /// The latest `depth20` message of an instrument (kept apart from its
+    /// `full` message: one must not replace the other).
+    Depth20(InstrumentKey),
     /// The latest packet of one type (response code) for an instrument
     /// (`/dhan`: a quote must not replace an OI or previous-close packet).
     Packet(InstrumentKey, u8),
@@ -108,6 +122,8 @@ pub struct Session {
     pub kind: Kind,
     /// What the client holds, in which mode.
     pub subs: HashMap<InstrumentKey, Mode>,
+    /// Instruments held in `depth20` (also in `subs`, in full mode).
+    pub depth20: std::collections::HashSet<InstrumentKey>,
     conflated: HashMap<Slot, Bytes>,
     behind_since: Option<Instant>,
     dirty: bool,
@@ -161,6 +177,7 @@ impl Session {
             cap,
             kind,
             subs: HashMap::new(),
+            depth20: std::collections::HashSet::new(),
             conflated: HashMap::new(),
             behind_since: None,
             dirty: false,
@@ -174,7 +191,7 @@ impl Session {
             key_name: None,
             max_subs: usize::MAX,
             awaiting: false,
-            binary: kind == Kind::Dhan,
+            binary: kind.is_dhan(),
             next_ping: None,
         }
     }

@@ -304,6 +304,136 @@ impl Topics {
     }
 }
 
+/// Who wants which instrument's 20-level book: the depth feed's
+/// subscription union. No modes and no queue: an instrument is subscribed
+/// on the depth feed when its first `depth20` client comes and unsubscribed
+/// after the same grace as the main feed when its last one leaves; the
+/// network thread opens depth connections while any instrument is wanted
+/// and closes them when none is.
+#[derive(Debug)]
+pub struct DepthTopics {
+    topics: HashMap<InstrumentKey, DepthTopic>,
+    dirty: Vec<InstrumentKey>,
+    deadlines: BinaryHeap<Reverse<(Instant, InstrumentKey)>>,
+    grace: Duration,
+}
+
+/// One instrument's `depth20` subscribers.
+#[derive(Debug, Default)]
+pub struct DepthTopic {
+    /// The clients holding it.
+    pub subscribers: Vec<ClientId>,
+    upstream: bool,
+    unsubscribe_at: Option<Instant>,
+}
+
+/// Depth-feed subscription changes to send.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DepthChanges {
+    /// Subscribe (RequestCode 23).
+    pub subscribe: Vec<InstrumentKey>,
+    /// Unsubscribe (RequestCode 24).
+    pub unsubscribe: Vec<InstrumentKey>,
+}
+
+impl DepthTopics {
+    /// Empty, with `grace` before an unwanted instrument is dropped.
+    pub fn new(grace: Duration) -> Self {
+        DepthTopics {
+            topics: HashMap::new(),
+            dirty: Vec::new(),
+            deadlines: BinaryHeap::new(),
+            grace,
+        }
+    }
+
+    /// The topic for `key`.
+    pub fn get(&self, key: &InstrumentKey) -> Option<&DepthTopic> {
+        self.topics.get(key)
+    }
+
+    /// `client` wants `key`'s 20-level book.
+    pub fn add(&mut self, client: ClientId, key: InstrumentKey) {
+        let topic = self.topics.entry(key).or_default();
+        if !topic.subscribers.contains(&client) {
+            topic.subscribers.push(client);
+        }
+        self.dirty.push(key);
+    }
+
+    /// `client` no longer wants it; true if it held it.
+    pub fn remove(&mut self, client: ClientId, key: InstrumentKey) -> bool {
+        let Some(topic) = self.topics.get_mut(&key) else {
+            return false;
+        };
+        let before = topic.subscribers.len();
+        topic.subscribers.retain(|c| *c != client);
+        let removed = topic.subscribers.len() != before;
+        if removed {
+            self.dirty.push(key);
+        }
+        removed
+    }
+
+    /// Instruments held on the depth feed (or about to be).
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// No instrument held.
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+
+    /// What the depth feed must be told now (see [`Topics::take_changes`]).
+    pub fn take_changes(&mut self, now: Instant) -> DepthChanges {
+        let mut changes = DepthChanges::default();
+        let mut check = std::mem::take(&mut self.dirty);
+        while let Some(Reverse((at, key))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            check.push(key);
+        }
+        check.sort_unstable();
+        check.dedup();
+        for key in check {
+            let Some(topic) = self.topics.get_mut(&key) else {
+                continue;
+            };
+            if !topic.subscribers.is_empty() {
+                topic.unsubscribe_at = None;
+                if !topic.upstream {
+                    topic.upstream = true;
+                    changes.subscribe.push(key);
+                }
+            } else if !topic.upstream {
+                self.topics.remove(&key);
+            } else {
+                match topic.unsubscribe_at {
+                    None => {
+                        let at = now + self.grace;
+                        topic.unsubscribe_at = Some(at);
+                        self.deadlines.push(Reverse((at, key)));
+                    }
+                    Some(at) if at <= now => {
+                        changes.unsubscribe.push(key);
+                        self.topics.remove(&key);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        changes
+    }
+
+    /// When a pending unsubscribe falls due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +586,22 @@ mod tests {
         t.take_changes(now);
         assert!(t.take_changes(now + GRACE).is_empty());
         assert!(t.deadlines.is_empty());
+    }
+
+    #[test]
+    fn depth_is_subscribed_once_and_dropped_after_the_grace() {
+        let mut t = DepthTopics::new(GRACE);
+        let now = Instant::now();
+        t.add(1, key(1));
+        t.add(2, key(1));
+        assert_eq!(t.take_changes(now).subscribe, vec![key(1)]);
+        t.remove(1, key(1));
+        assert!(t.take_changes(now) == DepthChanges::default());
+        t.remove(2, key(1));
+        assert!(t.take_changes(now) == DepthChanges::default(), "grace");
+        assert_eq!(t.next_deadline(), Some(now + GRACE));
+        assert_eq!(t.take_changes(now + GRACE).unsubscribe, vec![key(1)]);
+        assert!(t.is_empty());
     }
 
     #[test]

@@ -330,6 +330,17 @@ impl Conn<'_> {
                 self.apply_depth(&req.instruments);
                 Ok(())
             }
+            (Endpoint::Depth, RequestCode::UnsubscribeDepth) => {
+                // 24 (SDK) or 25 (docs): both accepted.
+                {
+                    let mut subs = lock(&self.handle.subs);
+                    for key in &req.instruments {
+                        subs.remove(key);
+                    }
+                }
+                self.shared.subs_changed();
+                Ok(())
+            }
             (Endpoint::Depth, _) => {
                 bump(&stats.rejected_requests);
                 Ok(())

@@ -325,6 +325,8 @@ pub struct ConnSubscriptions {
     pub conn: u64,
     /// The `clientId` it logged in with.
     pub client_id: String,
+    /// A `/twentydepth` connection (not the main feed).
+    pub depth: bool,
     /// Instruments and their modes; a `/twentydepth` connection's are all
     /// [`Mode::Full`].
     pub instruments: BTreeMap<InstrumentKey, Mode>,
@@ -540,6 +542,20 @@ impl SimControl {
         }
     }
 
+    /// Sends one 20-level depth side packet, encoded, as its own frame to
+    /// every open `/twentydepth` connection subscribed to its instrument.
+    pub fn inject_depth(&self, book: &crate::wire::depth::DepthBook) {
+        let mut bytes = Vec::with_capacity(crate::wire::depth::SIDE_LEN);
+        crate::wire::depth::DepthMessage::Book(*book).encode(&mut bytes);
+        let bytes = Bytes::from(bytes);
+        for (conn, login) in self.shared.open_conns() {
+            if login.endpoint == Endpoint::Depth && lock(&conn.subs).contains_key(&book.key) {
+                conn.push(Out::Raw(bytes.clone()), &self.shared.stats);
+                conn.notify();
+            }
+        }
+    }
+
     /// Sends `frame` as one binary frame, as is, to every open connection.
     pub fn send_raw(&self, frame: Vec<u8>) {
         let bytes = Bytes::from(frame);
@@ -620,6 +636,7 @@ impl SimControl {
             .map(|(conn, login)| ConnSubscriptions {
                 conn: conn.id,
                 client_id: login.client_id,
+                depth: login.endpoint == Endpoint::Depth,
                 instruments: lock(&conn.subs).clone(),
             })
             .collect()

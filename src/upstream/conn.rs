@@ -31,7 +31,9 @@ use super::stats::{SlotState, UpstreamStats};
 use super::tls::{self, Transport};
 use super::Credentials;
 use crate::clock;
+use crate::tick::DepthTick;
 use crate::tick::Tick;
+use crate::wire::depth::{self, DepthMessage};
 use crate::wire::feed::{self, FeedData, FeedMessage};
 use crate::wire::request::DISCONNECT;
 use crate::wire::DisconnectReason;
@@ -61,9 +63,16 @@ pub(crate) struct Settings {
     pub ws: WebSocketConfig,
 }
 
-/// Where decoded ticks go: the SPSC ring to the book thread.
+/// Poll tokens of depth-feed connections start here (main-feed slots use
+/// their slot number).
+pub(crate) const DEPTH_TOKENS: usize = 1 << 16;
+
+/// Where decoded ticks go: the SPSC rings to the book thread.
 pub(crate) struct TickSink {
     pub ring: HeapProd<Tick>,
+    /// The depth ring (see [`DepthTick`]); without one, depth packets are
+    /// counted and dropped.
+    pub depth: Option<HeapProd<DepthTick>>,
     pub consumer: Option<std::thread::Thread>,
     pub pushed: bool,
     /// Set by [`super::Upstream`] before it asks the thread to stop, so a
@@ -96,6 +105,36 @@ impl TickSink {
             self.wake();
             std::thread::sleep(Duration::from_micros(20));
             match self.ring.try_push(tick) {
+                Ok(()) => {
+                    self.pushed = true;
+                    return;
+                }
+                Err(back) => tick = back,
+            }
+        }
+    }
+
+    /// Pushes one depth side packet, with the same backpressure as
+    /// [`TickSink::push`].
+    fn push_depth(&mut self, tick: DepthTick, stats: &UpstreamStats) {
+        let Some(ring) = self.depth.as_mut() else {
+            return;
+        };
+        let Err(mut tick) = ring.try_push(tick) else {
+            self.pushed = true;
+            return;
+        };
+        stats.ring_full_waits.inc();
+        loop {
+            let ring = self.depth.as_mut().expect("checked above");
+            if !ring.read_is_held() || self.stopping.load(Relaxed) {
+                return;
+            }
+            self.pushed = true;
+            self.wake();
+            std::thread::sleep(Duration::from_micros(20));
+            let ring = self.depth.as_mut().expect("checked above");
+            match ring.try_push(tick) {
                 Ok(()) => {
                     self.pushed = true;
                     return;
@@ -166,6 +205,8 @@ enum Failure {
 /// One connection slot.
 pub(crate) struct Conn {
     slot: usize,
+    /// A 20-level depth connection (`/twentydepth`), not the main feed.
+    depth: bool,
     phase: Phase,
     backoff: Backoff,
     /// The credentials generation of the last handshake started.
@@ -194,11 +235,28 @@ impl Conn {
     pub fn new(slot: usize, backoff: BackoffConfig) -> Self {
         Conn {
             slot,
+            depth: false,
             phase: Phase::Down { retry_at: None },
             backoff: Backoff::new(backoff, clock::now_ns() ^ (slot as u64) << 32),
             generation: 0,
             instrument_packets: 0,
         }
+    }
+
+    /// A depth-feed connection slot: its own poll tokens and packet format.
+    pub fn new_depth(slot: usize, backoff: BackoffConfig) -> Self {
+        Conn {
+            depth: true,
+            ..Conn::new(slot, backoff)
+        }
+    }
+
+    fn token(&self) -> Token {
+        Token(if self.depth {
+            DEPTH_TOKENS + self.slot
+        } else {
+            self.slot
+        })
     }
 
     /// Instrument packets received so far (all connections of this slot):
@@ -222,16 +280,20 @@ impl Conn {
     /// line in the stats): the two halves of a swap call this.
     pub fn move_to(&mut self, slot: usize, env: &mut Env<'_>) {
         self.slot = slot;
-        let (ws, state) = match &mut self.phase {
-            Phase::Up { ws, .. } => (ws, SlotState::Up),
-            Phase::Closing { ws, .. } => (ws, SlotState::Unused),
+        let token = self.token();
+        let state = match &self.phase {
+            Phase::Up { .. } => SlotState::Up,
+            Phase::Closing { .. } => SlotState::Unused,
             _ => return,
         };
         env.stats.set_slot(slot, state);
-        let socket = ws.get_mut().tcp_mut();
+        let socket = match &mut self.phase {
+            Phase::Up { ws, .. } | Phase::Closing { ws, .. } => ws.get_mut().tcp_mut(),
+            _ => return,
+        };
         if let Err(e) =
             env.registry
-                .reregister(socket, Token(slot), Interest::READABLE | Interest::WRITABLE)
+                .reregister(socket, token, Interest::READABLE | Interest::WRITABLE)
         {
             log::warn!("upstream[{slot}] poll re-registration failed: {e}");
         }
@@ -517,7 +579,7 @@ impl Conn {
         };
         if let Err(e) = env.registry.register(
             &mut socket,
-            Token(self.slot),
+            self.token(),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             return self.fail(
@@ -550,7 +612,11 @@ impl Conn {
             None => Transport::Plain(socket),
         };
         self.generation = settings.generation;
-        let url = settings.credentials.url(&settings.feed_url);
+        let url = if self.depth {
+            settings.credentials.depth_url(&settings.feed_url)
+        } else {
+            settings.credentials.url(&settings.feed_url)
+        };
         let result =
             tungstenite::client::client_with_config(url.as_str(), transport, Some(settings.ws));
         self.handshake_step(env, now, result, deadline)
@@ -621,7 +687,11 @@ impl Conn {
                 Ok(Message::Binary(frame)) => {
                     *last_rx = now;
                     *probe_sent = false;
-                    let (disconnect, packets) = decode_frame(&frame, env);
+                    let (disconnect, packets) = if self.depth {
+                        decode_depth_frame(&frame, env)
+                    } else {
+                        decode_frame(&frame, env)
+                    };
                     self.instrument_packets += packets;
                     if let Some(reason) = disconnect {
                         ended = Some(Failure::Server(reason));
@@ -748,6 +818,34 @@ fn decode_frame(frame: &[u8], env: &mut Env<'_>) -> (Option<DisconnectReason>, u
         }
     }
     (disconnect, instrument_packets)
+}
+
+/// [`decode_frame`] for the 20-level depth feed: side packets go to the
+/// depth ring.
+fn decode_depth_frame(frame: &[u8], env: &mut Env<'_>) -> (Option<DisconnectReason>, u64) {
+    let recv_ns = clock::now_ns();
+    let stats = env.stats;
+    stats.frames.inc();
+    stats.bytes.add(frame.len() as u64);
+    let mut disconnect = None;
+    let mut books = 0;
+    for packet in depth::packets(frame) {
+        match packet {
+            Ok(p) => match p.message {
+                DepthMessage::Book(book) => {
+                    books += 1;
+                    env.sink.push_depth(DepthTick { book, recv_ns }, stats);
+                }
+                DepthMessage::Disconnect(reason) => disconnect = Some(reason),
+            },
+            Err(e) => {
+                if stats.count_error(&e) {
+                    log::warn!("depth feed sent a bad packet ({e}); counting further ones of this kind silently");
+                }
+            }
+        }
+    }
+    (disconnect, books)
 }
 
 fn flush(ws: &mut WebSocket<Transport>) -> Result<(), Failure> {

@@ -55,6 +55,17 @@ impl Credentials {
         )
     }
 
+    /// The 20-level depth feed's URL: as the SDK's `fulldepth.py` builds
+    /// it, without `version`.
+    pub(crate) fn depth_url(&self, depth_url: &str) -> String {
+        format!(
+            "{}?token={}&clientId={}&authType=2",
+            with_path(depth_url),
+            encode(&self.access_token),
+            encode(&self.client_id)
+        )
+    }
+
     /// The same URL with the secrets replaced, for logs.
     pub fn redacted_url(feed_url: &str) -> String {
         format!(

@@ -50,13 +50,35 @@ pub use tls::load_ca_file;
 
 use crate::domain::{InstrumentKey, Mode};
 use crate::sdnotify::Heartbeat;
-use crate::tick::Tick;
-use conn::{Conn, Env, Settings, TickSink, Transition};
+use crate::tick::{DepthTick, Tick};
+use conn::{Conn, Env, Settings, TickSink, Transition, DEPTH_TOKENS};
 use dns::Lookups;
 use shard::Shards;
 
 /// DhanHQ's Live Market Feed v2 address (credentials are appended).
 pub const DHAN_FEED_URL: &str = "wss://api-feed.dhan.co";
+
+/// DhanHQ's 20-level depth feed (docs: depth; SDK `depth_20_feed_wss`).
+pub const DHAN_DEPTH_URL: &str = "wss://depth-api-feed.dhan.co/twentydepth";
+
+/// Most instruments on one 20-level depth connection (docs: depth; SDK).
+pub const DEPTH_PER_CONNECTION: usize = 50;
+
+/// The depth feed's address for a main-feed address: DhanHQ's own
+/// ([`DHAN_DEPTH_URL`]) for DhanHQ's, else the same scheme, host and port
+/// with the path `/twentydepth` (the built-in simulator, a custom
+/// `--feed-url`).
+pub fn derive_depth_url(feed_url: &str) -> String {
+    let trimmed = feed_url.trim_end_matches('/');
+    if trimmed == DHAN_FEED_URL {
+        return DHAN_DEPTH_URL.to_string();
+    }
+    let Some((scheme, rest)) = trimmed.split_once("://") else {
+        return format!("{trimmed}/twentydepth");
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    format!("{scheme}://{authority}/twentydepth")
+}
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -65,6 +87,9 @@ const WAKER: Token = Token(usize::MAX);
 pub struct UpstreamConfig {
     /// `wss://…` or `ws://…`, without query.
     pub feed_url: String,
+    /// The 20-level depth feed, `wss://…` or `ws://…`, without query
+    /// (see [`derive_depth_url`]).
+    pub depth_url: String,
     /// Client id and access token.
     pub credentials: Credentials,
     /// Extra CA certificates to trust (`--feed-ca`), beside the web roots.
@@ -97,6 +122,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             feed_url: DHAN_FEED_URL.to_string(),
+            depth_url: DHAN_DEPTH_URL.to_string(),
             credentials: Credentials::new("", ""),
             extra_ca: Vec::new(),
             max_connections: MAX_SLOTS,
@@ -120,6 +146,11 @@ pub enum Command {
     Subscribe(Vec<(InstrumentKey, Mode)>),
     /// Unsubscribe these instruments.
     Unsubscribe(Vec<InstrumentKey>),
+    /// Subscribe these NSE_EQ / NSE_FNO instruments on the 20-level depth
+    /// feed (connections opened as needed).
+    SubscribeDepth(Vec<InstrumentKey>),
+    /// Unsubscribe these from the depth feed (connections left empty close).
+    UnsubscribeDepth(Vec<InstrumentKey>),
     /// Use these credentials from now on: every connection is replaced by
     /// one logged in with them (see [`Net::rotate`]).
     Credentials(Credentials),
@@ -190,6 +221,7 @@ pub struct Upstream {
     control: UpstreamControl,
     stopping: Arc<AtomicBool>,
     stats: Arc<UpstreamStats>,
+    depth_stats: Arc<UpstreamStats>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -201,24 +233,48 @@ impl Upstream {
         ring: HeapProd<Tick>,
         consumer: Option<Thread>,
     ) -> Result<Upstream, SpawnError> {
+        Upstream::spawn_with_depth(config, ring, None, consumer)
+    }
+
+    /// [`Upstream::spawn`] with a ring for the 20-level depth feed; without
+    /// one, depth subscriptions are still made but their packets dropped.
+    pub fn spawn_with_depth(
+        config: UpstreamConfig,
+        ring: HeapProd<Tick>,
+        depth_ring: Option<HeapProd<DepthTick>>,
+        consumer: Option<Thread>,
+    ) -> Result<Upstream, SpawnError> {
         let settings = settings(&config).map_err(SpawnError::Config)?;
+        let depth_settings =
+            settings_for(&config, &config.depth_url, "depth URL").map_err(SpawnError::Config)?;
         let poll = Poll::new().map_err(os("network thread's poll"))?;
         let waker =
             Arc::new(Waker::new(poll.registry(), WAKER).map_err(os("network thread's waker"))?);
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(UpstreamStats::default());
+        let depth_stats = Arc::new(UpstreamStats::default());
         let slots = config.max_connections.clamp(1, MAX_SLOTS);
         let shards = Shards::new(slots, config.max_per_connection);
         stats.instrument_capacity.set(shards.capacity() as u64);
         let stopping = Arc::new(AtomicBool::new(false));
         let net = Net {
             lookups: Lookups::new(Arc::clone(&config.resolver), Arc::clone(&waker), slots),
+            depth_lookups: Lookups::new(Arc::clone(&config.resolver), Arc::clone(&waker), slots),
+            depth_settings,
+            depth_stats: Arc::clone(&depth_stats),
+            depth_shards: Shards::new(slots, DEPTH_PER_CONNECTION),
+            depth_conns: (0..slots)
+                .map(|i| Conn::new_depth(i, config.backoff))
+                .collect(),
+            max_connections: slots,
+            depth_starved: false,
             poll,
             rx,
             settings,
             stats: Arc::clone(&stats),
             sink: TickSink {
                 ring,
+                depth: depth_ring,
                 consumer,
                 pushed: false,
                 stopping: Arc::clone(&stopping),
@@ -242,6 +298,7 @@ impl Upstream {
             control: UpstreamControl { tx, waker },
             stopping,
             stats,
+            depth_stats,
             thread: Some(thread),
         })
     }
@@ -254,6 +311,11 @@ impl Upstream {
     /// The thread's counters.
     pub fn stats(&self) -> Arc<UpstreamStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The depth connections' counters (their slots are depth slots).
+    pub fn depth_stats(&self) -> Arc<UpstreamStats> {
+        Arc::clone(&self.depth_stats)
     }
 
     /// Closes every connection politely and joins the thread.
@@ -277,29 +339,27 @@ impl Drop for Upstream {
 }
 
 fn settings(config: &UpstreamConfig) -> Result<Settings, String> {
-    let uri: tungstenite::http::Uri = config
-        .feed_url
+    settings_for(config, &config.feed_url, "feed URL")
+}
+
+fn settings_for(config: &UpstreamConfig, url: &str, what: &str) -> Result<Settings, String> {
+    let uri: tungstenite::http::Uri = url
         .parse()
-        .map_err(|e| format!("feed URL '{}' is not a URL: {e}", config.feed_url))?;
+        .map_err(|e| format!("{what} '{url}' is not a URL: {e}"))?;
     if uri.query().is_some() {
         return Err(format!(
-            "feed URL '{}' must not carry a query: credentials come from DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN",
-            config.credentials.redact(&config.feed_url)
+            "{what} '{}' must not carry a query: credentials come from DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN",
+            config.credentials.redact(url)
         ));
     }
     let secure = match uri.scheme_str() {
         Some("wss") => true,
         Some("ws") => false,
-        _ => {
-            return Err(format!(
-                "feed URL '{}' must start with wss:// or ws://",
-                config.feed_url
-            ))
-        }
+        _ => return Err(format!("{what} '{url}' must start with wss:// or ws://")),
     };
     let host = uri
         .host()
-        .ok_or_else(|| format!("feed URL '{}' has no host", config.feed_url))?
+        .ok_or_else(|| format!("{what} '{url}' has no host"))?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
@@ -314,7 +374,7 @@ fn settings(config: &UpstreamConfig) -> Result<Settings, String> {
         None
     };
     Ok(Settings {
-        feed_url: config.feed_url.clone(),
+        feed_url: url.to_string(),
         credentials: config.credentials.clone(),
         generation: 0,
         host,
@@ -343,6 +403,18 @@ struct Net {
     shards: Shards,
     conns: Vec<Conn>,
     lookups: Lookups,
+    /// The 20-level depth feed: its own address, counters, name lookups,
+    /// instrument assignment (50 per connection) and connection slots.
+    /// Its connections share the account's `max_connections` with the
+    /// main feed's, which come first.
+    depth_settings: Settings,
+    depth_stats: Arc<UpstreamStats>,
+    depth_lookups: Lookups,
+    depth_shards: Shards,
+    depth_conns: Vec<Conn>,
+    max_connections: usize,
+    /// Depth instruments are waiting for a connection (logged once).
+    depth_starved: bool,
     /// A credentials change is being rolled out.
     rotating: bool,
     /// (old slot, spare slot): a new connection is being opened on a spare
@@ -383,6 +455,11 @@ impl Net {
                 .conns
                 .iter()
                 .filter_map(|c| c.deadline(&self.settings))
+                .chain(
+                    self.depth_conns
+                        .iter()
+                        .filter_map(|c| c.deadline(&self.depth_settings)),
+                )
                 .chain(self.retiring.map(|r| r.deadline))
                 .min()
                 .map_or(IDLE_TURN, |d| {
@@ -405,6 +482,11 @@ impl Net {
                         let t = self.with_env(slot, |conn, env| conn.on_ready(env, now));
                         self.after(slot, t, now);
                     }
+                    Token(t) if t >= DEPTH_TOKENS && t - DEPTH_TOKENS < self.depth_conns.len() => {
+                        let slot = t - DEPTH_TOKENS;
+                        let t = self.with_depth_env(slot, |conn, env| conn.on_ready(env, now));
+                        self.after_depth(slot, t, now);
+                    }
                     Token(_) => {}
                 }
             }
@@ -419,6 +501,7 @@ impl Net {
                 let t = self.with_env(slot, |conn, env| conn.on_timer(env, now));
                 self.after(slot, t, now);
             }
+            self.depth_timers(now);
             if self.rotating {
                 self.rotate(now);
             }
@@ -491,8 +574,11 @@ impl Net {
             log::info!("every upstream connection uses the new credentials");
             return;
         };
+        // A spare only while the account has a connection to lend: depth
+        // connections count too.
+        let room = self.open_connections() < self.max_connections;
         let free = (1..self.conns.len()).find(|&s| {
-            self.shards.wanted(s) == 0 && self.conns[s].is_closed() && !self.is_spare(s)
+            room && self.shards.wanted(s) == 0 && self.conns[s].is_closed() && !self.is_spare(s)
         });
         match free {
             Some(spare) => {
@@ -522,6 +608,60 @@ impl Net {
             lookups: &mut self.lookups,
         };
         f(&mut self.conns[slot], &mut env)
+    }
+
+    fn with_depth_env<R>(
+        &mut self,
+        slot: usize,
+        f: impl FnOnce(&mut Conn, &mut Env<'_>) -> R,
+    ) -> R {
+        let mut env = Env {
+            registry: self.poll.registry(),
+            settings: &self.depth_settings,
+            stats: &self.depth_stats,
+            sink: &mut self.sink,
+            lookups: &mut self.depth_lookups,
+        };
+        f(&mut self.depth_conns[slot], &mut env)
+    }
+
+    /// Connections of either feed that are open or on their way.
+    fn open_connections(&self) -> usize {
+        self.conns
+            .iter()
+            .chain(&self.depth_conns)
+            .filter(|c| !c.is_closed())
+            .count()
+    }
+
+    /// [`Net::after`] for a depth slot.
+    fn after_depth(&mut self, slot: usize, t: Transition, now: Instant) {
+        match t {
+            Transition::None => {}
+            Transition::Lost => self.depth_shards.connection_lost(slot),
+            Transition::Up => self.sync_depth(slot, now),
+        }
+    }
+
+    fn sync_depth(&mut self, slot: usize, now: Instant) {
+        if !self.depth_conns[slot].is_up() {
+            return;
+        }
+        let requests = self.depth_shards.sync_depth(slot);
+        if requests.is_empty() {
+            return;
+        }
+        let t = self.with_depth_env(slot, |conn, env| conn.send_requests(env, now, requests));
+        if t == Transition::Lost {
+            self.depth_shards.connection_lost(slot);
+        }
+    }
+
+    fn depth_timers(&mut self, now: Instant) {
+        for slot in 0..self.depth_conns.len() {
+            let t = self.with_depth_env(slot, |conn, env| conn.on_timer(env, now));
+            self.after_depth(slot, t, now);
+        }
     }
 
     /// Acts on a connection's transition: subscribe on open, forget on loss.
@@ -566,6 +706,13 @@ impl Net {
             });
             self.after(slot, t, now);
         }
+        while let Some(answer) = self.depth_lookups.try_next() {
+            let slot = answer.slot;
+            let t = self.with_depth_env(slot, |conn, env| {
+                conn.on_resolved(env, now, answer.lookup, answer.result)
+            });
+            self.after_depth(slot, t, now);
+        }
     }
 
     /// Drains the command channel; true on shutdown. Refusals for lack of
@@ -590,10 +737,38 @@ impl Net {
                         self.shards.remove(key);
                     }
                 }
+                Command::SubscribeDepth(keys) => {
+                    for key in keys {
+                        if self.depth_shards.set(key, Mode::Full).is_err() {
+                            refused += 1;
+                            first_refused.get_or_insert(key);
+                        }
+                    }
+                }
+                Command::UnsubscribeDepth(keys) => {
+                    for key in keys {
+                        self.depth_shards.remove(key);
+                    }
+                }
                 Command::Credentials(credentials) => {
+                    self.depth_settings.credentials = credentials.clone();
+                    self.depth_settings.generation += 1;
                     self.settings.credentials = credentials;
                     self.settings.generation += 1;
                     self.rotating = true;
+                    // Depth connections are not rotated make-before-break
+                    // (they would need a spare of the account's five): an
+                    // open one is restarted with the new token at once.
+                    for slot in 0..self.depth_conns.len() {
+                        let t = self.with_depth_env(slot, |conn, env| {
+                            if conn.is_closed() && !conn.is_waiting() {
+                                Transition::None
+                            } else {
+                                conn.restart(env, now)
+                            }
+                        });
+                        self.after_depth(slot, t, now);
+                    }
                 }
                 Command::Shutdown => {
                     shutdown = true;
@@ -632,11 +807,41 @@ impl Net {
                 self.after(slot, t, now);
             }
         }
+        // Depth connections get what the main feed leaves of the account's
+        // connections, lowest slots first; the main feed has priority.
+        let main = (0..self.conns.len())
+            .filter(|&s| !self.conns[s].is_closed() || s == 0 || self.shards.wanted(s) > 0)
+            .count();
+        let mut budget = self.max_connections.saturating_sub(main);
+        let mut starved = 0;
+        for slot in 0..self.depth_conns.len() {
+            let wanted = self.depth_shards.wanted(slot);
+            if wanted > 0 && budget > 0 {
+                budget -= 1;
+                self.depth_conns[slot].want_connected(now);
+                self.sync_depth(slot, now);
+                continue;
+            }
+            starved += wanted;
+            if !self.depth_conns[slot].is_closed() {
+                let t = self.with_depth_env(slot, |conn, env| conn.close(env, now));
+                self.after_depth(slot, t, now);
+            }
+        }
+        if starved > 0 && !self.depth_starved {
+            log::warn!(
+                "20-level depth: {starved} instruments wait for a connection: the account's \
+                 {} connections are taken (the main feed comes first)",
+                self.max_connections
+            );
+        }
+        self.depth_starved = starved > 0;
         // Start connections that are due now rather than after the next poll.
         for slot in 0..self.conns.len() {
             let t = self.with_env(slot, |conn, env| conn.on_timer(env, now));
             self.after(slot, t, now);
         }
+        self.depth_timers(now);
     }
 
     /// RequestCode 12 and a close frame on every open connection, then wait
@@ -646,19 +851,33 @@ impl Net {
         for slot in 0..self.conns.len() {
             self.with_env(slot, |conn, env| conn.close(env, now));
         }
+        for slot in 0..self.depth_conns.len() {
+            self.with_depth_env(slot, |conn, env| conn.close(env, now));
+        }
         let deadline = now + Duration::from_secs(1);
         let mut events = Events::with_capacity(16);
-        while self.conns.iter().any(|c| !c.is_closed()) && Instant::now() < deadline {
+        while self
+            .conns
+            .iter()
+            .chain(&self.depth_conns)
+            .any(|c| !c.is_closed())
+            && Instant::now() < deadline
+        {
             let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
             let now = Instant::now();
             for event in events.iter() {
                 let Token(slot) = event.token();
                 if slot < self.conns.len() {
                     self.with_env(slot, |conn, env| conn.on_ready(env, now));
+                } else if slot >= DEPTH_TOKENS && slot - DEPTH_TOKENS < self.depth_conns.len() {
+                    self.with_depth_env(slot - DEPTH_TOKENS, |conn, env| conn.on_ready(env, now));
                 }
             }
             for slot in 0..self.conns.len() {
                 self.with_env(slot, |conn, env| conn.on_timer(env, now));
+            }
+            for slot in 0..self.depth_conns.len() {
+                self.with_depth_env(slot, |conn, env| conn.on_timer(env, now));
             }
         }
         log::info!("network thread stopped");
@@ -695,6 +914,20 @@ mod tests {
                 other => panic!("{url}: expected a config error, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_depth_url_is_dhans_or_the_feed_host_with_twentydepth() {
+        assert_eq!(derive_depth_url(DHAN_FEED_URL), DHAN_DEPTH_URL);
+        assert_eq!(derive_depth_url("wss://api-feed.dhan.co/"), DHAN_DEPTH_URL);
+        assert_eq!(
+            derive_depth_url("ws://127.0.0.1:9000"),
+            "ws://127.0.0.1:9000/twentydepth"
+        );
+        assert_eq!(
+            derive_depth_url("wss://feed.example:8443/feed"),
+            "wss://feed.example:8443/twentydepth"
+        );
     }
 
     #[test]

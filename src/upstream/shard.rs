@@ -137,6 +137,29 @@ impl Shards {
             })
             .collect()
     }
+
+    /// [`Shards::sync`] for the 20-level depth feed, where an instrument
+    /// has no mode: RequestCode 24 for what went (the SDK's code; see
+    /// docs/dhanhq-protocol.md), then 23 for what came, 50 per message.
+    pub fn sync_depth(&mut self, slot: usize) -> Vec<String> {
+        let Slot { wanted, sent } = &mut self.slots[slot];
+        let gone: Vec<InstrumentKey> = sent
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        let came: Vec<InstrumentKey> = wanted
+            .keys()
+            .filter(|k| !sent.contains_key(k))
+            .copied()
+            .collect();
+        *sent = wanted.clone();
+        // Only NSE_EQ and NSE_FNO are ever wanted here (the fanout checks);
+        // anything else would fail to encode and is dropped.
+        let mut out = encode_subscription(RequestCode::UnsubscribeDepth, &gone).unwrap_or_default();
+        out.extend(encode_subscription(RequestCode::SubscribeDepth, &came).unwrap_or_default());
+        out
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +235,19 @@ mod tests {
 
         s.connection_lost(0);
         assert_eq!(decoded(&s.sync(0)), vec![(15, 98), (21, 1)]);
+    }
+
+    #[test]
+    fn depth_sync_sends_23_and_24_fifty_per_message() {
+        let mut s = Shards::new(2, 50);
+        for i in 0..60 {
+            s.set(key(i), Mode::Full).unwrap();
+        }
+        assert_eq!(decoded(&s.sync_depth(0)), vec![(23, 50)]);
+        assert_eq!(decoded(&s.sync_depth(1)), vec![(23, 10)]);
+        s.remove(key(55));
+        assert_eq!(decoded(&s.sync_depth(1)), vec![(24, 1)]);
+        assert!(s.sync_depth(1).is_empty());
     }
 
     #[test]

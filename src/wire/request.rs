@@ -32,6 +32,9 @@ pub enum RequestCode {
     UnsubscribeFull,
     /// 23: 20-level depth feed only.
     SubscribeDepth,
+    /// 24 (what DhanHQ's SDK 2.3.0 sends, `fulldepth.py`: `request_code +
+    /// 1`); 25, the docs' annexure code, is read as this too.
+    UnsubscribeDepth,
 }
 
 /// Most instruments in one message on the main feed.
@@ -71,6 +74,7 @@ impl RequestCode {
             RequestCode::SubscribeFull => 21,
             RequestCode::UnsubscribeFull => 22,
             RequestCode::SubscribeDepth => 23,
+            RequestCode::UnsubscribeDepth => 24,
         }
     }
 
@@ -85,6 +89,8 @@ impl RequestCode {
             21 => RequestCode::SubscribeFull,
             22 => RequestCode::UnsubscribeFull,
             23 => RequestCode::SubscribeDepth,
+            // The sources disagree (docs/dhanhq-protocol.md): accept both.
+            24 | 25 => RequestCode::UnsubscribeDepth,
             _ => return None,
         })
     }
@@ -98,14 +104,16 @@ impl RequestCode {
             RequestCode::UnsubscribeQuote => (Mode::Quote, false),
             RequestCode::SubscribeFull => (Mode::Full, true),
             RequestCode::UnsubscribeFull => (Mode::Full, false),
-            RequestCode::Disconnect | RequestCode::SubscribeDepth => return None,
+            RequestCode::Disconnect
+            | RequestCode::SubscribeDepth
+            | RequestCode::UnsubscribeDepth => return None,
         })
     }
 
     /// How many instruments DhanHQ takes in one message with this code.
     pub const fn batch_limit(self) -> usize {
         match self {
-            RequestCode::SubscribeDepth => MAX_PER_DEPTH_MESSAGE,
+            RequestCode::SubscribeDepth | RequestCode::UnsubscribeDepth => MAX_PER_DEPTH_MESSAGE,
             _ => MAX_PER_MESSAGE,
         }
     }
@@ -146,7 +154,10 @@ pub fn encode_subscription(
     if code == RequestCode::Disconnect {
         return Err(RequestError::NotASubscription);
     }
-    if code == RequestCode::SubscribeDepth {
+    if matches!(
+        code,
+        RequestCode::SubscribeDepth | RequestCode::UnsubscribeDepth
+    ) {
         if let Some(key) = instruments
             .iter()
             .find(|k| !matches!(k.segment, Segment::NseEq | Segment::NseFno))
@@ -425,6 +436,12 @@ mod tests {
     fn codes_by_mode() {
         for code in 0..=255u8 {
             if let Some(rc) = RequestCode::from_code(code) {
+                if code == 25 {
+                    // The docs' depth unsubscribe, read as the SDK's 24.
+                    assert_eq!(rc, RequestCode::UnsubscribeDepth);
+                    assert_eq!(rc.code(), 24);
+                    continue;
+                }
                 assert_eq!(rc.code(), code);
                 if let Some((mode, sub)) = rc.mode_change() {
                     let back = if sub {
@@ -451,7 +468,10 @@ mod tests {
             if code == RequestCode::Disconnect {
                 continue;
             }
-            let instruments: Vec<_> = if code == RequestCode::SubscribeDepth {
+            let instruments: Vec<_> = if matches!(
+                code,
+                RequestCode::SubscribeDepth | RequestCode::UnsubscribeDepth
+            ) {
                 keys(120, Segment::NseFno)
             } else {
                 mixed
@@ -477,6 +497,20 @@ mod tests {
                 instruments: vec![]
             })
         );
+    }
+
+    #[test]
+    fn depth_unsubscribe_is_sent_as_24_and_read_as_24_or_25() {
+        let msgs =
+            encode_subscription(RequestCode::UnsubscribeDepth, &keys(1, Segment::NseEq)).unwrap();
+        let v: Value = serde_json::from_str(&msgs[0]).unwrap();
+        assert_eq!(v["RequestCode"], 24);
+        for code in [24, 25] {
+            let text = format!(
+                r#"{{"RequestCode":{code},"InstrumentCount":1,"InstrumentList":[{{"ExchangeSegment":"NSE_EQ","SecurityId":"2885"}}]}}"#
+            );
+            assert_eq!(parse(&text).unwrap().code, RequestCode::UnsubscribeDepth);
+        }
     }
 
     #[test]

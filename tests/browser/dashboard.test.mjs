@@ -436,14 +436,15 @@ async function main() {
       return `${keys.length} rows in the same order; ${last} updates after the reload`;
     });
 
-    await step('the detail panel shows 5-level depth and a live price line', async () => {
+    await step('the detail panel shows 20-level depth (NSE) and a live price line', async () => {
       const key = configured.find((k) => k.startsWith('NSE_EQ')) || kept[0];
+      const levels = /^NSE_(EQ|FNO):/.test(key) ? 20 : 5;
       await page.click(`#rows tr.row[data-key="${key}"] .sym`);
       await page.waitForSelector('#detail:not([hidden])', { timeout: 3000 });
-      await page.waitForFunction(() => {
-        const tds = [...document.querySelectorAll('#d-depth td')];
-        return tds.length === 30 && tds.every((td) => /\d/.test(td.textContent));
-      }, null, { timeout: 8000 });
+      await page.waitForFunction((levels) => {
+        const tds = [...document.querySelectorAll('#d-depth tr:not([hidden]) td')];
+        return tds.length === levels * 6 && tds.every((td) => /\d/.test(td.textContent));
+      }, levels, { timeout: 8000 });
       await sleep(1500); // let the line grow
       const inked = await page.$eval('#d-chart', (c) => {
         const { data } = c.getContext('2d').getImageData(0, 0, c.width, c.height);
