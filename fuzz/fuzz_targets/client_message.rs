@@ -45,6 +45,11 @@ fuzz_target!(|data: &[u8]| {
                         assert_eq!(kind, "subscribe");
                         instruments
                     }
+                    ClientMessage::SubscribeDepth20 { instruments } => {
+                        assert_eq!(kind, "subscribe");
+                        assert_eq!(v["mode"], "depth20");
+                        instruments
+                    }
                     ClientMessage::Unsubscribe { instruments } => {
                         assert_eq!(kind, "unsubscribe");
                         instruments
