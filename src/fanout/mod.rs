@@ -296,6 +296,7 @@ impl Fanout {
             clock: inputs.clock.clone(),
             listeners: self.front.listener_status(),
             insecure_no_auth: self.front.insecure(),
+            trading: inputs.trading.monitor(),
         };
         let front_waker = self.front.waker();
         let front = {

@@ -29,6 +29,7 @@ use super::audit::{Audit, AuditLog, Record};
 use super::client::{self, CallError, DhanRest, Method};
 use super::guard::{self, Facts};
 use super::order::{self, OrderRequest};
+use super::stats::{TradingMonitor, TradingStats};
 use super::{TradingConfig, ORDERS_PER_SEC};
 use crate::book::SharedSnapshot;
 use crate::domain::InstrumentKey;
@@ -166,6 +167,7 @@ pub struct TradingDoor {
     answers: Receiver<Answer>,
     sent: VecDeque<Instant>,
     audit: Option<AuditLog>,
+    stats: Arc<TradingStats>,
 }
 
 /// An answer given at once, without a broker thread.
@@ -186,6 +188,17 @@ impl TradingDoor {
             answers: crossbeam_channel::never(),
             sent: VecDeque::new(),
             audit: None,
+            stats: Arc::default(),
+        }
+    }
+
+    /// A view for `/health`, `/stats` and `/metrics`.
+    pub fn monitor(&self) -> TradingMonitor {
+        TradingMonitor {
+            config: Arc::clone(&self.config),
+            live: Arc::clone(&self.live),
+            stats: Arc::clone(&self.stats),
+            audit: self.audit.clone(),
         }
     }
 
@@ -369,6 +382,7 @@ impl TradingDoor {
         answer: Value,
     ) {
         if call.is_order() || *call == Call::CancelAll {
+            self.stats.order(outcome);
             self.audit_action(
                 call.action(),
                 caller,
@@ -435,6 +449,7 @@ impl Broker {
         let (orders_tx, orders_rx) = crossbeam_channel::bounded(QUEUE);
         let (reads_tx, reads_rx) = crossbeam_channel::bounded(QUEUE);
         let (answer_tx, answer_rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(TradingStats::default());
         let mut threads = Vec::new();
         for (name, rx) in [("dhan-orders", orders_rx), ("dhan-reads", reads_rx)] {
             let mut worker = Worker {
@@ -449,6 +464,7 @@ impl Broker {
                 audit: audit.log(),
                 answers: answer_tx.clone(),
                 paced: VecDeque::new(),
+                stats: Arc::clone(&stats),
             };
             let stop = Arc::clone(&stop);
             let thread = std::thread::Builder::new()
@@ -478,6 +494,7 @@ impl Broker {
             answers: answer_rx,
             sent: VecDeque::new(),
             audit: Some(audit.log()),
+            stats,
         };
         Ok((
             Broker {
@@ -522,6 +539,7 @@ struct Worker {
     answers: Sender<Answer>,
     /// When the last order calls left (this thread's own pacing).
     paced: VecDeque<Instant>,
+    stats: Arc<TradingStats>,
 }
 
 /// A call's outcome: status, body, and for the audit log the outcome word
@@ -600,6 +618,7 @@ impl Worker {
             };
             let out = self.serve(&job.call);
             if job.call.is_order() || job.call == Call::CancelAll {
+                self.stats.order(out.outcome);
                 self.audit.write(Record {
                     key: job.caller.key.clone(),
                     peer: job.caller.peer.to_string(),
@@ -609,6 +628,12 @@ impl Worker {
                     outcome: out.outcome,
                     answer: out.body.clone(),
                 });
+            }
+            if !(job.call.is_order() || job.call == Call::CancelAll) {
+                self.stats.reads.inc();
+                if out.status != 200 {
+                    self.stats.read_errors.inc();
+                }
             }
             let _ = self.answers.send(Answer {
                 ticket: job.ticket,
@@ -1003,6 +1028,7 @@ mod tests {
             answers: crossbeam_channel::never(),
             sent: VecDeque::new(),
             audit: None,
+            stats: Arc::default(),
         };
         (door, orx, rrx)
     }

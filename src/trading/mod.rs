@@ -23,6 +23,7 @@ pub mod broker;
 pub mod client;
 pub mod guard;
 pub mod order;
+pub mod stats;
 
 use std::path::PathBuf;
 use std::time::Duration;
