@@ -18,6 +18,8 @@
 //! DhanHQ facts (paths, field names, value sets) are in
 //! `docs/dhanhq-protocol.md`, "Trading", with their sources.
 
+pub mod stream;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
