@@ -268,6 +268,8 @@ impl Engine {
                 day_done: done_tx,
                 maintenance: Arc::clone(&maintenance_stats),
                 calendar: config.calendar.clone(),
+                // Trading wiring (the order stream's channel) comes later.
+                orders: None,
             })
             .map_err(|e| StartError::Io(format!("cannot start the fanout thread: {e}")))?;
         let maintenance = Maintenance::spawn(
