@@ -932,11 +932,17 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(200));
             drop(ws);
-            // 2: the reconnect, kept until the client leaves (rotation).
+            // 2: the reconnect, then a frame over the cap.
+            let (mut ws, login) = accept_login(&l);
+            logins_tx.send(login).unwrap();
+            let huge = alert(serde_json::json!({"OrderNo": "x".repeat(MAX_FRAME_BYTES)}));
+            ws.send(Message::text(huge)).unwrap();
+            until_closed(ws);
+            // 3: the reconnect, kept until the client leaves (rotation).
             let (ws, login) = accept_login(&l);
             logins_tx.send(login).unwrap();
             until_closed(ws);
-            // 3: with the new token.
+            // 4: with the new token.
             let (ws, login) = accept_login(&l);
             logins_tx.send(login).unwrap();
             until_closed(ws);
@@ -981,12 +987,17 @@ mod tests {
         assert_eq!(stats.malformed(), 1);
         assert_eq!(stats.ignored(), 1);
         assert_eq!(stats.messages(), 4);
+        assert!(stats.last_error().is_some());
+
+        // The oversized frame: refused, not relayed, and a reconnect.
+        let login = logins.recv_timeout(wait).unwrap();
+        assert_eq!(login["LoginReq"]["Token"], "tok-1");
+        assert_eq!(stats.oversized(), 1);
         let deadline = Instant::now() + wait;
-        while stats.connects() < 2 && Instant::now() < deadline {
+        while stats.connects() < 3 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(stats.connects(), 2);
-        assert!(stats.last_error().is_some());
+        assert_eq!(stats.connects(), 3);
 
         // A new token: the stream reconnects with it.
         credentials.store(Arc::new(Credentials::new("1000000001", "tok-2")));
