@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use mio::Waker;
 use serde_json::{json, Value};
@@ -30,6 +31,7 @@ use super::client::{self, CallError, DhanRest, Method};
 use super::guard::{self, Facts};
 use super::order::{self, OrderRequest};
 use super::stats::{TradingMonitor, TradingStats};
+use super::stream::{OrderStream, OrderStreamConfig, OrderStreamStats};
 use super::{TradingConfig, ORDERS_PER_SEC};
 use crate::book::SharedSnapshot;
 use crate::domain::InstrumentKey;
@@ -148,6 +150,10 @@ pub struct BrokerLinks {
     pub credentials: SharedCredentials,
     /// Wakes the front door when an answer is ready.
     pub front_waker: Arc<Waker>,
+    /// Wakes the fanout when an order update is ready.
+    pub fanout_waker: Arc<Waker>,
+    /// Extra trust roots for the order stream's TLS (`feed_ca`).
+    pub extra_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for BrokerLinks {
@@ -168,6 +174,7 @@ pub struct TradingDoor {
     sent: VecDeque<Instant>,
     audit: Option<AuditLog>,
     stats: Arc<TradingStats>,
+    stream: Option<Arc<OrderStreamStats>>,
 }
 
 /// An answer given at once, without a broker thread.
@@ -189,6 +196,7 @@ impl TradingDoor {
             sent: VecDeque::new(),
             audit: None,
             stats: Arc::default(),
+            stream: None,
         }
     }
 
@@ -199,6 +207,7 @@ impl TradingDoor {
             live: Arc::clone(&self.live),
             stats: Arc::clone(&self.stats),
             audit: self.audit.clone(),
+            stream: self.stream.clone(),
         }
     }
 
@@ -423,15 +432,17 @@ pub struct Broker {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     audit: Option<Audit>,
+    stream: Option<OrderStream>,
 }
+
+/// What [`Broker::spawn`] hands out: the threads, the front door's side,
+/// and the order updates for the fanout (none with trading off).
+pub type Spawned = (Broker, TradingDoor, Option<Receiver<Bytes>>);
 
 impl Broker {
     /// Opens the audit log and starts the threads; the door goes to the
     /// front door. With trading off, no thread starts and the door says so.
-    pub fn spawn(
-        config: TradingConfig,
-        links: BrokerLinks,
-    ) -> Result<(Broker, TradingDoor), String> {
+    pub fn spawn(config: TradingConfig, links: BrokerLinks) -> Result<Spawned, String> {
         let stop = Arc::new(AtomicBool::new(false));
         if !config.enabled {
             return Ok((
@@ -439,8 +450,10 @@ impl Broker {
                     stop,
                     threads: Vec::new(),
                     audit: None,
+                    stream: None,
                 },
                 TradingDoor::off(),
+                None,
             ));
         }
         let audit = Audit::open(&config.audit_log)?;
@@ -486,6 +499,18 @@ impl Broker {
             config.rest_url,
             audit.path().display()
         );
+        let (updates_tx, updates_rx) = crossbeam_channel::unbounded();
+        let stream = OrderStream::spawn(
+            OrderStreamConfig {
+                url: config.order_stream_url.clone(),
+                extra_ca: links.extra_ca.clone(),
+                credentials: Arc::clone(&links.credentials),
+                master: Arc::clone(&links.master),
+            },
+            updates_tx,
+            Arc::clone(&links.fanout_waker),
+        )
+        .map_err(|e| format!("cannot start the order stream thread: {e}"))?;
         let door = TradingDoor {
             config,
             live,
@@ -495,14 +520,17 @@ impl Broker {
             sent: VecDeque::new(),
             audit: Some(audit.log()),
             stats,
+            stream: Some(stream.stats()),
         };
         Ok((
             Broker {
                 stop,
                 threads,
                 audit: Some(audit),
+                stream: Some(stream),
             },
             door,
+            Some(updates_rx),
         ))
     }
 
@@ -514,6 +542,9 @@ impl Broker {
 
     fn stop_threads(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(s) = self.stream.take() {
+            s.shutdown();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -1029,6 +1060,7 @@ mod tests {
             sent: VecDeque::new(),
             audit: None,
             stats: Arc::default(),
+            stream: None,
         };
         (door, orx, rrx)
     }

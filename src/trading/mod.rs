@@ -24,6 +24,7 @@ pub mod client;
 pub mod guard;
 pub mod order;
 pub mod stats;
+pub mod stream;
 
 use std::path::PathBuf;
 use std::time::Duration;

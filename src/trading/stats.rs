@@ -79,6 +79,7 @@ pub struct TradingMonitor {
     pub(super) live: Arc<AtomicBool>,
     pub(super) stats: Arc<TradingStats>,
     pub(super) audit: Option<AuditLog>,
+    pub(super) stream: Option<Arc<super::stream::OrderStreamStats>>,
 }
 
 impl TradingMonitor {
@@ -114,6 +115,7 @@ impl TradingMonitor {
                 "rejected": s.rejected.get(),
                 "unknown": s.unknown.get(),
             },
+            "orderStream": self.stream.as_ref().map(|st| st.json()),
             "reads": s.reads.get(),
             "readErrors": s.read_errors.get(),
         })
