@@ -356,6 +356,8 @@ pub struct SimStats {
     pub trading_requests: u64,
     /// Order alerts dropped because a stream's queue was full.
     pub order_stream_drops: u64,
+    /// Logged-in order-update streams open now.
+    pub order_streams: usize,
 }
 
 /// One open connection's subscriptions.

@@ -15,9 +15,9 @@
 //! * `MARKET` at the LTP, at once;
 //! * `LIMIT` BUY when LTP <= price, SELL when LTP >= price, at the LTP (the
 //!   limit or better);
-//! * `STOP_LOSS` / `STOP_LOSS_MARKET` first wait for the trigger (BUY: LTP
-//!   >= trigger, SELL: LTP <= trigger), then behave as `LIMIT` at price /
-//!   `MARKET`;
+//! * `STOP_LOSS` / `STOP_LOSS_MARKET` first wait for the trigger (a BUY
+//!   for an LTP at or above it, a SELL at or below), then behave as `LIMIT`
+//!   at price / `MARKET`;
 //! * `IOC` that cannot fill on placement is `CANCELLED`; `DAY` orders stay
 //!   open (there is no end of day).
 //!
@@ -36,8 +36,10 @@
 //! closes at that average and realises `(fill - avg) * qty` (sign by side);
 //! any rest opens the other way at the fill price. Funds, without leverage:
 //!
-//! * `utilizedAmount` = Σ |net qty| × average cost (long or short: the full
-//!   value is blocked);
+//! * `utilizedAmount` = Σ |net qty| × average cost × margin rate (long or
+//!   short alike; the rate is 1 for cash segments — no leverage — and
+//!   [`DERIVATIVE_MARGIN`] for derivatives, a flat stand-in for SPAN
+//!   margins, so the default balance can trade a lot of NIFTY futures);
 //! * `availabelBalance` = `withdrawableBalance` = `sodLimit` + Σ realised
 //!   P&L − `utilizedAmount`; collateral, receivable and blocked payout are 0.
 //!
@@ -56,6 +58,18 @@ use crate::domain::{InstrumentKey, Segment};
 
 /// Most orders kept (all clients); later placements are refused.
 pub const MAX_ORDERS: usize = 100_000;
+
+/// Share of a derivative position's value blocked as margin.
+pub const DERIVATIVE_MARGIN: f64 = 0.2;
+
+/// Share of a position's value in `segment` that funds must cover.
+pub const fn margin_rate(segment: Segment) -> f64 {
+    if trades_in_lots(segment) {
+        DERIVATIVE_MARGIN
+    } else {
+        1.0
+    }
+}
 
 /// BUY or SELL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,80 +231,60 @@ pub const fn trades_in_lots(segment: Segment) -> bool {
     )
 }
 
-/// Checks the values an order carries (placement or modification): a
-/// message naming the offending field, for a DH-905 answer.
-fn check_values(
-    side: Side,
-    key: InstrumentKey,
-    order_type: OrderType,
-    quantity: i64,
-    disclosed: i64,
-    price: f64,
-    trigger: f64,
-    lot: u32,
-) -> Result<(), String> {
-    if key.segment == Segment::IdxI {
-        return Err("exchangeSegment: IDX_I instruments cannot be traded".into());
-    }
-    if quantity <= 0 || quantity > i64::from(u32::MAX) {
-        return Err(format!(
-            "quantity: must be a positive whole number, got {quantity}"
-        ));
-    }
-    if trades_in_lots(key.segment) && lot > 1 && quantity % i64::from(lot) != 0 {
-        return Err(format!(
-            "quantity: {quantity} is not a multiple of the lot size {lot}"
-        ));
-    }
-    if disclosed < 0 || disclosed > quantity {
-        return Err("disclosedQuantity: must be between 0 and quantity".into());
-    }
-    let positive = |p: f64| p.is_finite() && p > 0.0;
-    if !price.is_finite() || price < 0.0 {
-        return Err("price: must be a non-negative number".into());
-    }
-    if matches!(order_type, OrderType::Limit | OrderType::StopLoss) && !positive(price) {
-        return Err(format!(
-            "price: a {} order needs a positive price",
-            order_type.name()
-        ));
-    }
-    if matches!(order_type, OrderType::StopLoss | OrderType::StopLossMarket) {
-        if !positive(trigger) {
+impl OrderSpec {
+    /// Checks the values against `lot` (the instrument's lot size), for a
+    /// placement or a modification: a message naming the offending field,
+    /// for a DH-905 answer.
+    pub fn validate(&self, lot: u32) -> Result<(), String> {
+        let (key, quantity, price, trigger) =
+            (self.key, self.quantity, self.price, self.trigger_price);
+        let order_type = self.order_type;
+        if key.segment == Segment::IdxI {
+            return Err("exchangeSegment: IDX_I instruments cannot be traded".into());
+        }
+        if quantity <= 0 || quantity > i64::from(u32::MAX) {
             return Err(format!(
-                "triggerPrice: a {} order needs a positive triggerPrice",
+                "quantity: must be a positive whole number, got {quantity}"
+            ));
+        }
+        if trades_in_lots(key.segment) && lot > 1 && quantity % i64::from(lot) != 0 {
+            return Err(format!(
+                "quantity: {quantity} is not a multiple of the lot size {lot}"
+            ));
+        }
+        if self.disclosed_quantity < 0 || self.disclosed_quantity > quantity {
+            return Err("disclosedQuantity: must be between 0 and quantity".into());
+        }
+        let positive = |p: f64| p.is_finite() && p > 0.0;
+        if !price.is_finite() || price < 0.0 {
+            return Err("price: must be a non-negative number".into());
+        }
+        if matches!(order_type, OrderType::Limit | OrderType::StopLoss) && !positive(price) {
+            return Err(format!(
+                "price: a {} order needs a positive price",
                 order_type.name()
             ));
         }
-        if order_type == OrderType::StopLoss {
-            match side {
-                Side::Buy if price < trigger => {
-                    return Err("price: a BUY STOP_LOSS needs price >= triggerPrice".into())
+        if matches!(order_type, OrderType::StopLoss | OrderType::StopLossMarket) {
+            if !positive(trigger) {
+                return Err(format!(
+                    "triggerPrice: a {} order needs a positive triggerPrice",
+                    order_type.name()
+                ));
+            }
+            if order_type == OrderType::StopLoss {
+                match self.side {
+                    Side::Buy if price < trigger => {
+                        return Err("price: a BUY STOP_LOSS needs price >= triggerPrice".into())
+                    }
+                    Side::Sell if price > trigger => {
+                        return Err("price: a SELL STOP_LOSS needs price <= triggerPrice".into())
+                    }
+                    _ => {}
                 }
-                Side::Sell if price > trigger => {
-                    return Err("price: a SELL STOP_LOSS needs price <= triggerPrice".into())
-                }
-                _ => {}
             }
         }
-    }
-    Ok(())
-}
-
-impl OrderSpec {
-    /// Checks the values against `lot` (the instrument's lot size): the
-    /// message names the field.
-    pub fn validate(&self, lot: u32) -> Result<(), String> {
-        check_values(
-            self.side,
-            self.key,
-            self.order_type,
-            self.quantity,
-            self.disclosed_quantity,
-            self.price,
-            self.trigger_price,
-            lot,
-        )
+        Ok(())
     }
 }
 
@@ -416,9 +410,10 @@ impl PaperPosition {
         self.net_qty as f64 * (ltp - self.cost_price)
     }
 
-    /// Value blocked by the open quantity.
+    /// Funds blocked by the open quantity (value × margin rate).
     pub fn utilized(&self) -> f64 {
-        self.net_qty.unsigned_abs() as f64 * self.cost_price
+        let rate = self.key.map_or(1.0, |k| margin_rate(k.segment));
+        self.net_qty.unsigned_abs() as f64 * self.cost_price * rate
     }
 
     /// `LONG`, `SHORT` or `CLOSED`.
@@ -701,16 +696,22 @@ impl Paper {
         if !o.status.is_open() {
             return Err(PaperError::Final(o.status));
         }
-        check_values(
-            o.side,
-            o.key,
-            spec.order_type,
-            spec.quantity,
-            spec.disclosed_quantity,
-            spec.price,
-            spec.trigger_price,
-            lot,
-        )
+        OrderSpec {
+            correlation_id: String::new(),
+            side: o.side,
+            key: o.key,
+            product: o.product,
+            order_type: spec.order_type,
+            validity: spec.validity,
+            quantity: spec.quantity,
+            disclosed_quantity: spec.disclosed_quantity,
+            price: spec.price,
+            trigger_price: spec.trigger_price,
+            after_market: o.after_market,
+            bo_profit: o.bo_profit,
+            bo_stop_loss: o.bo_stop_loss,
+        }
+        .validate(lot)
         .map_err(PaperError::Input)?;
         let i = self.index[&id];
         let o = &mut self.orders[i];
@@ -767,16 +768,21 @@ impl Paper {
         updates
     }
 
-    /// Value an order would add to its position at `price`.
+    /// Funds an order would block, filled at `price`: the value it adds to
+    /// its position times the margin rate.
     fn added_value(&self, o: &PaperOrder, price: f64) -> f64 {
-        self.positions
-            .iter()
-            .find(|p| {
-                p.client_id == o.client_id && p.key == Some(o.key) && p.product == Some(o.product)
-            })
-            .map_or(f64::from(o.quantity) * price, |p| {
-                p.added_value(o.side, o.quantity, price)
-            })
+        margin_rate(o.key.segment)
+            * self
+                .positions
+                .iter()
+                .find(|p| {
+                    p.client_id == o.client_id
+                        && p.key == Some(o.key)
+                        && p.product == Some(o.product)
+                })
+                .map_or(f64::from(o.quantity) * price, |p| {
+                    p.added_value(o.side, o.quantity, price)
+                })
     }
 
     /// Fills order `id` if `ltp` reaches it (see the module doc).
@@ -978,6 +984,27 @@ mod tests {
         assert_eq!((f.utilized, f.available), (6_000.0, 94_400.0));
         // Another client's account is untouched.
         assert_eq!(p.funds("D").available, 100_000.0);
+    }
+
+    #[test]
+    fn derivatives_block_a_margin_share_of_their_value() {
+        let mut p = Paper::new(10_000.0);
+        let fut = OrderSpec {
+            key: FUT,
+            ..spec(Side::Sell, OrderType::Market, 150, 0.0, 0.0)
+        };
+        // 150 × 200 = 30,000 of value, 6,000 of margin: a short fits.
+        let (_, u) = p.place("C", &fut, 75, 200.0, NOW).unwrap();
+        assert_eq!(u.last().unwrap().status, OrderStatus::Traded);
+        let f = p.funds("C");
+        assert_eq!((f.utilized, f.available), (6_000.0, 4_000.0));
+        // Covering at 190 realises +1,500 and releases the margin.
+        let cover = OrderSpec {
+            side: Side::Buy,
+            ..fut
+        };
+        p.place("C", &cover, 75, 190.0, NOW).unwrap();
+        assert_eq!(p.funds("C").available, 11_500.0);
     }
 
     #[test]

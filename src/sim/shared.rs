@@ -632,6 +632,7 @@ impl Shared {
             token_disconnects: get(&c.token_disconnects),
             trading_requests: get(&c.trading_requests),
             order_stream_drops: get(&c.stream_drops),
+            order_streams: lock(&self.streams).len(),
         }
     }
 }

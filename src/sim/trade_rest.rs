@@ -467,7 +467,8 @@ pub(crate) fn meta(key: InstrumentKey) -> Meta {
                 OptionType::Call => "CE",
                 OptionType::Put => "PE",
             }),
-            tick_size: i.tick_size(),
+            // The master gives it in paise (`5.0000` = ₹0.05).
+            tick_size: i.tick_size() / 100.0,
             lot: i.lot_size(),
         },
         None => Meta {
