@@ -75,6 +75,31 @@
 //!   carry no LTQ, volume, buy/sell quantities, book or OI. At 1,000 ticks/s
 //!   and above, packets queued together for one connection share a frame (up
 //!   to 32); below that every packet has its own frame.
+//! * Paper trading ([`Simulator::rest_url`], `trade_rest.rs`, `paper.rs`):
+//!   DhanHQ's trading REST API under `/v2` — `GET /v2/fundlimit`,
+//!   `POST /v2/orders`, `PUT` / `DELETE` / `GET /v2/orders/{id}`,
+//!   `GET /v2/orders`, `GET /v2/orders/external/{correlationId}`,
+//!   `GET /v2/positions` — authenticated by headers `access-token` and
+//!   `client-id` with the feed's token rule (else 401 `DH-901`), bad input
+//!   400 `DH-905` naming the field (a derivative's quantity must be a
+//!   multiple of [`SimConfig::lot_sizes`]). Orders fill whole against the
+//!   instrument's last traded price: the one the generator last sent, or a
+//!   ticker / quote / full packet given to [`SimControl::inject`], or,
+//!   before either, the price model's opening level (instruments with a
+//!   reference price only; others cannot be traded). MARKET at once, LIMIT
+//!   when the LTP reaches the price, STOP_LOSS(_MARKET) once the LTP crosses
+//!   the trigger, IOC cancelled if it cannot fill at once, DAY orders open
+//!   until filled or cancelled. Each client has an account of
+//!   [`SimConfig::paper_balance`]; fills move funds and positions
+//!   (`paper.rs` documents the model), and a BUY the funds cannot cover is
+//!   accepted, then REJECTED. Trading answers come from worker threads and
+//!   can be held back ([`SimControl::set_rest_delay`]) without slowing the
+//!   token endpoints; [`SimControl::fail_next_order`] makes the next
+//!   placement fail; [`SimControl::trading_requests`] counts them.
+//! * The order-update WebSocket ([`Simulator::order_update_url`],
+//!   `order_stream.rs`): DhanHQ's `LoginReq` (MsgCode 42) first, then every
+//!   status change of that client's paper orders as an `order_alert`, in
+//!   order; a bad login is closed with 1008.
 //! * Pings every [`SimConfig::ping_interval`]; a connection from which no
 //!   frame at all has arrived for [`SimConfig::pong_timeout`] is dropped.
 //!   [`Duration::ZERO`] disables either.
@@ -82,15 +107,22 @@
 //! # Threads and back-pressure
 //!
 //! One acceptor thread, one generator thread, one REST thread (with
-//! tiny_http's own accept and connection threads behind it), one thread per
-//! connection
+//! tiny_http's own accept and connection threads behind it) and
+//! `trade_rest::WORKERS` trading workers behind a bounded queue, one
+//! order-stream acceptor with a thread per stream (at most 64), one thread
+//! per feed connection
 //! (non-blocking socket under its own `mio::Poll`, woken by the generator or
 //! the control handle through a `mio::Waker`). The generator never blocks:
 //! each connection has a bounded queue of [`QUEUE_CAPACITY`] items, and a
 //! full queue drops the item and counts it in [`SimStats::queue_drops`]. A
 //! connection whose socket is not writable stops draining its queue, so a
-//! slow client loses ticks instead of slowing the others. Dropping the
-//! [`Simulator`] stops and joins every thread within about 100 ms.
+//! slow client loses ticks instead of slowing the others. The generator
+//! hands each round's prices to the paper book under one lock, after
+//! queueing the round's packets; order alerts go to bounded per-stream
+//! queues (full: dropped and counted). Dropping the [`Simulator`] stops and
+//! joins every thread within about 100 ms (an order-stream client that
+//! connected but has not logged in can hold that up to its 5-second login
+//! timeout).
 //!
 //! # Files
 //!
@@ -99,7 +131,9 @@
 //! acceptor; `handshake.rs` TLS, upgrade and URL; `conn.rs` one connection
 //! after that (login, requests, writes, heartbeats); `generator.rs` the
 //! tick generator (and the once-a-second token expiry check); `rest.rs`
-//! the token REST endpoints; `market.rs` the price model; `tls.rs`
+//! the REST thread and the token endpoints; `trade_rest.rs` the trading
+//! routes; `paper.rs` the paper book (pure); `order_stream.rs` the
+//! order-update WebSocket; `market.rs` the price model; `tls.rs`
 //! certificates.
 
 mod conn;

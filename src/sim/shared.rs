@@ -4,7 +4,9 @@
 //!
 //! Lock order, to rule out deadlock: the token registry (`Shared::tokens`)
 //! before the connection registry (`Shared::conns`) before a connection's
-//! `subs`; no thread takes an earlier one while holding a later one. A
+//! `subs`; separately, the paper book (`Shared::paper`) before the order
+//! streams (`Shared::streams`), and neither is held while taking the
+//! token registry; no thread takes an earlier one while holding a later one. A
 //! login is checked and recorded with both registries held, so a token
 //! revoked or expired at the same moment is either refused at login or
 //! found on the open connection afterwards, never missed. Locks are held for map edits and copies only, never across socket

@@ -36,14 +36,19 @@
 //! Invalid Authentication … DH-905 Input Exception, DH-906 Order Error);
 //! the HTTP status for each is a guess.
 //!
-//! Field lists: the order object's and the position object's fields are
-//! the ones DhanHQ's v2 docs ("Orders", "Portfolio") list, as the brief
-//! enumerates them; the `search` corpora had the annexure (order statuses
-//! `TRANSIT`, `PENDING`, `REJECTED`, `CANCELLED`, `TRADED`, `EXPIRED`,
-//! product types, segments) but not those pages' tables, so the names come
-//! from the brief and `PROTOCOL.md` §4 and the derivative fields' formats
-//! (`drvExpiryDate` `YYYY-MM-DD` or null, `drvOptionType` `CALL` / `PUT`
-//! or null) are guesses.
+//! What was verified where: DhanHQ's v2 "Orders" page
+//! (<https://dhanhq.co/docs/v2/orders>) for the routes and the placement
+//! body — whose sample sends numbers as strings (`"quantity":"5"`) and
+//! unused ones as `""`, so both numbers and numeric strings are accepted
+//! and `""` counts as 0 — and the v2 annexure
+//! (<https://dhanhq.co/docs/v2/annexure>) for order statuses (`TRANSIT`,
+//! `PENDING`, `REJECTED`, `CANCELLED`, `TRADED`, `EXPIRED`), product types,
+//! segments and the DH-90x error table. The order object's and the
+//! position object's field names follow `PROTOCOL.md` §4 and the brief
+//! (those pages' response tables were not in the corpora); the derivative
+//! fields' formats (`drvExpiryDate` `YYYY-MM-DD` or null, `drvOptionType`
+//! `CALL` / `PUT` or null), `legName` `NA`, `omsErrorCode` `DH-906` on a
+//! funds rejection and the HTTP status of each error are guesses.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -575,4 +580,57 @@ pub(crate) fn fail_next(shared: &Shared, status: u16, code: &str, message: &str)
         code: code.to_owned(),
         message: message.to_owned(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_docs_sample_body_parses_strings_and_blanks_included() {
+        // DhanHQ's v2 "Orders" page sends numbers as strings and leaves
+        // unused ones "".
+        let body = json!({
+            "dhanClientId": "1000000003", "correlationId": "123abc678",
+            "transactionType": "BUY", "exchangeSegment": "NSE_EQ",
+            "productType": "INTRADAY", "orderType": "MARKET", "validity": "DAY",
+            "securityId": "11536", "quantity": "5", "disclosedQuantity": "",
+            "price": "", "triggerPrice": "", "afterMarketOrder": false,
+            "amoTime": "", "boProfitValue": "", "boStopLossValue": ""
+        });
+        let spec = order_spec(&body).unwrap_or_else(|a| panic!("{}", a.body));
+        assert_eq!(spec.key, InstrumentKey::new(Segment::NseEq, 11536));
+        assert_eq!(
+            (spec.quantity, spec.price, spec.correlation_id.as_str()),
+            (5, 0.0, "123abc678")
+        );
+        assert_eq!((spec.side, spec.order_type), (Side::Buy, OrderType::Market));
+
+        for (field, value, needle) in [
+            ("quantity", json!("2.5"), "whole"),
+            ("quantity", Value::Null, "missing"),
+            ("securityId", json!("x"), "securityId"),
+            ("validity", json!("GTC"), "validity"),
+            ("price", json!([1]), "price"),
+        ] {
+            let mut b = body.clone();
+            b[field] = value;
+            let a = order_spec(&b).expect_err(field);
+            assert_eq!(a.status, 400);
+            assert!(
+                a.body["errorMessage"].as_str().unwrap().contains(needle),
+                "{}",
+                a.body
+            );
+        }
+    }
+
+    #[test]
+    fn error_types_follow_dhans_annexure() {
+        assert_eq!(error_type("DH-901"), "Invalid_Authentication");
+        assert_eq!(error_type("DH-906"), "Order_Error");
+        assert_eq!(error_type("DH-999"), "Others");
+        assert!(is_trading("/v2/orders") && is_trading("/v2/fundlimit"));
+        assert!(!is_trading("/v2/RenewToken") && !is_trading("/app/generateAccessToken"));
+    }
 }
