@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use dhan_relay::domain::{InstrumentKey, Segment};
 use dhan_relay::sim::{OrderStatus, SimConfig, SimControl, Simulator};
-use dhan_relay::wire::feed::{FeedData, FeedMessage, Ticker};
+use dhan_relay::wire::feed::{self, FeedData, FeedMessage, Ticker};
+use dhan_relay::wire::request::{encode_subscription, RequestCode};
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
@@ -527,4 +528,50 @@ fn the_order_stream_refuses_a_bad_login_with_1008() {
         assert_eq!(frame.code, CloseCode::Policy);
         assert!(!frame.reason.contains(token), "{}", frame.reason);
     }
+}
+
+#[test]
+fn generated_ticks_are_the_price_orders_fill_at() {
+    let env = start(SimConfig {
+        ticks_per_sec: 8,
+        ..SimConfig::default()
+    });
+    let tcp = TcpStream::connect(env.sim.addr()).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let url = format!(
+        "{}/?version=2&token={}&clientId={CLIENT}&authType=2",
+        env.sim.feed_url(),
+        env.token
+    );
+    let (mut feed_ws, _) = tungstenite::client(url.as_str(), tcp).expect("feed handshake");
+    for msg in encode_subscription(RequestCode::SubscribeTicker, &[RELIANCE]).unwrap() {
+        feed_ws.send(Message::text(msg)).unwrap();
+    }
+    // The paper book's LTP is the one the feed just sent (a newer tick may
+    // slip in between: it must match within a few packets).
+    let mut matched = false;
+    for _ in 0..20 {
+        let Message::Binary(frame) = feed_ws.read().expect("a frame") else {
+            continue;
+        };
+        let packet = feed::decode(&frame).expect("decodes");
+        if let FeedMessage::Data(key, FeedData::Ticker(t)) = packet.message {
+            assert_eq!(key, RELIANCE);
+            let sent = (f64::from(t.ltp) * 100.0).round() / 100.0;
+            if env.ctl.paper_ltp(RELIANCE) == Some(sent) {
+                matched = true;
+                break;
+            }
+        }
+    }
+    assert!(matched, "the paper LTP follows the generated ticks");
+    let before = env.ctl.paper_ltp(RELIANCE).unwrap();
+    let (id, status) = env.place(order("BUY", RELIANCE, "MARKET", 1, 0.0, 0.0));
+    let after = env.ctl.paper_ltp(RELIANCE).unwrap();
+    assert_eq!(status, "TRADED");
+    let (_, o) = env.call("GET", &format!("orders/{id}"), None);
+    assert!(
+        close_to(&o["averageTradedPrice"], before) || close_to(&o["averageTradedPrice"], after),
+        "{o} vs {before} / {after}"
+    );
 }
