@@ -437,6 +437,7 @@ impl fmt::Debug for Simulator {
         f.debug_struct("Simulator")
             .field("url", &self.url)
             .field("rest_url", &self.rest_url)
+            .field("order_update_url", &self.order_update_url)
             .field("stats", &self.shared.stats())
             .finish_non_exhaustive()
     }

@@ -14,7 +14,9 @@
 //! `{"Type":"order_alert","Data":{..}}` ([`alert`]); each connection has a
 //! queue of [`QUEUE`] alerts, and a full queue drops the alert (counted in
 //! [`super::SimStats::order_stream_drops`]). Frames the client sends after
-//! login are read and ignored; pings are answered.
+//! login are read and ignored; pings are answered. A stream stays open
+//! when its token is later revoked or expires (DhanHQ's behaviour there is
+//! not documented).
 //!
 //! # What the alert's fields are based on
 //!
@@ -118,7 +120,9 @@ fn refuse(ws: &mut WebSocket<TcpStream>, reason: &'static str) {
         code: CloseCode::Policy,
         reason: reason.into(),
     }));
-    // Let the close frame go out and the client's answer come back.
+    // Let the close frame go out and the client's answer come back (a
+    // client that does not answer is given up on after a few polls).
+    let _ = ws.get_mut().set_read_timeout(Some(POLL));
     for _ in 0..10 {
         if ws.read().is_err() {
             break;
