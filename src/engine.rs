@@ -252,6 +252,7 @@ impl Engine {
         if let Some(sim) = &demo {
             // Demo mode trades on paper against the built-in simulator.
             trading.rest_url = sim.rest_url();
+            trading.order_stream_url = sim.order_update_url();
         }
         let (broker, trading, orders) = Broker::spawn(
             trading,
