@@ -387,6 +387,22 @@ fn check_config(args: &CheckArgs) -> ExitCode {
             access.watch.store().names().join(", ")
         );
     }
+    let t = &config.trading;
+    if t.enabled {
+        println!(
+            "trading ON{}: orders via {}, audit log {}, guards: max_order_value {:?}, max_quantity {:?}, price_band_pct {:?}, segments {}, products {}",
+            if t.paper { " (paper, built-in simulator)" } else { "" },
+            t.rest_url,
+            t.audit_log.display(),
+            t.guards.max_order_value,
+            t.guards.max_quantity,
+            t.guards.price_band_pct,
+            t.guards.segments.join(","),
+            t.guards.products.join(",")
+        );
+    } else {
+        println!("trading off ([trading] enabled = false)");
+    }
     let listen: Vec<String> = config
         .listen
         .iter()
@@ -490,7 +506,12 @@ fn announce(engine: &Engine, config: &RunConfig) {
     match (&config.feed, engine.demo_feed_url()) {
         (Feed::Demo { rate }, Some(sim_url)) => println!(
             "dhan-relay: DEMO MODE (DHAN_CLIENT_ID / DHAN_ACCESS_TOKEN not set): simulated prices from the built-in \
-             simulator at {sim_url} ({rate} ticks/s). Open {http}://{addr}/  ·  GET {http}://{addr}/prices  ·  WebSocket {ws}://{addr}/ws"
+             simulator at {sim_url} ({rate} ticks/s){paper}. Open {http}://{addr}/  ·  GET {http}://{addr}/prices  ·  WebSocket {ws}://{addr}/ws",
+            paper = if config.trading.enabled {
+                ", PAPER trading against it (orders are simulated)"
+            } else {
+                ""
+            }
         ),
         (Feed::Live { url, .. }, _) => println!(
             "dhan-relay: relaying {} on {http}://{addr}/  ·  GET /prices  ·  WebSocket {ws}://{addr}/ws",
@@ -584,8 +605,12 @@ fn sim(args: &SimArgs) -> ExitCode {
         );
     }
     eprintln!(
-        "dhan-relay sim: REST (token renewal/generation) at {}",
+        "dhan-relay sim: REST (token renewal and generation; paper trading: funds, orders, positions) at {}",
         sim.rest_url()
+    );
+    eprintln!(
+        "dhan-relay sim: order updates (paper trading) at {}",
+        sim.order_update_url()
     );
     println!("{}", sim.feed_url());
     // Ctrl-C ends the process; the simulator needs no orderly stop.

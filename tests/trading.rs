@@ -75,12 +75,19 @@ fn audit_path(dir: &Path) -> PathBuf {
     dir.join("audit.jsonl")
 }
 
-fn audit_lines(dir: &Path) -> Vec<Value> {
+fn read_audit(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(audit_path(dir))
         .unwrap_or_default()
         .lines()
         .map(|l| serde_json::from_str(l).expect("each audit line is JSON"))
         .collect()
+}
+
+/// The audit log once it has `n` lines (its thread writes each record
+/// just after the answer is queued).
+fn audit_lines(dir: &Path, n: usize) -> Vec<Value> {
+    wait_for(&format!("{n} audit lines"), || read_audit(dir).len() >= n);
+    read_audit(dir)
 }
 
 /// A price for RELIANCE, on the feed the relay and the paper broker see.
@@ -262,7 +269,7 @@ fn every_call_against_the_paper_broker() {
         .all(|o| o["symbol"] == "RELIANCE" && o.get("dhanClientId").is_none()));
 
     // One audit line per order call, each with its outcome.
-    let lines = audit_lines(&dir.0);
+    let lines = audit_lines(&dir.0, 6);
     let actions: Vec<&str> = lines
         .iter()
         .map(|l| l["action"].as_str().unwrap())
@@ -340,7 +347,7 @@ fn guards_refuse_before_anything_leaves_the_box() {
         before,
         "the simulator saw nothing"
     );
-    let lines = audit_lines(&dir.0);
+    let lines = audit_lines(&dir.0, 9);
     assert_eq!(lines.len(), 9, "one line per refused request: {lines:?}");
     assert!(lines
         .iter()
@@ -407,7 +414,7 @@ fn kill_switch_and_cancel_all() {
     );
     assert_eq!(on.status, 200);
     assert_eq!(place(addr, market("BUY", 1)).status, 200);
-    let actions: Vec<String> = audit_lines(&dir.0)
+    let actions: Vec<String> = audit_lines(&dir.0, 7)
         .iter()
         .map(|l| {
             format!(
@@ -446,7 +453,7 @@ fn dhanhq_errors_come_back_with_their_code() {
     let v = r.json();
     assert_eq!(v["errorCode"], "DH-906");
     assert_eq!(v["error"], "Order rejected: margin shortfall");
-    let line = audit_lines(&dir.0).pop().unwrap();
+    let line = audit_lines(&dir.0, 1).pop().unwrap();
     assert_eq!(line["outcome"], "rejected");
     assert_eq!(line["answer"]["errorCode"], "DH-906");
     engine.shutdown();
@@ -522,7 +529,7 @@ fn scopes_decide_who_trades() {
     ws.send(json!({"type":"subscribe_orders"}));
     ws.recv_type("subscribed");
     // The audit log names the key.
-    let line = audit_lines(&dir.0).pop().unwrap();
+    let line = audit_lines(&dir.0, 1).pop().unwrap();
     assert_eq!(line["key"], "admin");
     assert_eq!(line["action"], "kill-switch");
     engine.shutdown();
@@ -621,7 +628,7 @@ fn a_hanging_broker_stalls_no_price_and_no_order_goes_twice() {
         .filter(|o| o.correlation_id == "hang-1")
         .count();
     assert_eq!(copies, 1);
-    let line = audit_lines(&dir.0).pop().unwrap();
+    let line = audit_lines(&dir.0, 1).pop().unwrap();
     assert_eq!(line["outcome"], "unknown", "{line}");
     engine.shutdown();
 }

@@ -700,6 +700,15 @@ const INDEX: &str = "dhan-relay\n\n\
      WS   /dhan?version=2&token=..       DhanHQ's Live Market Feed v2 (its JSON requests, its binary packets)\n\
      WS   /dhan/twentydepth?token=..     DhanHQ's 20-level depth feed (RequestCode 23/24, its binary depth packets)\n\
      POST /api/admin/credentials         {\"clientId\",\"accessToken\"}: new token, no restart (admin scope; loopback only without keys)\n\
+     GET  /api/trading                   trading on or off, paper or live, the guards, whether you may trade\n\
+     GET  /api/funds                     available balance, used margin, … (trade scope)\n\
+     GET  /api/orders                    the day's orders (trade scope)\n\
+     POST /api/orders                    {symbol | exchangeSegment+securityId, side, quantity, orderType, price, triggerPrice, productType, validity, correlationId}\n\
+     PUT  /api/orders/{id}               {quantity, orderType, price, triggerPrice, validity}: modify an open order\n\
+     DELETE /api/orders/{id}             cancel an open order\n\
+     GET  /api/positions                 the day's positions with P&L (trade scope)\n\
+     POST /api/admin/trading             {\"enabled\": false|true}: the kill switch (admin scope; loopback only without keys)\n\
+     POST /api/admin/cancel-all          cancel every open order (admin scope; loopback only without keys)\n\
      GET  /api/session                   whether this listener asks for keys, and whether you are signed in\n\
      POST /api/session                   Authorization: Bearer KEY (or {\"key\"}): a session cookie for browsers\n\
      DELETE /api/session                 sign out\n\n\

@@ -128,8 +128,9 @@ pub struct Terms {
     pub validity: Validity,
 }
 
-/// Longest correlation id DhanHQ takes (its docs: up to 25 characters,
-/// letters, digits, `-` and `_`, a restriction the relay keeps to).
+/// Longest correlation id the relay sends. DhanHQ's docs give no limit or
+/// alphabet; the relay keeps to 25 letters, digits, `-` and `_`, which any
+/// sane limit allows.
 pub const CORRELATION_MAX: usize = 25;
 
 const ORDER_FIELDS: [&str; 11] = [
