@@ -1253,8 +1253,11 @@ const trading = {
   info: null,
   /** Why the buttons are disabled ('' when trading is possible). */
   why: 'Checking whether this relay trades…',
-  /** The socket the order stream is subscribed on. */
+  /** The socket `subscribe_orders` was sent on, and the one that acknowledged it. */
+  sentWs: null,
   subscribedWs: null,
+  /** Order ids placed from this page: their changes are told even without the stream. */
+  mine: new Set(),
   orders: [],
   positions: [],
   pollTimer: 0,
@@ -1357,7 +1360,8 @@ async function loadTrading() {
   tp.msg.textContent = trading.why;
   tp.body.hidden = !canTrade();
   if (!canTrade()) tp.sum.textContent = '';
-  if (canTrade() && state.wsOpen && trading.subscribedWs !== state.ws) {
+  if (canTrade() && state.wsOpen && trading.sentWs !== state.ws) {
+    trading.sentWs = state.ws;
     send({ type: 'subscribe_orders' });
   }
   // Funds, orders and positions need the trade scope: not asked for otherwise.
@@ -1373,7 +1377,12 @@ function scheduleRefresh() {
 async function refreshAccount() {
   const [funds, orders, positions] = await Promise.all([api('GET', 'api/funds'), api('GET', 'api/orders'), api('GET', 'api/positions')]);
   showFunds(funds.ok ? funds.body : null, funds.ok ? '' : errorText(funds));
-  if (orders.ok && Array.isArray(orders.body.orders)) trading.orders = orders.body.orders;
+  if (orders.ok && Array.isArray(orders.body.orders)) {
+    trading.orders = orders.body.orders;
+    // Orders placed here: a status the stream has not told yet (it is
+    // down, or this is a rejection whose reason only the order book has).
+    for (const o of trading.orders) if (trading.mine.has(String(o.orderId))) tellOrder(orderEvent(o));
+  }
   if (positions.ok && Array.isArray(positions.body.positions)) trading.positions = positions.body.positions;
   renderPanel();
 }
@@ -1513,6 +1522,8 @@ const orderEvent = (o) => ({
   price: o.price,
   averagePrice: o.averageTradedPrice,
   orderType: o.orderType,
+  status: o.orderStatus,
+  reason: o.omsErrorDescription,
 });
 
 function onOrderUpdate(m) {
@@ -1520,14 +1531,19 @@ function onOrderUpdate(m) {
   scheduleRefresh();
 }
 
-/** The toast for an order's status, once per order and status. */
-function tellOrder(m, onlyFirst = false) {
+/** Order statuses in the order they happen: a later one is not followed by an earlier one. */
+const STATUS_RANK = { TRANSIT: 1, PENDING: 1, PART_TRADED: 2, TRADED: 3, REJECTED: 3, CANCELLED: 3, EXPIRED: 3 };
+
+/** The toast for an order's status, once per order and status, never going back. */
+function tellOrder(m) {
   const id = String(m.orderId ?? '');
   const status = String(m.status || '');
-  const told = trading.told.get(id) || new Set();
+  const told = trading.told.get(id) || { keys: new Set(), rank: 0 };
   const key = status === 'PART_TRADED' ? `${status}:${m.filledQty}` : status === 'TRANSIT' ? 'PENDING' : status;
-  if (told.has(key) || (onlyFirst && told.size)) return;
-  told.add(key);
+  const rank = STATUS_RANK[status] || 1;
+  if (told.keys.has(key) || rank < told.rank) return;
+  told.keys.add(key);
+  told.rank = rank;
   trading.told.set(id, told);
   const d = decimalsFor(String(m.exchangeSegment || ''));
   const what = `${m.side === 'SELL' ? 'Sell' : 'Buy'} ${fmtInt(m.quantity)} ${instrumentLabel(m)}`;
@@ -1750,10 +1766,12 @@ async function placeOrder() {
   const body = { ...o.order, correlationId: `dash${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}` };
   const res = await api('POST', 'api/orders', body);
   current.sending = false;
-  const ev = { ...body, orderId: res.body.orderId, status: res.body.orderStatus, symbol: current.row.label() };
+  const ev = { ...body, orderId: res.body.orderId, status: res.body.orderStatus, reason: res.body.reason || null, symbol: current.row.label() };
   if (res.ok) {
     closeTicket();
-    tellOrder(ev, true);
+    if (ev.orderId !== undefined) trading.mine.add(String(ev.orderId));
+    // A rejection's reason comes with the stream or the order book.
+    if (ev.status !== 'REJECTED' || ev.reason) tellOrder(ev);
     scheduleRefresh();
     return;
   }
