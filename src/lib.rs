@@ -28,5 +28,6 @@ pub mod serve_tls;
 pub mod sim;
 pub mod tick;
 pub mod token;
+pub mod trading;
 pub mod upstream;
 pub mod wire;

@@ -58,7 +58,13 @@ pub enum Request {
 pub struct KeeperHandle {
     tx: Sender<Request>,
     status: SharedTokenStatus,
+    credentials: SharedCredentials,
 }
+
+/// The credentials in use now, published by the keeper whenever it hands
+/// new ones to the network thread (the broker's REST calls and the order
+/// stream read them per call, so a rotated token is used at once).
+pub type SharedCredentials = Arc<ArcSwap<Credentials>>;
 
 impl KeeperHandle {
     /// Queues a request; false if the keeper has stopped.
@@ -71,11 +77,17 @@ impl KeeperHandle {
         self.status.load_full()
     }
 
+    /// The credentials in use now. Secret: for request headers only.
+    pub fn credentials(&self) -> SharedCredentials {
+        Arc::clone(&self.credentials)
+    }
+
     /// A handle with a fixed status whose requests go to `tx` (tests).
     pub fn with_channel(tx: Sender<Request>, status: TokenStatus) -> KeeperHandle {
         KeeperHandle {
             tx,
             status: Arc::new(ArcSwap::from_pointee(status)),
+            credentials: Arc::new(ArcSwap::from_pointee(Credentials::new("", ""))),
         }
     }
 
@@ -117,6 +129,7 @@ impl Keeper {
         let stop = Arc::new(AtomicBool::new(false));
         let mut state = State::new(config, start, upstream, upstream_stats);
         let status = Arc::new(ArcSwap::from_pointee(state.status()));
+        let credentials = Arc::clone(&state.published);
         let (hup2, stop2, status2) = (Arc::clone(&hup), Arc::clone(&stop), Arc::clone(&status));
         let thread = std::thread::Builder::new()
             .name("dhan-token".into())
@@ -125,7 +138,11 @@ impl Keeper {
                 state.run(&rx, &hup2, &stop2, &status2);
             })?;
         Ok(Keeper {
-            handle: KeeperHandle { tx, status },
+            handle: KeeperHandle {
+                tx,
+                status,
+                credentials,
+            },
             hup,
             stop,
             thread: Some(thread),
@@ -196,6 +213,8 @@ struct State {
     renew_failures: u64,
     rotations: u64,
     handed_over: Instant,
+    /// What [`KeeperHandle::credentials`] reads.
+    published: SharedCredentials,
 }
 
 impl State {
@@ -212,6 +231,7 @@ impl State {
         let stamp = start.origin.as_ref().and_then(Origin::file).and_then(stamp);
         let now = Instant::now();
         State {
+            published: Arc::new(ArcSwap::from_pointee(start.account.credentials.clone())),
             config,
             account: start.account,
             origin: start.origin,
@@ -439,6 +459,8 @@ impl State {
         };
         self.rotations += 1;
         self.handed_over = Instant::now();
+        self.published
+            .store(Arc::new(self.account.credentials.clone()));
         let expiry = jwt::expiry(self.account.credentials.access_token())
             .map_or_else(|| "unknown".to_string(), crate::instrument::date::ist_iso);
         log::info!(

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use serde_json::{json, Value};
 
-pub use keeper::{Keeper, KeeperHandle};
+pub use keeper::{Keeper, KeeperHandle, SharedCredentials};
 pub use renew::{DHAN_AUTH_URL, DHAN_REST_URL};
 pub use sources::{Account, Origin, Secret};
 

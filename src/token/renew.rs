@@ -62,7 +62,7 @@ pub fn generate(auth_url: &str, account: &Account, unix_secs: u64) -> Result<Str
     token_of(answer, &secrets, "generateAccessToken")
 }
 
-fn agent(url: &str) -> ureq::Agent {
+pub(crate) fn agent(url: &str) -> ureq::Agent {
     let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
         .iter()
         .any(|p| url.starts_with(p));
