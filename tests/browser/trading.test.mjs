@@ -299,6 +299,9 @@ async function main() {
       await page.keyboard.type('2');
       await page.waitForFunction((want) => document.getElementById('t-units').textContent.trim() === want, units(2), { timeout: 3000 });
       await shot(page, 'trading-ticket-lots.png');
+      await page.emulateMedia({ colorScheme: 'dark' });
+      await shot(page, 'trading-ticket-lots-dark.png');
+      await page.emulateMedia({ colorScheme: 'light' });
       await page.keyboard.press('Enter');
       // Either the review (2 lots (N units)) or the relay's order-value guard, stated before sending.
       await page.waitForFunction(() => !document.getElementById('t-review').hidden || !document.getElementById('t-msg').hidden, null, { timeout: 3000 });
