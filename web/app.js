@@ -1395,12 +1395,13 @@ function showFunds(f, why = '') {
   tp.avail.parentElement.title = why ? `Funds unavailable: ${why}` : 'Available balance (from /api/funds, every 30 s and after each order update)';
 }
 
-/** A name for an order or position: its symbol, the watchlist's, or SEGMENT id. */
+/** A name for an order or position: the watchlist row's (as the rows say it), its symbol, or SEGMENT id. */
 function instrumentLabel(o) {
+  const row = state.rows.get(`${o.exchangeSegment}:${o.securityId}`);
+  if (row) return row.label();
   if (o.symbol) return String(o.symbol);
   if (o.tradingSymbol) return String(o.tradingSymbol);
-  const row = state.rows.get(`${o.exchangeSegment}:${o.securityId}`);
-  return row ? row.label() : `${o.exchangeSegment} ${o.securityId}`;
+  return `${o.exchangeSegment} ${o.securityId}`;
 }
 
 function td(text, cls) {
