@@ -1355,7 +1355,8 @@ async function loadTrading() {
   $('t-paper').hidden = tp.paper.hidden;
   for (const row of state.rows.values()) setTradeButtons(row);
   // The panel shows once the relay trades; a relay without trading keeps the page as it was.
-  tp.section.hidden = !(info && info.enabled);
+  // (also while a kill switch stops it: the panel then says so).
+  tp.section.hidden = !(info && (info.enabled || info.configured || info.killSwitch));
   tp.msg.hidden = canTrade();
   tp.msg.textContent = trading.why;
   tp.body.hidden = !canTrade();
