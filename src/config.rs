@@ -181,6 +181,8 @@ pub struct RunConfig {
     pub insecure_no_auth: bool,
     /// `[limits.keys.NAME]`: per-key limits.
     pub key_limits: KeyLimitsMap,
+    /// `[trading]`: off unless enabled (on, on paper, in demo mode).
+    pub trading: crate::trading::TradingConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +211,7 @@ struct FileConfig {
     credentials: Option<CredentialsTable>,
     keys_file: Option<PathBuf>,
     auth: Option<Spanned<String>>,
+    trading: Option<crate::trading::TradingTable>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -472,6 +475,11 @@ impl RunConfig {
                 .collect::<Result<Vec<_>, String>>()?,
         };
         let demo = matches!(feed, Feed::Demo { .. });
+        let trading = fc
+            .trading
+            .unwrap_or_default()
+            .into_config(&token.rest_url, demo)
+            .map_err(|e| format!("config {path}: {e}"))?;
         let source = match (&flags.instruments, &fc.instruments) {
             (Some(s), _) | (None, Some(s)) => Source::parse(s),
             // Demo mode never touches the network.
@@ -620,6 +628,7 @@ impl RunConfig {
             auth,
             insecure_no_auth: flags.insecure_no_auth,
             key_limits,
+            trading,
         })
     }
 }

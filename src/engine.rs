@@ -35,6 +35,7 @@ use crate::sim::{SimConfig, Simulator};
 use crate::tick::{DepthTick, Tick};
 use crate::token::keeper::Start;
 use crate::token::{Account, Keeper};
+use crate::trading::broker::{Broker, BrokerLinks};
 use crate::upstream::{load_ca_file, Credentials, Upstream, UpstreamConfig};
 
 /// Capacity of each SPSC ring (ticks, updates).
@@ -79,6 +80,8 @@ pub struct Engine {
     reload_tls: Arc<AtomicBool>,
     demo: Option<Simulator>,
     keeper: Option<Keeper>,
+    /// The trading calls' threads (none when trading is off).
+    broker: Option<Broker>,
     /// Network, book and fanout loop heartbeats.
     beats: [Heartbeat; 3],
     fanout: Option<FanoutThread>,
@@ -245,6 +248,22 @@ impl Engine {
         }
         let keeper = Keeper::spawn(token_config, start, upstream.control(), upstream.stats())
             .map_err(|e| StartError::Io(format!("cannot start the token keeper thread: {e}")))?;
+        let mut trading = config.trading.clone();
+        if let Some(sim) = &demo {
+            // Demo mode trades on paper against the built-in simulator.
+            trading.rest_url = sim.rest_url();
+        }
+        let (broker, trading) = Broker::spawn(
+            trading,
+            BrokerLinks {
+                master: Arc::clone(&master),
+                snapshot: book.snapshot.clone(),
+                clock: config.clock.clone(),
+                credentials: keeper.handle().credentials(),
+                front_waker: fanout.front_waker(),
+            },
+        )
+        .map_err(StartError::Config)?;
         let fanout_waker = fanout.waker();
         let (turn_tx, turn_rx) = crossbeam_channel::unbounded();
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
@@ -268,6 +287,7 @@ impl Engine {
                 day_done: done_tx,
                 maintenance: Arc::clone(&maintenance_stats),
                 calendar: config.calendar.clone(),
+                trading,
             })
             .map_err(|e| StartError::Io(format!("cannot start the fanout thread: {e}")))?;
         let maintenance = Maintenance::spawn(
@@ -299,6 +319,7 @@ impl Engine {
             reload_tls,
             demo,
             keeper: Some(keeper),
+            broker: Some(broker),
             beats,
             fanout: Some(fanout),
             upstream: Some(upstream),
@@ -377,6 +398,9 @@ impl Engine {
         }
         if let Some(f) = self.fanout.take() {
             f.shutdown();
+        }
+        if let Some(b) = self.broker.take() {
+            b.shutdown();
         }
         if let Some(k) = self.keeper.take() {
             k.shutdown();

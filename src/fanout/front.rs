@@ -41,11 +41,13 @@ use super::admin;
 use super::http::{self, Head, Parsed, Response};
 use super::rest::{ListenerStatus, RestState};
 use super::session::Kind;
+use super::trade::{self, Route};
 use super::FanoutConfig;
 use crate::auth::{
     Auth, Denial, KeyLimits, KeyWatch, Principal, Reloaded, RequestView, Scope, Setup,
 };
 use crate::serve_tls::{ServerStream, TlsListener};
+use crate::trading::broker::{Answer, Caller, Ticket, TradingDoor};
 
 const WAKER: Token = Token(usize::MAX);
 /// The DhanHQ-compatible feed (`super::dhan`).
@@ -132,6 +134,10 @@ pub enum Handoff {
 #[derive(Debug)]
 struct Conn {
     stream: ServerStream,
+    /// Its slot and unique number (a broker answer finds it by both).
+    ticket: Ticket,
+    /// Waiting for a broker answer: how to send it.
+    waiting: Option<Waiting>,
     /// The peer's address (admin calls are loopback-only without keys).
     peer: IpAddr,
     /// Its listener asks for API keys.
@@ -159,7 +165,22 @@ enum Then {
     Read,
     Close,
     Upgrade(Kind),
+    /// A trading call is with the broker: nothing more is read until its
+    /// answer is sent (so pipelined requests keep their order).
+    Await,
 }
+
+/// How to send a broker's answer.
+#[derive(Debug)]
+struct Waiting {
+    keep_alive: bool,
+    /// The allowed Origin to echo in CORS headers.
+    origin: Option<String>,
+}
+
+/// How long a connection waits for a broker answer before it gets 504
+/// (longer than any single DhanHQ call: cancel-all makes several).
+const BROKER_WAIT: Duration = Duration::from_secs(90);
 
 /// A WebSocket client on its way to the fanout: who, and its limits.
 #[derive(Debug)]
@@ -245,6 +266,7 @@ impl FrontDoor {
         to_fanout: Sender<Handoff>,
         fanout_waker: Arc<Waker>,
         stop: Arc<AtomicBool>,
+        trading: TradingDoor,
     ) {
         crate::affinity::background("front door");
         let mut front = Front {
@@ -260,6 +282,8 @@ impl FrontDoor {
             last_prices: None,
             auth: self.access.auth,
             keys: self.access.watch,
+            trading,
+            next_conn: 0,
         };
         let mut events = Events::with_capacity(256);
         let mut next_sweep = Instant::now();
@@ -295,6 +319,7 @@ impl FrontDoor {
             for i in std::mem::take(&mut front.again) {
                 front.serve(i, now);
             }
+            front.take_answers(now);
             if now >= next_sweep {
                 next_sweep = now + Duration::from_secs(1);
                 front.sweep(now);
@@ -335,6 +360,10 @@ struct Front {
     auth: Arc<Auth>,
     /// The keys file, re-read when it changes.
     keys: KeyWatch,
+    /// Trading calls go through here to the broker threads.
+    trading: TradingDoor,
+    /// The next connection's number.
+    next_conn: u64,
 }
 
 impl Front {
@@ -436,8 +465,14 @@ impl Front {
                         continue;
                     }
                     self.rest.fanout.http_connections_total.inc();
+                    self.next_conn += 1;
                     self.conns[slot] = Some(Conn {
                         stream,
+                        ticket: Ticket {
+                            slot,
+                            conn: self.next_conn,
+                        },
+                        waiting: None,
                         peer: peer.ip(),
                         auth,
                         tls,
@@ -495,6 +530,7 @@ impl Front {
                     self.free.push(i);
                     return;
                 }
+                Then::Await => break true,
                 Then::Read => {}
             }
             if !read_some(&mut conn) {
@@ -590,13 +626,7 @@ impl Front {
             head.host.as_deref(),
             &config.allowed_origins,
         );
-        let cors = |r: Response| match (&head.origin, origin_ok) {
-            (Some(o), true) => r
-                .header("Access-Control-Allow-Origin", o)
-                .header("Access-Control-Allow-Credentials", "true")
-                .header("Vary", "Origin"),
-            _ => r,
-        };
+        let cors = |r: Response| with_cors(r, head.origin.as_deref().filter(|_| origin_ok));
         let headers = head.credential_headers();
         // `/dhan` speaks DhanHQ's protocol: the key is its `token` query
         // parameter (what DhanHQ clients send as the access token).
@@ -687,6 +717,9 @@ impl Front {
         if head.upgrade {
             return self.upgrade(conn, &head, origin_ok, Some(principal), now);
         }
+        if let Some(route) = trade::route(&head.method, &head.path, body) {
+            return self.trade(conn, &head, route, body, &principal, origin_ok, now);
+        }
         let (response, head_only) = match head.method.as_str() {
             "GET" | "HEAD" => {
                 let r = match head.path.as_str() {
@@ -726,9 +759,10 @@ impl Front {
                 false,
             ),
             "OPTIONS" => {
+                let methods = trade::allowed_methods(&head.path).unwrap_or("GET, HEAD, OPTIONS");
                 let mut r = cors(Response::new(204, "text/plain", ""))
-                    .header("Allow", "GET, HEAD, OPTIONS")
-                    .header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+                    .header("Allow", methods)
+                    .header("Access-Control-Allow-Methods", methods)
                     .header("Access-Control-Max-Age", "600");
                 if let Some(h) = &head.cors_request_headers {
                     r = r.header("Access-Control-Allow-Headers", h);
@@ -742,6 +776,102 @@ impl Front {
             ),
         };
         self.respond(conn, response, head.keep_alive, head_only, now);
+    }
+
+    /// A trading request: the status and the kill switch are answered
+    /// here; calls go to the broker and the connection waits for the
+    /// answer ([`Front::take_answers`]). Without access control, trading
+    /// is served to loopback peers only; writes need an allowed Origin.
+    #[allow(clippy::too_many_arguments)]
+    fn trade(
+        &mut self,
+        conn: &mut Conn,
+        head: &Head,
+        route: Route,
+        body: &[u8],
+        principal: &Principal,
+        origin_ok: bool,
+        now: Instant,
+    ) {
+        let origin = head.origin.clone().filter(|_| origin_ok);
+        let caller = Caller {
+            key: principal.key_name.clone(),
+            peer: conn.peer,
+        };
+        let local_or_keyed = conn.auth || conn.peer.is_loopback();
+        let json = |status: u16, body: String| Response::new(status, "application/json", body);
+        let r = match route {
+            Route::Method(allow) => Response::error(
+                405,
+                &format!("{} takes {allow}", head.path.chars().take(60).collect::<String>()),
+            )
+            .header("Allow", allow),
+            Route::Status => {
+                let may_trade = if conn.auth {
+                    principal.can(Scope::Trade)
+                } else {
+                    conn.peer.is_loopback()
+                };
+                json(200, self.trading.status(may_trade))
+            }
+            _ if !origin_ok && head.method != "GET" => {
+                Response::error(403, "origin not allowed: add it to allowed_origins")
+            }
+            _ if !local_or_keyed => Response::error(
+                403,
+                "without access control, trading is served to clients on this machine only:                  turn access control on and use a key with the 'trade' scope",
+            ),
+            Route::KillSwitch => {
+                let (status, body) = self.trading.set_live(body, caller);
+                json(status, body)
+            }
+            Route::Call(call) => match self.trading.submit(conn.ticket, call, caller, now) {
+                Ok(()) => {
+                    conn.waiting = Some(Waiting {
+                        keep_alive: head.keep_alive,
+                        origin,
+                    });
+                    conn.then = Then::Await;
+                    conn.deadline = now + BROKER_WAIT;
+                    return;
+                }
+                Err((status, body)) => json(status, body),
+            },
+        };
+        let r = with_cors(r, origin.as_deref());
+        self.respond(conn, r, head.keep_alive, head.method == "HEAD", now);
+    }
+
+    /// Sends the broker's answers to the connections waiting for them (a
+    /// connection that went meanwhile loses its answer; the call itself
+    /// is in the audit log).
+    fn take_answers(&mut self, now: Instant) {
+        while let Ok(Answer {
+            ticket,
+            status,
+            body,
+        }) = self.trading.answers().try_recv()
+        {
+            let slot = ticket.slot;
+            let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+                continue;
+            };
+            if conn.ticket == ticket && conn.then == Then::Await {
+                let w = conn.waiting.take().unwrap_or(Waiting {
+                    keep_alive: false,
+                    origin: None,
+                });
+                let r = with_cors(
+                    Response::new(status, "application/json", body),
+                    w.origin.as_deref(),
+                );
+                self.respond(&mut conn, r, w.keep_alive, false, now);
+                self.conns[slot] = Some(conn);
+                self.serve(slot, now);
+            } else {
+                self.conns[slot] = Some(conn);
+            }
+        }
     }
 
     fn upgrade(
@@ -895,7 +1025,13 @@ impl Front {
                 continue;
             };
             let waiting_for_head = conn.out.is_empty() && !conn.buf.is_empty();
-            if waiting_for_head {
+            if conn.then == Then::Await {
+                let _ = conn.stream.write(
+                    &Response::error(504, "the broker did not answer in time; the call may still complete (see GET /api/orders)")
+                        .to_bytes(false, false),
+                );
+                self.rest.fanout.http_requests.inc();
+            } else if waiting_for_head {
                 // Best effort: the socket is idle, a short answer fits.
                 let _ = conn.stream.write(
                     &Response::error(408, "request head not received in time")
@@ -910,13 +1046,25 @@ impl Front {
     }
 }
 
+/// `r` with the CORS headers for an allowed `origin`.
+fn with_cors(r: Response, origin: Option<&str>) -> Response {
+    match origin {
+        Some(o) => r
+            .header("Access-Control-Allow-Origin", o)
+            .header("Access-Control-Allow-Credentials", "true")
+            .header("Vary", "Origin"),
+        None => r,
+    }
+}
+
 /// The body bytes that follow `head`, or why it is refused: only the
 /// endpoints that take a body accept one, and only with `Content-Length`.
 fn body_len(head: &Head) -> Result<usize, (u16, &'static str)> {
     if !head.has_body {
         return Ok(0);
     }
-    if !admin::takes_body(&head.method, &head.path) {
+    if !admin::takes_body(&head.method, &head.path) && !trade::takes_body(&head.method, &head.path)
+    {
         return Err((413, "request bodies are not accepted here"));
     }
     match head.content_length {

@@ -35,6 +35,7 @@ pub mod rest;
 pub mod session;
 pub mod stats;
 pub mod topics;
+pub mod trade;
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -192,6 +193,8 @@ pub struct FanoutInputs {
     pub maintenance: Arc<MaintenanceStats>,
     /// Market hours, for REST.
     pub calendar: Calendar,
+    /// Trading calls' way to the broker threads (off: every call 403).
+    pub trading: crate::trading::broker::TradingDoor,
 }
 
 impl std::fmt::Debug for FanoutInputs {
@@ -236,6 +239,11 @@ impl Fanout {
     /// Wakes the fanout loop (the book thread calls it after a batch).
     pub fn waker(&self) -> Arc<Waker> {
         Arc::clone(&self.waker)
+    }
+
+    /// Wakes the front door (the broker threads call it with an answer).
+    pub fn front_waker(&self) -> Arc<Waker> {
+        self.front.waker()
     }
 
     /// Starts the front door, resolver and fanout threads.
@@ -297,9 +305,10 @@ impl Fanout {
                 Arc::clone(&stop),
             );
             let door = self.front;
+            let trading = inputs.trading;
             std::thread::Builder::new()
                 .name("dhan-front".into())
-                .spawn(move || door.run(config, rest, handoff_tx, waker, stop))?
+                .spawn(move || door.run(config, rest, handoff_tx, waker, stop, trading))?
         };
         threads.push(front);
 

@@ -214,7 +214,8 @@ fn instruments(obj: &Map<String, Value>, max: usize) -> Result<Vec<InstrumentRef
     list.iter().map(instrument).collect()
 }
 
-fn instrument(v: &Value) -> Result<InstrumentRef, ProtocolError> {
+/// One instrument as a client names it (also an order's instrument).
+pub(crate) fn instrument(v: &Value) -> Result<InstrumentRef, ProtocolError> {
     let Value::Object(o) = v else {
         return Err(ProtocolError::InstrumentNotObject(Quoted::of(v)));
     };

@@ -8,7 +8,7 @@
 //! DhanHQ. Orders pass the guards ([`guard`]) before anything leaves the
 //! box, at most [`ORDERS_PER_SEC`] go out per second, and each order
 //! request and its outcome is one line in the audit log ([`audit`]).
-//! Order updates from DhanHQ's order stream ([`stream`]) reach `/ws`
+//! Order updates from DhanHQ's order stream (`stream`) reach `/ws`
 //! clients that sent `{"type":"subscribe_orders"}`.
 //!
 //! Who may trade: a key with the `trade` scope where access control is on;
@@ -17,6 +17,12 @@
 //!
 //! DhanHQ facts (paths, field names, value sets) are in
 //! `docs/dhanhq-protocol.md`, "Trading", with their sources.
+
+pub mod audit;
+pub mod broker;
+pub mod client;
+pub mod guard;
+pub mod order;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,6 +53,28 @@ pub struct TradingConfig {
     pub audit_log: PathBuf,
     /// Time limit of one DhanHQ call.
     pub timeout: Duration,
+}
+
+/// Where the audit log goes by default: `$XDG_STATE_HOME/dhan-relay/`,
+/// else `$HOME/.local/state/dhan-relay/`, else the working directory;
+/// `audit.jsonl` there, or `paper-audit.jsonl` in demo mode.
+pub fn default_audit_log(paper: bool) -> PathBuf {
+    let name = if paper {
+        "paper-audit.jsonl"
+    } else {
+        "audit.jsonl"
+    };
+    let xdg = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .map(|h| h.join(".local").join("state"));
+    match xdg.or(home) {
+        Some(dir) => dir.join("dhan-relay").join(name),
+        None => PathBuf::from(format!("dhan-relay-{name}")),
+    }
 }
 
 /// Limits checked before an order leaves the box. `None` is "no limit".
@@ -94,7 +122,7 @@ impl Default for TradingConfig {
             rest_url: crate::token::DHAN_REST_URL.to_string(),
             order_stream_url: DHAN_ORDER_STREAM_URL.to_string(),
             guards: Guards::default(),
-            audit_log: PathBuf::from("dhan-relay-audit.jsonl"),
+            audit_log: default_audit_log(false),
             timeout: Duration::from_secs(10),
         }
     }
@@ -131,8 +159,9 @@ const ORDER_PRODUCTS: [&str; 4] = ["CNC", "INTRADAY", "MARGIN", "MTF"];
 
 impl TradingTable {
     /// The validated configuration; `rest_url` comes from the top level.
-    /// Errors name the key.
-    pub fn into_config(self, rest_url: &str) -> Result<TradingConfig, String> {
+    /// In demo mode (`paper`) trading is on unless `enabled = false` is
+    /// written. Errors name the key.
+    pub fn into_config(self, rest_url: &str, paper: bool) -> Result<TradingConfig, String> {
         let d = TradingConfig::default();
         let mut guards = Guards::default();
         if let Some(v) = self.max_order_value {
@@ -169,12 +198,12 @@ impl TradingTable {
             None => d.timeout,
         };
         Ok(TradingConfig {
-            enabled: self.enabled.unwrap_or(false),
-            paper: false,
+            enabled: self.enabled.unwrap_or(paper),
+            paper,
             rest_url: rest_url.to_string(),
             order_stream_url: self.order_stream_url.unwrap_or(d.order_stream_url),
             guards,
-            audit_log: self.audit_log.unwrap_or(d.audit_log),
+            audit_log: self.audit_log.unwrap_or_else(|| default_audit_log(paper)),
             timeout,
         })
     }
@@ -210,7 +239,7 @@ mod tests {
     fn table(text: &str) -> Result<TradingConfig, String> {
         toml::from_str::<TradingTable>(text)
             .map_err(|e| e.to_string())?
-            .into_config("http://127.0.0.1:1")
+            .into_config("http://127.0.0.1:1", false)
     }
 
     #[test]
@@ -219,6 +248,11 @@ mod tests {
         assert!(!c.enabled);
         assert_eq!(c.guards, Guards::default());
         assert_eq!(c.rest_url, "http://127.0.0.1:1");
+        let demo = TradingTable::default().into_config("x", true).unwrap();
+        assert!(demo.enabled && demo.paper);
+        assert!(demo.audit_log.ends_with("paper-audit.jsonl"));
+        let off: TradingTable = toml::from_str("enabled = false").unwrap();
+        assert!(!off.into_config("x", true).unwrap().enabled);
     }
 
     #[test]
