@@ -1772,8 +1772,10 @@ async function placeOrder() {
   if (res.ok) {
     closeTicket();
     if (ev.orderId !== undefined) trading.mine.add(String(ev.orderId));
-    // A rejection's reason comes with the stream or the order book.
-    if (ev.status !== 'REJECTED' || ev.reason) tellOrder(ev);
+    // A fill's average price and a rejection's reason come with the
+    // stream or the order book (the refresh below), not with this answer.
+    const filled = ev.status === 'TRADED' || ev.status === 'PART_TRADED';
+    if (!(ev.status === 'REJECTED' && !ev.reason) && !(filled && !isNum(ev.averagePrice))) tellOrder(ev);
     scheduleRefresh();
     return;
   }

@@ -107,12 +107,17 @@ async function recordToasts(page) {
 
 /** Waits for a toast matching `re` (source string); returns its text. */
 async function waitToast(page, re, timeout = 10_000) {
-  const h = await page.waitForFunction(
-    (src) => (window.__toasts || []).find((t) => new RegExp(src).test(t.text)),
-    re.source,
-    { timeout },
-  );
-  return (await h.jsonValue()).text;
+  try {
+    const h = await page.waitForFunction(
+      (src) => (window.__toasts || []).find((t) => new RegExp(src).test(t.text)),
+      re.source,
+      { timeout },
+    );
+    return (await h.jsonValue()).text;
+  } catch (e) {
+    const seen = await page.evaluate(() => (window.__toasts || []).map((t) => t.text)).catch(() => []);
+    throw new Error(`no toast matching ${re} within ${timeout / 1000} s; toasts so far: ${JSON.stringify(seen)} (${e.message.split('\n')[0]})`);
+  }
 }
 
 const rowSel = (key) => `#rows tr.row[data-key="${key}"]`;
