@@ -283,6 +283,9 @@ async function main() {
         const tr = document.querySelector(`#tp-recent tbody tr[data-order-id="${id}"]`);
         return tr && /cancelled/.test(tr.textContent);
       }, orderId, { timeout: 10_000 });
+      // Neither the orders nor the order stream (subscribe_orders) said anything was wrong.
+      const errors = await page.evaluate(() => window.__toasts.filter((t) => t.kind === 'error').map((t) => t.text));
+      check(errors.length === 0, `error toasts: ${JSON.stringify(errors)}`);
       return `LTP ${ltp}, limit ${price}: "${placedToast}"; order ${orderId}: "${cancelled}", listed as cancelled`;
     });
 
