@@ -224,7 +224,7 @@ impl Engine {
                 feed_url,
                 depth_url,
                 credentials: start.account.credentials.clone(),
-                extra_ca,
+                extra_ca: extra_ca.clone(),
                 max_connections: config.upstream_connections,
                 max_per_connection: config.instruments_per_connection,
                 silence_timeout: config.silence_timeout,
@@ -252,8 +252,9 @@ impl Engine {
         if let Some(sim) = &demo {
             // Demo mode trades on paper against the built-in simulator.
             trading.rest_url = sim.rest_url();
+            trading.order_stream_url = sim.order_update_url();
         }
-        let (broker, trading) = Broker::spawn(
+        let (broker, trading, orders) = Broker::spawn(
             trading,
             BrokerLinks {
                 master: Arc::clone(&master),
@@ -261,6 +262,8 @@ impl Engine {
                 clock: config.clock.clone(),
                 credentials: keeper.handle().credentials(),
                 front_waker: fanout.front_waker(),
+                fanout_waker: fanout.waker(),
+                extra_ca: extra_ca.clone(),
             },
         )
         .map_err(StartError::Config)?;
@@ -288,6 +291,7 @@ impl Engine {
                 maintenance: Arc::clone(&maintenance_stats),
                 calendar: config.calendar.clone(),
                 trading,
+                orders,
             })
             .map_err(|e| StartError::Io(format!("cannot start the fanout thread: {e}")))?;
         let maintenance = Maintenance::spawn(

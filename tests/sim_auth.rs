@@ -513,7 +513,7 @@ fn generate_access_token_with_pin_and_totp() {
 #[test]
 fn unknown_paths_are_404_with_a_json_error() {
     let (sim, ctl) = start(SimConfig::default());
-    for path in ["/", "/v2/orders", "/v2/RenewToken/extra", "/app"] {
+    for path in ["/", "/v2/nope", "/v2/RenewToken/extra", "/app"] {
         let r = rest(&sim, "GET", path, &[]);
         assert_eq!(r.status, 404, "{path}");
         assert!(r.json()["errorMessage"].is_string(), "{path}");

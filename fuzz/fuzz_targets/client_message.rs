@@ -17,7 +17,7 @@ use dhan_relay::fanout::protocol::{error_message, parse, ClientMessage, Instrume
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
-/// Longest error accepted: the longest fixed text (~70 bytes) plus a quote
+/// Longest error accepted: the longest fixed text (~100 bytes) plus a quote
 /// of 40 characters of at most 4 bytes each.
 const MAX_ERROR_BYTES: usize = 300;
 
@@ -56,6 +56,14 @@ fuzz_target!(|data: &[u8]| {
                     }
                     ClientMessage::Ping => {
                         assert_eq!(kind, "ping");
+                        continue;
+                    }
+                    ClientMessage::SubscribeOrders => {
+                        assert_eq!(kind, "subscribe_orders");
+                        continue;
+                    }
+                    ClientMessage::UnsubscribeOrders => {
+                        assert_eq!(kind, "unsubscribe_orders");
                         continue;
                     }
                 };

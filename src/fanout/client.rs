@@ -22,6 +22,11 @@ use super::topics::Admission;
 use super::{Worker, READ_BUDGET, READ_BYTES_BUDGET};
 use crate::domain::{InstrumentKey, Mode, Segment};
 
+/// `subscribe_orders` while trading is off.
+pub const ORDERS_OFF: &str = "trading is off: set [trading] enabled = true in the config";
+/// `subscribe_orders` from a client that may not trade.
+pub const ORDERS_NOT_ALLOWED: &str = "this key lacks the 'trade' scope";
+
 /// Instruments named in one error message, at most.
 const NAMED_IN_ERROR: usize = 10;
 
@@ -195,6 +200,15 @@ impl Worker {
             Ok(ClientMessage::Unsubscribe { instruments }) => {
                 self.request(i, s, Op::Unsubscribe, instruments, now)
             }
+            Ok(ClientMessage::SubscribeOrders) => self.subscribe_orders(s, now),
+            Ok(ClientMessage::UnsubscribeOrders) => {
+                s.orders = false;
+                s.reply(
+                    r#"{"type":"unsubscribed","orders":true}"#.to_string(),
+                    &self.stats,
+                    now,
+                );
+            }
         }
         self.message_latency
             .record(started.elapsed().as_nanos() as u64);
@@ -276,6 +290,23 @@ impl Worker {
             }
             self.sessions[i] = Some(s);
             self.readable.push(i);
+        }
+    }
+
+    /// `subscribe_orders` on `/ws`: trading must be on and the client
+    /// allowed to trade ([`Session::trade`]).
+    fn subscribe_orders(&self, s: &mut Session, now: Instant) {
+        if self.orders.is_none() {
+            self.client_error(s, ORDERS_OFF, now);
+        } else if !s.trade {
+            self.client_error(s, ORDERS_NOT_ALLOWED, now);
+        } else {
+            s.orders = true;
+            s.reply(
+                r#"{"type":"subscribed","orders":true}"#.to_string(),
+                &self.stats,
+                now,
+            );
         }
     }
 
@@ -440,4 +471,169 @@ pub(super) fn name_some(keys: &[InstrumentKey]) -> String {
         text.push_str(&format!(" and {} more", keys.len() - NAMED_IN_ERROR));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use serde_json::Value;
+
+    use super::super::front::NewClient;
+    use super::super::session::tests::{pair, read_frames};
+    use super::super::test_worker::{worker, Harness};
+    use super::{ORDERS_NOT_ALLOWED, ORDERS_OFF};
+    use crate::auth::{KeyLimits, Principal, Scope, Scopes, Via};
+    use crate::serve_tls::ServerStream;
+
+    /// A `/ws` session in a new slot; `trade` as the front door decided.
+    fn client(h: &mut Harness, trade: bool) -> (usize, TcpStream) {
+        let (mut s, peer) = pair(64 * 1024);
+        s.trade = trade;
+        h.worker.sessions.push(Some(Box::new(s)));
+        (h.worker.sessions.len() - 1, peer)
+    }
+
+    /// The client in slot `i` sends `text`.
+    fn send(h: &mut Harness, i: usize, text: &str) {
+        let now = Instant::now();
+        let mut s = h.worker.sessions[i].take().unwrap();
+        h.worker.on_text(i, &mut s, text, now);
+        h.worker.sessions[i] = Some(s);
+        h.worker.dirty.push(i);
+        h.worker.flush_dirty(now);
+    }
+
+    fn frames(peer: &mut TcpStream, n: usize) -> Vec<Value> {
+        read_frames(peer, n)
+            .iter()
+            .map(|f| serde_json::from_slice(f).unwrap())
+            .collect()
+    }
+
+    fn silent(peer: &mut TcpStream) -> bool {
+        peer.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        std::io::Read::read(peer, &mut [0u8; 1]).is_err()
+    }
+
+    fn order(id: u32) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"type":"order","orderId":"{id}","status":"PENDING"}}"#
+        ))
+    }
+
+    #[test]
+    fn subscribe_orders_is_refused_while_trading_is_off() {
+        let mut h = worker(10);
+        let (i, mut peer) = client(&mut h, true);
+        send(&mut h, i, r#"{"type":"subscribe_orders"}"#);
+        let reply = &frames(&mut peer, 1)[0];
+        assert_eq!(reply["type"], "error");
+        assert_eq!(reply["message"], ORDERS_OFF);
+        assert!(!h.worker.sessions[i].as_ref().unwrap().orders);
+    }
+
+    #[test]
+    fn order_updates_reach_subscribers_only_once_each_and_in_order() {
+        let mut h = worker(10);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        h.worker.orders = Some(rx);
+        let (a, mut pa) = client(&mut h, true);
+        let (b, mut pb) = client(&mut h, true);
+        let (_, mut idle) = client(&mut h, true); // never subscribes
+        let (c, mut pc) = client(&mut h, false); // may not trade
+        for i in [a, b, c] {
+            send(&mut h, i, r#"{"type":"subscribe_orders"}"#);
+        }
+        for p in [&mut pa, &mut pb] {
+            assert_eq!(
+                frames(p, 1)[0],
+                serde_json::json!({"type": "subscribed", "orders": true})
+            );
+        }
+        let refused = &frames(&mut pc, 1)[0];
+        assert_eq!(
+            (refused["type"].as_str(), refused["message"].as_str()),
+            (Some("error"), Some(ORDERS_NOT_ALLOWED))
+        );
+
+        // More than one turn's budget: all of them arrive, in order.
+        let total = super::super::ORDERS_BUDGET as u32 + 10;
+        for id in 0..total {
+            tx.send(order(id)).unwrap();
+        }
+        let now = Instant::now();
+        h.worker.drain_orders(now);
+        assert!(h.worker.orders_pending, "the rest wait a turn");
+        h.worker.flush_dirty(now);
+        h.worker.drain_orders(now);
+        assert!(!h.worker.orders_pending);
+        h.worker.flush_dirty(now);
+        for p in [&mut pa, &mut pb] {
+            let got = frames(p, total as usize);
+            let ids: Vec<String> = got
+                .iter()
+                .map(|v| v["orderId"].as_str().unwrap().to_string())
+                .collect();
+            let want: Vec<String> = (0..total).map(|i| i.to_string()).collect();
+            assert_eq!(ids, want);
+            assert!(silent(p), "each update once");
+        }
+        assert!(silent(&mut idle) && silent(&mut pc));
+
+        // Unsubscribed: nothing more.
+        send(&mut h, a, r#"{"type":"unsubscribe_orders"}"#);
+        assert_eq!(
+            frames(&mut pa, 1)[0],
+            serde_json::json!({"type": "unsubscribed", "orders": true})
+        );
+        tx.send(order(999)).unwrap();
+        h.worker.drain_orders(now);
+        h.worker.flush_dirty(now);
+        assert_eq!(frames(&mut pb, 1)[0]["orderId"], "999");
+        assert!(silent(&mut pa));
+    }
+
+    /// A `/ws` client handed over by the front door with `principal`.
+    fn hand_over(h: &mut Harness, principal: Principal) -> bool {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let c = NewClient {
+            stream: ServerStream::Plain(mio::net::TcpStream::from_std(server)),
+            early: Vec::new(),
+            kind: super::Kind::Feed,
+            prices: None,
+            principal,
+            limits: KeyLimits::default(),
+            refused: false,
+        };
+        h.worker.add_client(c, Instant::now());
+        let i = h.worker.sessions.len() - 1;
+        h.worker.sessions[i].as_ref().unwrap().trade
+    }
+
+    #[test]
+    fn who_may_trade() {
+        let mut h = worker(10);
+        assert!(
+            hand_over(&mut h, Principal::off()),
+            "access control off: a loopback peer may"
+        );
+        let key = |scopes: Scopes| Principal {
+            key_name: Some("k".into()),
+            scopes,
+            via: Via::Bearer,
+            key: None,
+        };
+        assert!(!hand_over(&mut h, key(Scopes::NONE.with(Scope::Read))));
+        assert!(hand_over(
+            &mut h,
+            key(Scopes::NONE.with(Scope::Read).with(Scope::Trade))
+        ));
+    }
 }

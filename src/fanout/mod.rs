@@ -84,6 +84,8 @@ pub const READ_BUDGET: usize = 16;
 pub const READ_BYTES_BUDGET: usize = 16 * 1024;
 /// New clients taken from the front door per loop turn.
 const ACCEPT_BUDGET: usize = 256;
+/// Order updates relayed per loop turn, at most (the rest wait a turn).
+const ORDERS_BUDGET: usize = 256;
 /// Shortest time between two published views.
 const VIEW_EVERY: Duration = Duration::from_millis(100);
 
@@ -195,6 +197,10 @@ pub struct FanoutInputs {
     pub calendar: Calendar,
     /// Trading calls' way to the broker threads (off: every call 403).
     pub trading: crate::trading::broker::TradingDoor,
+    /// Rendered order updates from the order stream
+    /// ([`crate::trading::stream`]) for `/ws` clients that sent
+    /// `subscribe_orders`; `None`: trading is off.
+    pub orders: Option<Receiver<Bytes>>,
 }
 
 impl std::fmt::Debug for FanoutInputs {
@@ -296,6 +302,7 @@ impl Fanout {
             clock: inputs.clock.clone(),
             listeners: self.front.listener_status(),
             insecure_no_auth: self.front.insecure(),
+            trading: inputs.trading.monitor(),
         };
         let front_waker = self.front.waker();
         let front = {
@@ -365,6 +372,8 @@ impl Fanout {
             next_second: Instant::now(),
             turn_recv: Vec::with_capacity(1024),
             dirty: Vec::with_capacity(1024),
+            orders: inputs.orders,
+            orders_pending: false,
         };
         let fanout = std::thread::Builder::new()
             .name("dhan-fanout".into())
@@ -475,6 +484,10 @@ struct Worker {
     turn_recv: Vec<u64>,
     /// Sessions with unflushed output this turn.
     dirty: Vec<usize>,
+    /// Order updates for `subscribe_orders` clients (`None`: trading off).
+    orders: Option<Receiver<Bytes>>,
+    /// The order budget ran out last turn: do not sleep in the poll.
+    orders_pending: bool,
 }
 
 impl Worker {
@@ -485,7 +498,7 @@ impl Worker {
         }
         loop {
             self.heartbeat.beat();
-            let timeout = if self.readable.is_empty() {
+            let timeout = if self.readable.is_empty() && !self.orders_pending {
                 let until = self
                     .topics
                     .next_deadline()
@@ -528,6 +541,7 @@ impl Worker {
             self.read_clients(now);
             self.drain_updates(now);
             self.drain_depth(now);
+            self.drain_orders(now);
             self.check_upstream(now);
             self.flush_dirty(now);
             self.push_changes(now);
@@ -597,6 +611,16 @@ impl Worker {
             .subscriptions
             .unwrap_or(self.config.max_subscriptions_per_client)
             .min(self.config.max_subscriptions_per_client);
+        // Who may receive order updates: the `trade` scope where access
+        // control is on; loopback peers only where it is off.
+        s.trade = if principal.via == crate::auth::Via::Off {
+            s.stream_mut()
+                .tcp()
+                .peer_addr()
+                .is_ok_and(|a| a.ip().is_loopback())
+        } else {
+            principal.can(crate::auth::Scope::Trade)
+        };
         s.key = principal.key;
         s.key_name = principal.key_name;
         self.stats.clients.inc();
@@ -629,6 +653,35 @@ impl Worker {
         self.dirty.push(slot);
         // A frame sent together with the handshake is already buffered.
         self.readable.push(slot);
+    }
+
+    /// Relays order updates (at most [`ORDERS_BUDGET`] a turn) to every
+    /// `/ws` session that subscribed to them: the same bytes to each, never
+    /// conflated (a client that does not read its replies is closed, as
+    /// for any reply).
+    fn drain_orders(&mut self, now: Instant) {
+        let Some(rx) = &self.orders else {
+            return;
+        };
+        self.orders_pending = false;
+        let mut subscribers: Option<Vec<usize>> = None;
+        for _ in 0..ORDERS_BUDGET {
+            let Ok(msg) = rx.try_recv() else {
+                break;
+            };
+            let subscribers = subscribers.get_or_insert_with(|| {
+                (0..self.sessions.len())
+                    .filter(|&i| self.sessions[i].as_ref().is_some_and(|s| s.orders))
+                    .collect()
+            });
+            for &i in subscribers.iter() {
+                if let Some(s) = self.sessions[i].as_mut() {
+                    s.reply_bytes(&msg, &self.stats, now);
+                }
+            }
+        }
+        self.orders_pending = !rx.is_empty();
+        self.dirty.extend(subscribers.into_iter().flatten());
     }
 
     fn push_prices(&mut self, body: &Bytes, now: Instant) {
@@ -905,6 +958,8 @@ mod test_worker {
             next_second: Instant::now(),
             turn_recv: Vec::new(),
             dirty: Vec::new(),
+            orders: None,
+            orders_pending: false,
         };
         Harness {
             worker,

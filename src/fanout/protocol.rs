@@ -38,6 +38,11 @@ pub enum ClientMessage {
     },
     /// `{"type":"ping"}`: answered with `{"type":"pong"}`.
     Ping,
+    /// `{"type":"subscribe_orders"}`: this account's order updates (needs
+    /// trading on and a client that may trade).
+    SubscribeOrders,
+    /// `{"type":"unsubscribe_orders"}`.
+    UnsubscribeOrders,
 }
 
 /// Longest piece of client input quoted back in an error.
@@ -124,11 +129,13 @@ impl std::fmt::Display for ProtocolError {
         match self {
             MalformedJson(e) => write!(f, "malformed JSON: {e}"),
             NotAnObject => f.write_str("a message must be a JSON object with a \"type\""),
-            MissingType => f.write_str("missing \"type\" (expected subscribe or unsubscribe)"),
+            MissingType => f.write_str(
+                "missing \"type\" (expected subscribe, unsubscribe, subscribe_orders, unsubscribe_orders or ping)",
+            ),
             TypeNotString(q) => write!(f, "\"type\" must be a string, not {q}"),
             UnknownType(q) => write!(
                 f,
-                "unknown type {q} (expected subscribe, unsubscribe or ping)"
+                "unknown type {q} (expected subscribe, unsubscribe, subscribe_orders, unsubscribe_orders or ping)"
             ),
             ModeNotString(q) => write!(f, "\"mode\" must be a string, not {q}"),
             UnknownMode(q) => write!(
@@ -192,6 +199,8 @@ pub fn parse(text: &str, max_instruments: usize) -> Result<ClientMessage, Protoc
             instruments: instruments(&obj, max_instruments)?,
         }),
         "ping" => Ok(ClientMessage::Ping),
+        "subscribe_orders" => Ok(ClientMessage::SubscribeOrders),
+        "unsubscribe_orders" => Ok(ClientMessage::UnsubscribeOrders),
         other => Err(ProtocolError::UnknownType(Quoted::str(other))),
     }
 }
@@ -326,6 +335,14 @@ mod tests {
             }
         );
         assert_eq!(ok(r#"{"type":"ping"}"#), ClientMessage::Ping);
+        assert_eq!(
+            ok(r#"{"type":"subscribe_orders"}"#),
+            ClientMessage::SubscribeOrders
+        );
+        assert_eq!(
+            ok(r#"{"type":"unsubscribe_orders","extra":1}"#),
+            ClientMessage::UnsubscribeOrders
+        );
     }
 
     #[test]
@@ -390,7 +407,7 @@ mod tests {
     fn long_input_is_cut_when_quoted_and_messages_are_json() {
         let long = "X".repeat(500);
         let e = err(&format!(r#"{{"type":"{long}"}}"#));
-        assert!(e.len() < 120, "{e}");
+        assert!(e.len() < 160, "{e}"); // 40 characters quoted + the fixed text
         let v: Value = serde_json::from_str(&error_message("bad \"thing\"")).unwrap();
         assert_eq!(
             v,

@@ -133,6 +133,8 @@ pub struct RestState {
     pub listeners: Vec<ListenerStatus>,
     /// Started with `--insecure-no-auth` (said in `/health`).
     pub insecure_no_auth: bool,
+    /// Trading: on or off, the kill switch, the audit log, counts.
+    pub trading: crate::trading::stats::TradingMonitor,
 }
 
 /// A listener as `/health` shows it.
@@ -331,8 +333,9 @@ impl RestState {
         let up = UpstreamStatus::of(&self.upstream).is_up();
         let token = self.token.status();
         let now = crate::token::unix_now();
-        let troubled =
-            token.last_error.is_some() || matches!(token.state(now), "expired" | "refused");
+        let troubled = token.last_error.is_some()
+            || matches!(token.state(now), "expired" | "refused")
+            || self.trading.trouble().is_some();
         match (up, troubled) {
             (false, _) => (503, "down"),
             (true, true) => (200, "degraded"),
@@ -381,6 +384,7 @@ impl RestState {
             },
             "clients": f.clients.get(),
             "token": token.json(now),
+            "trading": self.trading.json(),
             "listeners": self
                 .listeners
                 .iter()
@@ -509,6 +513,7 @@ impl RestState {
             .chain(self.book.counters().iter())
             .chain(self.fanout.all().iter())
             .chain(std::iter::once(&&self.maintenance.runs))
+            .chain(self.trading.stats().counters().iter())
             .map(|c| c.sample())
             .collect();
         v.push((
@@ -631,6 +636,7 @@ impl RestState {
             "uptimeSeconds": self.started.elapsed().as_secs_f64(),
             "status": UpstreamStatus::of(&self.upstream).detail,
             "token": self.token.status().json(crate::token::unix_now()),
+            "trading": self.trading.json(),
             "day": self.day(),
             "latency": {
                 "receiveToBook": book.2,
@@ -826,6 +832,7 @@ mod tests {
                 auth: false,
             }],
             insecure_no_auth: false,
+            trading: crate::trading::broker::TradingDoor::off().monitor(),
         }
     }
 

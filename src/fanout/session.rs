@@ -152,6 +152,11 @@ pub struct Session {
     binary: bool,
     /// `/dhan`: when the next server ping is due.
     pub next_ping: Option<Instant>,
+    /// May receive order updates: its key has the `trade` scope (access
+    /// control on) or it is a loopback peer (access control off).
+    pub trade: bool,
+    /// Sent `subscribe_orders` (and may trade).
+    pub orders: bool,
 }
 
 impl Session {
@@ -193,6 +198,8 @@ impl Session {
             awaiting: false,
             binary: kind.is_dhan(),
             next_ping: None,
+            trade: false,
+            orders: false,
         }
     }
 
@@ -295,6 +302,12 @@ impl Session {
     /// Queues a reply that must not be conflated away (errors, pongs,
     /// status). A client that does not read its replies is closed.
     pub fn reply(&mut self, text: String, stats: &FanoutStats, now: Instant) {
+        self.reply_bytes(&Bytes::from(text), stats, now);
+    }
+
+    /// [`Session::reply`] for a message already rendered and shared by
+    /// reference (order updates: one render for every subscriber).
+    pub fn reply_bytes(&mut self, msg: &Bytes, stats: &FanoutStats, now: Instant) {
         if self.closing.is_some() {
             return;
         }
@@ -307,8 +320,8 @@ impl Session {
             );
             return;
         }
-        stats.count_message(text.len());
-        self.out.push_text(&Bytes::from(text));
+        stats.count_message(msg.len());
+        self.out.push_text(msg);
         self.dirty = true;
     }
 

@@ -29,7 +29,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tungstenite::Bytes;
 
 use super::market::{has_oi, Instrument};
-use super::shared::{lock, ConnHandle, Endpoint, Out, Shared};
+use super::shared::{lock, rupees, ConnHandle, Endpoint, Out, Shared};
 use crate::domain::{InstrumentKey, Mode};
 use crate::wire::depth::DepthMessage;
 use crate::wire::feed::{FeedData, FeedMessage};
@@ -72,6 +72,8 @@ pub(crate) fn run(shared: &Shared, poked: &Receiver<()>) {
     let mut next_due = Instant::now();
     let mut touched: Vec<Arc<ConnHandle>> = Vec::new();
     let mut next_housekeeping = Instant::now();
+    // Prices moved this round, for the paper book (one lock per round).
+    let mut moved: Vec<(InstrumentKey, f64)> = Vec::new();
 
     loop {
         let now = Instant::now();
@@ -123,7 +125,14 @@ pub(crate) fn run(shared: &Shared, poked: &Receiver<()>) {
                 .entry(*key)
                 .or_insert_with(|| shared.settings.instrument(*key));
             inst.step(epoch);
+            if key.segment != crate::domain::Segment::IdxI {
+                moved.push((*key, rupees(inst.ticker().ltp)));
+            }
             emit(shared, inst, route, &mut touched);
+        }
+        if !moved.is_empty() {
+            shared.prices(&moved);
+            moved.clear();
         }
         touched.sort_by_key(|c| c.id);
         touched.dedup_by_key(|c| c.id);

@@ -75,6 +75,31 @@
 //!   carry no LTQ, volume, buy/sell quantities, book or OI. At 1,000 ticks/s
 //!   and above, packets queued together for one connection share a frame (up
 //!   to 32); below that every packet has its own frame.
+//! * Paper trading ([`Simulator::rest_url`], `trade_rest.rs`, `paper.rs`):
+//!   DhanHQ's trading REST API under `/v2` — `GET /v2/fundlimit`,
+//!   `POST /v2/orders`, `PUT` / `DELETE` / `GET /v2/orders/{id}`,
+//!   `GET /v2/orders`, `GET /v2/orders/external/{correlationId}`,
+//!   `GET /v2/positions` — authenticated by headers `access-token` and
+//!   `client-id` with the feed's token rule (else 401 `DH-901`), bad input
+//!   400 `DH-905` naming the field (a derivative's quantity must be a
+//!   multiple of [`SimConfig::lot_sizes`]). Orders fill whole against the
+//!   instrument's last traded price: the one the generator last sent, or a
+//!   ticker / quote / full packet given to [`SimControl::inject`], or,
+//!   before either, the price model's opening level (instruments with a
+//!   reference price only; others cannot be traded). MARKET at once, LIMIT
+//!   when the LTP reaches the price, STOP_LOSS(_MARKET) once the LTP crosses
+//!   the trigger, IOC cancelled if it cannot fill at once, DAY orders open
+//!   until filled or cancelled. Each client has an account of
+//!   [`SimConfig::paper_balance`]; fills move funds and positions
+//!   (`paper.rs` documents the model), and a BUY the funds cannot cover is
+//!   accepted, then REJECTED. Trading answers come from worker threads and
+//!   can be held back ([`SimControl::set_rest_delay`]) without slowing the
+//!   token endpoints; [`SimControl::fail_next_order`] makes the next
+//!   placement fail; [`SimControl::trading_requests`] counts them.
+//! * The order-update WebSocket ([`Simulator::order_update_url`],
+//!   `order_stream.rs`): DhanHQ's `LoginReq` (MsgCode 42) first, then every
+//!   status change of that client's paper orders as an `order_alert`, in
+//!   order; a bad login is closed with 1008.
 //! * Pings every [`SimConfig::ping_interval`]; a connection from which no
 //!   frame at all has arrived for [`SimConfig::pong_timeout`] is dropped.
 //!   [`Duration::ZERO`] disables either.
@@ -82,15 +107,22 @@
 //! # Threads and back-pressure
 //!
 //! One acceptor thread, one generator thread, one REST thread (with
-//! tiny_http's own accept and connection threads behind it), one thread per
-//! connection
+//! tiny_http's own accept and connection threads behind it) and
+//! `trade_rest::WORKERS` trading workers behind a bounded queue, one
+//! order-stream acceptor with a thread per stream (at most 64), one thread
+//! per feed connection
 //! (non-blocking socket under its own `mio::Poll`, woken by the generator or
 //! the control handle through a `mio::Waker`). The generator never blocks:
 //! each connection has a bounded queue of [`QUEUE_CAPACITY`] items, and a
 //! full queue drops the item and counts it in [`SimStats::queue_drops`]. A
 //! connection whose socket is not writable stops draining its queue, so a
-//! slow client loses ticks instead of slowing the others. Dropping the
-//! [`Simulator`] stops and joins every thread within about 100 ms.
+//! slow client loses ticks instead of slowing the others. The generator
+//! hands each round's prices to the paper book under one lock, after
+//! queueing the round's packets; order alerts go to bounded per-stream
+//! queues (full: dropped and counted). Dropping the [`Simulator`] stops and
+//! joins every thread within about 100 ms (an order-stream client that
+//! connected but has not logged in can hold that up to its 5-second login
+//! timeout).
 //!
 //! # Files
 //!
@@ -99,18 +131,25 @@
 //! acceptor; `handshake.rs` TLS, upgrade and URL; `conn.rs` one connection
 //! after that (login, requests, writes, heartbeats); `generator.rs` the
 //! tick generator (and the once-a-second token expiry check); `rest.rs`
-//! the token REST endpoints; `market.rs` the price model; `tls.rs`
+//! the REST thread and the token endpoints; `trade_rest.rs` the trading
+//! routes; `paper.rs` the paper book (pure); `order_stream.rs` the
+//! order-update WebSocket; `market.rs` the price model; `tls.rs`
 //! certificates.
 
 mod conn;
 mod generator;
 mod handshake;
 mod market;
+mod order_stream;
+pub mod paper;
 mod rest;
 mod server;
 mod shared;
 mod tls;
 mod tokens;
+mod trade_rest;
+
+pub use paper::{OrderStatus, PaperFunds, PaperOrder, PaperPosition};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -127,7 +166,7 @@ use tungstenite::Bytes;
 use crate::domain::{InstrumentKey, Mode};
 use crate::instrument::Master;
 use crate::token::totp;
-use crate::wire::feed::FeedMessage;
+use crate::wire::feed::{FeedData, FeedMessage};
 use crate::wire::request::RequestCode;
 use crate::wire::DisconnectReason;
 use shared::{lock, Control, Endpoint, Out, Settings, Shared, TotpAccount};
@@ -178,6 +217,12 @@ pub struct SimConfig {
     pub ping_interval: Duration,
     /// Silence after which a connection is dropped; zero: never.
     pub pong_timeout: Duration,
+    /// Each paper-trading account's starting balance (`sodLimit`, rupees).
+    pub paper_balance: f64,
+    /// Lot sizes for paper order validation (a derivative's quantity must
+    /// be a multiple); instruments not listed trade in units of 1.
+    /// [`Default`]: the embedded sample master's ([`sample_lot_sizes`]).
+    pub lot_sizes: Arc<HashMap<InstrumentKey, u32>>,
 }
 
 impl Default for SimConfig {
@@ -198,6 +243,8 @@ impl Default for SimConfig {
             max_connections_per_client: 5,
             ping_interval: Duration::from_secs(10),
             pong_timeout: Duration::from_secs(40),
+            paper_balance: 1_000_000.0,
+            lot_sizes: sample_lot_sizes(),
         }
     }
 }
@@ -225,6 +272,8 @@ impl fmt::Debug for SimConfig {
             )
             .field("ping_interval", &self.ping_interval)
             .field("pong_timeout", &self.pong_timeout)
+            .field("paper_balance", &self.paper_balance)
+            .field("lot_sizes", &self.lot_sizes.len())
             .finish()
     }
 }
@@ -258,6 +307,26 @@ pub fn sample_reference_prices() -> Arc<HashMap<InstrumentKey, f64>> {
     LEVELS
         .get_or_init(|| Arc::new(Master::sample().reference_prices()))
         .clone()
+}
+
+/// The embedded sample master's lot sizes of derivatives (segments that
+/// trade in lots, lot above 1), parsed once per process and shared.
+pub fn sample_lot_sizes() -> Arc<HashMap<InstrumentKey, u32>> {
+    static LOTS: OnceLock<Arc<HashMap<InstrumentKey, u32>>> = OnceLock::new();
+    LOTS.get_or_init(|| {
+        let master = Master::sample();
+        let lots = master
+            .iter()
+            .filter(|i| paper::trades_in_lots(i.key().segment))
+            .filter_map(|i| {
+                let lot = i.lot_size();
+                (lot.fract() == 0.0 && lot > 1.0 && lot <= f64::from(u32::MAX))
+                    .then(|| (i.key(), lot as u32))
+            })
+            .collect();
+        Arc::new(lots)
+    })
+    .clone()
 }
 
 /// Transport security of the simulator's listener.
@@ -316,6 +385,13 @@ pub struct SimStats {
     /// Open connections sent 807 because their token was revoked or
     /// expired.
     pub token_disconnects: u64,
+    /// Trading REST requests received (any path under `/v2` but
+    /// `RenewToken`), answered or not.
+    pub trading_requests: u64,
+    /// Order alerts dropped because a stream's queue was full.
+    pub order_stream_drops: u64,
+    /// Logged-in order-update streams open now.
+    pub order_streams: usize,
 }
 
 /// One open connection's subscriptions.
@@ -350,6 +426,7 @@ pub struct Simulator {
     addr: SocketAddr,
     url: String,
     rest_url: String,
+    order_update_url: String,
     ca_pem: Option<String>,
     acceptor_waker: Arc<mio::Waker>,
     threads: Vec<JoinHandle<()>>,
@@ -360,6 +437,7 @@ impl fmt::Debug for Simulator {
         f.debug_struct("Simulator")
             .field("url", &self.url)
             .field("rest_url", &self.rest_url)
+            .field("order_update_url", &self.order_update_url)
             .field("stats", &self.shared.stats())
             .finish_non_exhaustive()
     }
@@ -396,6 +474,7 @@ impl Simulator {
             pong_timeout: cfg.pong_timeout,
             token_lifetime: cfg.token_lifetime,
             totp_accounts,
+            lot_sizes: cfg.lot_sizes.clone(),
         };
         let registry =
             tokens::Registry::new(cfg.accept_any_token, &cfg.valid_tokens, &cfg.expired_tokens);
@@ -405,12 +484,14 @@ impl Simulator {
             tls.as_ref().map(|t| t.config.clone()),
             registry,
             poke,
+            paper::Paper::new(cfg.paper_balance),
         ));
 
         let acceptor = server::Acceptor::bind(cfg.listen, shared.clone())?;
         let addr = acceptor.local_addr();
         let acceptor_waker = acceptor.waker();
         let (rest_server, rest_addr) = rest::bind(addr.ip())?;
+        let (orders_listener, orders_addr) = order_stream::bind(addr.ip())?;
 
         let threads = vec![std::thread::Builder::new()
             .name("dhan-sim-accept".into())
@@ -420,6 +501,7 @@ impl Simulator {
             addr,
             url: String::new(),
             rest_url: format!("http://{}:{}", loopback_host(addr), rest_addr.port()),
+            order_update_url: format!("ws://{}:{}", loopback_host(addr), orders_addr.port()),
             ca_pem: tls.and_then(|t| t.ca_pem),
             acceptor_waker,
             threads,
@@ -431,11 +513,26 @@ impl Simulator {
                 .name("dhan-sim-generator".into())
                 .spawn(move || generator::run(&gen_shared, &poked))?,
         );
-        let rest_shared = shared;
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(trade_rest::QUEUE);
+        for _ in 0..trade_rest::WORKERS {
+            let (worker_shared, jobs) = (shared.clone(), jobs_rx.clone());
+            sim.threads.push(
+                std::thread::Builder::new()
+                    .name("dhan-sim-trade".into())
+                    .spawn(move || trade_rest::worker(&worker_shared, &jobs))?,
+            );
+        }
+        let rest_shared = shared.clone();
         sim.threads.push(
             std::thread::Builder::new()
                 .name("dhan-sim-rest".into())
-                .spawn(move || rest::run(&rest_shared, rest_server))?,
+                .spawn(move || rest::run(&rest_shared, rest_server, &jobs_tx))?,
+        );
+        let orders_shared = shared;
+        sim.threads.push(
+            std::thread::Builder::new()
+                .name("dhan-sim-order-stream".into())
+                .spawn(move || order_stream::run(&orders_shared, orders_listener))?,
         );
         sim.url = if cfg.tls != SimTls::None {
             format!("wss://localhost:{}", addr.port())
@@ -461,6 +558,13 @@ impl Simulator {
     /// `{rest_url}/app/generateAccessToken`.
     pub fn rest_url(&self) -> String {
         self.rest_url.clone()
+    }
+
+    /// `ws://127.0.0.1:PORT`: DhanHQ's live order-update WebSocket for the
+    /// paper book (its own port, plain `ws://` even when the feed uses
+    /// TLS); see `order_stream.rs`.
+    pub fn order_update_url(&self) -> String {
+        self.order_update_url.clone()
     }
 
     /// The self-signed certificate in PEM ([`SimTls::SelfSigned`] only), for
@@ -527,6 +631,17 @@ impl SimControl {
         let mut bytes = Vec::with_capacity(msg.wire_len());
         msg.encode(&mut bytes);
         let bytes = Bytes::from(bytes);
+        if let FeedMessage::Data(key, data) = msg {
+            let ltp = match data {
+                FeedData::Ticker(t) => Some(t.ltp),
+                FeedData::Quote(q) => Some(q.ltp),
+                FeedData::Full(f) => Some(f.quote.ltp),
+                _ => None,
+            };
+            if let Some(ltp) = ltp.filter(|_| key.segment != crate::domain::Segment::IdxI) {
+                self.shared.prices(&[(*key, shared::rupees(ltp))]);
+            }
+        }
         for (conn, login) in self.shared.open_conns() {
             if login.endpoint != Endpoint::Feed {
                 continue;
@@ -646,5 +761,48 @@ impl SimControl {
     /// 100,000).
     pub fn requests(&self) -> Vec<LoggedRequest> {
         lock(&self.shared.requests).clone()
+    }
+
+    /// How many trading REST requests arrived (any path under `/v2` but
+    /// `RenewToken`, answered or not, authenticated or not).
+    pub fn trading_requests(&self) -> u64 {
+        self.shared.stats().trading_requests
+    }
+
+    /// Holds every trading REST answer back by `delay` (`None`: answer at
+    /// once), from the next request on. Token endpoints and the feed are
+    /// not delayed.
+    pub fn set_rest_delay(&self, delay: Option<Duration>) {
+        *lock(&self.shared.rest_delay) = delay;
+    }
+
+    /// The next `POST /v2/orders` is answered with HTTP `status` and
+    /// DhanHQ's error object (`errorCode` = `error_code`, `errorType` the
+    /// one DhanHQ pairs with it, `errorMessage` = `message`), before any
+    /// other check; no order is placed.
+    pub fn fail_next_order(&self, status: u16, error_code: &str, message: &str) {
+        trade_rest::fail_next(&self.shared, status, error_code, message);
+    }
+
+    /// Every paper order (all clients), in placement order.
+    pub fn paper_orders(&self) -> Vec<PaperOrder> {
+        lock(&self.shared.paper).orders().to_vec()
+    }
+
+    /// `client_id`'s paper funds.
+    pub fn paper_funds(&self, client_id: &str) -> PaperFunds {
+        lock(&self.shared.paper).funds(client_id)
+    }
+
+    /// Every paper position (all clients).
+    pub fn paper_positions(&self) -> Vec<PaperPosition> {
+        lock(&self.shared.paper).positions().to_vec()
+    }
+
+    /// The last traded price the paper book knows for `key` (generated,
+    /// injected, or the model's opening level), if any.
+    pub fn paper_ltp(&self, key: InstrumentKey) -> Option<f64> {
+        let paper = lock(&self.shared.paper);
+        self.shared.ltp(&paper, key)
     }
 }

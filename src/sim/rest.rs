@@ -1,6 +1,7 @@
 //! The REST thread: DhanHQ's two token endpoints, on their own port
 //! ([`super::Simulator::rest_url`]), served with `tiny_http` from one
-//! thread.
+//! thread, which also reads every trading request (any other path under
+//! `/v2`) and hands it to `trade_rest.rs`'s workers.
 //!
 //! * `GET /v2/RenewToken`, headers `access-token` and `dhanClientId`
 //!   (DhanHQ's, at `https://api.dhan.co`): a token valid for that client
@@ -24,8 +25,8 @@
 //!
 //! Nothing here logs a token, PIN or TOTP code, or a query string (which
 //! holds PIN and TOTP); the debug log names method, path and status only.
-//! Request bodies are never needed, and bounded: up to [`MAX_BODY`] is read
-//! and dropped; a chunked body beyond that is answered 413 and the
+//! Request bodies are bounded: up to [`MAX_BODY`] is read (and dropped
+//! by the token endpoints, which need none); a chunked body beyond that is answered 413 and the
 //! connection closed. A request that declares a `Content-Length` over
 //! [`MAX_BODY`] is abandoned unanswered and unread (tiny_http would
 //! otherwise read the whole declared length when the request is dropped,
@@ -39,10 +40,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crossbeam_channel::{Sender, TrySendError};
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use super::shared::{bump, unix_now, NewToken, Shared};
+use super::trade_rest::{is_trading, Job};
 use crate::percent::query_param;
 use crate::token::totp;
 
@@ -62,11 +65,12 @@ pub(crate) fn bind(ip: IpAddr) -> io::Result<(Server, SocketAddr)> {
 }
 
 /// Serves until [`Shared::stop`] is set; dropping `server` then closes the
-/// listener.
-pub(crate) fn run(shared: &Shared, server: Server) {
+/// listener. Trading requests go to `trading` (the workers of
+/// `trade_rest.rs`).
+pub(crate) fn run(shared: &Shared, server: Server, trading: &Sender<Job>) {
     while !shared.stop.load(Ordering::SeqCst) {
         match server.recv_timeout(POLL) {
-            Ok(Some(request)) => serve(shared, request),
+            Ok(Some(request)) => serve(shared, request, trading),
             Ok(None) => {}
             // A failed accept: try again (after a pause, in case it repeats).
             Err(_) => std::thread::sleep(POLL),
@@ -75,14 +79,14 @@ pub(crate) fn run(shared: &Shared, server: Server) {
 }
 
 /// An answer: status and JSON body.
-struct Answer {
-    status: u16,
-    body: serde_json::Value,
-    close: bool,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: serde_json::Value,
+    pub(crate) close: bool,
 }
 
 impl Answer {
-    fn ok(body: serde_json::Value) -> Answer {
+    pub(crate) fn ok(body: serde_json::Value) -> Answer {
         Answer {
             status: 200,
             body,
@@ -90,7 +94,7 @@ impl Answer {
         }
     }
 
-    fn error(status: u16, kind: &str, code: &str, message: &str) -> Answer {
+    pub(crate) fn error(status: u16, kind: &str, code: &str, message: &str) -> Answer {
         Answer {
             status,
             body: json!({ "errorType": kind, "errorCode": code, "errorMessage": message }),
@@ -112,7 +116,7 @@ impl Answer {
     }
 }
 
-fn serve(shared: &Shared, mut request: Request) {
+fn serve(shared: &Shared, mut request: Request, trading: &Sender<Job>) {
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     if request.body_length().is_some_and(|n| n > MAX_BODY) {
@@ -126,21 +130,50 @@ fn serve(shared: &Shared, mut request: Request) {
         std::mem::forget(request);
         return;
     }
-    // Bodies are never needed; small ones are read and dropped, bigger
-    // (chunked) ones refused.
-    let mut sink = Vec::new();
+    // Bodies up to MAX_BODY are read (the token endpoints drop theirs),
+    // bigger (chunked) ones refused.
+    let mut body = Vec::new();
     let read = request
         .as_reader()
         .take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut sink);
+        .read_to_end(&mut body);
+    let trade = is_trading(path);
+    if trade {
+        bump(&shared.stats.trading_requests);
+    }
     let answer = match read {
         Err(_) => return, // the client went away
         Ok(n) if n > MAX_BODY => Answer {
             close: true,
             ..Answer::error(413, "Input_Exception", "DH-905", "request body too large")
         },
+        Ok(_) if trade => {
+            let job = Job {
+                request,
+                path: path.to_owned(),
+                body,
+            };
+            match trading.try_send(job) {
+                Ok(()) => return,
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                    let busy = Answer::error(
+                        429,
+                        "Rate_Limit",
+                        "DH-904",
+                        "too many trading requests in progress",
+                    );
+                    return respond(job.request, &job.path, busy);
+                }
+            }
+        }
         Ok(_) => route(shared, &request, path, query),
     };
+    respond(request, path, answer);
+}
+
+/// Writes `answer` (JSON) to `request`'s client; the debug log names method,
+/// path and status only.
+pub(crate) fn respond(request: Request, path: &str, answer: Answer) {
     log::debug!("sim REST: {} {path} -> {}", request.method(), answer.status);
     let body = serde_json::to_vec(&answer.body).unwrap_or_default();
     let mut response = Response::from_data(body).with_status_code(answer.status);

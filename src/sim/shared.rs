@@ -4,7 +4,9 @@
 //!
 //! Lock order, to rule out deadlock: the token registry (`Shared::tokens`)
 //! before the connection registry (`Shared::conns`) before a connection's
-//! `subs`; no thread takes an earlier one while holding a later one. A
+//! `subs`; separately, the paper book (`Shared::paper`) before the order
+//! streams (`Shared::streams`), and neither is held while taking the
+//! token registry; no thread takes an earlier one while holding a later one. A
 //! login is checked and recorded with both registries held, so a token
 //! revoked or expired at the same moment is either refused at login or
 //! found on the open connection afterwards, never missed. Locks are held for map edits and copies only, never across socket
@@ -20,6 +22,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use tungstenite::Bytes;
 
 use super::market::Instrument;
+use super::paper::{Paper, PaperOrder};
 use super::tokens::Registry;
 use super::{LoggedRequest, SimStats};
 use crate::domain::{InstrumentKey, Mode};
@@ -50,6 +53,8 @@ pub(crate) struct Settings {
     pub(crate) token_lifetime: Duration,
     /// Accounts `generateAccessToken` knows.
     pub(crate) totp_accounts: Vec<TotpAccount>,
+    /// Lot sizes of derivatives, for order validation.
+    pub(crate) lot_sizes: Arc<HashMap<InstrumentKey, u32>>,
 }
 
 /// An account that can generate tokens with PIN + TOTP, secret decoded.
@@ -75,6 +80,34 @@ impl Settings {
     pub(crate) fn instrument(&self, key: InstrumentKey) -> Instrument {
         Instrument::new(self.seed, key, self.reference_prices.get(&key).copied())
     }
+
+    /// An instrument's lot size (1 when unknown).
+    pub(crate) fn lot(&self, key: InstrumentKey) -> u32 {
+        self.lot_sizes.get(&key).copied().unwrap_or(1).max(1)
+    }
+}
+
+/// A logged-in order-update stream: whose orders it wants and where to put
+/// their alerts (bounded; a full queue drops the alert and counts it).
+#[derive(Debug)]
+pub(crate) struct StreamSub {
+    pub(crate) id: u64,
+    pub(crate) client_id: String,
+    pub(crate) tx: Sender<String>,
+}
+
+/// The error the next `POST /v2/orders` answers with
+/// ([`super::SimControl::fail_next_order`]).
+#[derive(Clone, Debug)]
+pub(crate) struct FailNext {
+    pub(crate) status: u16,
+    pub(crate) code: String,
+    pub(crate) message: String,
+}
+
+/// A price in rupees as the feed carries it (`f32`), to the paisa.
+pub(crate) fn rupees(p: f32) -> f64 {
+    (f64::from(p) * 100.0).round() / 100.0
 }
 
 /// Counters behind [`SimStats`].
@@ -93,6 +126,8 @@ pub(crate) struct Counters {
     pub(crate) generations: AtomicU64,
     pub(crate) auth_refusals_rest: AtomicU64,
     pub(crate) token_disconnects: AtomicU64,
+    pub(crate) trading_requests: AtomicU64,
+    pub(crate) stream_drops: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -269,6 +304,15 @@ pub(crate) struct Shared {
     pub(crate) subs_version: AtomicU64,
     pub(crate) requests: Mutex<Vec<LoggedRequest>>,
     next_conn: AtomicU64,
+    /// The paper-trading book. Lock order: after the registries above, and
+    /// before `streams` (alerts are queued under it, so they keep order).
+    pub(crate) paper: Mutex<Paper>,
+    /// Logged-in order-update streams.
+    pub(crate) streams: Mutex<Vec<StreamSub>>,
+    /// How long trading REST answers are held back.
+    pub(crate) rest_delay: Mutex<Option<Duration>>,
+    /// The error the next order placement answers with.
+    pub(crate) fail_next: Mutex<Option<FailNext>>,
     /// Wakes the generator early (subscriptions changed, unstalled, stop).
     poke: Sender<()>,
 }
@@ -282,8 +326,13 @@ impl Shared {
         tls: Option<Arc<rustls::ServerConfig>>,
         tokens: Registry,
         poke: Sender<()>,
+        paper: Paper,
     ) -> Self {
         Shared {
+            paper: Mutex::new(paper),
+            streams: Mutex::new(Vec::new()),
+            rest_delay: Mutex::new(None),
+            fail_next: Mutex::new(None),
             settings,
             tls,
             stop: AtomicBool::new(false),
@@ -484,6 +533,60 @@ impl Shared {
         self.kick_where(|e| e.token_exp.is_some_and(|exp| exp <= now));
     }
 
+    /// Records each `(key, ltp)` as the instrument's last traded price
+    /// (generated or injected) and fills the paper orders it reaches.
+    pub(crate) fn prices(&self, moved: &[(InstrumentKey, f64)]) {
+        let now = unix_now();
+        let mut paper = lock(&self.paper);
+        for &(key, ltp) in moved {
+            let updates = paper.on_price(key, ltp, now);
+            if !updates.is_empty() {
+                self.publish(&updates);
+            }
+        }
+    }
+
+    /// `key`'s current LTP: the last one generated, injected or seen by the
+    /// paper book, else the price model's opening level if the simulator
+    /// has a reference for it (so an instrument nobody subscribed to has a
+    /// price); `None` for an instrument it knows nothing about.
+    pub(crate) fn ltp(&self, paper: &Paper, key: InstrumentKey) -> Option<f64> {
+        paper.ltp(key).or_else(|| {
+            self.settings
+                .reference_prices
+                .contains_key(&key)
+                .then(|| rupees(self.settings.instrument(key).ticker().ltp))
+        })
+    }
+
+    /// Queues an alert for each snapshot on every stream of its client.
+    /// Called with the paper lock held, so alerts keep their order.
+    pub(crate) fn publish(&self, updates: &[PaperOrder]) {
+        let streams = lock(&self.streams);
+        if streams.is_empty() {
+            return;
+        }
+        for o in updates {
+            let mut text = None;
+            for s in streams.iter().filter(|s| s.client_id == o.client_id) {
+                let t = text.get_or_insert_with(|| super::order_stream::alert(o).to_string());
+                if s.tx.try_send(t.clone()).is_err() {
+                    bump(&self.stats.stream_drops);
+                }
+            }
+        }
+    }
+
+    /// Whether `token` is accepted now for `client_id` (trading REST and
+    /// the order stream: the feed's rule, see `tokens.rs`).
+    pub(crate) fn token_ok(&self, token: &str, client_id: &str) -> bool {
+        !token.is_empty()
+            && !client_id.is_empty()
+            && lock(&self.tokens)
+                .check(token, Some(client_id), unix_now())
+                .is_ok()
+    }
+
     /// Appends to the request log (bounded by [`MAX_LOGGED_REQUESTS`]).
     pub(crate) fn log_request(&self, entry: LoggedRequest) {
         let mut log = lock(&self.requests);
@@ -529,6 +632,9 @@ impl Shared {
             generations: get(&c.generations),
             auth_refusals_rest: get(&c.auth_refusals_rest),
             token_disconnects: get(&c.token_disconnects),
+            trading_requests: get(&c.trading_requests),
+            order_stream_drops: get(&c.stream_drops),
+            order_streams: lock(&self.streams).len(),
         }
     }
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use mio::Waker;
 use serde_json::{json, Value};
@@ -29,6 +30,8 @@ use super::audit::{Audit, AuditLog, Record};
 use super::client::{self, CallError, DhanRest, Method};
 use super::guard::{self, Facts};
 use super::order::{self, OrderRequest};
+use super::stats::{TradingMonitor, TradingStats};
+use super::stream::{OrderStream, OrderStreamConfig, OrderStreamStats};
 use super::{TradingConfig, ORDERS_PER_SEC};
 use crate::book::SharedSnapshot;
 use crate::domain::InstrumentKey;
@@ -147,6 +150,10 @@ pub struct BrokerLinks {
     pub credentials: SharedCredentials,
     /// Wakes the front door when an answer is ready.
     pub front_waker: Arc<Waker>,
+    /// Wakes the fanout when an order update is ready.
+    pub fanout_waker: Arc<Waker>,
+    /// Extra trust roots for the order stream's TLS (`feed_ca`).
+    pub extra_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for BrokerLinks {
@@ -166,6 +173,8 @@ pub struct TradingDoor {
     answers: Receiver<Answer>,
     sent: VecDeque<Instant>,
     audit: Option<AuditLog>,
+    stats: Arc<TradingStats>,
+    stream: Option<Arc<OrderStreamStats>>,
 }
 
 /// An answer given at once, without a broker thread.
@@ -186,6 +195,19 @@ impl TradingDoor {
             answers: crossbeam_channel::never(),
             sent: VecDeque::new(),
             audit: None,
+            stats: Arc::default(),
+            stream: None,
+        }
+    }
+
+    /// A view for `/health`, `/stats` and `/metrics`.
+    pub fn monitor(&self) -> TradingMonitor {
+        TradingMonitor {
+            config: Arc::clone(&self.config),
+            live: Arc::clone(&self.live),
+            stats: Arc::clone(&self.stats),
+            audit: self.audit.clone(),
+            stream: self.stream.clone(),
         }
     }
 
@@ -369,6 +391,7 @@ impl TradingDoor {
         answer: Value,
     ) {
         if call.is_order() || *call == Call::CancelAll {
+            self.stats.order(outcome);
             self.audit_action(
                 call.action(),
                 caller,
@@ -409,15 +432,17 @@ pub struct Broker {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     audit: Option<Audit>,
+    stream: Option<OrderStream>,
 }
+
+/// What [`Broker::spawn`] hands out: the threads, the front door's side,
+/// and the order updates for the fanout (none with trading off).
+pub type Spawned = (Broker, TradingDoor, Option<Receiver<Bytes>>);
 
 impl Broker {
     /// Opens the audit log and starts the threads; the door goes to the
     /// front door. With trading off, no thread starts and the door says so.
-    pub fn spawn(
-        config: TradingConfig,
-        links: BrokerLinks,
-    ) -> Result<(Broker, TradingDoor), String> {
+    pub fn spawn(config: TradingConfig, links: BrokerLinks) -> Result<Spawned, String> {
         let stop = Arc::new(AtomicBool::new(false));
         if !config.enabled {
             return Ok((
@@ -425,8 +450,10 @@ impl Broker {
                     stop,
                     threads: Vec::new(),
                     audit: None,
+                    stream: None,
                 },
                 TradingDoor::off(),
+                None,
             ));
         }
         let audit = Audit::open(&config.audit_log)?;
@@ -435,6 +462,7 @@ impl Broker {
         let (orders_tx, orders_rx) = crossbeam_channel::bounded(QUEUE);
         let (reads_tx, reads_rx) = crossbeam_channel::bounded(QUEUE);
         let (answer_tx, answer_rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(TradingStats::default());
         let mut threads = Vec::new();
         for (name, rx) in [("dhan-orders", orders_rx), ("dhan-reads", reads_rx)] {
             let mut worker = Worker {
@@ -449,6 +477,7 @@ impl Broker {
                 audit: audit.log(),
                 answers: answer_tx.clone(),
                 paced: VecDeque::new(),
+                stats: Arc::clone(&stats),
             };
             let stop = Arc::clone(&stop);
             let thread = std::thread::Builder::new()
@@ -470,6 +499,18 @@ impl Broker {
             config.rest_url,
             audit.path().display()
         );
+        let (updates_tx, updates_rx) = crossbeam_channel::unbounded();
+        let stream = OrderStream::spawn(
+            OrderStreamConfig {
+                url: config.order_stream_url.clone(),
+                extra_ca: links.extra_ca.clone(),
+                credentials: Arc::clone(&links.credentials),
+                master: Arc::clone(&links.master),
+            },
+            updates_tx,
+            Arc::clone(&links.fanout_waker),
+        )
+        .map_err(|e| format!("cannot start the order stream thread: {e}"))?;
         let door = TradingDoor {
             config,
             live,
@@ -478,14 +519,18 @@ impl Broker {
             answers: answer_rx,
             sent: VecDeque::new(),
             audit: Some(audit.log()),
+            stats,
+            stream: Some(stream.stats()),
         };
         Ok((
             Broker {
                 stop,
                 threads,
                 audit: Some(audit),
+                stream: Some(stream),
             },
             door,
+            Some(updates_rx),
         ))
     }
 
@@ -497,6 +542,9 @@ impl Broker {
 
     fn stop_threads(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(s) = self.stream.take() {
+            s.shutdown();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -522,6 +570,7 @@ struct Worker {
     answers: Sender<Answer>,
     /// When the last order calls left (this thread's own pacing).
     paced: VecDeque<Instant>,
+    stats: Arc<TradingStats>,
 }
 
 /// A call's outcome: status, body, and for the audit log the outcome word
@@ -600,6 +649,7 @@ impl Worker {
             };
             let out = self.serve(&job.call);
             if job.call.is_order() || job.call == Call::CancelAll {
+                self.stats.order(out.outcome);
                 self.audit.write(Record {
                     key: job.caller.key.clone(),
                     peer: job.caller.peer.to_string(),
@@ -609,6 +659,12 @@ impl Worker {
                     outcome: out.outcome,
                     answer: out.body.clone(),
                 });
+            }
+            if !(job.call.is_order() || job.call == Call::CancelAll) {
+                self.stats.reads.inc();
+                if out.status != 200 {
+                    self.stats.read_errors.inc();
+                }
             }
             let _ = self.answers.send(Answer {
                 ticket: job.ticket,
@@ -1003,6 +1059,8 @@ mod tests {
             answers: crossbeam_channel::never(),
             sent: VecDeque::new(),
             audit: None,
+            stats: Arc::default(),
+            stream: None,
         };
         (door, orx, rrx)
     }

@@ -23,6 +23,8 @@ pub mod broker;
 pub mod client;
 pub mod guard;
 pub mod order;
+pub mod stats;
+pub mod stream;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,15 +57,23 @@ pub struct TradingConfig {
     pub timeout: Duration,
 }
 
-/// Where the audit log goes by default: `$XDG_STATE_HOME/dhan-relay/`,
-/// else `$HOME/.local/state/dhan-relay/`, else the working directory;
-/// `audit.jsonl` there, or `paper-audit.jsonl` in demo mode.
+/// Where the audit log goes by default: `$STATE_DIRECTORY` (systemd's
+/// `StateDirectory=`, `/var/lib/dhan-relay` with the shipped unit), else
+/// `$XDG_STATE_HOME/dhan-relay/`, else `$HOME/.local/state/dhan-relay/`,
+/// else the working directory; `audit.jsonl` there, or
+/// `paper-audit.jsonl` in demo mode.
 pub fn default_audit_log(paper: bool) -> PathBuf {
     let name = if paper {
         "paper-audit.jsonl"
     } else {
         "audit.jsonl"
     };
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+    {
+        return dir.join(name);
+    }
     let xdg = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute());

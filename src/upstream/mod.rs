@@ -23,13 +23,13 @@
 //! Secrets: the feed URL carries the token, so it is built only for the
 //! handshake; logs and errors show [`Credentials::redacted_url`].
 
-mod backoff;
+pub(crate) mod backoff;
 mod conn;
 mod credentials;
 mod dns;
 pub mod shard;
 mod stats;
-mod tls;
+pub(crate) mod tls;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
