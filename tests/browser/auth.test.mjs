@@ -94,10 +94,6 @@ async function startEngine(port) {
 let phase = 'normal';
 const EXPECTED = [
   {
-    why: 'GET api/trading answers 404 on a relay built without trading (issue 14); the page then disables BUY/SELL and says so',
-    test: (m) => /\/api\/trading$/.test(m.url) && /status of 404/.test(m.text),
-  },
-  {
     why: 'POST api/session with a wrong key answers 401',
     test: (m) => phase === 'wrong-key' && /\/api\/session$/.test(m.url) && /status of 401/.test(m.text),
   },

@@ -126,10 +126,6 @@ let phase = 'normal';
 let searchMissing = false;
 const EXPECTED = [
   {
-    why: 'GET api/trading answers 404 on a relay built without trading (issue 14); the page then disables BUY/SELL and says so',
-    test: (m) => /\/api\/trading$/.test(m.url) && /status of 404/.test(m.text),
-  },
-  {
     why: '/api/instruments answers 404 until instrument search lands (the page says "search unavailable")',
     test: (m) => searchMissing && /\/api\/instruments\b/.test(m.url) && /status of 404/.test(m.text),
   },
