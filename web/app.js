@@ -22,6 +22,10 @@
 // depth20 (20-level book, plus full) where DhanHQ has it (NSE_EQ, NSE_FNO).
 // Client messages are rate-limited by the relay (50/s), so subscriptions go
 // out in as few messages as possible.
+//
+// Trading (issue 14; the "trading" section below): BUY/SELL on each row, an
+// order ticket, order toasts from `subscribe_orders`, and an orders and
+// positions panel, over api/trading, api/funds, api/orders, api/positions.
 
 import { PriceChart } from './chart.js';
 
@@ -1264,6 +1268,8 @@ const trading = {
   refreshTimer: 0,
   /** orderId → statuses already toasted (no repeats from the stream and the POST answer). */
   told: new Map(),
+  /** What the rows' BUY/SELL buttons were last set for. */
+  buttons: '',
   /** key → lot size learnt from api/instruments. */
   lots: new Map(),
 };
@@ -1353,7 +1359,12 @@ async function loadTrading() {
   const info = trading.info;
   tp.paper.hidden = !(info && info.paper);
   $('t-paper').hidden = tp.paper.hidden;
-  for (const row of state.rows.values()) setTradeButtons(row);
+  // The buttons are rewritten only when what they say changes (every 30 s otherwise).
+  const buttons = JSON.stringify([trading.why, info && info.guards && info.guards.segments]);
+  if (buttons !== trading.buttons) {
+    trading.buttons = buttons;
+    for (const row of state.rows.values()) setTradeButtons(row);
+  }
   // The panel shows once the relay trades; a relay without trading keeps the page as it was.
   // (also while a kill switch stops it: the panel then says so).
   tp.section.hidden = !(info && (info.enabled || info.configured || info.killSwitch));
