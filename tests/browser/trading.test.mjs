@@ -12,9 +12,11 @@
 // order far from the last price (inside the relay's price band) is placed
 // from the keyboard and cancelled from the panel; an F&O-style row (the
 // demo watchlist's MCX future) takes its quantity in lots and shows lots ×
-// lot size = units; at phone width the buttons and the ticket fit; with
-// trading off (GET api/trading rewritten by page.route, since demo mode
-// always trades) the buttons stay, disabled, and say why instead of failing.
+// lot size = units; refusals (DhanHQ's 502, a guard's 422: POST answers
+// rewritten by page.route) show their message in a toast; at phone width
+// the buttons and the ticket fit; with trading off (GET api/trading
+// rewritten by page.route, since demo mode always trades) the buttons stay,
+// disabled, and say why instead of failing.
 //
 // Every wait is bounded and a watchdog ends the run. Any console error or
 // uncaught exception fails it. Screenshots go to target/browser/ (or
@@ -73,12 +75,24 @@ async function startEngine(port) {
 const { step, results, count } = steps();
 
 // Network errors Chromium logs by itself for requests this test provokes on
-// purpose (none so far); anything else logged as an error fails the run.
+// purpose; anything else logged as an error fails the run.
+const EXPECTED = [
+  {
+    why: 'POST api/orders rewritten to 502 and 422 (the refusals step)',
+    test: (m) => /\/api\/orders$/.test(m.url) && /status of (502|422)/.test(m.text),
+  },
+];
 const consoleErrors = [];
+const expectedErrors = new Map();
 function watchConsole(page) {
   page.on('console', (msg) => {
     if (msg.type() !== 'error') return;
     const m = { text: msg.text(), url: msg.location()?.url || '' };
+    const known = EXPECTED.find((x) => x.test(m));
+    if (known) {
+      expectedErrors.set(known.why, (expectedErrors.get(known.why) || 0) + 1);
+      return;
+    }
     consoleErrors.push(m);
     log(`console error: ${m.text} ${m.url}`);
   });
@@ -357,6 +371,42 @@ async function main() {
       return `overflow ${overflow}px; ${boxes.length} buttons, ${Math.round(boxes[0].w)}×${Math.round(boxes[0].h)}px; ticket ${Math.round(box.left)}–${Math.round(box.right)}px`;
     });
 
+    await step('refusals show their message in a toast: DhanHQ\'s (502, ticket closes), a guard\'s (422, ticket stays to fix)', async () => {
+      // The paper broker only refuses for lack of funds, which the relay's
+      // order-value guard keeps out of reach: POST api/orders answers are
+      // rewritten here to the contract's error bodies.
+      let answer;
+      await page.route('**/api/orders', (route) =>
+        route.request().method() === 'POST' ? route.fulfill({ status: answer.status, json: answer.body }) : route.fallback());
+      const key = `${equity.exchangeSegment}:${equity.securityId}`;
+      const place = async () => {
+        await page.click(`${rowSel(key)} .tb.sell`);
+        await page.waitForSelector('#ticket[open]', { timeout: 3000 });
+        await page.keyboard.press('Enter');
+        await page.waitForSelector('#t-review:not([hidden])', { timeout: 3000 });
+        await page.keyboard.press('Enter');
+      };
+      try {
+        answer = { status: 502, body: { error: 'Market is Closed! Want to place an offline order?', errorCode: 'DH-905', errorType: 'Input_Exception' } };
+        await place();
+        const dhan = await waitToast(page, /Market is Closed! Want to place an offline order\? \(DH-905\)/, 5000);
+        await page.waitForSelector('#ticket', { state: 'hidden', timeout: 3000 });
+        answer = { status: 422, body: { error: 'order value ₹2,40,000 is above the relay\'s max_order_value ₹2,00,000', guard: 'maxOrderValue' } };
+        await place();
+        const guard = await waitToast(page, /above the relay's max_order_value/, 5000);
+        await page.waitForSelector('#t-edit:not([hidden])', { timeout: 3000 });
+        const msg = (await page.textContent('#t-msg')).trim();
+        check(/max_order_value/.test(msg), `the ticket says "${msg}"`);
+        check(await page.evaluate(() => document.activeElement?.id === 't-qty'), 'the quantity field is not focused after a guard refused');
+        await shot(page, 'trading-refused.png');
+        await page.keyboard.press('Escape');
+        await page.waitForSelector('#ticket', { state: 'hidden', timeout: 3000 });
+        return `"${dhan}"; "${guard}"`;
+      } finally {
+        await page.unroute('**/api/orders');
+      }
+    });
+
     await step('trading off: the buttons stay, disabled, and say why (api/trading rewritten)', async () => {
       const message = 'trading is off: set [trading] enabled = true';
       await page.route('**/api/trading', (route) =>
@@ -383,7 +433,8 @@ async function main() {
 
     await step('no console errors', async () => {
       check(consoleErrors.length === 0, `${consoleErrors.length} console error(s):\n${consoleErrors.map((e) => `  ${e.text} ${e.url}`).join('\n')}`);
-      return placed ? 'none' : 'none (but no order was placed)';
+      const exp = [...expectedErrors].map(([why, n]) => `${n}× ${why}`);
+      return `${exp.length ? `expected ones only: ${exp.join('; ')}` : 'none'}${placed ? '' : ' (but no order was placed)'}`;
     }, { always: true });
   } finally {
     if (context) await context.close().catch(() => {});
