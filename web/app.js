@@ -22,6 +22,10 @@
 // depth20 (20-level book, plus full) where DhanHQ has it (NSE_EQ, NSE_FNO).
 // Client messages are rate-limited by the relay (50/s), so subscriptions go
 // out in as few messages as possible.
+//
+// Trading (issue 14; the "trading" section below): BUY/SELL on each row, an
+// order ticket, order toasts from `subscribe_orders`, and an orders and
+// positions panel, over api/trading, api/funds, api/orders, api/positions.
 
 import { PriceChart } from './chart.js';
 
@@ -190,9 +194,11 @@ class Row {
       time: q('.time .v'),
     };
     q('.seg').textContent = this.seg;
-    const rm = q('.rm');
-    rm.setAttribute('aria-label', `Remove ${this.label()}`);
-    rm.title = `Remove ${this.label()}`;
+    this.c.rm = q('.rm');
+    this.c.buy = q('.tb.buy');
+    this.c.sell = q('.tb.sell');
+    /** Lot size from the instrument master (search), when known. */
+    this.lotSize = isNum(item.lotSize) && item.lotSize > 0 ? item.lotSize : 0;
     this.setLabels();
   }
 
@@ -213,12 +219,16 @@ class Row {
     // Under the symbol where the segment column is hidden (narrow screens).
     this.c.sub.textContent = this.name ? `${this.name} · ${this.seg}` : this.symbol ? `${this.seg} · ${this.id}` : '';
     this.tr.title = `${this.seg}:${this.id}${this.name ? ' · ' + this.name : ''}`;
+    this.c.rm.setAttribute('aria-label', `Remove ${this.label()}`);
+    this.c.rm.title = `Remove ${this.label()}`;
+    setTradeButtons(this);
   }
 
   item() {
     const i = { exchangeSegment: this.seg, securityId: this.id };
     if (this.symbol) i.symbol = this.symbol;
     if (this.name) i.name = this.name;
+    if (this.lotSize) i.lotSize = this.lotSize;
     return i;
   }
 
@@ -638,6 +648,7 @@ async function onOpen(ws) {
   if (state.ws !== ws) return;
   subscribeAll();
   startPolling();
+  loadTrading();
 }
 
 function scheduleReconnect() {
@@ -691,6 +702,12 @@ function onMessage(ev) {
       break;
     case 'error':
       toast(String(m.message || 'error'), 'error');
+      break;
+    case 'subscribed':
+      if (m.orders) trading.subscribedWs = state.ws;
+      break;
+    case 'order':
+      onOrderUpdate(m);
       break;
     default:
       break;
@@ -1010,6 +1027,7 @@ function pick(i) {
   const item = { exchangeSegment: o.exchangeSegment, securityId: String(o.securityId) };
   if (o.symbol) item.symbol = o.symbol;
   if (o.name && o.name !== o.symbol) item.name = o.name;
+  if (isNum(o.lotSize) && o.lotSize > 0) item.lotSize = o.lotSize;
   addInstrument(item);
   el.search.value = '';
   closeResults();
@@ -1211,6 +1229,624 @@ function renderDetail() {
   chart.draw();
 }
 
+// ---------------------------------------------------------------- trading
+
+// Trading through the relay (issue 14): BUY/SELL on each row open an order
+// ticket (a dialog: edit, then a review step with the order's value; Enter
+// goes on, Escape cancels); orders go to POST api/orders; the relay's order
+// stream (`subscribe_orders` on the page's WebSocket) drives the toasts and
+// refreshes the orders-and-positions panel and the funds in the header.
+// When the relay has trading off (or this key may not trade) the buttons
+// stay, marked disabled, and say why when hovered or pressed. None of this
+// runs in the price path: it touches the DOM only on order events and polls.
+
+/** Funds, orders and positions are re-read this often (and after each order event). */
+const TRADING_EVERY_MS = 30000;
+/** Order events within this long of each other cause one refresh. */
+const TRADING_REFRESH_MS = 300;
+/** Recent (finished) orders listed in the panel. */
+const RECENT_ORDERS = 20;
+const EQUITY_SEGMENTS = ['NSE_EQ', 'BSE_EQ'];
+const OPEN_STATUSES = ['TRANSIT', 'PENDING', 'PART_TRADED'];
+const ORDER_TYPE_LABEL = { MARKET: 'MARKET', LIMIT: 'LIMIT', STOP_LOSS: 'SL', STOP_LOSS_MARKET: 'SL-M' };
+const inr = (v) => (isNum(v) ? `₹${priceFormats[2].format(v)}` : '–');
+const fmtSignedInt = (v) => (isNum(v) ? (v > 0 ? '+' : v < 0 ? '−' : '') + intFormat.format(Math.abs(v)) : '–');
+
+const trading = {
+  /** GET api/trading's answer; null until known or when the relay has none. */
+  info: null,
+  /** Why the buttons are disabled ('' when trading is possible). */
+  why: 'Checking whether this relay trades…',
+  /** The socket `subscribe_orders` was sent on, and the one that acknowledged it. */
+  sentWs: null,
+  subscribedWs: null,
+  /** Order ids placed from this page: their changes are told even without the stream. */
+  mine: new Set(),
+  orders: [],
+  positions: [],
+  pollTimer: 0,
+  refreshTimer: 0,
+  /** orderId → statuses already toasted (no repeats from the stream and the POST answer). */
+  told: new Map(),
+  /** What the rows' BUY/SELL buttons were last set for. */
+  buttons: '',
+  /** key → lot size learnt from api/instruments. */
+  lots: new Map(),
+};
+
+const tp = {
+  section: $('tp'),
+  sum: $('tp-sum'),
+  msg: $('tp-msg'),
+  body: document.querySelector('#tp .tp-body'),
+  positions: document.querySelector('#tp-positions tbody'),
+  open: document.querySelector('#tp-open tbody'),
+  recent: document.querySelector('#tp-recent tbody'),
+  nopos: $('tp-nopos'),
+  noopen: $('tp-noopen'),
+  norecent: $('tp-norecent'),
+  avail: $('m-avail'),
+  used: $('m-used'),
+  paper: $('paper'),
+};
+
+const canTrade = () => !!(trading.info && trading.info.enabled && trading.info.allowed);
+/** Why a row cannot be traded whatever the relay says ('' when it can). */
+function rowBlock(row) {
+  if (row.seg === 'IDX_I') return 'An index cannot be traded';
+  const segs = trading.info && trading.info.guards && trading.info.guards.segments;
+  if (Array.isArray(segs) && segs.length && !segs.includes(row.seg)) return `This relay does not trade ${row.seg}`;
+  return '';
+}
+
+/** A row's BUY/SELL buttons: enabled, or aria-disabled with the reason as title. */
+function setTradeButtons(row) {
+  for (const b of [row.c.buy, row.c.sell]) {
+    const side = b.dataset.side === 'BUY' ? 'Buy' : 'Sell';
+    const why = canTrade() ? rowBlock(row) : trading.why || rowBlock(row);
+    b.setAttribute('aria-label', `${side} ${row.label()}`);
+    b.title = why ? `${side}: ${why}` : `${side} ${row.label()}`;
+    if (why) b.setAttribute('aria-disabled', 'true');
+    else b.removeAttribute('aria-disabled');
+  }
+}
+
+/** Relay API call: `{ ok, status, body }`; a network failure is status 0. */
+async function api(method, path, body) {
+  let r;
+  try {
+    r = await fetch(path, {
+      method,
+      headers: body ? { 'Content-Type': 'application/json' } : undefined,
+      body: body ? JSON.stringify(body) : undefined,
+      cache: 'no-store',
+    });
+  } catch {
+    return { ok: false, status: 0, body: { error: 'the relay did not answer' } };
+  }
+  let json = {};
+  try {
+    json = await r.json();
+  } catch {
+    // no JSON body
+  }
+  if (r.status === 401) signedOut();
+  return { ok: r.ok, status: r.status, body: json && typeof json === 'object' ? json : {} };
+}
+
+const errorText = (res) => {
+  const b = res.body || {};
+  let text = b.error ? String(b.error) : res.status ? `HTTP ${res.status}` : 'the relay did not answer';
+  if (b.errorCode) text += ` (${b.errorCode})`;
+  return text;
+};
+
+/** Reads api/trading, then (when trading is on) funds, orders and positions. */
+async function loadTrading() {
+  clearTimeout(trading.pollTimer);
+  trading.pollTimer = setTimeout(loadTrading, TRADING_EVERY_MS);
+  const res = await api('GET', 'api/trading');
+  if (res.status === 404) {
+    trading.info = null;
+    trading.why = 'This relay does not trade (no api/trading)';
+  } else if (!res.ok) {
+    trading.info = null;
+    trading.why = `Trading status unknown: ${errorText(res)}`;
+  } else {
+    trading.info = res.body;
+    trading.why = res.body.enabled && res.body.allowed ? '' : String(res.body.message || 'Trading is off on this relay');
+  }
+  const info = trading.info;
+  tp.paper.hidden = !(info && info.paper);
+  $('t-paper').hidden = tp.paper.hidden;
+  // The buttons are rewritten only when what they say changes (every 30 s otherwise).
+  const buttons = JSON.stringify([trading.why, info && info.guards && info.guards.segments]);
+  if (buttons !== trading.buttons) {
+    trading.buttons = buttons;
+    for (const row of state.rows.values()) setTradeButtons(row);
+  }
+  // The panel shows once the relay trades; a relay without trading keeps the page as it was.
+  // (also while a kill switch stops it: the panel then says so).
+  tp.section.hidden = !(info && (info.enabled || info.configured || info.killSwitch));
+  tp.msg.hidden = canTrade();
+  tp.msg.textContent = trading.why;
+  tp.body.hidden = !canTrade();
+  if (!canTrade()) tp.sum.textContent = '';
+  if (canTrade() && state.wsOpen && trading.sentWs !== state.ws) {
+    trading.sentWs = state.ws;
+    send({ type: 'subscribe_orders' });
+  }
+  // Funds, orders and positions need the trade scope: not asked for otherwise.
+  if (canTrade()) await refreshAccount();
+  else showFunds(null);
+}
+
+function scheduleRefresh() {
+  clearTimeout(trading.refreshTimer);
+  trading.refreshTimer = setTimeout(refreshAccount, TRADING_REFRESH_MS);
+}
+
+async function refreshAccount() {
+  const [funds, orders, positions] = await Promise.all([api('GET', 'api/funds'), api('GET', 'api/orders'), api('GET', 'api/positions')]);
+  showFunds(funds.ok ? funds.body : null, funds.ok ? '' : errorText(funds));
+  if (orders.ok && Array.isArray(orders.body.orders)) {
+    trading.orders = orders.body.orders;
+    // Orders placed here: a status the stream has not told yet (it is
+    // down, or this is a rejection whose reason only the order book has).
+    for (const o of trading.orders) if (trading.mine.has(String(o.orderId))) tellOrder(orderEvent(o));
+  }
+  if (positions.ok && Array.isArray(positions.body.positions)) trading.positions = positions.body.positions;
+  renderPanel();
+}
+
+function showFunds(f, why = '') {
+  const on = !!f || !!why;
+  for (const div of document.querySelectorAll('.m-fund')) div.hidden = !on;
+  tp.avail.textContent = f ? fmtPrice(f.availableBalance, 2) : '–';
+  tp.used.textContent = f ? fmtPrice(f.utilizedAmount, 2) : '–';
+  tp.avail.parentElement.title = why ? `Funds unavailable: ${why}` : 'Available balance (from /api/funds, every 30 s and after each order update)';
+}
+
+/** A name for an order or position: the watchlist row's (as the rows say it), its symbol, or SEGMENT id. */
+function instrumentLabel(o) {
+  const row = state.rows.get(`${o.exchangeSegment}:${o.securityId}`);
+  if (row) return row.label();
+  if (o.symbol) return String(o.symbol);
+  if (o.tradingSymbol) return String(o.tradingSymbol);
+  return `${o.exchangeSegment} ${o.securityId}`;
+}
+
+function td(text, cls) {
+  const c = document.createElement('td');
+  if (cls) c.className = cls;
+  c.textContent = text;
+  return c;
+}
+
+const orderTime = (o) => String(o.updateTime || o.createTime || '');
+const shortTime = (t) => {
+  const m = String(t).match(/(\d{2}:\d{2}:\d{2})/);
+  return m ? m[1] : t || '–';
+};
+const sideCell = (side) => td(side === 'SELL' ? 'Sell' : 'Buy', side === 'SELL' ? 'side sell' : 'side buy');
+const statusWord = (s) => String(s || '').toLowerCase().replace('_', ' ');
+
+function renderPanel() {
+  const pos = trading.positions.filter((p) => p.positionType !== 'CLOSED' || p.realizedProfit);
+  tp.positions.replaceChildren(
+    ...pos.map((p) => {
+      const tr = document.createElement('tr');
+      tr.dataset.key = `${p.exchangeSegment}:${p.securityId}`;
+      const d = decimalsFor(String(p.exchangeSegment || ''));
+      const avg = p.netQty > 0 ? p.buyAvg : p.netQty < 0 ? p.sellAvg : NaN;
+      const pnl = (isNum(p.realizedProfit) ? p.realizedProfit : 0) + (isNum(p.unrealizedProfit) ? p.unrealizedProfit : 0);
+      tr.append(
+        td(instrumentLabel(p), 'sym'),
+        td(String(p.productType || '–'), 'tp-opt'),
+        td(p.netQty ? fmtSignedInt(p.netQty) : '0', `num qty ${p.netQty > 0 ? 'long' : p.netQty < 0 ? 'short' : ''}`),
+        td(fmtPrice(avg, d), 'num'),
+        td(fmtSigned(pnl, 2), `num pnl ${signClass(pnl)}`),
+      );
+      tr.title = `${p.positionType || ''} · bought ${fmtInt(p.buyQty)} at ${fmtPrice(p.buyAvg, d)}, sold ${fmtInt(p.sellQty)} at ${fmtPrice(p.sellAvg, d)} · realised ${fmtSigned(p.realizedProfit, 2)}, unrealised ${fmtSigned(p.unrealizedProfit, 2)}`;
+      return tr;
+    }),
+  );
+  tp.nopos.hidden = pos.length > 0;
+
+  const orders = [...trading.orders].sort((a, b) => orderTime(b).localeCompare(orderTime(a)));
+  const open = orders.filter((o) => OPEN_STATUSES.includes(o.orderStatus));
+  const done = orders.filter((o) => !OPEN_STATUSES.includes(o.orderStatus)).slice(0, RECENT_ORDERS);
+  tp.open.replaceChildren(
+    ...open.map((o) => {
+      const tr = document.createElement('tr');
+      tr.dataset.orderId = o.orderId;
+      const d = decimalsFor(String(o.exchangeSegment || ''));
+      const label = instrumentLabel(o);
+      const price = o.orderType === 'MARKET' || o.orderType === 'STOP_LOSS_MARKET' ? 'market' : fmtPrice(o.price, d);
+      const cancel = document.createElement('button');
+      cancel.type = 'button';
+      cancel.className = 'tp-cancel';
+      cancel.textContent = 'Cancel';
+      cancel.setAttribute('aria-label', `Cancel ${o.transactionType === 'SELL' ? 'sell' : 'buy'} ${o.quantity} ${label} (order ${o.orderId})`);
+      cancel.addEventListener('click', () => cancelOrder(o, cancel));
+      const act = td('', 'act');
+      act.append(cancel);
+      tr.append(
+        td(label, 'sym'),
+        sideCell(o.transactionType),
+        td(o.filledQty ? `${fmtInt(o.filledQty)}/${fmtInt(o.quantity)}` : fmtInt(o.quantity), 'num'),
+        td(ORDER_TYPE_LABEL[o.orderType] || String(o.orderType || ''), 'tp-opt'),
+        td(price, 'num'),
+        td(statusWord(o.orderStatus), 'tp-opt status'),
+        act,
+      );
+      tr.title = `order ${o.orderId} · ${o.productType} · ${o.validity}${o.triggerPrice ? ` · trigger ${fmtPrice(o.triggerPrice, d)}` : ''}`;
+      return tr;
+    }),
+  );
+  tp.noopen.hidden = open.length > 0;
+  tp.recent.replaceChildren(
+    ...done.map((o) => {
+      const tr = document.createElement('tr');
+      tr.dataset.orderId = o.orderId;
+      const d = decimalsFor(String(o.exchangeSegment || ''));
+      const st = td(statusWord(o.orderStatus), `status st-${String(o.orderStatus).toLowerCase()}`);
+      if (o.omsErrorDescription) st.title = String(o.omsErrorDescription);
+      tr.append(
+        td(shortTime(orderTime(o)), 'tp-opt time'),
+        td(instrumentLabel(o), 'sym'),
+        sideCell(o.transactionType),
+        td(o.filledQty && o.filledQty !== o.quantity ? `${fmtInt(o.filledQty)}/${fmtInt(o.quantity)}` : fmtInt(o.quantity), 'num'),
+        td(o.averageTradedPrice ? fmtPrice(o.averageTradedPrice, d) : '–', 'num'),
+        st,
+      );
+      tr.title = `order ${o.orderId} · ${ORDER_TYPE_LABEL[o.orderType] || o.orderType} · ${o.productType}${o.omsErrorDescription ? ` · ${o.omsErrorDescription}` : ''}`;
+      return tr;
+    }),
+  );
+  tp.norecent.hidden = done.length > 0;
+  const net = pos.filter((p) => p.netQty).length;
+  tp.sum.textContent = `${open.length} open · ${net} position${net === 1 ? '' : 's'}`;
+}
+
+async function cancelOrder(o, button) {
+  button.disabled = true;
+  button.textContent = 'Cancelling…';
+  const res = await api('DELETE', `api/orders/${encodeURIComponent(o.orderId)}`);
+  if (!res.ok) {
+    toast(`Cancel of order ${o.orderId} failed: ${errorText(res)}`, 'error');
+    button.disabled = false;
+    button.textContent = 'Cancel';
+  } else {
+    tellOrder({ ...orderEvent(o), status: res.body.orderStatus || 'CANCELLED' });
+  }
+  scheduleRefresh();
+}
+
+/** An api/orders entry in the stream's shape. */
+const orderEvent = (o) => ({
+  orderId: o.orderId,
+  side: o.transactionType,
+  exchangeSegment: o.exchangeSegment,
+  securityId: o.securityId,
+  symbol: o.symbol,
+  quantity: o.quantity,
+  filledQty: o.filledQty,
+  price: o.price,
+  averagePrice: o.averageTradedPrice,
+  orderType: o.orderType,
+  status: o.orderStatus,
+  reason: o.omsErrorDescription,
+});
+
+function onOrderUpdate(m) {
+  tellOrder(m);
+  scheduleRefresh();
+}
+
+/** Order statuses in the order they happen: a later one is not followed by an earlier one. */
+const STATUS_RANK = { TRANSIT: 1, PENDING: 1, PART_TRADED: 2, TRADED: 3, REJECTED: 3, CANCELLED: 3, EXPIRED: 3 };
+
+/** The toast for an order's status, once per order and status, never going back. */
+function tellOrder(m) {
+  const id = String(m.orderId ?? '');
+  const status = String(m.status || '');
+  const told = trading.told.get(id) || { keys: new Set(), rank: 0 };
+  const key = status === 'PART_TRADED' ? `${status}:${m.filledQty}` : status === 'TRANSIT' ? 'PENDING' : status;
+  const rank = STATUS_RANK[status] || 1;
+  if (told.keys.has(key) || rank < told.rank) return;
+  told.keys.add(key);
+  told.rank = rank;
+  trading.told.set(id, told);
+  const d = decimalsFor(String(m.exchangeSegment || ''));
+  const what = `${m.side === 'SELL' ? 'Sell' : 'Buy'} ${fmtInt(m.quantity)} ${instrumentLabel(m)}`;
+  const limit = m.orderType && m.orderType !== 'MARKET' && m.orderType !== 'STOP_LOSS_MARKET' && m.price ? ` at ${fmtPrice(m.price, d)}` : '';
+  switch (status) {
+    case 'TRANSIT':
+    case 'PENDING':
+      toast(`${what}: placed${limit}`, 'info');
+      break;
+    case 'TRADED':
+      toast(`${what}: traded at ${fmtPrice(m.averagePrice, d)}`, 'ok');
+      break;
+    case 'PART_TRADED':
+      toast(`${what}: ${fmtInt(m.filledQty)} traded at ${fmtPrice(m.averagePrice, d)}`, 'ok');
+      break;
+    case 'REJECTED':
+      toast(`${what}: rejected — ${m.reason || 'no reason given'}`, 'error');
+      break;
+    case 'CANCELLED':
+      toast(`${what}: cancelled`, 'info');
+      break;
+    case 'EXPIRED':
+      toast(`${what}: expired`, 'info');
+      break;
+    default:
+      toast(`${what}: ${statusWord(status) || 'sent'}`, 'info');
+  }
+}
+
+// ---------------------------------------------------------------- order ticket
+
+const ticketEl = $('ticket');
+const t = {
+  form: $('t-form'),
+  title: $('t-title'),
+  sub: $('t-sub'),
+  edit: $('t-edit'),
+  review: $('t-review'),
+  qty: $('t-qty'),
+  qtyLabel: $('t-qty-label'),
+  units: $('t-units'),
+  type: $('t-type'),
+  price: $('t-price'),
+  trigger: $('t-trigger'),
+  product: $('t-product'),
+  validity: $('t-validity'),
+  value: $('t-value'),
+  summary: $('t-summary'),
+  reviewValue: $('t-review-value'),
+  msg: $('t-msg'),
+  cancel: $('t-cancel'),
+  back: $('t-back'),
+  go: $('t-go'),
+};
+/** The open ticket: row, side, lot size (0 while looking it up), step, opener. */
+let ticket = null;
+
+const tickOf = (seg) => (seg.endsWith('CURRENCY') ? 0.0025 : 0.05);
+const roundTick = (v, seg) => {
+  const tick = tickOf(seg);
+  return Number((Math.round(v / tick) * tick).toFixed(decimalsFor(seg)));
+};
+
+/** The row's lot size: known, or looked up by symbol in api/instruments (1 for equity cash). */
+async function lotSizeOf(row) {
+  if (EQUITY_SEGMENTS.includes(row.seg)) return 1;
+  if (row.lotSize) return row.lotSize;
+  if (trading.lots.has(row.key)) return trading.lots.get(row.key);
+  for (const q of [row.symbol, row.name].filter(Boolean)) {
+    const res = await api('GET', `api/instruments?q=${encodeURIComponent(q)}&limit=100`);
+    const hit = res.ok && Array.isArray(res.body.results) ? res.body.results.find((i) => i.exchangeSegment === row.seg && String(i.securityId) === row.id) : null;
+    if (hit && isNum(hit.lotSize) && hit.lotSize > 0) {
+      trading.lots.set(row.key, hit.lotSize);
+      row.lotSize = hit.lotSize;
+      return hit.lotSize;
+    }
+  }
+  return null; // unknown: the quantity is taken in units
+}
+
+function openTicket(row, side, opener) {
+  const why = canTrade() ? rowBlock(row) : trading.why || rowBlock(row);
+  if (why) {
+    toast(`${side === 'SELL' ? 'Sell' : 'Buy'} ${row.label()}: ${why}`, 'info');
+    return;
+  }
+  if (ticketEl.open) return;
+  ticket = { row, side, lot: 0, step: 'edit', opener: opener || row.tr, sending: false };
+  const guards = (trading.info && trading.info.guards) || {};
+  t.form.querySelector(`input[name="side"][value="${side}"]`).checked = true;
+  t.sub.textContent = `${row.name ? row.name + ' · ' : ''}${row.seg} · ${row.id} · LTP ${fmtPrice(row.s.ltp, row.decimals)}`;
+  t.qty.value = '1';
+  t.type.value = 'MARKET';
+  const ltp = isNum(row.s.ltp) ? roundTick(row.s.ltp, row.seg) : '';
+  t.price.value = String(ltp);
+  t.trigger.value = String(ltp);
+  t.price.step = t.trigger.step = String(tickOf(row.seg));
+  // Products: CNC is delivery of equity only; the relay's guard may narrow the list.
+  const equity = EQUITY_SEGMENTS.includes(row.seg);
+  const allowed = Array.isArray(guards.products) && guards.products.length ? guards.products : null;
+  for (const o of t.product.options) o.disabled = (o.value === 'CNC' && !equity) || (allowed && !allowed.includes(o.value));
+  const want = equity ? 'CNC' : 'INTRADAY';
+  const first = [...t.product.options].find((o) => !o.disabled);
+  t.product.value = !t.product.querySelector(`option[value="${want}"]`).disabled ? want : first ? first.value : want;
+  t.validity.value = 'DAY';
+  t.msg.hidden = true;
+  setStep('edit');
+  updateTicket();
+  if (!ticketEl.open) ticketEl.showModal();
+  t.qty.focus();
+  t.qty.select();
+  const pending = ticket;
+  lotSizeOf(row).then((lot) => {
+    if (ticket !== pending) return;
+    ticket.lot = lot === null ? 1 : lot;
+    ticket.lotUnknown = lot === null;
+    updateTicket();
+  });
+}
+
+function ticketSide() {
+  return t.form.querySelector('input[name="side"]:checked').value;
+}
+
+/** What the ticket would send, and its value; `error` names what is missing. */
+function ticketOrder() {
+  const row = ticket.row;
+  const lot = ticket.lot || 1;
+  const lots = ticket.lot > 1;
+  const n = Number(t.qty.value);
+  const type = t.type.value;
+  const order = {
+    exchangeSegment: row.seg,
+    securityId: row.id,
+    side: ticketSide(),
+    quantity: Number.isInteger(n) ? n * lot : NaN,
+    orderType: type,
+    productType: t.product.value,
+    validity: t.validity.value,
+  };
+  let error = '';
+  if (!Number.isInteger(n) || n < 1) error = `${lots ? 'Lots' : 'Quantity'} must be a whole number, 1 or more`;
+  const needsPrice = type === 'LIMIT' || type === 'STOP_LOSS';
+  const needsTrigger = type === 'STOP_LOSS' || type === 'STOP_LOSS_MARKET';
+  if (needsPrice) {
+    order.price = Number(t.price.value);
+    if (!error && !(order.price > 0)) error = 'Enter a price';
+  }
+  if (needsTrigger) {
+    order.triggerPrice = Number(t.trigger.value);
+    if (!error && !(order.triggerPrice > 0)) error = 'Enter a trigger price';
+  }
+  const at = needsPrice ? order.price : needsTrigger ? order.triggerPrice : row.s.ltp;
+  const value = order.quantity * at;
+  const g = (trading.info && trading.info.guards) || {};
+  if (!error && isNum(g.maxQuantity) && order.quantity > g.maxQuantity) error = `This relay takes at most ${fmtInt(g.maxQuantity)} units an order`;
+  if (!error && isNum(g.maxOrderValue) && isNum(value) && value > g.maxOrderValue) error = `This relay takes orders worth at most ${inr(g.maxOrderValue)}`;
+  const ltp = row.s.ltp;
+  if (!error && needsPrice && isNum(g.priceBandPct) && isNum(ltp) && ltp > 0 && Math.abs(order.price / ltp - 1) * 100 > g.priceBandPct) {
+    error = `The price must be within ${g.priceBandPct}% of the last price (${fmtPrice(ltp, row.decimals)}) on this relay`;
+  }
+  return { order, value, at, lots, lot, n, error, market: !needsPrice };
+}
+
+function updateTicket() {
+  if (!ticket) return;
+  const row = ticket.row;
+  const side = ticketSide();
+  ticketEl.dataset.side = side;
+  ticketEl.dataset.type = t.type.value;
+  t.title.textContent = `${side === 'SELL' ? 'Sell' : 'Buy'} ${row.label()}`;
+  const o = ticketOrder();
+  t.qtyLabel.textContent = o.lots ? 'Lots' : 'Quantity';
+  t.qty.setAttribute('aria-describedby', 't-units');
+  if (!ticket.lot) t.units.textContent = 'looking up the lot size…';
+  else if (o.lots) t.units.textContent = `× ${fmtInt(o.lot)} = ${fmtInt(o.order.quantity)} units`;
+  else t.units.textContent = ticket.lotUnknown ? 'units (lot size unknown)' : 'units';
+  const est = o.market ? `≈ ${inr(o.value)} at ${o.order.orderType === 'MARKET' ? 'the last price' : 'the trigger'}` : inr(o.value);
+  t.value.textContent = isNum(o.value) ? `Order value ${est}` : 'Order value –';
+  t.go.disabled = !ticket.lot || ticket.sending;
+}
+
+function setStep(step) {
+  ticket.step = step;
+  t.edit.hidden = step !== 'edit';
+  t.review.hidden = step !== 'review';
+  t.back.hidden = step !== 'review';
+  t.go.textContent = step === 'review' ? `Place ${ticketSide()} order` : 'Review order';
+  ticketEl.dataset.step = step;
+}
+
+function review() {
+  const o = ticketOrder();
+  if (o.error) {
+    t.msg.textContent = o.error;
+    t.msg.hidden = false;
+    return;
+  }
+  t.msg.hidden = true;
+  const row = ticket.row;
+  const d = row.decimals;
+  const type = ORDER_TYPE_LABEL[o.order.orderType];
+  const qty = o.lots ? `${fmtInt(o.n)} lot${o.n === 1 ? '' : 's'} (${fmtInt(o.order.quantity)} units)` : `${fmtInt(o.order.quantity)}`;
+  let how = type;
+  if (o.order.price) how += ` at ${fmtPrice(o.order.price, d)}`;
+  if (o.order.triggerPrice) how += `, trigger ${fmtPrice(o.order.triggerPrice, d)}`;
+  t.summary.textContent = `${o.order.side} ${qty} ${row.label()} · ${how} · ${o.order.productType} · ${o.order.validity}`;
+  t.reviewValue.textContent = `Order value ${o.market ? '≈ ' : ''}${inr(o.value)}`;
+  setStep('review');
+  t.go.focus();
+}
+
+async function placeOrder() {
+  const o = ticketOrder();
+  if (o.error || ticket.sending) return;
+  const current = ticket;
+  current.sending = true;
+  t.go.textContent = 'Sending…';
+  t.go.disabled = true;
+  const body = { ...o.order, correlationId: `dash${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}` };
+  const res = await api('POST', 'api/orders', body);
+  current.sending = false;
+  const ev = { ...body, orderId: res.body.orderId, status: res.body.orderStatus, reason: res.body.reason || null, symbol: current.row.label() };
+  if (res.ok) {
+    closeTicket();
+    if (ev.orderId !== undefined) trading.mine.add(String(ev.orderId));
+    // A fill's average price and a rejection's reason come with the
+    // stream or the order book (the refresh below), not with this answer.
+    const filled = ev.status === 'TRADED' || ev.status === 'PART_TRADED';
+    if (!(ev.status === 'REJECTED' && !ev.reason) && !(filled && !isNum(ev.averagePrice))) tellOrder(ev);
+    scheduleRefresh();
+    return;
+  }
+  const why = errorText(res);
+  toast(`${o.order.side === 'SELL' ? 'Sell' : 'Buy'} ${fmtInt(o.order.quantity)} ${current.row.label()} refused: ${why}`, 'error');
+  if (ticket !== current) return;
+  if (res.status === 400 || res.status === 422) {
+    // A field or a guard: let them fix it.
+    setStep('edit');
+    updateTicket();
+    t.msg.textContent = why;
+    t.msg.hidden = false;
+    t.qty.focus();
+  } else {
+    closeTicket();
+  }
+}
+
+function closeTicket() {
+  if (!ticket) return;
+  const opener = ticket.opener;
+  ticket = null;
+  if (ticketEl.open) ticketEl.close();
+  if (opener && opener.isConnected) opener.focus();
+}
+
+t.form.addEventListener('submit', (e) => {
+  e.preventDefault();
+  if (!ticket) return;
+  if (ticket.step === 'edit') review();
+  else placeOrder();
+});
+t.form.addEventListener('input', () => {
+  if (ticket && ticket.step === 'edit') {
+    t.msg.hidden = true;
+    updateTicket();
+  }
+});
+t.form.addEventListener('change', () => ticket && updateTicket());
+t.form.addEventListener('keydown', (e) => {
+  // Enter goes on from any field (selects and radios do not submit by themselves).
+  if (e.key === 'Enter' && !(e.target instanceof HTMLButtonElement) && !e.isComposing) {
+    e.preventDefault();
+    if (!t.go.disabled) t.form.requestSubmit();
+  }
+});
+t.cancel.addEventListener('click', () => closeTicket());
+t.back.addEventListener('click', () => {
+  setStep('edit');
+  updateTicket();
+  t.qty.focus();
+});
+ticketEl.addEventListener('cancel', (e) => {
+  e.preventDefault(); // Escape: close through closeTicket (focus goes back)
+  if (ticket && !ticket.sending) closeTicket();
+});
+ticketEl.addEventListener('close', () => {
+  if (ticket) closeTicket();
+});
+
 // ---------------------------------------------------------------- mode, theme, toast
 
 function setMode(mode, announce = true) {
@@ -1239,15 +1875,25 @@ function applyTheme(theme) {
   chart.themeChanged();
 }
 
-let toastTimer = 0;
+/** Toasts shown at once; older ones give way. */
+const TOASTS_MAX = 4;
+
+/**
+ * A toast in the stack at the bottom (an aria-live region; errors are
+ * alerts). `kind`: info, ok (an order went through), error. Click to dismiss.
+ */
 function toast(text, kind = 'info') {
-  el.toast.textContent = text;
-  el.toast.dataset.kind = kind;
-  el.toast.hidden = false;
-  clearTimeout(toastTimer);
-  toastTimer = setTimeout(() => {
-    el.toast.hidden = true;
-  }, 4000);
+  const t = document.createElement('div');
+  t.className = 'toast';
+  t.dataset.kind = kind;
+  if (kind === 'error') t.setAttribute('role', 'alert');
+  t.textContent = text;
+  t.title = 'Click to dismiss';
+  t.addEventListener('click', () => t.remove());
+  el.toast.append(t);
+  while (el.toast.children.length > TOASTS_MAX) el.toast.firstElementChild.remove();
+  setTimeout(() => t.remove(), kind === 'error' ? 9000 : 5000);
+  return t;
 }
 
 // ---------------------------------------------------------------- events
@@ -1274,6 +1920,11 @@ el.rows.addEventListener('click', (e) => {
     if (next) next.focus();
     return;
   }
+  const tb = e.target.closest('.tb');
+  if (tb) {
+    openTicket(row, tb.dataset.side, tb);
+    return;
+  }
   openDetail(row);
 });
 
@@ -1294,6 +1945,9 @@ el.rows.addEventListener('keydown', (e) => {
     e.preventDefault();
     const to = e.key === 'ArrowDown' ? tr.nextElementSibling : tr.previousElementSibling;
     if (to) to.focus();
+  } else if ((e.key === 'b' || e.key === 's') && !e.ctrlKey && !e.metaKey && !e.altKey) {
+    e.preventDefault();
+    openTicket(row, e.key === 'b' ? 'BUY' : 'SELL', tr);
   }
 });
 
@@ -1324,6 +1978,7 @@ el.theme.addEventListener('click', () => {
 window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => chart.themeChanged());
 
 document.addEventListener('keydown', (e) => {
+  if (ticketEl.open || $('login').open) return; // the dialog has the keys
   const typing = e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement;
   if (e.key === '/' && !typing && !e.ctrlKey && !e.metaKey && !e.altKey) {
     e.preventDefault();
