@@ -1614,9 +1614,10 @@ const t = {
 /** The open ticket: row, side, lot size (0 while looking it up), step, opener. */
 let ticket = null;
 
-const tickOf = (seg) => (seg.endsWith('CURRENCY') ? 0.0025 : 0.05);
-const roundTick = (v, seg) => {
-  const tick = tickOf(seg);
+/** The price step: the master's (learnt with the lot size), else the segment's usual one. */
+const tickOf = (seg, row) => (row && row.tickSize > 0 ? row.tickSize : seg.endsWith('CURRENCY') ? 0.0025 : 0.05);
+const roundTick = (v, seg, row) => {
+  const tick = tickOf(seg, row);
   return Number((Math.round(v / tick) * tick).toFixed(decimalsFor(seg)));
 };
 
@@ -1631,6 +1632,7 @@ async function lotSizeOf(row) {
     if (hit && isNum(hit.lotSize) && hit.lotSize > 0) {
       trading.lots.set(row.key, hit.lotSize);
       row.lotSize = hit.lotSize;
+      if (isNum(hit.tickSize) && hit.tickSize > 0) row.tickSize = hit.tickSize;
       return hit.lotSize;
     }
   }
@@ -1650,10 +1652,10 @@ function openTicket(row, side, opener) {
   t.sub.textContent = `${row.name ? row.name + ' · ' : ''}${row.seg} · ${row.id} · LTP ${fmtPrice(row.s.ltp, row.decimals)}`;
   t.qty.value = '1';
   t.type.value = 'MARKET';
-  const ltp = isNum(row.s.ltp) ? roundTick(row.s.ltp, row.seg) : '';
+  const ltp = isNum(row.s.ltp) ? roundTick(row.s.ltp, row.seg, row) : '';
   t.price.value = String(ltp);
   t.trigger.value = String(ltp);
-  t.price.step = t.trigger.step = String(tickOf(row.seg));
+  t.price.step = t.trigger.step = String(tickOf(row.seg, row));
   // Products: CNC is delivery of equity only; the relay's guard may narrow the list.
   const equity = EQUITY_SEGMENTS.includes(row.seg);
   const allowed = Array.isArray(guards.products) && guards.products.length ? guards.products : null;
@@ -1673,6 +1675,12 @@ function openTicket(row, side, opener) {
     if (ticket !== pending) return;
     ticket.lot = lot === null ? 1 : lot;
     ticket.lotUnknown = lot === null;
+    // The master's tick size arrives with the lot size: prices on its grid.
+    t.price.step = t.trigger.step = String(tickOf(row.seg, row));
+    for (const input of [t.price, t.trigger]) {
+      const v = Number(input.value);
+      if (input.value !== '' && isNum(v)) input.value = String(roundTick(v, row.seg, row));
+    }
     updateTicket();
   });
 }

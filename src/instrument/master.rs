@@ -1299,6 +1299,7 @@ impl<'a> Instrument<'a> {
             "instrument": self.instrument(),
             "expiry": self.expiry().map(|d| d.to_string()),
             "lotSize": lot,
+            "tickSize": self.tick_size(),
         })
     }
 }

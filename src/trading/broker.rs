@@ -845,9 +845,17 @@ impl Worker {
         terms: &order::Terms,
     ) -> Result<(), Outcome> {
         let master = self.links.master.load();
-        let (lot, name) = match master.get(key) {
-            Some(i) => (i.lot_size().round().max(1.0) as u32, i.symbol().to_string()),
-            None => (1, format!("{} {}", key.segment.name(), key.security_id.0)),
+        let (lot, tick, name) = match master.get(key) {
+            Some(i) => (
+                i.lot_size().round().max(1.0) as u32,
+                i.tick_size(),
+                i.symbol().to_string(),
+            ),
+            None => (
+                1,
+                0.0,
+                format!("{} {}", key.segment.name(), key.security_id.0),
+            ),
         };
         let ltp = self
             .links
@@ -859,6 +867,7 @@ impl Worker {
         let facts = Facts {
             segment: key.segment.name(),
             lot_size: lot,
+            tick_size: tick,
             ltp,
             name: &name,
         };

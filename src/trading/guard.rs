@@ -5,7 +5,8 @@
 //! product are allowed, the quantity is at most `max_quantity` and a whole
 //! number of lots (lot size from the instrument master, for every
 //! instrument whose lot is above 1: futures, options, currency and MCX
-//! contracts), a LIMIT or STOP_LOSS price is within `price_band_pct` of the
+//! contracts), prices are whole ticks (tick size from the master: DhanHQ
+//! refuses others), a LIMIT or STOP_LOSS price is within `price_band_pct` of the
 //! last traded price, and the order's value is at most `max_order_value`.
 //! The value is quantity × the limit price (LIMIT, STOP_LOSS), × the
 //! trigger (STOP_LOSS_MARKET) or × the last traded price (MARKET); an order
@@ -22,6 +23,8 @@ pub struct Facts<'a> {
     pub segment: &'a str,
     /// Units per lot (1 for cash equities).
     pub lot_size: u32,
+    /// The price step (0: not known, not checked).
+    pub tick_size: f64,
     /// The last traded price, if one arrived.
     pub ltp: Option<f64>,
     /// The name shown in messages.
@@ -91,6 +94,26 @@ pub fn check(
             ),
         );
     }
+    for (what, p) in [
+        ("price", terms.price),
+        ("triggerPrice", terms.trigger_price),
+    ] {
+        let (Some(p), tick) = (p, facts.tick_size) else {
+            continue;
+        };
+        let steps = p / tick;
+        if tick > 0.0 && (steps - steps.round()).abs() > 1e-6 {
+            return refuse(
+                "tick_size",
+                format!(
+                    "{what} {p} is not a whole number of ticks of {} (tick size {tick}: try {} or {})",
+                    facts.name,
+                    round_to(steps.floor() * tick),
+                    round_to(steps.ceil() * tick)
+                ),
+            );
+        }
+    }
     let unpriced = || {
         format!(
             "{} has no last traded price yet, so the order cannot be checked; subscribe it or wait for a trade",
@@ -133,6 +156,11 @@ pub fn check(
     Ok(())
 }
 
+/// `v` without float noise (`1400.1000000002` → `1400.1`).
+fn round_to(v: f64) -> f64 {
+    (v * 1e6).round() / 1e6
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +179,7 @@ mod tests {
     const EQ: Facts<'static> = Facts {
         segment: "NSE_EQ",
         lot_size: 1,
+        tick_size: 0.05,
         ltp: Some(100.0),
         name: "ABC",
     };
@@ -198,6 +227,7 @@ mod tests {
         let fut = Facts {
             segment: "NSE_FNO",
             lot_size: 75,
+            tick_size: 0.05,
             ltp: Some(25_000.0),
             name: "NIFTY-Dec2026-FUT",
         };
@@ -214,6 +244,42 @@ mod tests {
         assert_eq!(
             guard_of(&fut, "MARGIN", terms(150, Market, None)),
             Some("max_order_value")
+        );
+    }
+
+    #[test]
+    fn prices_are_whole_ticks() {
+        use OrderType::*;
+        assert_eq!(guard_of(&EQ, "CNC", terms(1, Limit, Some(100.05))), None);
+        assert_eq!(
+            guard_of(&EQ, "CNC", terms(1, Limit, Some(1400.1 - 1300.0))),
+            None
+        );
+        let r = check(
+            &Guards::default(),
+            &EQ,
+            Some("CNC"),
+            &terms(1, Limit, Some(100.03)),
+        )
+        .unwrap_err();
+        assert_eq!(r.guard, "tick_size");
+        assert!(r.message.contains("try 100 or 100.05"), "{}", r.message);
+        let crude = Facts {
+            segment: "MCX_COMM",
+            tick_size: 1.0,
+            ..EQ
+        };
+        assert_eq!(
+            guard_of(&crude, "CNC", terms(1, Limit, Some(100.5))),
+            Some("tick_size")
+        );
+        let unknown = Facts {
+            tick_size: 0.0,
+            ..EQ
+        };
+        assert_eq!(
+            guard_of(&unknown, "CNC", terms(1, Limit, Some(100.03))),
+            None
         );
     }
 
