@@ -260,25 +260,36 @@ fn every_call_against_the_paper_broker() {
     );
     assert!(again.json()["errorCode"].is_string(), "{}", again.text());
 
+    // One correlation id, one order: a repeat is 409 and not sent.
+    let mut once = market("SELL", 10);
+    once["correlationId"] = json!("bot-once-1");
+    assert_eq!(place(addr, once.clone()).status, 200);
+    let sent = control.trading_requests();
+    let again = place(addr, once);
+    assert_eq!(again.status, 409, "{}", again.text());
+    assert!(again.text().contains("bot-once-1"), "{}", again.text());
+    assert_eq!(control.trading_requests(), sent, "the repeat never left");
+
     let book = call(addr, "GET", "/api/orders", None, None);
     seen += &book.text();
     let list = book.json()["orders"].as_array().unwrap().clone();
-    assert_eq!(list.len(), 3, "{}", book.text());
+    assert_eq!(list.len(), 4, "{}", book.text());
     assert!(list
         .iter()
         .all(|o| o["symbol"] == "RELIANCE" && o.get("dhanClientId").is_none()));
 
     // One audit line per order call, each with its outcome.
-    let lines = audit_lines(&dir.0, 6);
+    let lines = audit_lines(&dir.0, 8);
     let actions: Vec<&str> = lines
         .iter()
         .map(|l| l["action"].as_str().unwrap())
         .collect();
     assert_eq!(
         actions,
-        ["place", "place", "place", "modify", "cancel", "cancel"],
+        ["place", "place", "place", "modify", "cancel", "cancel", "place", "place"],
         "{lines:?}"
     );
+    assert_eq!(lines[7]["outcome"], "refused");
     assert_eq!(lines[0]["outcome"], "sent");
     assert_eq!(lines[0]["answer"]["orderId"], id.as_str());
     assert_eq!(lines[5]["outcome"], "rejected");
@@ -291,7 +302,7 @@ fn every_call_against_the_paper_broker() {
         health["trading"]["orderStream"]["connected"], true,
         "{health}"
     );
-    assert_eq!(health["trading"]["orders"]["sent"], 5, "{health}");
+    assert_eq!(health["trading"]["orders"]["sent"], 6, "{health}");
     engine.shutdown();
 }
 
@@ -378,6 +389,11 @@ fn kill_switch_and_cancel_all() {
         None,
     );
     assert_eq!(off.status, 200, "{}", off.text());
+    // A restart (the watchdog's, say) keeps trading stopped.
+    engine.shutdown();
+    let engine = self::engine(&sim, &dir.0, "", None);
+    let addr = engine.addr();
+    settle(&control, addr, 1400.0);
     let refused = place(addr, market("BUY", 1));
     assert_eq!(refused.status, 403, "{}", refused.text());
     assert!(refused.text().contains("kill switch"));
@@ -456,6 +472,25 @@ fn dhanhq_errors_come_back_with_their_code() {
     let line = audit_lines(&dir.0, 1).pop().unwrap();
     assert_eq!(line["outcome"], "rejected");
     assert_eq!(line["answer"]["errorCode"], "DH-906");
+
+    // A gateway error may hide a placed order: looked up, never resent.
+    control.fail_next_order(503, "DH-908", "Internal server error");
+    let sent = control.trading_requests();
+    let r = place(addr, market("BUY", 1));
+    assert_eq!(r.status, 504, "{}", r.text());
+    let corr = r.json()["correlationId"].as_str().unwrap().to_string();
+    assert!(r.text().contains("check GET /api/orders"), "{}", r.text());
+    assert_eq!(
+        control.trading_requests(),
+        sent + 2,
+        "the POST and one lookup"
+    );
+    assert!(control
+        .paper_orders()
+        .iter()
+        .all(|o| o.correlation_id != corr));
+    let line = audit_lines(&dir.0, 2).pop().unwrap();
+    assert_eq!(line["outcome"], "unknown", "{line}");
     engine.shutdown();
 }
 

@@ -803,7 +803,10 @@ impl Front {
         let r = match route {
             Route::Method(allow) => Response::error(
                 405,
-                &format!("{} takes {allow}", head.path.chars().take(60).collect::<String>()),
+                &format!(
+                    "{} takes {allow}",
+                    head.path.chars().take(60).collect::<String>()
+                ),
             )
             .header("Allow", allow),
             Route::Status => {
@@ -819,7 +822,8 @@ impl Front {
             }
             _ if !local_or_keyed => Response::error(
                 403,
-                "without access control, trading is served to clients on this machine only:                  turn access control on and use a key with the 'trade' scope",
+                "without access control, trading is served to clients on this machine only: \
+                 turn access control on and use a key with the 'trade' scope",
             ),
             Route::KillSwitch => {
                 let (status, body) = self.trading.set_live(body, caller);

@@ -69,6 +69,8 @@ pub(crate) fn agent(url: &str) -> ureq::Agent {
     let mut config = ureq::Agent::config_builder()
         .timeout_global(Some(TIMEOUT))
         .http_status_as_error(false)
+        // A redirect would carry the token headers elsewhere.
+        .max_redirects(0)
         .user_agent(concat!("dhan-relay/", env!("CARGO_PKG_VERSION")));
     if loopback {
         // A proxy from the environment must not capture loopback.

@@ -42,6 +42,16 @@ use crate::token::SharedCredentials;
 /// Jobs waiting per thread before new ones are refused (503).
 const QUEUE: usize = 64;
 
+/// How long to wait before asking DhanHQ for a placement that got no
+/// clear answer.
+const LOOKUP_AFTER: Duration = Duration::from_millis(1_000);
+
+/// An order call that waited this long in the queue (DhanHQ slow, calls
+/// before it timing out) is not sent: the caller has long given up, and
+/// the market has moved. Well inside the front door's wait, so the caller
+/// hears "not sent" rather than a bare 504.
+pub const STALE_AFTER: Duration = Duration::from_secs(20);
+
 /// Which waiting connection an answer is for: its slot and its unique
 /// number (slots are reused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +128,8 @@ pub struct Caller {
 /// One call on its way to a broker thread.
 #[derive(Debug)]
 pub struct Job {
+    /// When the front door handed it over.
+    pub queued: Instant,
     /// Where the answer goes.
     pub ticket: Ticket,
     /// What to do.
@@ -310,11 +322,13 @@ impl TradingDoor {
         } else {
             reads
         };
-        match to.try_send(Job {
+        let job = Job {
+            queued: now,
             ticket,
             call,
             caller,
-        }) {
+        };
+        match to.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(job)) => {
                 self.audit(
@@ -361,6 +375,26 @@ impl TradingDoor {
             .key
             .clone()
             .unwrap_or_else(|| caller.peer.to_string());
+        // Kept across restarts: a watchdog restart must not resume trading.
+        let marker = stopped_marker(&self.config.audit_log);
+        let kept = if enabled {
+            std::fs::remove_file(&marker).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+        } else {
+            let when = crate::instrument::date::ist_timestamp(std::time::SystemTime::now());
+            crate::token::sources::write_private(
+                &marker,
+                format!("stopped by {who} at {when}+05:30\n").as_bytes(),
+            )
+        };
+        if let Err(e) = kept {
+            log::error!(
+                "kill switch: cannot record the state in {}: {e}; it holds until a restart only",
+                marker.display()
+            );
+        }
         if was != enabled {
             if enabled {
                 log::warn!("trading resumed by {who}");
@@ -457,8 +491,17 @@ impl Broker {
             ));
         }
         let audit = Audit::open(&config.audit_log)?;
+        let marker = stopped_marker(&config.audit_log);
+        let stopped = std::fs::read_to_string(&marker).ok();
+        if let Some(why) = &stopped {
+            log::warn!(
+                "trading stays stopped by the kill switch ({}; {}): POST /api/admin/trading {{\"enabled\": true}} to resume",
+                why.trim(),
+                marker.display()
+            );
+        }
         let config = Arc::new(config);
-        let live = Arc::new(AtomicBool::new(true));
+        let live = Arc::new(AtomicBool::new(stopped.is_none()));
         let (orders_tx, orders_rx) = crossbeam_channel::bounded(QUEUE);
         let (reads_tx, reads_rx) = crossbeam_channel::bounded(QUEUE);
         let (answer_tx, answer_rx) = crossbeam_channel::unbounded();
@@ -478,6 +521,7 @@ impl Broker {
                 answers: answer_tx.clone(),
                 paced: VecDeque::new(),
                 stats: Arc::clone(&stats),
+                sent_ids: SentIds::default(),
             };
             let stop = Arc::clone(&stop);
             let thread = std::thread::Builder::new()
@@ -571,6 +615,36 @@ struct Worker {
     /// When the last order calls left (this thread's own pacing).
     paced: VecDeque<Instant>,
     stats: Arc<TradingStats>,
+    /// Correlation ids of placements sent (one id, one order).
+    sent_ids: SentIds,
+}
+
+/// The correlation ids of the last [`SentIds::KEEP`] placements sent, with
+/// when: a client that repeats one after a 504 gets 409, not a second
+/// order.
+#[derive(Debug, Default)]
+struct SentIds {
+    order: VecDeque<String>,
+    at: std::collections::HashMap<String, String>,
+}
+
+impl SentIds {
+    const KEEP: usize = 20_000;
+
+    fn get(&self, id: &str) -> Option<&str> {
+        self.at.get(id).map(String::as_str)
+    }
+
+    fn insert(&mut self, id: &str) {
+        if self.order.len() >= Self::KEEP {
+            if let Some(old) = self.order.pop_front() {
+                self.at.remove(&old);
+            }
+        }
+        let when = crate::instrument::date::ist_timestamp(std::time::SystemTime::now());
+        self.at.insert(id.to_string(), when);
+        self.order.push_back(id.to_string());
+    }
 }
 
 /// A call's outcome: status, body, and for the audit log the outcome word
@@ -647,7 +721,7 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            let out = self.serve(&job.call);
+            let out = self.serve(&job.call, job.queued);
             if job.call.is_order() || job.call == Call::CancelAll {
                 self.stats.order(out.outcome);
                 self.audit.write(Record {
@@ -675,7 +749,7 @@ impl Worker {
         }
     }
 
-    fn serve(&mut self, call: &Call) -> Outcome {
+    fn serve(&mut self, call: &Call, queued: Instant) -> Outcome {
         match call {
             Call::Funds => match self.rest.get("/fundlimit") {
                 Ok(v) => Outcome::ok(client::funds(&v)),
@@ -689,9 +763,9 @@ impl Worker {
                 Ok(v) => Outcome::ok(json!({ "positions": self.named(client::list(v)) })),
                 Err(e) => Outcome::dhan(&e),
             },
-            Call::Place(body) => self.place(body),
-            Call::Modify(id, body) => self.modify(id, body),
-            Call::Cancel(id) => self.cancel(id),
+            Call::Place(body) => self.place(body, queued),
+            Call::Modify(id, body) => self.modify(id, body, queued),
+            Call::Cancel(id) => self.cancel(id, queued),
             Call::CancelAll => self.cancel_all(),
         }
     }
@@ -738,9 +812,22 @@ impl Worker {
         self.paced.push_back(Instant::now());
     }
 
-    /// Refuses when an order must not go now: the kill switch, or an audit
-    /// log that cannot be written.
-    fn may_send(&self, new_exposure: bool) -> Result<(), Outcome> {
+    /// Paces, then refuses when the order must not go now: it waited too
+    /// long in the queue, the kill switch was thrown (also while pacing),
+    /// or the audit log cannot be written. The last check before a send.
+    fn pace_and_check(&mut self, new_exposure: bool, queued: Instant) -> Result<(), Outcome> {
+        self.pace();
+        let waited = queued.elapsed();
+        if waited > STALE_AFTER {
+            return Err(Outcome::refused(
+                503,
+                format!(
+                    "not sent: it waited {:.0} s behind slower DhanHQ calls (limit {} s); nothing was placed or changed",
+                    waited.as_secs_f64(),
+                    STALE_AFTER.as_secs()
+                ),
+            ));
+        }
         if new_exposure && !self.live.load(Ordering::SeqCst) {
             return Err(Outcome::refused(
                 403,
@@ -756,7 +843,7 @@ impl Worker {
         Ok(())
     }
 
-    fn place(&mut self, body: &[u8]) -> Outcome {
+    fn place(&mut self, body: &[u8], queued: Instant) -> Outcome {
         let order = match order::parse_order(body) {
             Ok(o) => o,
             Err(why) => return Outcome::refused(400, why),
@@ -768,7 +855,14 @@ impl Worker {
         if let Err(out) = self.check(key, Some(&order.product), &order.terms) {
             return out;
         }
-        if let Err(out) = self.may_send(true) {
+        let corr = order.correlation_id.clone();
+        if let Some(earlier) = self.sent_ids.get(&corr) {
+            return Outcome::refused(
+                409,
+                format!("correlationId {corr} was already used for an order sent at {earlier}: one id, one order (use a new one; GET /api/orders shows the first)"),
+            );
+        }
+        if let Err(out) = self.pace_and_check(true, queued) {
             return out;
         }
         let dhan_body = order::place_body(
@@ -777,11 +871,21 @@ impl Worker {
             key.security_id.0,
             &self.rest.client_id(),
         );
-        self.pace();
+        self.sent_ids.insert(&corr);
         match self.rest.call(Method::Post, "/orders", Some(&dhan_body)) {
-            Ok(v) => Outcome::ok(placed(&v, &order.correlation_id, false)),
-            Err(CallError::NoAnswer(why)) => self.find_by_correlation(&order.correlation_id, &why),
-            Err(e) => Outcome::dhan(&e),
+            Ok(v) if v.get("orderId").is_some_and(|id| !id.is_null()) => {
+                Outcome::ok(placed(&v, &corr, false))
+            }
+            // Only DhanHQ's own refusal of the request says it was not
+            // placed; a gateway error, an answer without an order id or
+            // no answer at all may hide a placed order: look it up.
+            Ok(_) => self.find_by_correlation(&corr, "an answer without an order id"),
+            Err(
+                e @ CallError::Refused {
+                    status: 400..=499, ..
+                },
+            ) => Outcome::dhan(&e),
+            Err(e) => self.find_by_correlation(&corr, &e.to_string()),
         }
     }
 
@@ -789,13 +893,23 @@ impl Worker {
     /// placed again.
     fn find_by_correlation(&mut self, correlation_id: &str, why: &str) -> Outcome {
         let path = format!("/orders/external/{correlation_id}");
+        // DhanHQ is often still working on it the moment a call times out.
+        std::thread::sleep(LOOKUP_AFTER);
         match self.rest.get(&path) {
-            Ok(v) => match client::list(v).into_iter().next() {
-                Some(found) if found.get("orderId").is_some() => {
+            Ok(v) => match client::list(v).as_slice() {
+                [found] if found.get("orderId").is_some() => {
                     log::warn!("order {correlation_id}: no answer to the placement ({why}); DhanHQ has it, so it was placed");
-                    Outcome::ok(placed(&found, correlation_id, true))
+                    Outcome::ok(placed(found, correlation_id, true))
                 }
-                _ => not_found(correlation_id, why),
+                [] => not_found(correlation_id, why),
+                _ => Outcome {
+                    status: 504,
+                    body: json!({
+                        "error": format!("the placement got no clear answer ({why}) and DhanHQ lists several orders with correlationId {correlation_id}; check GET /api/orders before placing it again"),
+                        "correlationId": correlation_id,
+                    }),
+                    outcome: "unknown",
+                },
             },
             Err(CallError::Refused {
                 status: 404 | 400, ..
@@ -878,7 +992,7 @@ impl Worker {
         })
     }
 
-    fn modify(&mut self, id: &str, body: &[u8]) -> Outcome {
+    fn modify(&mut self, id: &str, body: &[u8], queued: Instant) -> Outcome {
         let id = match order::checked_order_id(id) {
             Ok(id) => id.to_string(),
             Err(why) => return Outcome::refused(400, why),
@@ -898,10 +1012,9 @@ impl Worker {
         if let Err(out) = self.check(key, None, &terms) {
             return out;
         }
-        if let Err(out) = self.may_send(true) {
+        if let Err(out) = self.pace_and_check(true, queued) {
             return out;
         }
-        self.pace();
         let body = order::modify_body(&id, &terms, &self.rest.client_id());
         match self
             .rest
@@ -912,15 +1025,14 @@ impl Worker {
         }
     }
 
-    fn cancel(&mut self, id: &str) -> Outcome {
+    fn cancel(&mut self, id: &str, queued: Instant) -> Outcome {
         let id = match order::checked_order_id(id) {
             Ok(id) => id.to_string(),
             Err(why) => return Outcome::refused(400, why),
         };
-        if let Err(out) = self.may_send(false) {
+        if let Err(out) = self.pace_and_check(false, queued) {
             return out;
         }
-        self.pace();
         match self
             .rest
             .call(Method::Delete, &format!("/orders/{id}"), None)
@@ -950,7 +1062,9 @@ impl Worker {
         let mut cancelled = Vec::new();
         let mut failed = Vec::new();
         for id in &open {
-            let out = self.cancel(id);
+            // Each cancel is fresh work: cancel-all may take a while and
+            // must not stop half way.
+            let out = self.cancel(id, Instant::now());
             if out.status == 200 {
                 cancelled.push(id.clone());
             } else {
@@ -974,6 +1088,13 @@ impl Worker {
             },
         }
     }
+}
+
+/// The file that says the kill switch is thrown, beside the audit log.
+pub fn stopped_marker(audit_log: &std::path::Path) -> std::path::PathBuf {
+    let mut name = audit_log.file_name().unwrap_or_default().to_os_string();
+    name.push(".kill-switch");
+    audit_log.with_file_name(name)
 }
 
 /// A placement's answer for the client.

@@ -99,6 +99,10 @@ impl DhanRest {
             .timeout_global(Some(timeout))
             .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
             .http_status_as_error(false)
+            // A redirect would carry the access-token header to wherever
+            // it points (ureq strips only Authorization and Cookie) and
+            // turn a POST into a GET: none is followed.
+            .max_redirects(0)
             .user_agent(concat!("dhan-relay/", env!("CARGO_PKG_VERSION")));
         if loopback {
             // A proxy from the environment must not capture loopback.
@@ -177,7 +181,20 @@ impl DhanRest {
             .map_err(|e| {
                 CallError::NoAnswer(redact(&format!("reading the answer: {e}"), &secrets))
             })?;
-        answer_of(status, &text)
+        answer_of(status, &text).map_err(|e| match e {
+            CallError::Refused {
+                status,
+                code,
+                kind,
+                message,
+            } => CallError::Refused {
+                status,
+                code,
+                kind,
+                message: redact(&message, &secrets),
+            },
+            other => other,
+        })
     }
 }
 

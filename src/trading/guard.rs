@@ -6,10 +6,11 @@
 //! number of lots (lot size from the instrument master, for every
 //! instrument whose lot is above 1: futures, options, currency and MCX
 //! contracts), prices are whole ticks (tick size from the master: DhanHQ
-//! refuses others), a LIMIT or STOP_LOSS price is within `price_band_pct` of the
-//! last traded price, and the order's value is at most `max_order_value`.
-//! The value is quantity × the limit price (LIMIT, STOP_LOSS), × the
-//! trigger (STOP_LOSS_MARKET) or × the last traded price (MARKET); an order
+//! refuses others), a limit price and a trigger price are within
+//! `price_band_pct` of the last traded price, and the order's value is at
+//! most `max_order_value`. The value is quantity × the limit price (LIMIT,
+//! STOP_LOSS), × the higher of trigger and last price (STOP_LOSS_MARKET)
+//! or × the last traded price (MARKET); an order
 //! the relay cannot value or band-check because the instrument has not
 //! traded since start is refused rather than let through unchecked.
 
@@ -120,27 +121,39 @@ pub fn check(
             facts.name
         )
     };
-    if let (Some(band), true) = (guards.price_band_pct, terms.order_type.has_price()) {
-        let price = terms.price.unwrap_or(0.0);
-        let Some(ltp) = facts.ltp.filter(|l| *l > 0.0) else {
-            return refuse("price_band_pct", unpriced());
-        };
-        let off = (price - ltp).abs() / ltp * 100.0;
-        if off > band {
-            return refuse(
-                "price_band_pct",
-                format!(
-                    "price {price} is {off:.2}% from the last traded price {ltp} of {}; trading.price_band_pct allows {band}%",
-                    facts.name
-                ),
-            );
+    let ltp = facts.ltp.filter(|l| *l > 0.0);
+    if let Some(band) = guards.price_band_pct {
+        // The limit price and the trigger both: a stop far from the market
+        // is as much a fat finger as a limit is.
+        for (what, p) in [
+            ("price", terms.price),
+            ("triggerPrice", terms.trigger_price),
+        ] {
+            let Some(p) = p else { continue };
+            let Some(ltp) = ltp else {
+                return refuse("price_band_pct", unpriced());
+            };
+            let off = (p - ltp).abs() / ltp * 100.0;
+            if off > band {
+                return refuse(
+                    "price_band_pct",
+                    format!(
+                        "{what} {p} is {off:.2}% from the last traded price {ltp} of {}; trading.price_band_pct allows {band}%",
+                        facts.name
+                    ),
+                );
+            }
         }
     }
     if let Some(max) = guards.max_order_value {
         let per_unit = match terms.order_type {
             OrderType::Limit | OrderType::StopLoss => terms.price,
-            OrderType::StopLossMarket => terms.trigger_price,
-            OrderType::Market => facts.ltp.filter(|l| *l > 0.0),
+            // Fills at the market once triggered: whichever is higher.
+            OrderType::StopLossMarket => match (terms.trigger_price, ltp) {
+                (Some(t), Some(l)) => Some(t.max(l)),
+                _ => None,
+            },
+            OrderType::Market => ltp,
         };
         let Some(per_unit) = per_unit else {
             return refuse("max_order_value", unpriced());
@@ -248,6 +261,25 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_far_from_the_market_is_refused() {
+        // BUY 5,000 SL-M with a trigger of 0.05 on a 100 stock: not a cheap
+        // order, a fat finger.
+        let t = Terms {
+            trigger_price: Some(0.05),
+            ..terms(5_000, OrderType::StopLossMarket, None)
+        };
+        let r = check(&Guards::default(), &EQ, Some("CNC"), &t).unwrap_err();
+        assert_eq!(r.guard, "price_band_pct");
+        assert!(r.message.starts_with("triggerPrice 0.05"), "{}", r.message);
+        // Near the market it is valued at the higher of trigger and LTP.
+        let t = Terms {
+            trigger_price: Some(98.0),
+            ..terms(2_001, OrderType::StopLossMarket, None)
+        };
+        assert_eq!(guard_of(&EQ, "CNC", t), Some("max_order_value"));
+    }
+
+    #[test]
     fn prices_are_whole_ticks() {
         use OrderType::*;
         assert_eq!(guard_of(&EQ, "CNC", terms(1, Limit, Some(100.05))), None);
@@ -312,13 +344,10 @@ mod tests {
             &terms(1, OrderType::Market, None)
         )
         .is_ok());
-        // A stop-loss-market is valued at its trigger.
-        assert!(check(
-            &Guards::default(),
-            &dark,
-            Some("CNC"),
-            &terms(10, OrderType::StopLossMarket, None)
-        )
-        .is_ok());
+        // A stop-loss-market needs a last price too (band and value).
+        assert_eq!(
+            guard_of(&dark, "CNC", terms(10, OrderType::StopLossMarket, None)),
+            Some("price_band_pct")
+        );
     }
 }

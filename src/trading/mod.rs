@@ -207,15 +207,42 @@ impl TradingTable {
             Some(ms) => Duration::from_millis(ms),
             None => d.timeout,
         };
+        let order_stream_url = self.order_stream_url.unwrap_or(d.order_stream_url);
+        check_stream_url(&order_stream_url)?;
         Ok(TradingConfig {
             enabled: self.enabled.unwrap_or(paper),
             paper,
             rest_url: rest_url.to_string(),
-            order_stream_url: self.order_stream_url.unwrap_or(d.order_stream_url),
+            order_stream_url,
             guards,
             audit_log: self.audit_log.unwrap_or_else(|| default_audit_log(paper)),
             timeout,
         })
+    }
+}
+
+/// The order stream's login carries the token: `wss://`, or `ws://` to
+/// this machine only (tests, the simulator).
+fn check_stream_url(url: &str) -> Result<(), String> {
+    if url.starts_with("wss://") {
+        return Ok(());
+    }
+    let loopback = [
+        "ws://127.",
+        "ws://localhost:",
+        "ws://localhost/",
+        "ws://[::1]",
+    ]
+    .iter()
+    .any(|p| url.starts_with(p))
+        || url == "ws://localhost";
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!(
+            "trading.order_stream_url '{}' must be wss:// (its login carries the access token; ws:// only to this machine)",
+            url.chars().take(60).collect::<String>()
+        ))
     }
 }
 
@@ -279,6 +306,10 @@ mod tests {
             ("products = [\"BO\"]", "trading.products: 'BO'"),
             ("timeout_ms = 10", "trading.timeout_ms"),
             ("enable = true", "unknown field"),
+            (
+                "order_stream_url = \"ws://example.com\"",
+                "trading.order_stream_url",
+            ),
         ] {
             let e = table(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");
