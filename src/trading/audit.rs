@@ -12,9 +12,10 @@
 //! token, client id or API key is ever written.
 //!
 //! The file is opened for appending (mode 0600) at start: a log that
-//! cannot be opened is a start-up error. When a write fails, the broker
-//! refuses new orders (503) until one succeeds again, so nothing is sent
-//! that is not recorded.
+//! cannot be opened is a start-up error. A record is queued when its call
+//! ends and written just after; once a write fails, the broker refuses new
+//! orders (503) until one succeeds again. (A crash between a send and its
+//! record loses that line: the outcome was not known yet either.)
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
