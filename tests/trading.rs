@@ -640,6 +640,10 @@ fn a_hanging_broker_stalls_no_price_and_no_order_goes_twice() {
     assert!(took < Duration::from_secs(8), "{took:?}");
     assert!(arrivals.len() > 50, "{} ticks", arrivals.len());
     let gap = largest_gap(&arrivals);
+    println!(
+        "while DhanHQ's REST side hung: {} ticks to a price client, largest gap {gap:?} (ticks every 20 ms); /prices answered in {rest_time:?}",
+        arrivals.len()
+    );
     assert!(
         gap < Duration::from_millis(500),
         "a price client waited {gap:?}"
