@@ -46,10 +46,19 @@ pub struct Record {
     pub answer: Value,
 }
 
+/// What the writer thread is told.
+#[derive(Debug)]
+enum Message {
+    Write(Record),
+    /// Everything queued before this is written; then the thread ends
+    /// (handles may outlive it: their records are then lost, and logged).
+    Stop,
+}
+
 /// The writer thread and the way to it.
 #[derive(Debug)]
 pub struct Audit {
-    tx: Option<Sender<Record>>,
+    tx: Option<Sender<Message>>,
     healthy: Arc<AtomicBool>,
     path: PathBuf,
     thread: Option<JoinHandle<()>>,
@@ -58,14 +67,14 @@ pub struct Audit {
 /// A cloneable way to the writer.
 #[derive(Clone, Debug)]
 pub struct AuditLog {
-    tx: Sender<Record>,
+    tx: Sender<Message>,
     healthy: Arc<AtomicBool>,
 }
 
 impl AuditLog {
     /// Queues a record (never blocks).
     pub fn write(&self, record: Record) {
-        if self.tx.send(record).is_err() {
+        if self.tx.send(Message::Write(record)).is_err() {
             log::error!("audit log writer has stopped: a record was not written");
             self.healthy.store(false, Ordering::Relaxed);
         }
@@ -120,7 +129,9 @@ impl Audit {
     }
 
     fn stop(&mut self) {
-        self.tx = None;
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Message::Stop);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -144,8 +155,11 @@ fn open(path: &Path) -> std::io::Result<File> {
     options.open(path)
 }
 
-fn run(mut file: File, rx: &Receiver<Record>, healthy: &AtomicBool, path: &str) {
-    for r in rx.iter() {
+fn run(mut file: File, rx: &Receiver<Message>, healthy: &AtomicBool, path: &str) {
+    for message in rx.iter() {
+        let Message::Write(r) = message else {
+            return;
+        };
         let time = crate::instrument::date::ist_timestamp(std::time::SystemTime::now());
         let line = line(&r, format!("{time}+05:30"));
         match file.write_all(line.as_bytes()).and_then(|()| file.flush()) {
@@ -205,8 +219,9 @@ mod tests {
                 answer: serde_json::json!({"orderId": "1"}),
             });
         }
-        drop(log);
+        // Shutting down writes what is queued, even with a handle alive.
         audit.shutdown();
+        drop(log);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<Value> = text
             .lines()

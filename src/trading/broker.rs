@@ -1175,14 +1175,25 @@ mod tests {
         assert_eq!(door.set_live(br#"{"enabled":false}"#, caller()).0, 409);
     }
 
-    fn door() -> (TradingDoor, Receiver<Job>, Receiver<Job>) {
+    /// A config whose audit log (and kill-switch marker) is in a scratch
+    /// directory of its own.
+    fn config(name: &str) -> TradingConfig {
+        let dir =
+            std::env::temp_dir().join(format!("dhan-relay-broker-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TradingConfig {
+            enabled: true,
+            audit_log: dir.join("audit.jsonl"),
+            ..TradingConfig::default()
+        }
+    }
+
+    fn door(name: &str) -> (TradingDoor, Receiver<Job>, Receiver<Job>) {
         let (otx, orx) = crossbeam_channel::bounded(QUEUE);
         let (rtx, rrx) = crossbeam_channel::bounded(QUEUE);
         let door = TradingDoor {
-            config: Arc::new(TradingConfig {
-                enabled: true,
-                ..TradingConfig::default()
-            }),
+            config: Arc::new(config(name)),
             live: Arc::new(AtomicBool::new(true)),
             orders: Some(otx),
             reads: Some(rtx),
@@ -1197,7 +1208,7 @@ mod tests {
 
     #[test]
     fn order_calls_are_limited_to_ten_a_second_and_reads_are_not() {
-        let (mut door, orders, reads) = door();
+        let (mut door, orders, reads) = door("rate");
         let t0 = Instant::now();
         for i in 0..10 {
             door.submit(ticket(i), Call::Cancel("1".into()), caller(), t0)
@@ -1226,7 +1237,7 @@ mod tests {
 
     #[test]
     fn the_kill_switch_stops_new_orders_not_cancels() {
-        let (mut door, orders, _reads) = door();
+        let (mut door, orders, _reads) = door("kill");
         let (status, body) = door.set_live(br#"{"enabled": false}"#, caller());
         assert_eq!(status, 200, "{body}");
         let now = Instant::now();
@@ -1250,13 +1261,87 @@ mod tests {
         door.submit(ticket(3), Call::Cancel("1".into()), caller(), now)
             .unwrap();
         assert_eq!(orders.len(), 1);
+        let marker = stopped_marker(&door.config.audit_log);
+        assert!(std::fs::read_to_string(&marker)
+            .unwrap()
+            .contains("stopped by 127.0.0.1"));
         let s: Value = serde_json::from_str(&door.status(true)).unwrap();
         assert_eq!(s["killSwitch"], true);
         assert_eq!(s["enabled"], false);
         assert_eq!(door.set_live(b"{\"enabled\": 1}", caller()).0, 400);
         assert_eq!(door.set_live(br#"{"enabled": true}"#, caller()).0, 200);
+        assert!(!marker.exists(), "resuming removes the marker");
+        let _ = std::fs::remove_dir_all(marker.parent().unwrap());
         door.submit(ticket(4), Call::Place(b"{}".to_vec()), caller(), now)
             .unwrap();
+    }
+
+    /// A worker whose DhanHQ is nowhere (no call is expected to be made).
+    fn worker(name: &str) -> (Worker, Arc<AtomicBool>) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let credentials: SharedCredentials = Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::upstream::Credentials::new("1", "t"),
+        ));
+        let config = Arc::new(config(name));
+        let audit = Audit::open(&config.audit_log).unwrap();
+        let live = Arc::new(AtomicBool::new(true));
+        let worker = Worker {
+            rest: DhanRest::new(
+                "http://127.0.0.1:9",
+                Duration::from_secs(1),
+                Arc::clone(&credentials),
+            ),
+            config,
+            links: BrokerLinks {
+                master: Arc::new(arc_swap::ArcSwap::from_pointee(
+                    crate::instrument::Master::sample(),
+                )),
+                snapshot: Arc::default(),
+                clock: WallClock::system(),
+                credentials,
+                front_waker: Arc::clone(&waker),
+                fanout_waker: waker,
+                extra_ca: Vec::new(),
+            },
+            live: Arc::clone(&live),
+            audit: audit.log(),
+            answers: crossbeam_channel::unbounded().0,
+            paced: VecDeque::new(),
+            stats: Arc::default(),
+            sent_ids: SentIds::default(),
+        };
+        (worker, live)
+    }
+
+    #[test]
+    fn the_last_check_before_a_send_refuses_stale_and_stopped_orders() {
+        let (mut w, live) = worker("stale");
+        let now = Instant::now();
+        assert!(w.pace_and_check(true, now).is_ok());
+        let stale = now - STALE_AFTER - Duration::from_secs(1);
+        let out = w.pace_and_check(false, stale).unwrap_err();
+        assert_eq!(out.status, 503);
+        assert!(
+            out.body["error"].as_str().unwrap().starts_with("not sent"),
+            "{}",
+            out.body
+        );
+        live.store(false, Ordering::SeqCst);
+        assert_eq!(w.pace_and_check(true, now).unwrap_err().status, 403);
+        assert!(w.pace_and_check(false, now).is_ok(), "cancels still go");
+        // The eleventh call within a second waits for the window.
+        w.paced.clear();
+        let t0 = Instant::now();
+        for _ in 0..11 {
+            w.pace();
+        }
+        assert!(
+            t0.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            t0.elapsed()
+        );
+        let _ = std::fs::remove_dir_all(w.config.audit_log.parent().unwrap());
     }
 
     #[test]
