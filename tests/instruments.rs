@@ -449,7 +449,7 @@ fn search_ranks_exact_prefix_substring_and_renders_the_api_object() {
     assert_eq!(
         r[0].to_json(),
         json!({"symbol":"RELIANCE","name":"RELIANCE INDUSTRIES LTD","exchangeSegment":"NSE_EQ",
-               "securityId":"2885","instrument":"EQUITY","expiry":null,"lotSize":1})
+               "securityId":"2885","instrument":"EQUITY","expiry":null,"lotSize":1,"tickSize":0.05})
     );
     assert_eq!(r[1].key(), key(Segment::BseEq, 500325));
     assert_eq!(
@@ -809,7 +809,7 @@ fn the_engine_serves_the_default_watchlist_search_and_symbol_subscriptions() {
     assert_eq!(
         s["results"][0],
         json!({"symbol":"RELIANCE","name":"RELIANCE INDUSTRIES LTD","exchangeSegment":"NSE_EQ",
-               "securityId":"2885","instrument":"EQUITY","expiry":null,"lotSize":1})
+               "securityId":"2885","instrument":"EQUITY","expiry":null,"lotSize":1,"tickSize":0.05})
     );
     let (_, s) = http_get_json(addr, "/api/instruments?q=crudeoil%20dec+fut");
     assert_eq!(s["query"], "crudeoil dec fut");

@@ -319,6 +319,7 @@ fn guards_refuse_before_anything_leaves_the_box() {
         (market("BUY", 6_000), 422, Some("max_quantity")),
         (market("BUY", 200), 422, Some("max_order_value")),
         (limit("BUY", 1, 1300.0), 422, Some("price_band_pct")),
+        (limit("BUY", 1, 1399.97), 422, Some("tick_size")),
         (
             json!({"symbol":"NIFTY","side":"BUY","quantity":1,"orderType":"MARKET","productType":"CNC"}),
             422,
@@ -358,8 +359,8 @@ fn guards_refuse_before_anything_leaves_the_box() {
         before,
         "the simulator saw nothing"
     );
-    let lines = audit_lines(&dir.0, 9);
-    assert_eq!(lines.len(), 9, "one line per refused request: {lines:?}");
+    let lines = audit_lines(&dir.0, 10);
+    assert_eq!(lines.len(), 10, "one line per refused request: {lines:?}");
     assert!(lines
         .iter()
         .all(|l| l["outcome"] == "refused" && l["status"] != 200));

@@ -1271,9 +1271,16 @@ impl<'a> Instrument<'a> {
         (!r.is_nan()).then_some(f64::from(r))
     }
 
-    /// `SEM_TICK_SIZE` as in the file (0 when empty or not a number).
+    /// `SEM_TICK_SIZE` as in the file (0 when empty or not a number):
+    /// DhanHQ writes it in paise (`5.0000` for a ₹0.05 step).
     pub fn tick_size(&self) -> f64 {
         parse_number(self.master.str(self.r().tick)).unwrap_or(0.0)
+    }
+
+    /// The price step in rupees ([`Instrument::tick_size`] / 100; 0 when
+    /// unknown).
+    pub fn tick_rupees(&self) -> f64 {
+        self.tick_size() / 100.0
     }
 
     /// The line of the file it came from.
@@ -1299,7 +1306,7 @@ impl<'a> Instrument<'a> {
             "instrument": self.instrument(),
             "expiry": self.expiry().map(|d| d.to_string()),
             "lotSize": lot,
-            "tickSize": self.tick_size(),
+            "tickSize": self.tick_rupees(),
         })
     }
 }
@@ -1336,7 +1343,7 @@ mod tests {
         assert_eq!(
             rel.to_json(),
             json!({"symbol":"RELIANCE","name":"RELIANCE INDUSTRIES LTD","exchangeSegment":"NSE_EQ",
-                   "securityId":"2885","instrument":"EQUITY","expiry":null,"lotSize":1})
+                   "securityId":"2885","instrument":"EQUITY","expiry":null,"lotSize":1,"tickSize":0.05})
         );
         // Rank order: indices first.
         assert_eq!(m.iter().next().unwrap().kind(), Kind::Index);

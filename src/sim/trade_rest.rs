@@ -473,7 +473,7 @@ pub(crate) fn meta(key: InstrumentKey) -> Meta {
                 OptionType::Put => "PE",
             }),
             // The master gives it in paise (`5.0000` = ₹0.05).
-            tick_size: i.tick_size() / 100.0,
+            tick_size: i.tick_rupees(),
             lot: i.lot_size(),
         },
         None => Meta {

@@ -962,7 +962,7 @@ impl Worker {
         let (lot, tick, name) = match master.get(key) {
             Some(i) => (
                 i.lot_size().round().max(1.0) as u32,
-                i.tick_size(),
+                i.tick_rupees(),
                 i.symbol().to_string(),
             ),
             None => (

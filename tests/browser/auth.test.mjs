@@ -19,14 +19,14 @@
 // Run: bash .ci/browser-test, or after `cargo build` and `npm ci` here:
 // DHAN_RELAY_BIN=... node tests/browser/auth.test.mjs
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import { chromium } from 'playwright-core';
 
-import { BIN, CHROMIUM, CHROMIUM_FLAGS, OUT, ROOT, check, freePort, log, sleep, steps, stopEngine, tail } from './relay.mjs';
+import { BIN, CHROMIUM, CHROMIUM_FLAGS, OUT, ROOT, check, freePort, log, sleep, spawnEngine, steps, stopEngine, tail } from './relay.mjs';
 
 const WATCHDOG_MS = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 120_000);
 
@@ -56,36 +56,9 @@ function addKey(name) {
 }
 
 async function startEngine(port) {
-  if (!fs.existsSync(BIN)) throw new Error(`no engine binary at ${BIN}: run cargo build`);
-  const logPath = path.join(OUT, 'engine-auth.log');
-  const fd = fs.openSync(logPath, 'w');
-  const env = { ...process.env };
-  delete env.DHAN_CLIENT_ID;
-  delete env.DHAN_ACCESS_TOKEN;
-  delete env.DHAN_AUTH_TOKEN;
-  const args = ['--config', CFG, '--keys-file', KEYS, '--listen', `127.0.0.1:${port}`, '--log-level', 'info'];
   // The working directory is the temp dir: no stray .env is read.
-  const child = spawn(BIN, args, { stdio: ['ignore', fd, fd], env, cwd: tmp });
-  fs.closeSync(fd);
-  const e = { child, logPath, exited: null };
-  child.on('exit', (code, signal) => {
-    e.exited = { code, signal };
-  });
-  engine = e;
-  const until = Date.now() + 20_000;
-  for (;;) {
-    if (e.exited) throw new Error(`engine exited at start (${JSON.stringify(e.exited)}):\n${tail(logPath)}`);
-    try {
-      const r = await fetch(`http://127.0.0.1:${port}/health`, { signal: AbortSignal.timeout(1000) });
-      if (r.status === 200) break;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > until) throw new Error(`engine not healthy within 20 s:\n${tail(logPath)}`);
-    await sleep(100);
-  }
-  log(`engine up: ${path.relative(ROOT, BIN)} ${args.join(' ')} (pid ${child.pid}, log ${path.relative(ROOT, logPath)})`);
-  return e;
+  engine = await spawnEngine({ name: 'auth', port, args: ['--config', CFG, '--keys-file', KEYS], cwd: tmp });
+  return engine;
 }
 
 // ------------------------------------------------------------------ console

@@ -30,7 +30,7 @@ import path from 'node:path';
 
 import { chromium } from 'playwright-core';
 
-import { BIN, CHROMIUM, CHROMIUM_FLAGS, OUT, ROOT, Skip, check, freePort, log, sleep, steps, stopEngine, tail } from './relay.mjs';
+import { BIN, CHROMIUM, CHROMIUM_FLAGS, OUT, ROOT, Skip, check, freePort, log, sleep, spawnEngine, steps, stopEngine, tail } from './relay.mjs';
 
 const WATCHDOG_MS = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 240_000);
 const PERF_INSTRUMENTS = 200;
@@ -50,40 +50,10 @@ const engines = [];
  * answer with `anyHealth`).
  */
 async function startEngine(port, rate, name, live = null) {
-  if (!fs.existsSync(BIN)) throw new Error(`no engine binary at ${BIN}: run cargo build --release`);
-  const logPath = path.join(OUT, `engine-${name}.log`);
-  const fd = fs.openSync(logPath, 'w');
-  const env = { ...process.env };
-  delete env.DHAN_CLIENT_ID;
-  delete env.DHAN_ACCESS_TOKEN;
-  const args = ['--listen', `127.0.0.1:${port}`, '--log-level', 'info'];
-  if (live) {
-    Object.assign(env, live.env);
-    args.push('--feed-url', live.url);
-  } else {
-    args.push('--demo-rate', String(rate));
-  }
-  const child = spawn(BIN, args, { stdio: ['ignore', fd, fd], env });
-  fs.closeSync(fd);
-  const e = { child, logPath, exited: null, name };
-  child.on('exit', (code, signal) => {
-    e.exited = { code, signal };
-  });
+  const args = live ? ['--feed-url', live.url] : ['--demo-rate', String(rate)];
+  const e = await spawnEngine({ name, port, args, env: live ? live.env : {}, anyStatus: !!live });
   engines.push(e);
   if (!live) engine = e; // the one the page under test talks to
-  const until = Date.now() + 20_000;
-  for (;;) {
-    if (e.exited) throw new Error(`engine exited at start (${JSON.stringify(e.exited)}):\n${tail(logPath)}`);
-    try {
-      const r = await fetch(`http://127.0.0.1:${port}/health`, { signal: AbortSignal.timeout(1000) });
-      if (r.status === 200 || live) break;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > until) throw new Error(`engine not healthy within 20 s:\n${tail(logPath)}`);
-    await sleep(100);
-  }
-  log(`engine ${name} up: ${path.relative(ROOT, BIN)} ${args.join(' ')} (pid ${child.pid}, log ${path.relative(ROOT, logPath)})`);
   return e;
 }
 

@@ -1,7 +1,8 @@
 // Shared by the browser tests (dashboard.test.mjs, auth.test.mjs, trading.test.mjs): where the
 // engine and Chromium are, Chromium's flags, a timestamped log, free ports,
-// log tails, stopping a child process, and a pass/fail step runner.
+// log tails, starting and stopping the engine, and a pass/fail step runner.
 
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -46,6 +47,49 @@ export function tail(file, lines = 20) {
   } catch {
     return '(no log)';
   }
+}
+
+/**
+ * Starts the engine on 127.0.0.1:`port` with `args` after the listen and log
+ * flags, its output in OUT/engine-`name`.log, with no DhanHQ credentials from
+ * the environment (`env` may give some), in `cwd`; waits until /health
+ * answers 200 (any answer with `anyStatus`: an engine whose upstream is down
+ * answers 503). Resolves with `{ child, logPath, exited, name }`; an engine
+ * that does not come up is killed and the error carries its log's tail.
+ */
+export async function spawnEngine({ name, port, args = [], env: extra = {}, cwd, anyStatus = false }) {
+  if (!fs.existsSync(BIN)) throw new Error(`no engine binary at ${BIN}: run cargo build --release`);
+  const logPath = path.join(OUT, `engine-${name}.log`);
+  const fd = fs.openSync(logPath, 'w');
+  const env = { ...process.env };
+  delete env.DHAN_CLIENT_ID;
+  delete env.DHAN_ACCESS_TOKEN;
+  delete env.DHAN_AUTH_TOKEN;
+  Object.assign(env, extra);
+  const all = ['--listen', `127.0.0.1:${port}`, '--log-level', 'info', ...args];
+  const child = spawn(BIN, all, { stdio: ['ignore', fd, fd], env, cwd });
+  fs.closeSync(fd);
+  const e = { child, logPath, exited: null, name };
+  child.on('exit', (code, signal) => {
+    e.exited = { code, signal };
+  });
+  const until = Date.now() + 20_000;
+  for (;;) {
+    if (e.exited) throw new Error(`engine exited at start (${JSON.stringify(e.exited)}):\n${tail(logPath)}`);
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}/health`, { signal: AbortSignal.timeout(1000) });
+      if (r.status === 200 || anyStatus) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > until) {
+      await stopEngine(e);
+      throw new Error(`engine not healthy within 20 s:\n${tail(logPath)}`);
+    }
+    await sleep(100);
+  }
+  log(`engine ${name} up: ${path.relative(ROOT, BIN)} ${all.join(' ')} (pid ${child.pid}, log ${path.relative(ROOT, logPath)})`);
+  return e;
 }
 
 /** SIGTERM, then SIGKILL after 5 s, for `{ child, exited }` records. */

@@ -25,14 +25,13 @@
 // Run: bash .ci/browser-test, or after `cargo build --release` and `npm ci`
 // here: node tests/browser/trading.test.mjs
 
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import { chromium } from 'playwright-core';
 
-import { BIN, CHROMIUM, CHROMIUM_FLAGS, OUT, ROOT, check, freePort, log, sleep, steps, stopEngine, tail } from './relay.mjs';
+import { CHROMIUM, CHROMIUM_FLAGS, OUT, ROOT, check, freePort, log, sleep, spawnEngine, steps, stopEngine, tail } from './relay.mjs';
 
 const WATCHDOG_MS = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 180_000);
 
@@ -41,35 +40,10 @@ fs.mkdirSync(OUT, { recursive: true });
 let engine = null;
 
 async function startEngine(port) {
-  if (!fs.existsSync(BIN)) throw new Error(`no engine binary at ${BIN}: run cargo build --release`);
-  const logPath = path.join(OUT, 'engine-trading.log');
-  const fd = fs.openSync(logPath, 'w');
-  const env = { ...process.env };
-  delete env.DHAN_CLIENT_ID;
-  delete env.DHAN_ACCESS_TOKEN;
-  const args = ['--listen', `127.0.0.1:${port}`, '--log-level', 'info', '--demo-rate', '50'];
-  // The audit log goes with the other artifacts, not into the checkout.
-  const child = spawn(BIN, args, { stdio: ['ignore', fd, fd], env, cwd: OUT });
-  fs.closeSync(fd);
-  const e = { child, logPath, exited: null, name: 'trading' };
-  child.on('exit', (code, signal) => {
-    e.exited = { code, signal };
-  });
-  engine = e;
-  const until = Date.now() + 20_000;
-  for (;;) {
-    if (e.exited) throw new Error(`engine exited at start (${JSON.stringify(e.exited)}):\n${tail(logPath)}`);
-    try {
-      const r = await fetch(`http://127.0.0.1:${port}/health`, { signal: AbortSignal.timeout(1000) });
-      if (r.status === 200) break;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > until) throw new Error(`engine not healthy within 20 s:\n${tail(logPath)}`);
-    await sleep(100);
-  }
-  log(`engine up: ${path.relative(ROOT, BIN)} ${args.join(' ')} (pid ${child.pid}, log ${path.relative(ROOT, logPath)})`);
-  return e;
+  // Paper trading's audit log goes with the other artifacts, not into $HOME.
+  const env = { XDG_STATE_HOME: OUT };
+  engine = await spawnEngine({ name: 'trading', port, args: ['--demo-rate', '50'], env, cwd: OUT });
+  return engine;
 }
 
 const { step, results, count } = steps();
