@@ -201,6 +201,14 @@ impl Worker {
                 self.request(i, s, Op::Unsubscribe, instruments, now)
             }
             Ok(ClientMessage::SubscribeOrders) => self.subscribe_orders(s, now),
+            Ok(ClientMessage::SubscribeChain {
+                underlying,
+                expiry,
+                strikes,
+            }) => self.subscribe_chain(i, s, underlying, expiry, strikes, now),
+            Ok(ClientMessage::UnsubscribeChain { chain }) => {
+                self.unsubscribe_chain(s, &chain, now)
+            }
             Ok(ClientMessage::UnsubscribeOrders) => {
                 s.orders = false;
                 s.reply(

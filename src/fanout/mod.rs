@@ -34,6 +34,7 @@ pub mod resolver;
 pub mod rest;
 pub mod session;
 pub mod stats;
+mod chains;
 pub mod topics;
 pub mod trade;
 
@@ -201,6 +202,8 @@ pub struct FanoutInputs {
     /// ([`crate::trading::stream`]) for `/ws` clients that sent
     /// `subscribe_orders`; `None`: trading is off.
     pub orders: Option<Receiver<Bytes>>,
+    /// The chain thread: requests to it, events from it (`None`: no chains).
+    pub chains: Option<(Sender<crate::chain::service::ChainRequest>, Receiver<crate::chain::service::ChainEvent>)>,
 }
 
 impl std::fmt::Debug for FanoutInputs {
@@ -374,6 +377,11 @@ impl Fanout {
             dirty: Vec::with_capacity(1024),
             orders: inputs.orders,
             orders_pending: false,
+            chains: inputs.chains.map(|(requests, events)| chains::ChainLink {
+                requests,
+                events,
+                ids: std::collections::HashMap::new(),
+            }),
         };
         let fanout = std::thread::Builder::new()
             .name("dhan-fanout".into())
@@ -488,6 +496,8 @@ struct Worker {
     orders: Option<Receiver<Bytes>>,
     /// The order budget ran out last turn: do not sleep in the poll.
     orders_pending: bool,
+    /// Option chains (`None`: none served).
+    chains: Option<chains::ChainLink>,
 }
 
 impl Worker {
@@ -542,6 +552,7 @@ impl Worker {
             self.drain_updates(now);
             self.drain_depth(now);
             self.drain_orders(now);
+            self.drain_chains(now);
             self.check_upstream(now);
             self.flush_dirty(now);
             self.push_changes(now);
@@ -827,6 +838,7 @@ impl Worker {
         for key in s.depth20.iter() {
             self.depth_topics.remove(i, *key);
         }
+        self.release_chains(&s);
         self.view_dirty |= !s.subs.is_empty();
         self.auth.connection_closed(s.key);
         self.stats.subscriptions.sub(s.subs.len() as u64);
@@ -960,6 +972,7 @@ mod test_worker {
             dirty: Vec::new(),
             orders: None,
             orders_pending: false,
+            chains: None,
         };
         Harness {
             worker,

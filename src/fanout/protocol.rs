@@ -38,6 +38,20 @@ pub enum ClientMessage {
     },
     /// `{"type":"ping"}`: answered with `{"type":"pong"}`.
     Ping,
+    /// `{"type":"subscribe_chain","underlying":"NIFTY","expiry":"nearest","strikes":10}`.
+    SubscribeChain {
+        /// The underlying's name.
+        underlying: String,
+        /// `nearest` (default), `next`, `monthly` or `YYYY-MM-DD`.
+        expiry: String,
+        /// Strikes each side of ATM (default 10).
+        strikes: usize,
+    },
+    /// `{"type":"unsubscribe_chain","chain":"NIFTY:2026-12-08"}`.
+    UnsubscribeChain {
+        /// The chain's id, as `subscribed` gave it.
+        chain: String,
+    },
     /// `{"type":"subscribe_orders"}`: this account's order updates (needs
     /// trading on and a client that may trade).
     SubscribeOrders,
@@ -121,6 +135,8 @@ pub enum ProtocolError {
     SecurityIdNotNumeric(Quoted),
     /// `securityId` does not parse (the domain's reason).
     BadSecurityId(Quoted, String),
+    /// A chain message's field is missing or of the wrong kind.
+    BadChainField(&'static str, &'static str),
 }
 
 impl std::fmt::Display for ProtocolError {
@@ -135,7 +151,7 @@ impl std::fmt::Display for ProtocolError {
             TypeNotString(q) => write!(f, "\"type\" must be a string, not {q}"),
             UnknownType(q) => write!(
                 f,
-                "unknown type {q} (expected subscribe, unsubscribe, subscribe_orders, unsubscribe_orders or ping)"
+                "unknown type {q} (expected subscribe, unsubscribe, subscribe_orders, unsubscribe_orders, subscribe_chain, unsubscribe_chain or ping)"
             ),
             ModeNotString(q) => write!(f, "\"mode\" must be a string, not {q}"),
             UnknownMode(q) => write!(
@@ -158,6 +174,7 @@ impl std::fmt::Display for ProtocolError {
             MissingSecurityId => f.write_str("an instrument needs \"securityId\""),
             SecurityIdNotNumeric(q) => write!(f, "securityId {q} is not numeric"),
             BadSecurityId(q, why) => write!(f, "securityId {q}: {why}"),
+            BadChainField(field, want) => write!(f, "\"{field}\" must be {want}"),
         }
     }
 }
@@ -201,6 +218,40 @@ pub fn parse(text: &str, max_instruments: usize) -> Result<ClientMessage, Protoc
         "ping" => Ok(ClientMessage::Ping),
         "subscribe_orders" => Ok(ClientMessage::SubscribeOrders),
         "unsubscribe_orders" => Ok(ClientMessage::UnsubscribeOrders),
+        "subscribe_chain" => {
+            let text = |field: &'static str| match obj.get(field) {
+                Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 40 => {
+                    Ok(Some(s.trim().to_string()))
+                }
+                None | Some(Value::Null) => Ok(None),
+                Some(_) => Err(ProtocolError::BadChainField(field, "a name (a string of up to 40 characters)")),
+            };
+            let underlying = text("underlying")?
+                .ok_or(ProtocolError::BadChainField("underlying", "given (e.g. \"NIFTY\")"))?;
+            let expiry = text("expiry")?.unwrap_or_else(|| "nearest".into());
+            let strikes = match obj.get("strikes") {
+                None | Some(Value::Null) => 10,
+                Some(v) => v
+                    .as_u64()
+                    .filter(|n| (1..=50).contains(n))
+                    .ok_or(ProtocolError::BadChainField("strikes", "a whole number from 1 to 50"))?
+                    as usize,
+            };
+            Ok(ClientMessage::SubscribeChain {
+                underlying,
+                expiry,
+                strikes,
+            })
+        }
+        "unsubscribe_chain" => match obj.get("chain") {
+            Some(Value::String(id)) if !id.is_empty() && id.len() <= 64 => {
+                Ok(ClientMessage::UnsubscribeChain { chain: id.clone() })
+            }
+            _ => Err(ProtocolError::BadChainField(
+                "chain",
+                "the id subscribe_chain answered (e.g. \"NIFTY:2026-12-08\")",
+            )),
+        },
         other => Err(ProtocolError::UnknownType(Quoted::str(other))),
     }
 }

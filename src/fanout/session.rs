@@ -73,6 +73,8 @@ pub enum Slot {
     /// The latest packet of one type (response code) for an instrument
     /// (`/dhan`: a quote must not replace an OI or previous-close packet).
     Packet(InstrumentKey, u8),
+    /// The latest message of an option chain (by its number).
+    Chain(u32),
 }
 
 /// The socket as tungstenite sees it: reads come from the connection
@@ -157,6 +159,8 @@ pub struct Session {
     pub trade: bool,
     /// Sent `subscribe_orders` (and may trade).
     pub orders: bool,
+    /// The option chains it subscribed (by number).
+    pub chains: Vec<u32>,
 }
 
 impl Session {
@@ -200,6 +204,7 @@ impl Session {
             next_ping: None,
             trade: false,
             orders: false,
+            chains: Vec::new(),
         }
     }
 
