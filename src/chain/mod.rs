@@ -4,4 +4,5 @@
 //! per interval for every subscriber.
 
 pub mod render;
+pub mod rest;
 pub mod service;

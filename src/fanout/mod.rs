@@ -202,6 +202,10 @@ pub struct FanoutInputs {
     /// ([`crate::trading::stream`]) for `/ws` clients that sent
     /// `subscribe_orders`; `None`: trading is off.
     pub orders: Option<Receiver<Bytes>>,
+    /// What the chain thread last published, for REST.
+    pub chain_board: crate::chain::service::SharedBoard,
+    /// Its counters.
+    pub chain_stats: Arc<crate::chain::service::ChainStats>,
     /// The chain thread: requests to it, events from it (`None`: no chains).
     pub chains: Option<(Sender<crate::chain::service::ChainRequest>, Receiver<crate::chain::service::ChainEvent>)>,
 }
@@ -306,6 +310,8 @@ impl Fanout {
             listeners: self.front.listener_status(),
             insecure_no_auth: self.front.insecure(),
             trading: inputs.trading.monitor(),
+            chains: inputs.chain_board.clone(),
+            chain_stats: Arc::clone(&inputs.chain_stats),
         };
         let front_waker = self.front.waker();
         let front = {

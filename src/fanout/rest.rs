@@ -135,6 +135,10 @@ pub struct RestState {
     pub insecure_no_auth: bool,
     /// Trading: on or off, the kill switch, the audit log, counts.
     pub trading: crate::trading::stats::TradingMonitor,
+    /// Option chains as the chain thread last published them.
+    pub chains: crate::chain::service::SharedBoard,
+    /// Their counters.
+    pub chain_stats: Arc<crate::chain::service::ChainStats>,
 }
 
 /// A listener as `/health` shows it.
@@ -204,6 +208,12 @@ impl RestState {
                 Response::new(code, JSON, body)
             }
             "/api" => Response::new(200, "text/plain; charset=utf-8", INDEX),
+            "/api/chains" => Response::new(200, JSON, crate::chain::rest::list(&self.chains.load())),
+            p if p.starts_with("/api/chains/") => {
+                let name = crate::percent::decode_component(&p["/api/chains/".len()..]);
+                let (code, body) = crate::chain::rest::one(&self.chains.load(), &name, query);
+                Response::new(code, JSON, body)
+            }
             _ => return None,
         })
     }
@@ -514,6 +524,7 @@ impl RestState {
             .chain(self.fanout.all().iter())
             .chain(std::iter::once(&&self.maintenance.runs))
             .chain(self.trading.stats().counters().iter())
+            .chain([&self.chain_stats.recentres, &self.chain_stats.renders].iter())
             .map(|c| c.sample())
             .collect();
         v.push((
@@ -700,6 +711,8 @@ const INDEX: &str = "dhan-relay\n\n\
      WS   /dhan?version=2&token=..       DhanHQ's Live Market Feed v2 (its JSON requests, its binary packets)\n\
      WS   /dhan/twentydepth?token=..     DhanHQ's 20-level depth feed (RequestCode 23/24, its binary depth packets)\n\
      POST /api/admin/credentials         {\"clientId\",\"accessToken\"}: new token, no restart (admin scope; loopback only without keys)\n\
+     GET  /api/chains                    option chains running (configured [[chains]] and clients' subscribe_chain)\n\
+     GET  /api/chains/NIFTY?expiry=nearest  a chain: strikes around ATM, CE/PE prices, OI, IV and greeks\n\
      GET  /api/trading                   trading on or off, paper or live, the guards, whether you may trade\n\
      GET  /api/funds                     available balance, used margin, … (trade scope)\n\
      GET  /api/orders                    the day's orders (trade scope)\n\
@@ -842,6 +855,8 @@ mod tests {
             }],
             insecure_no_auth: false,
             trading: crate::trading::broker::TradingDoor::off().monitor(),
+            chains: Arc::default(),
+            chain_stats: Arc::default(),
         }
     }
 
