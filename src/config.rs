@@ -183,6 +183,16 @@ pub struct RunConfig {
     pub key_limits: KeyLimitsMap,
     /// `[trading]`: off unless enabled (on, on paper, in demo mode).
     pub trading: crate::trading::TradingConfig,
+    /// `[[chains]]`: option chains kept subscribed around the money, as
+    /// configured; the engine builds their ladders against the master at
+    /// start ([`crate::chain::config::resolve_all`]).
+    pub chains: Vec<crate::chain::config::ChainSpec>,
+    /// `chain_interval_ms`: chain messages at most this often (50..=5000
+    /// ms, default 250).
+    pub chain_interval: Duration,
+    /// `chain_rate`: the risk-free rate for implied volatility and greeks
+    /// (a yearly fraction, default 0.065).
+    pub chain_rate: f64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,6 +222,9 @@ struct FileConfig {
     keys_file: Option<PathBuf>,
     auth: Option<Spanned<String>>,
     trading: Option<crate::trading::TradingTable>,
+    chains: Option<Vec<crate::chain::config::ChainTable>>,
+    chain_interval_ms: Option<Spanned<u64>>,
+    chain_rate: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -474,6 +487,35 @@ impl RunConfig {
                 .map(|e| watch_spec(e, &at, &|o| line_of(text, o)))
                 .collect::<Result<Vec<_>, String>>()?,
         };
+        let chains = fc
+            .chains
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| c.validate(i + 1, &at, &|o| line_of(text, o)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let chain_interval = match &fc.chain_interval_ms {
+            Some(v) if !crate::chain::config::CHAIN_INTERVAL_MS.contains(v.get_ref()) => {
+                return Err(format!(
+                    "{}: chain_interval_ms must be 50..=5000, not {}",
+                    at(v.span().start),
+                    v.get_ref()
+                ))
+            }
+            Some(v) => Duration::from_millis(*v.get_ref()),
+            None => Duration::from_millis(crate::chain::config::DEFAULT_CHAIN_INTERVAL_MS),
+        };
+        let chain_rate = match &fc.chain_rate {
+            Some(v) if !(-0.1..=0.5).contains(v.get_ref()) => {
+                return Err(format!(
+                    "{}: chain_rate is a yearly rate as a fraction (0.065 for 6.5 %), -0.1..=0.5, not {}",
+                    at(v.span().start),
+                    v.get_ref()
+                ))
+            }
+            Some(v) => *v.get_ref(),
+            None => crate::chain::config::DEFAULT_CHAIN_RATE,
+        };
         let demo = matches!(feed, Feed::Demo { .. });
         let trading = fc
             .trading
@@ -629,6 +671,9 @@ impl RunConfig {
             insecure_no_auth: flags.insecure_no_auth,
             key_limits,
             trading,
+            chains,
+            chain_interval,
+            chain_rate,
         })
     }
 }
@@ -814,6 +859,61 @@ mod tests {
         let sensex = c.watch.iter().find(|w| w.symbol == "SENSEX").unwrap();
         assert_eq!(sensex.key, Some(InstrumentKey::new(Segment::IdxI, 51)));
         assert_eq!(c.fanout.max_clients, 10_000);
+    }
+
+    #[test]
+    fn chains_tables_validate_with_the_line() {
+        use crate::chain::config::ChainSpec;
+        let c = build(&Flags::default(), None).unwrap();
+        assert!(c.chains.is_empty());
+        assert_eq!(c.chain_interval, Duration::from_millis(250));
+        assert_eq!(c.chain_rate, 0.065);
+        // The example's chain block, uncommented.
+        let example = include_str!("../dhan-relay.example.toml");
+        let from = example.find("# chain_interval_ms").unwrap();
+        let to = example.find("# Subscribed at start").unwrap();
+        let block: String = example[from..to]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = format!("{}{block}\n{}", &example[..from], &example[to..]);
+        let c = build(&Flags::default(), Some(&text)).unwrap();
+        assert_eq!(c.chains.len(), 2, "{:?}", c.chains);
+        assert_eq!(c.chains[0].underlying, "NIFTY");
+        assert_eq!(c.chains[0].strikes, 10);
+        assert_eq!(c.chains[1].strikes, 5);
+        assert_eq!(
+            c.chains[1].expiry,
+            crate::chain::ladder::ExpiryPick::Monthly
+        );
+        assert!(c.chains[1].line > c.chains[0].line);
+        let c = build(
+            &Flags::default(),
+            Some("chain_interval_ms = 1000\nchain_rate = 0.07\n[[chains]]\nunderlying = \"banknifty\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.chain_interval, Duration::from_secs(1));
+        assert_eq!(c.chain_rate, 0.07);
+        assert_eq!(
+            c.chains,
+            vec![ChainSpec {
+                line: Some(4),
+                ..ChainSpec::new("BANKNIFTY")
+            }]
+        );
+        for (text, want) in [
+            (
+                "[[chains]]\nunderlying = \"NIFTY\"\n\n[[chains]]\nunderlying = \"SENSEX\"\nstrikes = 60\n",
+                "line 6: chains #2 (SENSEX): strikes must be 1..=50",
+            ),
+            ("chain_interval_ms = 10\n", "line 1: chain_interval_ms must be 50..=5000"),
+            ("chain_rate = 6.5\n", "line 1: chain_rate is a yearly rate"),
+            ("[[chains]]\nunderlying = \"NIFTY\"\nexpirey = \"next\"\n", "unknown field `expirey`"),
+        ] {
+            let e = build(&Flags::default(), Some(text)).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
     }
 
     #[test]

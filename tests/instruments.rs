@@ -64,8 +64,8 @@ fn resolved(m: &Master, q: &str, on: Date) -> (String, InstrumentKey) {
 fn the_fixture_loads_and_reports_every_bad_row_by_line() {
     let m = fixture();
     let r = m.report();
-    assert_eq!(r.rows, 370, "{r}");
-    assert_eq!(m.len(), 370);
+    assert_eq!(r.rows, 816, "{r}");
+    assert_eq!(m.len(), 816);
     assert_eq!(r.bad, 9, "{r}");
     let expected = [
         (23, "security id 'ABC'"),
@@ -105,7 +105,7 @@ fn the_fixture_loads_and_reports_every_bad_row_by_line() {
     );
     let summary = r.to_string();
     assert!(
-        summary.contains("370 instruments") && summary.contains("line 23"),
+        summary.contains("816 instruments") && summary.contains("line 23"),
         "{summary}"
     );
     // Every segment letter arrives at its feed segment.
@@ -239,7 +239,7 @@ fn crude_oil_is_the_nearest_unexpired_mcx_future_and_nothing_else() {
         ));
     }
     let mixed = Master::parse(text.as_bytes()).unwrap();
-    assert_eq!(mixed.len(), 373);
+    assert_eq!(mixed.len(), 819);
     assert_eq!(
         resolved(&mixed, "CRUDEOIL", today()).1,
         key(Segment::McxComm, 472794),
@@ -335,10 +335,11 @@ fn ambiguous_and_unknown_names_list_the_closest_candidates() {
         msg.contains("TATASTEEL (NSE_EQ 3499)") && msg.contains("TATASTLPP (NSE_EQ 5098)"),
         "{msg}"
     );
-    // Three weekly contracts share a trading symbol.
+    // Four December contracts (three weeklies and the monthly) share a
+    // trading symbol.
     let e = m.resolve("NIFTY-Dec2026-25000-CE", t).unwrap_err();
     match &e {
-        ResolveError::Ambiguous { candidates, .. } => assert_eq!(candidates.len(), 3, "{e}"),
+        ResolveError::Ambiguous { candidates, .. } => assert_eq!(candidates.len(), 4, "{e}"),
         other => panic!("{other}"),
     }
     // Typos and partial names.
@@ -627,7 +628,7 @@ fn downloads_are_cached_for_the_day_and_the_cache_and_sample_are_fallbacks() {
 
     let first = source::load(&url_source(&url, &cache), now).unwrap();
     assert_eq!(hits.load(SeqCst), 1);
-    assert_eq!(first.master.len(), 370);
+    assert_eq!(first.master.len(), 816);
     assert!(first.authoritative());
     let cached = cache.join(CACHE_FILE);
     assert_eq!(
@@ -638,7 +639,7 @@ fn downloads_are_cached_for_the_day_and_the_cache_and_sample_are_fallbacks() {
         }
     );
     assert!(
-        first.describe().contains("370 instruments"),
+        first.describe().contains("816 instruments"),
         "{}",
         first.describe()
     );
@@ -657,7 +658,7 @@ fn downloads_are_cached_for_the_day_and_the_cache_and_sample_are_fallbacks() {
         "{:?}",
         stale.origin
     );
-    assert_eq!(stale.master.len(), 370);
+    assert_eq!(stale.master.len(), 816);
     assert!(stale.authoritative());
     let w = stale.warnings.join(" | ");
     assert!(

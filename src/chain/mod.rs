@@ -1,8 +1,12 @@
 //! Option chains around the money (issue 15): ladders from the instrument
-//! master, a window of strikes around ATM that follows the underlying,
-//! implied volatility and greeks computed here, and one message per chain
-//! per interval for every subscriber.
+//! master ([`ladder`]), a window of strikes around ATM that follows the
+//! underlying ([`window`]), `[[chains]]` ([`config`]), implied volatility
+//! and greeks computed here (`greeks`), and one message per chain per
+//! interval for every subscriber ([`service`], [`render`], [`rest`]).
 
+pub mod config;
+pub mod ladder;
 pub mod render;
 pub mod rest;
 pub mod service;
+pub mod window;

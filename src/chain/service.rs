@@ -455,8 +455,9 @@ impl State {
     /// One interval: expiry rolls, idle drops, window moves, renders.
     fn turn(&mut self) {
         let snapshot = self.links.snapshot.load_full();
-        let now = SystemTime::now();
-        let today = self.links.clock.today();
+        // The engine's clock (a test's, too): time to expiry and the day.
+        let now = self.links.clock.now();
+        let today = Date::today_ist(now);
         self.drop_idle();
         for i in 0..self.chains.len() {
             if self.chains[i].ladder.expiry < today {
