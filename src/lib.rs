@@ -10,6 +10,7 @@
 pub mod affinity;
 pub mod auth;
 pub mod book;
+pub mod chain;
 pub mod cli;
 pub mod clock;
 pub mod config;
