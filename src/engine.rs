@@ -21,6 +21,8 @@ use ringbuf::traits::Split;
 use ringbuf::HeapRb;
 
 use crate::book::{BookConfig, BookThread, Depth20, DepthRings, Update};
+use crate::chain::config::ChainSpec;
+use crate::chain::service::{ChainConfig, ChainLinks, ChainService};
 use crate::config::{Feed, RunConfig};
 use crate::fanout::front::Listener;
 use crate::fanout::{Fanout, FanoutInputs, FanoutThread};
@@ -82,6 +84,8 @@ pub struct Engine {
     keeper: Option<Keeper>,
     /// The trading calls' threads (none when trading is off).
     broker: Option<Broker>,
+    /// The option chain thread.
+    chains: Option<ChainService>,
     /// Network, book and fanout loop heartbeats.
     beats: [Heartbeat; 3],
     fanout: Option<FanoutThread>,
@@ -144,6 +148,22 @@ impl Engine {
             .collect();
         let reload_tls = Arc::new(AtomicBool::new(false));
         let (master, watchlist) = instruments(&config)?;
+        // Option chains: every configured one must resolve against the
+        // master and fit the upstream budget (demo mode shows a NIFTY
+        // chain unless chains are configured).
+        let mut chain_specs = config.chains.clone();
+        if chain_specs.is_empty() && matches!(config.feed, Feed::Demo { .. }) {
+            chain_specs.push(ChainSpec::new("NIFTY"));
+        }
+        let chain_budget = (config.upstream_connections * config.instruments_per_connection)
+            .saturating_sub(watchlist.items().len());
+        crate::chain::config::resolve_all(
+            &chain_specs,
+            &master,
+            config.clock.today(),
+            chain_budget,
+        )
+        .map_err(StartError::Config)?;
         let master: SharedMaster = Arc::new(arc_swap::ArcSwap::new(master));
         let extra_ca = match &config.feed_ca {
             Some(path) => load_ca_file(path).map_err(StartError::Config)?,
@@ -267,6 +287,23 @@ impl Engine {
             },
         )
         .map_err(StartError::Config)?;
+        let (chain_events, chain_events_rx) = crossbeam_channel::unbounded();
+        let chains = ChainService::spawn(
+            ChainConfig {
+                specs: chain_specs,
+                interval: config.chain_interval,
+                rate: config.chain_rate,
+                budget: chain_budget,
+            },
+            ChainLinks {
+                master: Arc::clone(&master),
+                snapshot: book.snapshot.clone(),
+                clock: config.clock.clone(),
+                events: chain_events,
+                fanout_waker: fanout.waker(),
+            },
+        )
+        .map_err(|e| StartError::Io(format!("cannot start the option chain thread: {e}")))?;
         let fanout_waker = fanout.waker();
         let (turn_tx, turn_rx) = crossbeam_channel::unbounded();
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
@@ -292,6 +329,9 @@ impl Engine {
                 calendar: config.calendar.clone(),
                 trading,
                 orders,
+                chain_board: Arc::clone(&chains.board),
+                chain_stats: Arc::clone(&chains.stats),
+                chains: Some((chains.requests.clone(), chain_events_rx)),
             })
             .map_err(|e| StartError::Io(format!("cannot start the fanout thread: {e}")))?;
         let maintenance = Maintenance::spawn(
@@ -324,6 +364,7 @@ impl Engine {
             demo,
             keeper: Some(keeper),
             broker: Some(broker),
+            chains: Some(chains),
             beats,
             fanout: Some(fanout),
             upstream: Some(upstream),
@@ -405,6 +446,9 @@ impl Engine {
         }
         if let Some(b) = self.broker.take() {
             b.shutdown();
+        }
+        if let Some(c) = self.chains.take() {
+            c.shutdown();
         }
         if let Some(k) = self.keeper.take() {
             k.shutdown();

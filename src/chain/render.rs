@@ -15,9 +15,10 @@ use serde_json::{json, Map, Value};
 
 use super::greeks::{self, Model, Right};
 use super::ladder::Ladder;
-use crate::book::Snapshot;
 use crate::book::InstrumentState;
+use crate::book::Snapshot;
 use crate::domain::InstrumentKey;
+use crate::fanout::rest::price_value;
 
 /// What pricing the chain uses, and from which instrument.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,7 +57,6 @@ pub fn chain_json(
     with_type: bool,
 ) -> Value {
     let ltp = |k: InstrumentKey| snapshot.get(k).and_then(|s| s.ltp).map(f64::from);
-    let underlying_price = ltp(ladder.price_source);
     let model_price = ltp(pricing.source);
     let years = greeks::years_to_expiry(now, ladder.expiry, pricing.close_minutes);
     let mut out_rows = Vec::with_capacity(rows.hi + 1 - rows.lo);
@@ -69,7 +69,15 @@ pub fn chain_json(
             };
             let state = snapshot.get(key);
             let oi = state.and_then(|s| s.oi).map_or(0, u64::from);
-            let v = option_json(key, state, right, strike.strike, model_price, years, pricing);
+            let v = option_json(
+                key,
+                state,
+                right,
+                strike.strike,
+                model_price,
+                years,
+                pricing,
+            );
             (v, oi)
         };
         let (ce, c_oi) = side(strike.call, Right::Call);
@@ -86,7 +94,10 @@ pub fn chain_json(
     m.insert("id".into(), json!(id));
     m.insert("underlying".into(), json!(ladder.underlying));
     m.insert("expiry".into(), json!(ladder.expiry.to_string()));
-    m.insert("underlyingPrice".into(), json!(underlying_price));
+    m.insert(
+        "underlyingPrice".into(),
+        price_value(snapshot.get(ladder.price_source).and_then(|s| s.ltp)),
+    );
     m.insert("atm".into(), json!(atm));
     m.insert("strikeStep".into(), json!(ladder.strike_step));
     m.insert("lotSize".into(), json!(ladder.lot_size));
@@ -139,13 +150,13 @@ fn option_json(
     };
     json!({
         "securityId": key.security_id.to_string(),
-        "ltp": ltp,
+        "ltp": price_value(state.and_then(|s| s.ltp)),
         "change": change,
         "oi": oi,
         "oiChange": oi_change,
         "volume": state.and_then(|s| s.quote).map(|q| q.volume),
-        "bid": best.filter(|b| b.bid_qty > 0).map(|b| f64::from(b.bid_price)),
-        "ask": best.filter(|b| b.ask_qty > 0).map(|b| f64::from(b.ask_price)),
+        "bid": price_value(best.filter(|b| b.bid_qty > 0).map(|b| b.bid_price)),
+        "ask": price_value(best.filter(|b| b.ask_qty > 0).map(|b| b.ask_price)),
         "iv": g.map(|g| round(g.iv, 6)),
         "delta": g.map(|g| round(g.delta, 6)),
         "gamma": g.map(|g| round(g.gamma, 8)),

@@ -19,11 +19,19 @@ pub fn one(board: &Board, underlying: &str, query: &str) -> (u16, String) {
     let same: Vec<&Value> = board
         .chains
         .iter()
-        .filter(|c| c["underlying"].as_str().is_some_and(|u| u.eq_ignore_ascii_case(underlying)))
+        .filter(|c| {
+            c["underlying"]
+                .as_str()
+                .is_some_and(|u| u.eq_ignore_ascii_case(underlying))
+        })
         .collect();
     let error = |status: u16, message: String| (status, json!({ "error": message }).to_string());
     let Some(first) = same.first() else {
-        let active: Vec<&str> = board.chains.iter().filter_map(|c| c["id"].as_str()).collect();
+        let active: Vec<&str> = board
+            .chains
+            .iter()
+            .filter_map(|c| c["id"].as_str())
+            .collect();
         return error(
             404,
             format!(
@@ -74,7 +82,10 @@ pub fn one(board: &Board, underlying: &str, query: &str) -> (u16, String) {
 /// The last listed expiry of the nearest month that has one.
 fn monthly<'a>(expiries: &[&'a str]) -> Option<&'a str> {
     let month = expiries.first()?.get(..7)?;
-    expiries.iter().copied().filter(|e| e.starts_with(month)).last()
+    expiries
+        .iter()
+        .copied()
+        .rfind(|e| e.starts_with(month))
 }
 
 #[cfg(test)]
@@ -84,24 +95,43 @@ mod tests {
 
     fn board() -> Board {
         let mut b = Board::default();
-        b.chains.push(json!({"id":"NIFTY:2026-12-08","underlying":"NIFTY","expiry":"2026-12-08",
-            "expiries":["2026-12-08","2026-12-15","2026-12-29","2027-01-26"]}));
-        b.chains.push(json!({"id":"NIFTY:2026-12-29","underlying":"NIFTY","expiry":"2026-12-29",
-            "expiries":["2026-12-08","2026-12-15","2026-12-29","2027-01-26"]}));
-        b.bodies.insert("NIFTY:2026-12-08".into(), Bytes::from(r#"{"type":"chain","id":"NIFTY:2026-12-08"}"#));
-        b.bodies.insert("NIFTY:2026-12-29".into(), Bytes::from(r#"{"type":"chain","id":"NIFTY:2026-12-29"}"#));
+        b.chains.push(
+            json!({"id":"NIFTY:2026-12-08","underlying":"NIFTY","expiry":"2026-12-08",
+            "expiries":["2026-12-08","2026-12-15","2026-12-29","2027-01-26"]}),
+        );
+        b.chains.push(
+            json!({"id":"NIFTY:2026-12-29","underlying":"NIFTY","expiry":"2026-12-29",
+            "expiries":["2026-12-08","2026-12-15","2026-12-29","2027-01-26"]}),
+        );
+        b.bodies.insert(
+            "NIFTY:2026-12-08".into(),
+            Bytes::from(r#"{"type":"chain","id":"NIFTY:2026-12-08"}"#),
+        );
+        b.bodies.insert(
+            "NIFTY:2026-12-29".into(),
+            Bytes::from(r#"{"type":"chain","id":"NIFTY:2026-12-29"}"#),
+        );
         b
     }
 
     #[test]
     fn picks_by_rule_or_date_and_names_what_exists() {
         let b = board();
-        assert_eq!(one(&b, "nifty", ""), (200, r#"{"id":"NIFTY:2026-12-08"}"#.to_string()));
-        assert_eq!(one(&b, "NIFTY", "expiry=monthly").1, r#"{"id":"NIFTY:2026-12-29"}"#);
+        assert_eq!(
+            one(&b, "nifty", ""),
+            (200, r#"{"id":"NIFTY:2026-12-08"}"#.to_string())
+        );
+        assert_eq!(
+            one(&b, "NIFTY", "expiry=monthly").1,
+            r#"{"id":"NIFTY:2026-12-29"}"#
+        );
         assert_eq!(one(&b, "NIFTY", "expiry=2026-12-29").0, 200);
         let (status, body) = one(&b, "NIFTY", "expiry=next");
         assert_eq!(status, 404);
-        assert!(body.contains("2026-12-15") && body.contains("running: 2026-12-08, 2026-12-29"), "{body}");
+        assert!(
+            body.contains("2026-12-15") && body.contains("running: 2026-12-08, 2026-12-29"),
+            "{body}"
+        );
         let (status, body) = one(&b, "SENSEX", "");
         assert_eq!(status, 404);
         assert!(body.contains("NIFTY:2026-12-08"), "{body}");

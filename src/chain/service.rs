@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -276,7 +276,16 @@ impl State {
         let master = self.links.master.load_full();
         let today = self.links.clock.today();
         for spec in self.config.specs.clone() {
-            match self.open(&master, today, &spec.underlying, spec.expiry, spec.strikes, spec.mode, spec.hysteresis, true) {
+            match self.open(
+                &master,
+                today,
+                &spec.underlying,
+                spec.expiry,
+                spec.strikes,
+                spec.mode,
+                spec.hysteresis,
+                true,
+            ) {
                 Ok(_) => {}
                 Err(e) => log::error!("chain {}: {e}", spec.underlying),
             }
@@ -341,19 +350,24 @@ impl State {
 
     /// The chain for a client's request: an existing one for the same
     /// underlying and expiry (its window widened if asked), or a new one.
-    fn subscribe(&mut self, underlying: &str, expiry: &str, strikes: usize) -> Result<usize, String> {
+    fn subscribe(
+        &mut self,
+        underlying: &str,
+        expiry: &str,
+        strikes: usize,
+    ) -> Result<usize, String> {
         if !(1..=MAX_STRIKES).contains(&strikes) {
-            return Err(format!("strikes must be 1 to {MAX_STRIKES} (each side of ATM)"));
+            return Err(format!(
+                "strikes must be 1 to {MAX_STRIKES} (each side of ATM)"
+            ));
         }
         let pick: ExpiryPick = expiry.parse()?;
         let master = self.links.master.load_full();
         let today = self.links.clock.today();
         let ladder = ladder::build(&master, underlying, pick, today)?;
-        if let Some(i) = self
-            .chains
-            .iter()
-            .position(|c| c.ladder.underlying == ladder.underlying && c.ladder.expiry == ladder.expiry)
-        {
+        if let Some(i) = self.chains.iter().position(|c| {
+            c.ladder.underlying == ladder.underlying && c.ladder.expiry == ladder.expiry
+        }) {
             if strikes > self.chains[i].strikes {
                 self.check_budget(strikes - self.chains[i].strikes)?;
                 let c = &mut self.chains[i];
@@ -362,7 +376,16 @@ impl State {
             }
             return Ok(i);
         }
-        self.open(&master, today, underlying, pick, strikes, Mode::Quote, 0.5, false)
+        self.open(
+            &master,
+            today,
+            underlying,
+            pick,
+            strikes,
+            Mode::Quote,
+            0.5,
+            false,
+        )
     }
 
     fn check_budget(&self, more_strikes: usize) -> Result<(), String> {
@@ -464,7 +487,10 @@ impl State {
                 self.roll(i, today);
             }
             let c = &mut self.chains[i];
-            let price = snapshot.get(c.ladder.price_source).and_then(|s| s.ltp).map(f64::from);
+            let price = snapshot
+                .get(c.ladder.price_source)
+                .and_then(|s| s.ltp)
+                .map(f64::from);
             let mut events = Vec::new();
             if let Some(price) = price {
                 if let Some(shift) = c.window.update(&c.ladder, price) {
@@ -498,7 +524,9 @@ impl State {
                 c.seen = seen;
                 let rows = rows_of(c);
                 let atm = c.window.atm(&c.ladder);
-                let body = render::chain_json(&c.id, &c.ladder, rows, atm, &c.pricing, &snapshot, now, true);
+                let body = render::chain_json(
+                    &c.id, &c.ladder, rows, atm, &c.pricing, &snapshot, now, true,
+                );
                 let bytes = Bytes::from(body.to_string());
                 c.latest = Some(bytes.clone());
                 self.stats.renders.inc();
@@ -511,7 +539,7 @@ impl State {
                 self.send(e);
             }
         }
-        self.publish(&snapshot, now);
+        self.publish(&snapshot);
     }
 
     /// A chain past its expiry moves to what its rule picks today.
@@ -563,7 +591,7 @@ impl State {
         }
     }
 
-    fn publish(&self, _snapshot: &crate::book::Snapshot, _now: SystemTime) {
+    fn publish(&self, snapshot: &crate::book::Snapshot) {
         let master = self.links.master.load_full();
         let today = self.links.clock.today();
         let mut board = Board::default();
@@ -579,7 +607,9 @@ impl State {
                 "expiries": expiries,
                 "strikes": c.strikes,
                 "atm": c.window.atm(&c.ladder),
-                "underlyingPrice": _snapshot.get(c.ladder.price_source).and_then(|s| s.ltp),
+                "underlyingPrice": crate::fanout::rest::price_value(
+                    snapshot.get(c.ladder.price_source).and_then(|s| s.ltp)
+                ),
                 "strikeStep": c.ladder.strike_step,
                 "recentres": c.recentres,
                 "subscribers": c.subscribers,

@@ -206,9 +206,7 @@ impl Worker {
                 expiry,
                 strikes,
             }) => self.subscribe_chain(i, s, underlying, expiry, strikes, now),
-            Ok(ClientMessage::UnsubscribeChain { chain }) => {
-                self.unsubscribe_chain(s, &chain, now)
-            }
+            Ok(ClientMessage::UnsubscribeChain { chain }) => self.unsubscribe_chain(s, &chain, now),
             Ok(ClientMessage::UnsubscribeOrders) => {
                 s.orders = false;
                 s.reply(

@@ -21,6 +21,7 @@
 
 mod admin;
 pub(crate) mod assets;
+mod chains;
 mod client;
 mod day;
 pub mod dhan;
@@ -34,7 +35,6 @@ pub mod resolver;
 pub mod rest;
 pub mod session;
 pub mod stats;
-mod chains;
 pub mod topics;
 pub mod trade;
 
@@ -207,7 +207,10 @@ pub struct FanoutInputs {
     /// Its counters.
     pub chain_stats: Arc<crate::chain::service::ChainStats>,
     /// The chain thread: requests to it, events from it (`None`: no chains).
-    pub chains: Option<(Sender<crate::chain::service::ChainRequest>, Receiver<crate::chain::service::ChainEvent>)>,
+    pub chains: Option<(
+        Sender<crate::chain::service::ChainRequest>,
+        Receiver<crate::chain::service::ChainEvent>,
+    )>,
 }
 
 impl std::fmt::Debug for FanoutInputs {

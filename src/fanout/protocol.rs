@@ -224,18 +224,21 @@ pub fn parse(text: &str, max_instruments: usize) -> Result<ClientMessage, Protoc
                     Ok(Some(s.trim().to_string()))
                 }
                 None | Some(Value::Null) => Ok(None),
-                Some(_) => Err(ProtocolError::BadChainField(field, "a name (a string of up to 40 characters)")),
+                Some(_) => Err(ProtocolError::BadChainField(
+                    field,
+                    "a name (a string of up to 40 characters)",
+                )),
             };
-            let underlying = text("underlying")?
-                .ok_or(ProtocolError::BadChainField("underlying", "given (e.g. \"NIFTY\")"))?;
+            let underlying = text("underlying")?.ok_or(ProtocolError::BadChainField(
+                "underlying",
+                "given (e.g. \"NIFTY\")",
+            ))?;
             let expiry = text("expiry")?.unwrap_or_else(|| "nearest".into());
             let strikes = match obj.get("strikes") {
                 None | Some(Value::Null) => 10,
-                Some(v) => v
-                    .as_u64()
-                    .filter(|n| (1..=50).contains(n))
-                    .ok_or(ProtocolError::BadChainField("strikes", "a whole number from 1 to 50"))?
-                    as usize,
+                Some(v) => v.as_u64().filter(|n| (1..=50).contains(n)).ok_or(
+                    ProtocolError::BadChainField("strikes", "a whole number from 1 to 50"),
+                )? as usize,
             };
             Ok(ClientMessage::SubscribeChain {
                 underlying,

@@ -208,7 +208,9 @@ impl RestState {
                 Response::new(code, JSON, body)
             }
             "/api" => Response::new(200, "text/plain; charset=utf-8", INDEX),
-            "/api/chains" => Response::new(200, JSON, crate::chain::rest::list(&self.chains.load())),
+            "/api/chains" => {
+                Response::new(200, JSON, crate::chain::rest::list(&self.chains.load()))
+            }
             p if p.starts_with("/api/chains/") => {
                 let name = crate::percent::decode_component(&p["/api/chains/".len()..]);
                 let (code, body) = crate::chain::rest::one(&self.chains.load(), &name, query);
@@ -755,7 +757,9 @@ pub fn search(master: &Master, query: &str) -> (u16, String) {
 }
 
 /// A price as JSON: the shortest round-trip decimal, or `null`.
-fn price_value(p: Option<f32>) -> Value {
+/// A price as JSON, in its shortest decimal form (`1444.65`, not the
+/// f32's `1444.6500244140625`); `null` when there is none.
+pub fn price_value(p: Option<f32>) -> Value {
     let mut f = crate::price::PriceFormatter::new();
     p.and_then(|p| f.format(p).ok().and_then(|s| serde_json::from_str(s).ok()))
         .unwrap_or(Value::Null)
