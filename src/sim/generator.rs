@@ -149,8 +149,8 @@ pub(crate) fn run(shared: &Shared, poked: &Receiver<()>) {
 /// For an option priced from its underlying, the underlying's current
 /// simulated price (rupees, as its feed packets carry it): its state here
 /// is the one its subscribers get, created if new; an underlying nobody
-/// subscribed to is stepped along with the option, so the option still
-/// moves with a live underlying.
+/// subscribed to is stepped along with its options (at most once a
+/// second), so they still move with a live underlying.
 fn underlying_price(
     shared: &Shared,
     market: &mut HashMap<InstrumentKey, Instrument>,
@@ -167,7 +167,8 @@ fn underlying_price(
     let inst = market
         .entry(under)
         .or_insert_with(|| shared.settings.instrument(under));
-    if !routed {
+    // At most one trade a second, however many of its options tick.
+    if !routed && inst.ticker().ltt != epoch {
         inst.step(epoch);
     }
     Some(rupees(inst.ticker().ltp))

@@ -77,7 +77,8 @@
 //!   master, [`options_of`]) are priced, not walked: each trade is
 //!   [`crate::chain::greeks::price`] at the underlying's current simulated
 //!   price — the one its own subscribers get; an underlying nobody
-//!   subscribed to is stepped alongside its options — with Black–Scholes on
+//!   subscribed to is stepped alongside its options, at most once a
+//!   second — with Black–Scholes on
 //!   an index or stock, Black-76 on an MCX (or currency) future, the time
 //!   to the close on expiry day, [`SIM_RATE`] and a smiled volatility
 //!   ([`SimOption::vol`]: 14 % indices, 25 % stocks, 30 % commodities, plus
