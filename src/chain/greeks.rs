@@ -183,7 +183,9 @@ fn intrinsic(right: Right, forward: f64, strike: f64, discount: f64) -> f64 {
 /// the discounted strike for a put), a price outside what the range allows,
 /// non-finite or non-positive inputs, or no convergence within 100
 /// iterations. Newton's method, safeguarded by a bracket: a step that leaves
-/// the bracket (or a vanishing vega) bisects instead.
+/// the bracket (or a vanishing vega) bisects instead. Converged when the
+/// model price is within 1e-12 × max(price, 0.001) of `option_price` (far
+/// tighter than a tick) or the bracket has shrunk to 1e-15 relative.
 pub fn implied_vol(
     model: Model,
     right: Right,

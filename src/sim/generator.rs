@@ -15,6 +15,9 @@
 //! the token expiry check ([`Shared::expire_tokens`]): not per tick, and on
 //! a thread no client can hold up.
 //!
+//! An option with a model (`SimConfig::options`) is stepped with its
+//! underlying's current price from the same table of states.
+//!
 //! The routing table (instrument → subscribers) is rebuilt only when
 //! [`Shared::subs_version`] moves. Instrument states live here, created on
 //! first subscription and kept for the simulator's life, so volume and OI
@@ -121,10 +124,11 @@ pub(crate) fn run(shared: &Shared, poked: &Receiver<()>) {
             next_due += interval;
             let (key, route) = &routes[next_instrument % routes.len()];
             next_instrument = next_instrument.wrapping_add(1);
+            let underlying = underlying_price(shared, &mut market, &routes, *key, epoch);
             let inst = market
                 .entry(*key)
                 .or_insert_with(|| shared.settings.instrument(*key));
-            inst.step(epoch);
+            inst.step_with(epoch, underlying);
             if key.segment != crate::domain::Segment::IdxI {
                 moved.push((*key, rupees(inst.ticker().ltp)));
             }
@@ -140,6 +144,34 @@ pub(crate) fn run(shared: &Shared, poked: &Receiver<()>) {
             conn.notify();
         }
     }
+}
+
+/// For an option priced from its underlying, the underlying's current
+/// simulated price (rupees, as its feed packets carry it): its state here
+/// is the one its subscribers get, created if new; an underlying nobody
+/// subscribed to is stepped along with its options (at most once a
+/// second), so they still move with a live underlying.
+fn underlying_price(
+    shared: &Shared,
+    market: &mut HashMap<InstrumentKey, Instrument>,
+    routes: &[(InstrumentKey, Route)],
+    key: InstrumentKey,
+    epoch: u32,
+) -> Option<f64> {
+    let spec = shared.settings.options.get(&key)?;
+    let under = spec.underlying;
+    if under == key {
+        return None;
+    }
+    let routed = routes.binary_search_by_key(&under, |(k, _)| *k).is_ok();
+    let inst = market
+        .entry(under)
+        .or_insert_with(|| shared.settings.instrument(under));
+    // At most one trade a second, however many of its options tick.
+    if !routed && inst.ticker().ltt != epoch {
+        inst.step(epoch);
+    }
+    Some(rupees(inst.ticker().ltp))
 }
 
 /// The current routing table, instruments in key order.

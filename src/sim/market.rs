@@ -17,13 +17,28 @@
 //! them so: their quotes carry no LTQ, volume, buy/sell quantities, book or
 //! open interest — all zero.
 //!
+//! Options ([`SimOption`], built from the master) are not walked: each
+//! trade prices them with [`crate::chain::greeks::price`] (Black–Scholes
+//! on the underlying's spot, Black-76 on a future's price) at the
+//! underlying's current simulated price, the time left to expiry at the
+//! trade time and a smiled volatility ([`SimOption::vol`]), times a small
+//! seeded noise (±0.5 %), rounded to the option's tick and never below
+//! one tick. Their previous close is the model price at the underlying's
+//! previous close when the simulator started; their open interest starts
+//! largest near the money. A cheap option's 5- and 20-level bid rows below
+//! one tick are empty (price, quantity and orders zero), as on the
+//! exchange.
+//!
 //! Invariants every packet built here keeps (the tests below check them):
 //! LTQ > 0 except for indices; volume and open interest never decrease;
 //! `low <= open, ltp <= high`; for a traded instrument the 5-level (and
 //! 20-level) book has its best bid at or one tick below the LTP and its best
 //! ask one tick above the best bid, bids descending and asks ascending by
-//! one tick, every price positive.
+//! one tick, every price positive (a non-empty row's, for options).
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::SimOption;
 use crate::domain::{InstrumentKey, Segment};
 use crate::wire::depth::{DepthBook, DepthRow, Side, ROWS};
 use crate::wire::feed::{DepthLevel, Full, Oi, PrevClose, Quote, Ticker};
@@ -34,6 +49,8 @@ pub(crate) const TICK: f64 = 0.05;
 /// (best bid at most one tick under the LTP, then 19 more) stays positive.
 /// Cheaper references (far out-of-the-money options) start here.
 const MIN_TICKS: u32 = 21;
+/// An option's price noise around its model price, as a fraction.
+pub(crate) const OPTION_NOISE: f64 = 0.005;
 
 /// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and good enough for
 /// simulated prices. Not for anything secret.
@@ -102,6 +119,13 @@ pub(crate) struct Instrument {
     book: [DepthLevel; 5],
     steps: u64,
     depth_sequence: u32,
+    /// How an option is priced; `None`: a random walk.
+    option: Option<SimOption>,
+    /// The price step in ticks of [`TICK`] (1 but for options with a
+    /// coarser tick).
+    step_ticks: u32,
+    /// The lowest price, in ticks.
+    min_ticks: u32,
 }
 
 impl Instrument {
@@ -109,6 +133,47 @@ impl Instrument {
     /// previous close within about ±0.5 % of `reference` (rupees) when
     /// given, else at a seeded level plausible for the segment.
     pub(crate) fn new(seed: u64, key: InstrumentKey, reference: Option<f64>) -> Self {
+        Self::build(seed, key, reference, MIN_TICKS)
+    }
+
+    /// An option priced by `spec`: its previous close the model price at
+    /// `underlying` (rupees) at time `at`, its open interest largest near
+    /// the money.
+    pub(crate) fn new_option(
+        seed: u64,
+        key: InstrumentKey,
+        spec: SimOption,
+        underlying: f64,
+        at: SystemTime,
+    ) -> Self {
+        let step_ticks = ((spec.tick / TICK).round().clamp(1.0, 1e6)) as u32;
+        let level = spec.model_price(underlying, at);
+        let mut inst = Self::build(seed, key, Some(level), step_ticks);
+        inst.option = Some(spec);
+        inst.step_ticks = step_ticks;
+        inst.min_ticks = step_ticks;
+        // Snap the opening levels to the option's tick.
+        for t in [&mut inst.prev_close, &mut inst.open] {
+            *t = (*t / step_ticks).max(1) * step_ticks;
+        }
+        (inst.high, inst.low, inst.ltp, inst.best_bid) =
+            (inst.open, inst.open, inst.open, inst.open);
+        if has_oi(key.segment) {
+            let moneyness = (spec.strike / underlying).ln();
+            let near = if moneyness.is_finite() {
+                (-(moneyness / 0.05).powi(2)).exp()
+            } else {
+                0.0
+            };
+            let spread = 0.8 + f64::from(inst.rng.below(400)) / 1000.0;
+            let oi = ((5_000.0 + 2_000_000.0 * near) * spread) as u32;
+            (inst.prev_oi, inst.oi, inst.oi_low, inst.oi_high) = (oi, oi, oi, oi);
+        }
+        inst.redraw_book();
+        inst
+    }
+
+    fn build(seed: u64, key: InstrumentKey, reference: Option<f64>, min_ticks: u32) -> Self {
         let ident = (u64::from(key.segment.code()) << 32) | u64::from(key.security_id.0);
         let mut rng = SplitMix64::new(SplitMix64::new(seed).next_u64() ^ ident);
         // Both draws happen either way, so the rest of the stream does not
@@ -132,12 +197,12 @@ impl Instrument {
                 rupees * 20 + extra_ticks
             }
         }
-        .max(MIN_TICKS);
+        .max(min_ticks);
         // Open within about ±1 % of the previous close.
         let gap = rng.below(prev_close / 50 + 1);
         let open = (prev_close + gap)
             .saturating_sub(prev_close / 100)
-            .max(MIN_TICKS);
+            .max(min_ticks);
         let prev_oi = if has_oi(key.segment) {
             10_000 + rng.below(5_000_000)
         } else {
@@ -168,6 +233,9 @@ impl Instrument {
             book: [DepthLevel::default(); 5],
             steps: 0,
             depth_sequence: 0,
+            option: None,
+            step_ticks: 1,
+            min_ticks,
         };
         inst.redraw_book();
         inst
@@ -182,7 +250,39 @@ impl Instrument {
     /// ticks at most, pulled back towards the previous close when it strays
     /// beyond ±10 %.
     pub(crate) fn step(&mut self, now: u32) {
+        self.step_with(now, None);
+    }
+
+    /// One trade at time `now`; an option with its underlying's current
+    /// price (`underlying`, rupees) is priced by its model (module doc),
+    /// anything else walks as in [`Instrument::step`].
+    pub(crate) fn step_with(&mut self, now: u32, underlying: Option<f64>) {
         let r = self.rng.next_u64();
+        self.ltp = match (self.option, underlying) {
+            (Some(spec), Some(u)) => self.option_ticks(&spec, u, now, r),
+            _ => self.walk(r),
+        };
+        self.trade(now, r);
+    }
+
+    /// The option's price in ticks at underlying `u`: the model price with
+    /// ±0.5 % noise drawn from `r`, on the option's tick, at least one tick.
+    fn option_ticks(&self, spec: &SimOption, u: f64, now: u32, r: u64) -> u32 {
+        let at = UNIX_EPOCH + Duration::from_secs(u64::from(now));
+        let noise = ((r >> 32) % 2_001) as f64 / 1_000.0 - 1.0;
+        let rupees = spec.model_price(u, at) * (1.0 + OPTION_NOISE * noise);
+        let step = f64::from(self.step_ticks) * TICK;
+        let steps = (rupees / step).round();
+        let steps = if steps.is_finite() {
+            steps.clamp(1.0, f64::from(u32::MAX / 4 / self.step_ticks))
+        } else {
+            1.0
+        };
+        (steps as u32 * self.step_ticks).max(self.min_ticks)
+    }
+
+    /// The random walk's next price in ticks.
+    fn walk(&self, r: u64) -> u32 {
         let mut delta: i64 = match r % 16 {
             0 => -3,
             1 | 2 => -2,
@@ -197,7 +297,11 @@ impl Instrument {
         if (ltp > anchor + anchor / 10 && delta > 0) || (ltp < anchor - anchor / 10 && delta < 0) {
             delta = -delta;
         }
-        self.ltp = u32::try_from((ltp + delta).max(i64::from(MIN_TICKS))).unwrap_or(u32::MAX);
+        u32::try_from((ltp + delta).max(i64::from(self.min_ticks))).unwrap_or(u32::MAX)
+    }
+
+    /// Everything a trade at the new `self.ltp` moves besides the price.
+    fn trade(&mut self, now: u32, r: u64) {
         self.high = self.high.max(self.ltp);
         self.low = self.low.min(self.ltp);
         self.ltq = if self.traded {
@@ -213,7 +317,7 @@ impl Instrument {
             self.oi_high = self.oi_high.max(self.oi);
         }
         // Best bid at the LTP or one tick below; the ask one tick above it.
-        self.best_bid = self.ltp - ((r >> 20) & 1) as u32;
+        self.best_bid = (self.ltp - ((r >> 20) & 1) as u32).max(1);
         self.redraw_book();
         self.steps += 1;
     }
@@ -228,12 +332,19 @@ impl Instrument {
             let i = i as u32;
             let bid_qty = 1 + self.rng.below(2_000);
             let ask_qty = 1 + self.rng.below(2_000);
+            let bid_orders = 1 + (self.rng.below(bid_qty.min(40))) as u16;
+            let ask_orders = 1 + (self.rng.below(ask_qty.min(40))) as u16;
+            // No bids at or below zero: the row stays empty.
+            let (bid_qty, bid_orders, bid_price) = match self.best_bid.checked_sub(i) {
+                Some(t) if t > 0 => (bid_qty, bid_orders, price(t)),
+                _ => (0, 0, 0.0),
+            };
             *level = DepthLevel {
                 bid_qty,
                 ask_qty,
-                bid_orders: 1 + (self.rng.below(bid_qty.min(40))) as u16,
-                ask_orders: 1 + (self.rng.below(ask_qty.min(40))) as u16,
-                bid_price: price(self.best_bid - i),
+                bid_orders,
+                ask_orders,
+                bid_price,
                 ask_price: price(self.best_bid + 1 + i),
             };
             buy += bid_qty;
@@ -325,11 +436,13 @@ impl Instrument {
                 }
             };
             let i = i as u32;
-            *bid = DepthRow {
-                price: f64::from(self.best_bid - i) * TICK,
-                quantity: bq,
-                orders: bo,
-            };
+            if let Some(t) = self.best_bid.checked_sub(i).filter(|t| *t > 0) {
+                *bid = DepthRow {
+                    price: f64::from(t) * TICK,
+                    quantity: bq,
+                    orders: bo,
+                };
+            }
             *ask = DepthRow {
                 price: f64::from(self.best_bid + 1 + i) * TICK,
                 quantity: aq,
@@ -435,6 +548,199 @@ mod tests {
             .iter()
             .chain(&ask.rows)
             .all(|r| *r == DepthRow::default()));
+    }
+
+    use crate::chain::greeks::{Model, Right};
+    use crate::instrument::Date;
+
+    const NIFTY: InstrumentKey = InstrumentKey::new(Segment::IdxI, 13);
+    /// 2026-11-30 06:23 India time.
+    const START: u32 = 1_796_000_000;
+
+    fn nifty_option(right: Right, strike: f64, expiry: Date) -> SimOption {
+        SimOption {
+            underlying: NIFTY,
+            model: Model::BlackScholes,
+            right,
+            strike,
+            expiry,
+            close_minutes_ist: 15 * 60 + 30,
+            tick: 0.05,
+            base_vol: 0.14,
+        }
+    }
+
+    fn at(now: u32) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(u64::from(now))
+    }
+
+    fn rupees(p: f32) -> f64 {
+        (f64::from(p) * 100.0).round() / 100.0
+    }
+
+    /// Steps the underlying and every option in turn for `steps` trades,
+    /// calling `check(now, underlying, options)` after each round.
+    fn run(
+        seed: u64,
+        specs: &[SimOption],
+        steps: u32,
+        mut check: impl FnMut(u32, f64, &[Instrument]),
+    ) {
+        let mut under = Instrument::new(seed, NIFTY, Some(25_800.0));
+        let u0 = f64::from(under.prev_close().prev_close);
+        let mut opts: Vec<Instrument> = specs
+            .iter()
+            .enumerate()
+            .map(|(n, s)| {
+                let key = InstrumentKey::new(Segment::NseFno, 60_000 + n as u32);
+                Instrument::new_option(seed, key, *s, u0, at(START))
+            })
+            .collect();
+        for step in 0..steps {
+            let now = START + step * 7;
+            under.step(now);
+            let u = rupees(under.ticker().ltp);
+            for o in &mut opts {
+                o.step_with(now, Some(u));
+            }
+            check(now, u, &opts);
+        }
+    }
+
+    #[test]
+    fn options_trade_near_their_model_price_at_the_simulated_underlying() {
+        let expiry = Date::from_ymd(2026, 12, 29).unwrap();
+        let specs: Vec<SimOption> = [24_000.0, 25_000.0, 25_800.0, 26_500.0, 27_500.0]
+            .into_iter()
+            .flat_map(|k| [Right::Call, Right::Put].map(|r| nifty_option(r, k, expiry)))
+            .collect();
+        let mut worst = 0.0f64;
+        run(5, &specs, 3_000, |now, u, opts| {
+            for (spec, o) in specs.iter().zip(opts) {
+                let model = spec.model_price(u, at(now));
+                let ltp = rupees(o.ticker().ltp);
+                let off = (ltp - model).abs();
+                assert!(
+                    off <= 0.02 * model + TICK,
+                    "{spec:?} at {u}: {ltp} vs {model}"
+                );
+                worst = worst.max(off / model.max(TICK));
+                // On the tick, never below it.
+                assert!(ltp >= TICK);
+                assert!(((ltp / TICK).round() * TICK - ltp).abs() < 1e-6);
+            }
+        });
+        assert!(worst > 0.0 && worst <= 0.02, "{worst}");
+    }
+
+    #[test]
+    fn put_call_parity_roughly_holds() {
+        let expiry = Date::from_ymd(2026, 12, 29).unwrap();
+        for strike in [25_000.0, 25_800.0, 26_500.0] {
+            let pair = [
+                nifty_option(Right::Call, strike, expiry),
+                nifty_option(Right::Put, strike, expiry),
+            ];
+            run(11, &pair, 1_000, |now, u, opts| {
+                let years = crate::chain::greeks::years_to_expiry(at(now), expiry, 930);
+                let c = rupees(opts[0].ticker().ltp);
+                let p = rupees(opts[1].ticker().ltp);
+                let parity = u - strike * (-super::super::SIM_RATE * years).exp();
+                // Each side is within 0.5 % (and a tick) of its model price.
+                let slack = 0.006 * (c + p) + 2.0 * TICK;
+                assert!(
+                    (c - p - parity).abs() <= slack,
+                    "{strike}: C {c} P {p} S {u}"
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn cheap_and_expired_options_stay_on_the_tick_with_a_sane_book() {
+        let soon = Date::from_ymd(2026, 12, 1).unwrap();
+        let gone = Date::from_ymd(2026, 11, 17).unwrap();
+        let specs = [
+            nifty_option(Right::Call, 30_000.0, soon),
+            nifty_option(Right::Put, 20_000.0, soon),
+            nifty_option(Right::Call, 27_000.0, gone),
+            nifty_option(Right::Put, 25_000.0, gone),
+            nifty_option(Right::Call, 25_000.0, gone),
+        ];
+        let mut last: Vec<(u32, u32)> = vec![(0, 0); specs.len()];
+        run(3, &specs, 2_000, |_, u, opts| {
+            for (n, o) in opts.iter().enumerate() {
+                let f = o.full();
+                let q = f.quote;
+                assert!(q.ltp >= TICK as f32 * 0.999, "{}", q.ltp);
+                assert!(q.low <= q.ltp && q.ltp <= q.high);
+                assert!(q.volume >= last[n].0 && f.oi >= last[n].1 && f.oi > 0);
+                last[n] = (q.volume, f.oi);
+                let ltp = ticks(q.ltp);
+                let bid0 = ticks(f.depth[0].bid_price);
+                assert!(bid0 >= 1 && (bid0 == ltp || bid0 == ltp - 1));
+                for (i, l) in f.depth.iter().enumerate() {
+                    assert_eq!(ticks(l.ask_price), bid0 + 1 + i as i64);
+                    if ticks(l.bid_price) > 0 {
+                        assert_eq!(ticks(l.bid_price), bid0 - i as i64);
+                        assert!(l.bid_qty > 0 && l.bid_orders > 0);
+                    } else {
+                        assert_eq!((l.bid_qty, l.bid_orders), (0, 0));
+                    }
+                }
+            }
+            // Expired: the intrinsic value (±0.5 %).
+            let call = rupees(opts[4].ticker().ltp);
+            assert!((call - (u - 25_000.0).max(0.0)).abs() <= 0.006 * call + TICK);
+        });
+        // The far ones sit at one tick.
+        let mut o = Instrument::new_option(
+            3,
+            InstrumentKey::new(Segment::NseFno, 1),
+            specs[0],
+            25_800.0,
+            at(START),
+        );
+        o.step_with(START, Some(25_800.0));
+        assert_eq!(ticks(o.ticker().ltp), 1);
+        let mut o = o.clone();
+        let [bid, ask] = o.depth20();
+        assert_eq!(bid.rows[0].price, TICK);
+        assert!(bid.rows[1..].iter().all(|r| *r == DepthRow::default()));
+        assert!(ask.rows.iter().all(|r| r.price > 0.0 && r.quantity > 0));
+    }
+
+    #[test]
+    fn option_oi_is_largest_near_the_money() {
+        let expiry = Date::from_ymd(2026, 12, 29).unwrap();
+        let oi = |strike| -> u64 {
+            (0..20)
+                .map(|seed| {
+                    let spec = nifty_option(Right::Call, strike, expiry);
+                    let key = InstrumentKey::new(Segment::NseFno, 7);
+                    let i = Instrument::new_option(seed, key, spec, 25_800.0, at(START));
+                    assert!(i.prev_close().prev_oi > 0);
+                    u64::from(i.prev_close().prev_oi)
+                })
+                .sum()
+        };
+        let (atm, near, far) = (oi(25_800.0), oi(26_500.0), oi(30_000.0));
+        assert!(atm > near && near > far, "{atm} {near} {far}");
+        // The opening price is the model's at the underlying's level.
+        let spec = nifty_option(Right::Put, 25_800.0, expiry);
+        let i = Instrument::new_option(
+            1,
+            InstrumentKey::new(Segment::NseFno, 8),
+            spec,
+            25_800.0,
+            at(START),
+        );
+        let model = spec.model_price(25_800.0, at(START));
+        let pc = f64::from(i.prev_close().prev_close);
+        assert!(
+            (pc - model).abs() <= 0.006 * model + TICK,
+            "{pc} vs {model}"
+        );
     }
 
     #[test]

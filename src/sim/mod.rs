@@ -72,7 +72,20 @@
 //!   instrument's [`SimConfig::reference_prices`] level when it has one (by
 //!   default the embedded sample master's approximate late-2025 levels: the
 //!   demo shows NIFTY near 25,800, not at a random level). Indices (IDX_I)
-//!   carry no LTQ, volume, buy/sell quantities, book or OI. At 1,000 ticks/s
+//!   carry no LTQ, volume, buy/sell quantities, book or OI. Options listed
+//!   in [`SimConfig::options`] (by default every option of the sample
+//!   master, [`options_of`]) are priced, not walked: each trade is
+//!   [`crate::chain::greeks::price`] at the underlying's current simulated
+//!   price — the one its own subscribers get; an underlying nobody
+//!   subscribed to is stepped alongside its options, at most once a
+//!   second — with Black–Scholes on
+//!   an index or stock, Black-76 on an MCX (or currency) future, the time
+//!   to the close on expiry day, [`SIM_RATE`] and a smiled volatility
+//!   ([`SimOption::vol`]: 14 % indices, 25 % stocks, 30 % commodities, plus
+//!   [`SIM_SMILE`]·|ln(K/S)|), ±0.5 % noise, rounded to the option's tick
+//!   and never below one tick (expired: the intrinsic value). They carry
+//!   volume and open interest (largest near the money, growing) in quote,
+//!   full and OI packets like other derivatives. At 1,000 ticks/s
 //!   and above, packets queued together for one connection share a frame (up
 //!   to 32); below that every packet has its own frame.
 //! * Paper trading ([`Simulator::rest_url`], `trade_rest.rs`, `paper.rs`):
@@ -163,8 +176,9 @@ use std::time::Duration;
 
 use tungstenite::Bytes;
 
-use crate::domain::{InstrumentKey, Mode};
-use crate::instrument::Master;
+use crate::chain::greeks::{price, years_to_expiry, Model, Right};
+use crate::domain::{InstrumentKey, Mode, Segment};
+use crate::instrument::{Date, Exchange, Kind, Master, OptionType};
 use crate::token::totp;
 use crate::wire::feed::{FeedData, FeedMessage};
 use crate::wire::request::RequestCode;
@@ -223,6 +237,10 @@ pub struct SimConfig {
     /// be a multiple); instruments not listed trade in units of 1.
     /// [`Default`]: the embedded sample master's ([`sample_lot_sizes`]).
     pub lot_sizes: Arc<HashMap<InstrumentKey, u32>>,
+    /// How options are priced from their underlying ([`options_of`]);
+    /// options not listed walk like any other instrument. [`Default`]: the
+    /// embedded sample master's ([`sample_options`]).
+    pub options: Arc<HashMap<InstrumentKey, SimOption>>,
 }
 
 impl Default for SimConfig {
@@ -245,6 +263,7 @@ impl Default for SimConfig {
             pong_timeout: Duration::from_secs(40),
             paper_balance: 1_000_000.0,
             lot_sizes: sample_lot_sizes(),
+            options: sample_options(),
         }
     }
 }
@@ -274,6 +293,7 @@ impl fmt::Debug for SimConfig {
             .field("pong_timeout", &self.pong_timeout)
             .field("paper_balance", &self.paper_balance)
             .field("lot_sizes", &self.lot_sizes.len())
+            .field("options", &self.options.len())
             .finish()
     }
 }
@@ -306,6 +326,161 @@ pub fn sample_reference_prices() -> Arc<HashMap<InstrumentKey, f64>> {
     static LEVELS: OnceLock<Arc<HashMap<InstrumentKey, f64>>> = OnceLock::new();
     LEVELS
         .get_or_init(|| Arc::new(Master::sample().reference_prices()))
+        .clone()
+}
+
+/// The annual rate the simulator prices options with (continuous).
+pub const SIM_RATE: f64 = 0.065;
+/// Volatility added per unit of |ln(strike / underlying)| (the smile).
+pub const SIM_SMILE: f64 = 0.6;
+
+/// How the simulator prices one option: the model's inputs besides the
+/// underlying's price and the time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SimOption {
+    /// The instrument whose simulated price drives it: the index or stock
+    /// (Black–Scholes) or the future (Black-76).
+    pub underlying: InstrumentKey,
+    /// Black–Scholes on spot or Black-76 on a future.
+    pub model: Model,
+    /// Call or put.
+    pub right: Right,
+    /// Strike, rupees.
+    pub strike: f64,
+    /// Expiry day.
+    pub expiry: Date,
+    /// The close on expiry day, minutes after midnight India time.
+    pub close_minutes_ist: u16,
+    /// The option's tick, rupees (the master's `SEM_TICK_SIZE` / 100).
+    pub tick: f64,
+    /// Volatility at the money (14 % indices, 25 % stocks, 30 %
+    /// commodities, 7 % currencies).
+    pub base_vol: f64,
+}
+
+impl SimOption {
+    /// The smiled volatility at underlying price `underlying`:
+    /// `base_vol + SIM_SMILE·|ln(K/underlying)|`.
+    pub fn vol(&self, underlying: f64) -> f64 {
+        let m = (self.strike / underlying).ln().abs();
+        self.base_vol + if m.is_finite() { SIM_SMILE * m } else { 0.0 }
+    }
+
+    /// The model price (no noise, not rounded) at underlying price
+    /// `underlying` and time `now`, with [`SIM_RATE`]; at or after the
+    /// close on expiry day, the intrinsic value.
+    pub fn model_price(&self, underlying: f64, now: std::time::SystemTime) -> f64 {
+        let years = years_to_expiry(now, self.expiry, self.close_minutes_ist);
+        price(
+            self.model,
+            self.right,
+            underlying,
+            self.strike,
+            years,
+            SIM_RATE,
+            self.vol(underlying),
+        )
+    }
+}
+
+/// How `master`'s options are priced: index and stock options
+/// (NSE_FNO/BSE_FNO) by Black–Scholes on the index (IDX_I, same symbol) or
+/// the stock on the option's exchange; MCX and currency options by Black-76
+/// on the same underlying's first future expiring on or after the option.
+/// Options whose underlying is not in `master` are left out.
+pub fn options_of(master: &Master) -> HashMap<InstrumentKey, SimOption> {
+    let mut spot: HashMap<(Segment, &str), InstrumentKey> = HashMap::new();
+    let mut futures: HashMap<(Segment, &str), Vec<(Date, InstrumentKey)>> = HashMap::new();
+    for i in master.iter() {
+        let key = i.key();
+        match i.kind() {
+            Kind::Index | Kind::Equity => {
+                spot.entry((key.segment, i.symbol())).or_insert(key);
+            }
+            Kind::Future => {
+                if let Some(expiry) = i.expiry() {
+                    futures
+                        .entry((key.segment, i.underlying()))
+                        .or_default()
+                        .push((expiry, key));
+                }
+            }
+            Kind::Option | Kind::Other => {}
+        }
+    }
+    for list in futures.values_mut() {
+        list.sort();
+    }
+    let mut out = HashMap::new();
+    for i in master.iter().filter(|i| i.kind() == Kind::Option) {
+        let key = i.key();
+        let (Some(strike), Some(kind), Some(expiry)) = (i.strike(), i.option_type(), i.expiry())
+        else {
+            continue;
+        };
+        if !(strike.is_finite() && strike > 0.0) {
+            continue;
+        }
+        let name = i.underlying();
+        let stock = match i.exchange() {
+            Exchange::Bse => Segment::BseEq,
+            _ => Segment::NseEq,
+        };
+        let (underlying, model, base_vol, close) = match key.segment {
+            Segment::NseFno | Segment::BseFno => {
+                let (u, vol) = match spot.get(&(Segment::IdxI, name)) {
+                    Some(&u) => (u, 0.14),
+                    None => match spot.get(&(stock, name)) {
+                        Some(&u) => (u, 0.25),
+                        None => continue,
+                    },
+                };
+                (u, Model::BlackScholes, vol, 15 * 60 + 30)
+            }
+            Segment::McxComm | Segment::NseCurrency | Segment::BseCurrency => {
+                let first = futures
+                    .get(&(key.segment, name))
+                    .and_then(|l| l.iter().find(|(e, _)| *e >= expiry));
+                let Some(&(_, u)) = first else { continue };
+                if key.segment == Segment::McxComm {
+                    (u, Model::Black76, 0.30, 23 * 60 + 30)
+                } else {
+                    (u, Model::Black76, 0.07, 17 * 60)
+                }
+            }
+            _ => continue,
+        };
+        let tick = i.tick_rupees();
+        out.insert(
+            key,
+            SimOption {
+                underlying,
+                model,
+                right: match kind {
+                    OptionType::Call => Right::Call,
+                    OptionType::Put => Right::Put,
+                },
+                strike,
+                expiry,
+                close_minutes_ist: close,
+                tick: if tick.is_finite() && tick > 0.0 {
+                    tick
+                } else {
+                    0.05
+                },
+                base_vol,
+            },
+        );
+    }
+    out
+}
+
+/// The embedded sample master's options ([`options_of`]), built once per
+/// process and shared.
+pub fn sample_options() -> Arc<HashMap<InstrumentKey, SimOption>> {
+    static OPTIONS: OnceLock<Arc<HashMap<InstrumentKey, SimOption>>> = OnceLock::new();
+    OPTIONS
+        .get_or_init(|| Arc::new(options_of(&Master::sample())))
         .clone()
 }
 
@@ -475,6 +650,8 @@ impl Simulator {
             token_lifetime: cfg.token_lifetime,
             totp_accounts,
             lot_sizes: cfg.lot_sizes.clone(),
+            options: cfg.options.clone(),
+            started: std::time::SystemTime::now(),
         };
         let registry =
             tokens::Registry::new(cfg.accept_any_token, &cfg.valid_tokens, &cfg.expired_tokens);
@@ -804,5 +981,65 @@ impl SimControl {
     pub fn paper_ltp(&self, key: InstrumentKey) -> Option<f64> {
         let paper = lock(&self.shared.paper);
         self.shared.ltp(&paper, key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_masters_options_find_their_underlyings() {
+        let master = Master::sample();
+        let options = sample_options();
+        let listed = master.iter().filter(|i| i.kind() == Kind::Option).count();
+        assert!(listed > 0);
+        assert_eq!(options.len(), listed, "every sample option is priced");
+        for i in master.iter().filter(|i| i.kind() == Kind::Option) {
+            let spec = options[&i.key()];
+            let under = master.get(spec.underlying).unwrap();
+            let name = if under.kind() == Kind::Future {
+                under.underlying()
+            } else {
+                under.symbol()
+            };
+            assert_eq!(name, i.underlying(), "{}", i.symbol());
+            assert_eq!(Some(spec.strike), i.strike());
+            assert_eq!(Some(spec.expiry), i.expiry());
+            assert_eq!(spec.tick, i.tick_rupees());
+            match i.key().segment {
+                Segment::McxComm => {
+                    assert_eq!(spec.model, Model::Black76);
+                    assert_eq!(under.kind(), Kind::Future);
+                    // The first future expiring on or after the option.
+                    assert!(under.expiry() >= i.expiry());
+                    let earlier = master.iter().any(|f| {
+                        f.kind() == Kind::Future
+                            && f.key().segment == Segment::McxComm
+                            && f.underlying() == i.underlying()
+                            && f.expiry() >= i.expiry()
+                            && f.expiry() < under.expiry()
+                    });
+                    assert!(!earlier, "{}", i.symbol());
+                    assert_eq!((spec.base_vol, spec.close_minutes_ist), (0.30, 1410));
+                }
+                Segment::NseFno | Segment::BseFno => {
+                    assert_eq!(spec.model, Model::BlackScholes);
+                    let want = if i.underlying() == "RELIANCE" {
+                        (Kind::Equity, 0.25)
+                    } else {
+                        (Kind::Index, 0.14)
+                    };
+                    assert_eq!((under.kind(), spec.base_vol), want, "{}", i.symbol());
+                }
+                _ => assert_eq!(spec.model, Model::Black76),
+            }
+        }
+        let nifty_ce = options[&InstrumentKey::new(Segment::NseFno, 60_000)];
+        assert_eq!(nifty_ce.underlying, InstrumentKey::new(Segment::IdxI, 13));
+        assert_eq!(nifty_ce.right, Right::Call);
+        // The smile: more volatility away from the money, either way.
+        assert_eq!(nifty_ce.vol(25_000.0), 0.14);
+        assert!(nifty_ce.vol(27_000.0) > 0.16 && nifty_ce.vol(23_000.0) > 0.16);
     }
 }

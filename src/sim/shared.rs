@@ -55,6 +55,11 @@ pub(crate) struct Settings {
     pub(crate) totp_accounts: Vec<TotpAccount>,
     /// Lot sizes of derivatives, for order validation.
     pub(crate) lot_sizes: Arc<HashMap<InstrumentKey, u32>>,
+    /// How options are priced from their underlying.
+    pub(crate) options: Arc<HashMap<InstrumentKey, super::SimOption>>,
+    /// When the simulator started: options' previous closes are priced
+    /// then, so every thread builds the same opening state.
+    pub(crate) started: SystemTime,
 }
 
 /// An account that can generate tokens with PIN + TOTP, secret decoded.
@@ -77,8 +82,16 @@ impl std::fmt::Debug for TotpAccount {
 impl Settings {
     /// An instrument's state before its first trade: the generator's and
     /// the previous-close packet's, so the two agree.
+    /// An option with a model ([`Settings::options`]) opens at its model
+    /// price at its underlying's previous close.
     pub(crate) fn instrument(&self, key: InstrumentKey) -> Instrument {
-        Instrument::new(self.seed, key, self.reference_prices.get(&key).copied())
+        match self.options.get(&key) {
+            Some(spec) if spec.underlying != key => {
+                let under = f64::from(self.instrument(spec.underlying).prev_close().prev_close);
+                Instrument::new_option(self.seed, key, *spec, under, self.started)
+            }
+            _ => Instrument::new(self.seed, key, self.reference_prices.get(&key).copied()),
+        }
     }
 
     /// An instrument's lot size (1 when unknown).
