@@ -82,10 +82,7 @@ pub fn one(board: &Board, underlying: &str, query: &str) -> (u16, String) {
 /// The last listed expiry of the nearest month that has one.
 fn monthly<'a>(expiries: &[&'a str]) -> Option<&'a str> {
     let month = expiries.first()?.get(..7)?;
-    expiries
-        .iter()
-        .copied()
-        .rfind(|e| e.starts_with(month))
+    expiries.iter().copied().rfind(|e| e.starts_with(month))
 }
 
 #[cfg(test)]
