@@ -703,6 +703,7 @@ function onMessage(ev) {
       break;
     case 'error':
       toast(String(m.message || 'error'), 'error');
+      chainRefused(String(m.message || 'error'));
       break;
     case 'subscribed':
       if (m.orders) trading.subscribedWs = state.ws;
@@ -2049,6 +2050,7 @@ const ch = {
   want: '',
   id: '',
   data: null, // the last chain message or snapshot
+  renderedId: '', // the chain the ladder shows
   rows: [], // { tr, cells: { ce: {field: {td, v, bar}}, pe: … }, k, shown, flashUntil }
   dirty: false,
   flashing: new Set(),
@@ -2186,7 +2188,12 @@ function subscribeChain() {
   if (ch.want === want && ch.data) return;
   if (ch.want !== want) unsubscribeChain();
   ch.want = want;
-  if (!ch.data || ch.data.id !== want) chainMessage(`Loading ${ch.underlying} ${fmtExpiry(ch.expiry)}…`);
+  if (!ch.data || ch.data.id !== want) {
+    // Another chain's numbers under this one's name would mislead: none until it comes.
+    chainMessage(`Loading ${ch.underlying} ${fmtExpiry(ch.expiry)}…`);
+    chEl.wrap.hidden = true;
+    for (const k of Object.keys(chEl.stats)) setStat(k, '–');
+  }
   send({ type: 'subscribe_chain', underlying: ch.underlying, expiry: ch.expiry, strikes: ch.strikes });
   loadChainSnapshot(want);
 }
@@ -2221,6 +2228,17 @@ function resubscribeChain() {
   if (ch.view !== 'chain' || !ch.want) return;
   ch.id = '';
   send({ type: 'subscribe_chain', underlying: ch.underlying, expiry: ch.expiry, strikes: ch.strikes });
+}
+
+/**
+ * An error while a chain subscription is unanswered is taken as its refusal
+ * (errors carry no request id): the view says it instead of "Loading…".
+ */
+function chainRefused(message) {
+  if (ch.view !== 'chain' || !ch.want || ch.id === ch.want) return;
+  if (ch.data && ch.data.id === ch.want) return;
+  chainMessage(`${ch.underlying} ${fmtExpiry(ch.expiry)}: ${message}`);
+  chEl.wrap.hidden = true;
 }
 
 function onChainSubscribed(id) {
@@ -2352,12 +2370,16 @@ function renderChain(now) {
     }
   }
   let spotAfter = -1; // the spot lies between row spotAfter and the next
+  // Another chain in the same rows, or a row given another strike: new
+  // numbers, not price changes, so no flash.
+  const switched = ch.renderedId !== c.id;
+  ch.renderedId = c.id;
   c.rows.forEach((r, i) => {
     const row = ch.rows[i];
     if (!row) return;
     const sh = row.shown;
-    const relabel = sh.k !== r.strike;
-    if (relabel) {
+    const relabel = switched || sh.k !== r.strike;
+    if (sh.k !== r.strike) {
       sh.k = r.strike;
       row.kv.textContent = isNum(r.strike) ? intFormat.format(r.strike) : '–';
       row.tr.dataset.strike = String(r.strike);
