@@ -2239,6 +2239,7 @@ function chainRefused(message) {
   if (ch.data && ch.data.id === ch.want) return;
   chainMessage(`${ch.underlying} ${fmtExpiry(ch.expiry)}: ${message}`);
   chEl.wrap.hidden = true;
+  ch.want = ''; // nothing to unsubscribe; picking it again asks again
 }
 
 function onChainSubscribed(id) {

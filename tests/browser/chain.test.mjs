@@ -15,7 +15,8 @@
 // the table's box unchanged); a re-centre (a chain with a new ATM) relabels
 // the same rows; the expiry and underlying pickers switch the subscription
 // (the mock sees unsubscribe then subscribe) and messages for the old chain
-// are ignored; at phone width the ladder shows OI, LTP, strike, LTP, OI and
+// are ignored, and a refused subscription (the relay's error) is said in the
+// view; at phone width the ladder shows OI, LTP, strike, LTP, OI and
 // needs no sideways scroll; leaving the view unsubscribes.
 //
 // The real half needs the engine's chain backend: when GET /api/chains
@@ -170,8 +171,8 @@ async function installMock(page) {
       if (m && m.type === 'subscribe_chain') {
         mock.seen.push(m);
         const e = resolveExpiry(m.underlying, m.expiry);
-        if (!e) {
-          ws.send(JSON.stringify({ type: 'error', message: `no chain ${m.underlying} ${m.expiry}` }));
+        if (!e || mock.refuse) {
+          ws.send(JSON.stringify({ type: 'error', message: mock.refuse || `no chain ${m.underlying} ${m.expiry}` }));
           return;
         }
         mock.current = { u: m.underlying, e, strikes: m.strikes };
@@ -397,7 +398,7 @@ async function main() {
       return `rows ${l.strikes[0]}…${l.strikes[20]}, ATM row still #10, spot line after 25,900; no flash, no shift`;
     });
 
-    await step('[mock] the expiry picker switches the subscription (unsubscribe, then subscribe); the old chain\'s messages are ignored', async () => {
+    await step('[mock] the expiry and underlying pickers switch the subscription (unsubscribe, then subscribe); the old chain\'s messages are ignored; a refusal is said', async () => {
       mock.seen.length = 0;
       await page.selectOption('#ch-expiry', '2026-12-15');
       await page.waitForFunction(() => document.getElementById('ch-exp').textContent.trim() === '15 Dec 2026', null, { timeout: 5000 });
@@ -420,10 +421,20 @@ async function main() {
       const l = await ladder(page);
       check(l.atm.length === 1 && l.atm[0] === 5 && l.strikes[5] === '85,000', `SENSEX ATM ${JSON.stringify(l.atm)} ${l.strikes.join(' ')}`);
       await shot(page, 'chain-sensex.png', { fullPage: true });
-      // Back to NIFTY for the phone layout.
+      // A refused subscription (the relay's error message) is said in the view, not shown as a stale ladder.
+      mock.refuse = 'chain NIFTY 2026-12-08 would exceed the upstream connection budget';
       await page.selectOption('#ch-underlying', 'NIFTY');
-      await page.waitForFunction(() => document.querySelectorAll('#ladder-rows tr').length === 21, null, { timeout: 5000 });
-      return `${seen.map((m) => `${m.type} ${m.chain || `${m.underlying} ${m.expiry}`}`).join(', ')}; then ${seen2.map((m) => `${m.type} ${m.chain || `${m.underlying} ${m.expiry}`}`).join(', ')} (11 rows)`;
+      await page.waitForFunction(() => /connection budget/.test(document.getElementById('ch-msg').textContent), null, { timeout: 5000 });
+      const refused = await page.evaluate(() => ({ msg: document.getElementById('ch-msg').textContent.trim(), ladder: !document.getElementById('ch-wrap').hidden, spot: document.getElementById('ch-spot-v').textContent }));
+      check(!refused.ladder && refused.spot === '–', `after a refusal: ${JSON.stringify(refused)}`);
+      await shot(page, 'chain-refused.png');
+      mock.refuse = null;
+      // Back to NIFTY (the expiry picker again) for the phone layout.
+      await page.selectOption('#ch-expiry', '2026-12-15');
+      await page.waitForFunction(() => document.querySelectorAll('#ladder-rows tr').length === 21 && !document.getElementById('ch-wrap').hidden, null, { timeout: 5000 });
+      await page.selectOption('#ch-expiry', '2026-12-08');
+      await page.waitForFunction(() => document.getElementById('ch-exp').textContent.trim() === '8 Dec 2026', null, { timeout: 5000 });
+      return `${seen.map((m) => `${m.type} ${m.chain || `${m.underlying} ${m.expiry}`}`).join(', ')}; then ${seen2.map((m) => `${m.type} ${m.chain || `${m.underlying} ${m.expiry}`}`).join(', ')} (11 rows); a refusal says "${refused.msg}"`;
     });
 
     await step('[mock] phone width (390×844): OI, LTP, strike, LTP, OI; no sideways scroll', async () => {
@@ -480,6 +491,8 @@ async function main() {
       try {
         await real.goto(`${base}/#chains`, { waitUntil: 'load' });
         await real.waitForSelector('#view-chain:not([hidden])', { timeout: 5000 });
+        await real.waitForSelector('#ch-underlying:not([disabled])', { timeout: 5000 });
+        if ((await real.$eval('#ch-underlying', (s) => s.value)) !== 'NIFTY') await real.selectOption('#ch-underlying', 'NIFTY');
         const n = 2 * nifty.strikes + 1;
         await real.waitForFunction((n) => document.querySelectorAll('#ladder-rows tr').length === n && /\d/.test(document.getElementById('ch-spot-v').textContent), n, { timeout: 15_000 });
         const l = await ladder(real);
@@ -496,6 +509,7 @@ async function main() {
         const after = await ladder(real);
         // A re-centre relabels these same rows; either way no row is replaced.
         check(s.same, 'the rows were replaced by a live update');
+        check(s.shift === 0, `layout shift ${s.shift} during live updates`);
         await shot(real, 'chain-real.png', { fullPage: true });
         return `${nifty.id}: ${n} rows ${after.strikes[0]}…${after.strikes[n - 1]}, ATM ${after.header['ch-atm']}, spot ${after.header['ch-spot-v']}; updated ${t0} → ${after.header['ch-time']}, rows kept, layout shift ${s.shift}`;
       } finally {
