@@ -276,12 +276,17 @@ async function main() {
         timeout: 30_000,
       });
       context.setDefaultTimeout(15_000);
-      // Layout shifts (Chromium's layout-shift entries) summed into window.__shift.
+      // Layout shifts (Chromium's layout-shift entries) of anything in the
+      // chain view, summed into window.__shift (the header's live metrics,
+      // whose widths change, are not the ladder's business).
       await context.addInitScript(() => {
         window.__shift = 0;
         try {
           new PerformanceObserver((l) => {
-            for (const e of l.getEntries()) window.__shift += e.value;
+            for (const e of l.getEntries()) {
+              const view = document.getElementById('view-chain');
+              if ((e.sources || []).some((x) => x.node && view && view.contains(x.node))) window.__shift += e.value;
+            }
           }).observe({ type: 'layout-shift' });
         } catch {
           // not supported: stays 0
