@@ -647,6 +647,7 @@ async function onOpen(ws) {
   await ensureLoaded();
   if (state.ws !== ws) return;
   subscribeAll();
+  resubscribeChain();
   startPolling();
   loadTrading();
 }
@@ -702,9 +703,16 @@ function onMessage(ev) {
       break;
     case 'error':
       toast(String(m.message || 'error'), 'error');
+      chainRefused(String(m.message || 'error'));
       break;
     case 'subscribed':
       if (m.orders) trading.subscribedWs = state.ws;
+      if (typeof m.chain === 'string') onChainSubscribed(m.chain);
+      break;
+    case 'unsubscribed':
+      break;
+    case 'chain':
+      onChain(m);
       break;
     case 'order':
       onOrderUpdate(m);
@@ -1988,7 +1996,7 @@ window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () 
 document.addEventListener('keydown', (e) => {
   if (ticketEl.open || $('login').open) return; // the dialog has the keys
   const typing = e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement;
-  if (e.key === '/' && !typing && !e.ctrlKey && !e.metaKey && !e.altKey) {
+  if (e.key === '/' && !typing && !e.ctrlKey && !e.metaKey && !e.altKey && ch.view === 'watch') {
     e.preventDefault();
     el.search.focus();
     el.search.select();
@@ -2009,6 +2017,481 @@ window.addEventListener('storage', (e) => {
   if (old.length) sendChunked('unsubscribe', old);
   setRows(list);
   subscribeAll();
+});
+
+// ---------------------------------------------------------------- option chains
+
+// Issue 15: a "Chains" view beside the watchlist. The chains the relay has
+// come from api/chains; the chosen one (underlying + expiry) is subscribed
+// over this page's socket with subscribe_chain and its {"type":"chain"}
+// messages (at most every 250 ms) are drawn into a ladder of 2N+1 rows that
+// is built once per row count: a re-centre relabels the same rows, values
+// are written only where their text changed, every value sits in a box of
+// fixed size and the spot line, the bars and the shading move by transform
+// or class, so an update never re-lays out the table.
+
+const CHAIN_SIDES = ['ce', 'pe'];
+// Cells per side, from the strike outwards (PE order; CE is mirrored).
+const CHAIN_FIELDS = ['chg', 'ltp', 'delta', 'iv', 'volume', 'oiChange', 'oi'];
+const CHAIN_OPTIONAL = new Set(['chg', 'delta', 'iv', 'volume', 'oiChange']);
+const compactFormat = new Intl.NumberFormat('en-IN', { notation: 'compact', maximumFractionDigits: 1 });
+const fmtCompact = (v) => (isNum(v) ? compactFormat.format(v) : '–');
+const fmtCompactSigned = (v) => (isNum(v) ? (v > 0 ? '+' : v < 0 ? '−' : '') + compactFormat.format(Math.abs(v)) : '–');
+const fmtFixed = (v, d) => (isNum(v) ? v.toFixed(d).replace('-', '−') : '–');
+
+const ch = {
+  view: 'watch',
+  list: null, // api/chains' chains, once loaded
+  missing: false, // api/chains answered 404: this relay has no chains
+  underlying: '',
+  expiry: '',
+  strikes: 10,
+  /** The chain id asked for (underlying:expiry), and the one the relay confirmed. */
+  want: '',
+  id: '',
+  data: null, // the last chain message or snapshot
+  renderedId: '', // the chain the ladder shows
+  rows: [], // { tr, cells: { ce: {field: {td, v, bar}}, pe: … }, k, shown, flashUntil }
+  dirty: false,
+  flashing: new Set(),
+};
+const chEl = {
+  tabs: [$('tab-watch'), $('tab-chain')],
+  watch: $('view-watch'),
+  view: $('view-chain'),
+  underlying: $('ch-underlying'),
+  expiry: $('ch-expiry'),
+  msg: $('ch-msg'),
+  wrap: $('ch-wrap'),
+  body: $('ladder-rows'),
+  caption: $('ch-caption'),
+  spot: $('ch-spot'),
+  spotLabel: $('ch-spot-label'),
+  stats: { spot: $('ch-spot-v'), atm: $('ch-atm'), pcr: $('ch-pcr'), maxPain: $('ch-maxpain'), expiry: $('ch-exp'), time: $('ch-time') },
+  shownStats: {},
+};
+
+function showView(view, focusTab = false) {
+  if (view !== 'chain') view = 'watch';
+  const changed = ch.view !== view;
+  ch.view = view;
+  for (const b of chEl.tabs) {
+    const on = b.dataset.view === view;
+    b.setAttribute('aria-selected', String(on));
+    b.tabIndex = on ? 0 : -1;
+    if (on && focusTab) b.focus();
+  }
+  chEl.watch.hidden = view !== 'watch';
+  chEl.view.hidden = view !== 'chain';
+  document.body.dataset.view = view;
+  const hash = view === 'chain' ? '#chains' : '';
+  if (location.hash !== hash) history.replaceState(null, '', hash || location.pathname + location.search);
+  if (!changed) return;
+  if (view === 'chain') {
+    if (state.selected) closeDetail();
+    openChains();
+  } else {
+    unsubscribeChain();
+  }
+}
+
+function chainMessage(text) {
+  chEl.msg.hidden = !text;
+  if (text) chEl.msg.textContent = text;
+}
+
+async function openChains() {
+  if (!ch.list && !ch.missing) {
+    let r;
+    try {
+      r = await fetch('api/chains', { cache: 'no-store' });
+    } catch {
+      chainMessage('The relay did not answer; the chains load when it is back.');
+      return;
+    }
+    if (r.status === 401) return reauthenticate();
+    if (r.status === 404) {
+      ch.missing = true;
+    } else if (!r.ok) {
+      chainMessage(`Could not load the chains: ${await chainError(r)}`);
+      return;
+    } else {
+      try {
+        ch.list = (await r.json()).chains || [];
+      } catch {
+        ch.list = [];
+      }
+    }
+    fillPickers();
+  }
+  if (ch.view !== 'chain') return;
+  if (ch.missing) {
+    chainMessage('This relay serves no option chains (api/chains is not there): it predates them.');
+    return;
+  }
+  if (!ch.list.length) {
+    chainMessage('The relay has no chains. Add one to its configuration ([[chains]] underlying = "NIFTY").');
+    return;
+  }
+  subscribeChain();
+}
+
+/** A refusal's `error` text (the contract's 404 lists what exists). */
+async function chainError(r) {
+  try {
+    const b = await r.json();
+    if (b && b.error) return String(b.error);
+  } catch {
+    // no JSON body
+  }
+  return `HTTP ${r.status}`;
+}
+
+function option(value, text) {
+  const o = document.createElement('option');
+  o.value = value;
+  o.textContent = text;
+  return o;
+}
+
+function fmtExpiry(e) {
+  const m = /^(\d{4})-(\d\d)-(\d\d)$/.exec(e);
+  if (!m) return e;
+  const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+  return `${Number(m[3])} ${months[Number(m[2]) - 1] || m[2]} ${m[1]}`;
+}
+
+function fillPickers() {
+  const list = ch.list || [];
+  const names = [...new Set(list.map((c) => c.underlying))];
+  chEl.underlying.replaceChildren(...names.map((n) => option(n, n)));
+  chEl.underlying.disabled = names.length === 0;
+  if (!names.includes(ch.underlying)) ch.underlying = names[0] || '';
+  chEl.underlying.value = ch.underlying;
+  fillExpiries();
+}
+
+function fillExpiries() {
+  const mine = (ch.list || []).filter((c) => c.underlying === ch.underlying);
+  const dates = [...new Set(mine.flatMap((c) => (Array.isArray(c.expiries) && c.expiries.length ? c.expiries : [c.expiry])))].sort();
+  chEl.expiry.replaceChildren(...dates.map((e) => option(e, fmtExpiry(e))));
+  chEl.expiry.disabled = dates.length === 0;
+  if (!dates.includes(ch.expiry)) ch.expiry = (mine[0] && mine[0].expiry) || dates[0] || '';
+  chEl.expiry.value = ch.expiry;
+  const own = mine.find((c) => c.expiry === ch.expiry) || mine[0];
+  ch.strikes = own && own.strikes > 0 ? own.strikes : 10;
+}
+
+function subscribeChain() {
+  if (!ch.underlying || !ch.expiry) return;
+  const want = `${ch.underlying}:${ch.expiry}`;
+  if (ch.want === want && ch.data) return;
+  if (ch.want !== want) unsubscribeChain();
+  ch.want = want;
+  if (!ch.data || ch.data.id !== want) {
+    // Another chain's numbers under this one's name would mislead: none until it comes.
+    chainMessage(`Loading ${ch.underlying} ${fmtExpiry(ch.expiry)}…`);
+    chEl.wrap.hidden = true;
+    for (const k of Object.keys(chEl.stats)) setStat(k, '–');
+  }
+  send({ type: 'subscribe_chain', underlying: ch.underlying, expiry: ch.expiry, strikes: ch.strikes });
+  loadChainSnapshot(want);
+}
+
+/** The ladder at once from REST, until the socket's first chain message. */
+async function loadChainSnapshot(want) {
+  const [u, e] = [ch.underlying, ch.expiry];
+  try {
+    const r = await fetch(`api/chains/${encodeURIComponent(u)}?expiry=${encodeURIComponent(e)}`, { cache: 'no-store' });
+    if (ch.want !== want) return;
+    if (!r.ok) {
+      const why = await chainError(r);
+      if (ch.want === want && (!ch.data || ch.data.id !== want)) chainMessage(`${u} ${fmtExpiry(e)}: ${why}`);
+      return;
+    }
+    const c = await r.json();
+    if (ch.want === want && (!ch.data || ch.data.id !== want)) applyChain(c);
+  } catch {
+    // the socket's messages fill it in
+  }
+}
+
+function unsubscribeChain() {
+  const id = ch.id || ch.want;
+  if (id) send({ type: 'unsubscribe_chain', chain: id });
+  ch.id = '';
+  ch.want = '';
+}
+
+/** After a reconnect: the relay forgot this page's chain. */
+function resubscribeChain() {
+  if (ch.view !== 'chain' || !ch.want) return;
+  ch.id = '';
+  send({ type: 'subscribe_chain', underlying: ch.underlying, expiry: ch.expiry, strikes: ch.strikes });
+}
+
+/**
+ * An error while a chain subscription is unanswered is taken as its refusal
+ * (errors carry no request id): the view says it instead of "Loading…".
+ */
+function chainRefused(message) {
+  if (ch.view !== 'chain' || !ch.want || ch.id === ch.want) return;
+  if (ch.data && ch.data.id === ch.want) return;
+  chainMessage(`${ch.underlying} ${fmtExpiry(ch.expiry)}: ${message}`);
+  chEl.wrap.hidden = true;
+  ch.want = ''; // nothing to unsubscribe; picking it again asks again
+}
+
+function onChainSubscribed(id) {
+  // The relay's id is underlying:date, which is what the pickers ask for;
+  // a late answer for an earlier pick is not this one.
+  if (ch.want && id === ch.want) ch.id = id;
+}
+
+function onChain(m) {
+  if (!m || typeof m.id !== 'string' || !Array.isArray(m.rows)) return;
+  if (m.id !== ch.want && m.id !== ch.id) return; // an old subscription's last message
+  perf.received++;
+  applyChain(m);
+}
+
+function applyChain(c) {
+  if (!Array.isArray(c.rows)) return;
+  ch.data = c;
+  if (ch.rows.length !== c.rows.length) buildLadder(c.rows.length);
+  chainMessage('');
+  chEl.wrap.hidden = false;
+  ch.dirty = true;
+  requestChainFrame();
+}
+
+function chainCell(tr, side, field) {
+  const td = document.createElement('td');
+  td.className = `${side} num f-${field}${CHAIN_OPTIONAL.has(field) ? ' o' : ''}`;
+  let bar = null;
+  if (field === 'oi' || field === 'oiChange') {
+    bar = document.createElement('i');
+    bar.className = 'bar';
+    td.append(bar);
+  }
+  const v = document.createElement('span');
+  v.className = 'v';
+  v.textContent = '–';
+  td.append(v);
+  tr.append(td);
+  return { td, v, bar, shown: {} };
+}
+
+function buildLadder(n) {
+  const rows = [];
+  const frag = document.createDocumentFragment();
+  for (let i = 0; i < n; i++) {
+    const tr = document.createElement('tr');
+    const cells = { ce: {}, pe: {} };
+    for (const f of [...CHAIN_FIELDS].reverse()) cells.ce[f] = chainCell(tr, 'ce', f);
+    const th = document.createElement('th');
+    th.scope = 'row';
+    th.className = 'k';
+    const kv = document.createElement('span');
+    kv.className = 'v';
+    kv.textContent = '–';
+    th.append(kv);
+    tr.append(th);
+    for (const f of CHAIN_FIELDS) cells.pe[f] = chainCell(tr, 'pe', f);
+    frag.append(tr);
+    rows.push({ tr, kv, cells, shown: {} });
+  }
+  for (const r of ch.flashing) ch.flashing.delete(r);
+  ch.rows = rows;
+  chEl.body.replaceChildren(frag);
+}
+
+let chainFramePending = false;
+function requestChainFrame() {
+  if (!chainFramePending) {
+    chainFramePending = true;
+    requestAnimationFrame(chainFrame);
+  }
+}
+
+function chainFrame(now) {
+  chainFramePending = false;
+  if (ch.dirty && !chEl.view.hidden) {
+    ch.dirty = false;
+    renderChain(now);
+  }
+  for (const cell of ch.flashing) {
+    if (now >= cell.flashUntil) {
+      ch.flashing.delete(cell);
+      cell.td.classList.remove('fu', 'fd', 'fn');
+    }
+  }
+  if (ch.flashing.size) requestChainFrame();
+}
+
+const fieldText = {
+  ltp: (v) => fmtPrice(v, 2),
+  chg: (v) => fmtSigned(v, 2),
+  oi: fmtCompact,
+  oiChange: fmtCompactSigned,
+  volume: fmtCompact,
+  iv: (v) => (isNum(v) ? (v * 100).toFixed(1) : '–'),
+  delta: (v) => fmtFixed(v, 2),
+};
+
+function setStat(key, text) {
+  if (chEl.shownStats[key] !== text) {
+    chEl.shownStats[key] = text;
+    chEl.stats[key].textContent = text;
+  }
+}
+
+function renderChain(now) {
+  const c = ch.data;
+  const spot = isNum(c.underlyingPrice) ? c.underlyingPrice : null;
+  setStat('spot', fmtPrice(spot, 2));
+  setStat('atm', isNum(c.atm) ? intFormat.format(c.atm) : '–');
+  setStat('pcr', fmtFixed(c.pcr, 2));
+  setStat('maxPain', isNum(c.maxPain) ? intFormat.format(c.maxPain) : '–');
+  setStat('expiry', c.expiry ? fmtExpiry(String(c.expiry)) : '–');
+  const at = /T(\d\d:\d\d:\d\d)/.exec(String(c.updatedAt || ''));
+  setStat('time', at ? at[1] : '–');
+  const caption = `${c.underlying || ''} option chain, expiry ${c.expiry || ''}`;
+  if (chEl.caption.textContent !== caption) chEl.caption.textContent = caption;
+
+  // Bars: against the largest OI and OI change on the ladder.
+  let maxOi = 0;
+  let maxChg = 0;
+  for (const r of c.rows) {
+    for (const s of CHAIN_SIDES) {
+      const o = r[s];
+      if (!o) continue;
+      if (isNum(o.oi)) maxOi = Math.max(maxOi, o.oi);
+      if (isNum(o.oiChange)) maxChg = Math.max(maxChg, Math.abs(o.oiChange));
+    }
+  }
+  let spotAfter = -1; // the spot lies between row spotAfter and the next
+  // Another chain in the same rows, or a row given another strike: new
+  // numbers, not price changes, so no flash.
+  const switched = ch.renderedId !== c.id;
+  ch.renderedId = c.id;
+  c.rows.forEach((r, i) => {
+    const row = ch.rows[i];
+    if (!row) return;
+    const sh = row.shown;
+    const relabel = switched || sh.k !== r.strike;
+    if (sh.k !== r.strike) {
+      sh.k = r.strike;
+      row.kv.textContent = isNum(r.strike) ? intFormat.format(r.strike) : '–';
+      row.tr.dataset.strike = String(r.strike);
+    }
+    const atm = r.strike === c.atm;
+    const ceItm = spot !== null && r.strike < spot;
+    const peItm = spot !== null && r.strike > spot;
+    const cls = `${atm ? 'atm ' : ''}${ceItm ? 'ce-itm ' : ''}${peItm ? 'pe-itm' : ''}`.trim();
+    if (sh.cls !== cls) {
+      sh.cls = cls;
+      row.tr.className = cls;
+      if (atm) row.tr.setAttribute('aria-current', 'true');
+      else row.tr.removeAttribute('aria-current');
+    }
+    if (spot !== null && r.strike <= spot) spotAfter = i;
+    for (const s of CHAIN_SIDES) {
+      const o = r[s] || {};
+      const cells = row.cells[s];
+      for (const f of CHAIN_FIELDS) {
+        const cell = cells[f];
+        const v = f === 'chg' ? o.change : o[f];
+        const text = fieldText[f](v);
+        if (cell.shown.text !== text) {
+          const prev = cell.shown.value;
+          cell.shown.text = text;
+          cell.shown.value = v;
+          cell.v.textContent = text;
+          if (f === 'ltp' && !relabel && isNum(prev) && isNum(v)) {
+            cell.td.classList.remove('fu', 'fd', 'fn');
+            cell.td.classList.add(v > prev ? 'fu' : v < prev ? 'fd' : 'fn');
+            cell.flashUntil = now + FLASH_MS;
+            ch.flashing.add(cell);
+          }
+          if (f === 'chg' || f === 'oiChange') {
+            const sign = signClass(v);
+            if (cell.shown.sign !== sign) {
+              cell.shown.sign = sign;
+              cell.td.classList.remove('up', 'down', 'flat');
+              cell.td.classList.add(sign);
+            }
+          }
+        }
+        if (cell.bar) {
+          const frac = f === 'oi' ? (isNum(v) && maxOi > 0 ? v / maxOi : 0) : isNum(v) && maxChg > 0 ? Math.abs(v) / maxChg : 0;
+          const t = `scaleX(${frac.toFixed(3)})`;
+          if (cell.shown.bar !== t) {
+            cell.shown.bar = t;
+            cell.bar.style.transform = t;
+          }
+        }
+      }
+    }
+  });
+  placeSpot(spot, spotAfter);
+  if (ch.flashing.size) requestChainFrame();
+}
+
+/** The spot line on the boundary between the two strikes it lies between. */
+function placeSpot(spot, after) {
+  const shownKey = `${spot}:${after}:${ch.rows.length}`;
+  if (spot === null || !ch.rows.length) {
+    chEl.spot.hidden = true;
+    return;
+  }
+  chEl.spot.hidden = false;
+  const label = fmtPrice(spot, 2);
+  if (chEl.spotLabel.textContent !== label) chEl.spotLabel.textContent = label;
+  // Read the layout (no write in between): the rows are of fixed height.
+  const wrapTop = chEl.wrap.getBoundingClientRect().top;
+  const first = ch.rows[0].tr.getBoundingClientRect();
+  const y = after < 0 ? first.top - wrapTop : ch.rows[after].tr.getBoundingClientRect().bottom - wrapTop;
+  const t = `translateY(${Math.round(y)}px)`;
+  if (chEl.spot.dataset.pos !== shownKey || chEl.spot.style.transform !== t) {
+    chEl.spot.dataset.pos = shownKey;
+    chEl.spot.dataset.after = String(after);
+    chEl.spot.style.transform = t;
+  }
+}
+
+for (const b of chEl.tabs) {
+  b.addEventListener('click', () => showView(b.dataset.view));
+  b.addEventListener('keydown', (e) => {
+    // A tablist's arrows, Home and End (the selected tab is the one in the tab order).
+    const i = chEl.tabs.indexOf(b);
+    let j = -1;
+    if (e.key === 'ArrowRight') j = (i + 1) % chEl.tabs.length;
+    else if (e.key === 'ArrowLeft') j = (i + chEl.tabs.length - 1) % chEl.tabs.length;
+    else if (e.key === 'Home') j = 0;
+    else if (e.key === 'End') j = chEl.tabs.length - 1;
+    if (j < 0) return;
+    e.preventDefault();
+    showView(chEl.tabs[j].dataset.view, true);
+  });
+}
+chEl.underlying.addEventListener('change', () => {
+  ch.underlying = chEl.underlying.value;
+  fillExpiries();
+  subscribeChain();
+});
+chEl.expiry.addEventListener('change', () => {
+  ch.expiry = chEl.expiry.value;
+  const own = (ch.list || []).find((c) => c.underlying === ch.underlying && c.expiry === ch.expiry);
+  if (own && own.strikes > 0) ch.strikes = own.strikes;
+  subscribeChain();
+});
+window.addEventListener('hashchange', () => showView(location.hash === '#chains' ? 'chain' : 'watch'));
+window.addEventListener('resize', () => {
+  if (ch.data && ch.view === 'chain') {
+    ch.dirty = true;
+    requestChainFrame();
+  }
 });
 
 // ---------------------------------------------------------------- start
@@ -2125,5 +2608,6 @@ async function reauthenticate() {
   setMode(mode, false);
   applyTheme(THEMES.includes(theme) ? theme : 'auto');
   ensureLoaded();
+  if (location.hash === '#chains') showView('chain');
   connect();
 })();

@@ -1,4 +1,4 @@
-// Shared by the browser tests (dashboard.test.mjs, auth.test.mjs, trading.test.mjs): where the
+// Shared by the browser tests (dashboard.test.mjs, auth.test.mjs, trading.test.mjs, chain.test.mjs): where the
 // engine and Chromium are, Chromium's flags, a timestamped log, free ports,
 // log tails, starting and stopping the engine, and a pass/fail step runner.
 
