@@ -137,6 +137,9 @@ fn a_chain_holds_atm_plus_minus_n_and_follows_the_underlying_without_a_gap() {
     let addr = engine.addr();
     let d8 = Date::from_ymd(2026, 12, 8).unwrap();
 
+    // The index is held upstream (watchlist and chain) before its price
+    // is sent: a packet for an instrument nobody holds goes nowhere.
+    wait_for("NIFTY held upstream", || held(&control).contains(&NIFTY));
     price(&control, NIFTY, 25_812.0);
     let first = window(d8, 25_700.0, 25_900.0);
     assert_eq!(first.len(), 10, "5 strikes × CE/PE in the sample");
