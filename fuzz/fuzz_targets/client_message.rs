@@ -66,6 +66,22 @@ fuzz_target!(|data: &[u8]| {
                         assert_eq!(kind, "unsubscribe_orders");
                         continue;
                     }
+                    ClientMessage::SubscribeChain {
+                        underlying,
+                        expiry,
+                        strikes,
+                    } => {
+                        assert_eq!(kind, "subscribe_chain");
+                        assert!(!underlying.is_empty() && underlying.trim() == underlying);
+                        assert!(!expiry.is_empty() && expiry.len() <= 40);
+                        assert!((1..=50).contains(strikes), "{strikes} strikes");
+                        continue;
+                    }
+                    ClientMessage::UnsubscribeChain { chain } => {
+                        assert_eq!(kind, "unsubscribe_chain");
+                        assert!(!chain.is_empty() && chain.len() <= 64);
+                        continue;
+                    }
                 };
                 assert!(
                     (1..=max).contains(&instruments.len()),
