@@ -487,7 +487,8 @@ impl RunConfig {
                 .map(|e| watch_spec(e, &at, &|o| line_of(text, o)))
                 .collect::<Result<Vec<_>, String>>()?,
         };
-        let chains = fc
+        let chains_given = fc.chains.is_some();
+        let mut chains = fc
             .chains
             .unwrap_or_default()
             .into_iter()
@@ -517,6 +518,11 @@ impl RunConfig {
             None => crate::chain::config::DEFAULT_CHAIN_RATE,
         };
         let demo = matches!(feed, Feed::Demo { .. });
+        if demo && !chains_given {
+            // A newcomer sees a live chain: NIFTY around the money (skipped
+            // at start if the upstream budget has no room for it).
+            chains.push(crate::chain::config::ChainSpec::new("NIFTY"));
+        }
         let trading = fc
             .trading
             .unwrap_or_default()
@@ -864,7 +870,11 @@ mod tests {
     #[test]
     fn chains_tables_validate_with_the_line() {
         use crate::chain::config::ChainSpec;
+        // Demo mode shows a NIFTY chain unless `[[chains]]` (or
+        // `chains = []`) says otherwise.
         let c = build(&Flags::default(), None).unwrap();
+        assert_eq!(c.chains, vec![ChainSpec::new("NIFTY")]);
+        let c = build(&Flags::default(), Some("chains = []\n")).unwrap();
         assert!(c.chains.is_empty());
         assert_eq!(c.chain_interval, Duration::from_millis(250));
         assert_eq!(c.chain_rate, 0.065);

@@ -21,7 +21,6 @@ use ringbuf::traits::Split;
 use ringbuf::HeapRb;
 
 use crate::book::{BookConfig, BookThread, Depth20, DepthRings, Update};
-use crate::chain::config::ChainSpec;
 use crate::chain::service::{ChainConfig, ChainLinks, ChainService};
 use crate::config::{Feed, RunConfig};
 use crate::fanout::front::Listener;
@@ -149,21 +148,23 @@ impl Engine {
         let reload_tls = Arc::new(AtomicBool::new(false));
         let (master, watchlist) = instruments(&config)?;
         // Option chains: every configured one must resolve against the
-        // master and fit the upstream budget (demo mode shows a NIFTY
-        // chain unless chains are configured).
+        // master and fit the upstream budget. Demo mode's own NIFTY chain
+        // (no config line) is dropped with a warning instead.
         let mut chain_specs = config.chains.clone();
-        if chain_specs.is_empty() && matches!(config.feed, Feed::Demo { .. }) {
-            chain_specs.push(ChainSpec::new("NIFTY"));
-        }
         let chain_budget = (config.upstream_connections * config.instruments_per_connection)
             .saturating_sub(watchlist.items().len());
-        crate::chain::config::resolve_all(
+        if let Err(e) = crate::chain::config::resolve_all(
             &chain_specs,
             &master,
             config.clock.today(),
             chain_budget,
-        )
-        .map_err(StartError::Config)?;
+        ) {
+            if chain_specs.iter().any(|c| c.line.is_some()) {
+                return Err(StartError::Config(e));
+            }
+            log::warn!("demo mode's NIFTY chain is not started: {e}");
+            chain_specs.clear();
+        }
         let master: SharedMaster = Arc::new(arc_swap::ArcSwap::new(master));
         let extra_ca = match &config.feed_ca {
             Some(path) => load_ca_file(path).map_err(StartError::Config)?,

@@ -27,6 +27,8 @@ fn config() -> RunConfig {
         ..Flags::default()
     };
     let mut c = RunConfig::build(&flags, None, &CredentialSources::none()).unwrap();
+    // Exactly the watchlist upstream: no demo option chain (tests/chains.rs).
+    c.chains.clear();
     c.fanout.unsubscribe_grace = Duration::from_millis(200);
     // A Thursday at 11:00 India time: markets open, `/prices` says active.
     c.clock = WallClock::fixed(ist_instant(Date::from_ymd(2026, 12, 3).unwrap(), 11, 0));

@@ -736,6 +736,8 @@ fn demo_config(file: Option<(&Path, &str)>, rate: u32, clock: WallClock) -> RunC
         ..Flags::default()
     };
     let mut c = RunConfig::build(&flags, file, &CredentialSources::none()).unwrap();
+    // Exactly what the test subscribes upstream: no demo option chain.
+    c.chains.clear();
     c.fanout.unsubscribe_grace = Duration::from_millis(200);
     c.clock = clock;
     c

@@ -51,7 +51,7 @@ pub struct ChainSpec {
     /// The subscription mode of the options (default quote: OI and volume).
     pub mode: Mode,
     /// Re-centre when the price is this many strike steps past the centre
-    /// (0.1..=2.0, default 0.5).
+    /// (0.1..=2.0, default 0.75).
     pub hysteresis: f64,
     /// The config line of `underlying`, for messages.
     pub line: Option<usize>,
@@ -238,7 +238,7 @@ mod tests {
         );
         assert_eq!(
             (s[0].expiry, s[0].strikes, s[0].mode, s[0].hysteresis),
-            (ExpiryPick::Nearest, 10, Mode::Quote, 0.5)
+            (ExpiryPick::Nearest, 10, Mode::Quote, 0.75)
         );
         assert_eq!(
             s[1],

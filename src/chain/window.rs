@@ -16,8 +16,12 @@
 use crate::chain::ladder::Ladder;
 use crate::domain::InstrumentKey;
 
-/// The default hysteresis: half a strike step past the centre.
-pub const DEFAULT_HYSTERESIS: f64 = 0.5;
+/// The default hysteresis: three quarters of a strike step past the
+/// centre. Half a step (0.5) re-centres whenever the nearest strike
+/// changes, so a price wobbling around the midpoint between two strikes
+/// flips the window back and forth (measured: 32 flips in 30 s of the
+/// busy simulator); 0.75 waits for a quarter step beyond the midpoint.
+pub const DEFAULT_HYSTERESIS: f64 = 0.75;
 
 /// ATM ± N strikes of one ladder.
 #[derive(Clone, Debug, PartialEq)]

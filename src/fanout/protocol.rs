@@ -366,10 +366,22 @@ mod tests {
             }
         );
         for (text, want) in [
-            (r#"{"type":"subscribe_chain"}"#, "\"underlying\" must be given"),
-            (r#"{"type":"subscribe_chain","underlying":7}"#, "\"underlying\" must be a name"),
-            (r#"{"type":"subscribe_chain","underlying":"NIFTY","strikes":0}"#, "\"strikes\" must be"),
-            (r#"{"type":"subscribe_chain","underlying":"NIFTY","strikes":51}"#, "\"strikes\" must be"),
+            (
+                r#"{"type":"subscribe_chain"}"#,
+                "\"underlying\" must be given",
+            ),
+            (
+                r#"{"type":"subscribe_chain","underlying":7}"#,
+                "\"underlying\" must be a name",
+            ),
+            (
+                r#"{"type":"subscribe_chain","underlying":"NIFTY","strikes":0}"#,
+                "\"strikes\" must be",
+            ),
+            (
+                r#"{"type":"subscribe_chain","underlying":"NIFTY","strikes":51}"#,
+                "\"strikes\" must be",
+            ),
             (r#"{"type":"unsubscribe_chain"}"#, "\"chain\" must be"),
         ] {
             let e = err(text);
