@@ -76,7 +76,7 @@ fn held(sim: &SimControl) -> BTreeSet<InstrumentKey> {
     sim.subscriptions()
         .into_iter()
         .filter(|c| !c.depth)
-        .flat_map(|c| c.instruments.into_iter().map(|(k, _)| k))
+        .flat_map(|c| c.instruments.into_keys())
         .collect()
 }
 
@@ -259,7 +259,10 @@ fn a_bad_chain_configuration_is_a_start_error_naming_it() {
         ),
     ] {
         let c = config(&sim, extra, &clock).unwrap();
-        let e = Engine::start(c).err().expect("refused at start").to_string();
+        let Err(e) = Engine::start(c) else {
+            panic!("{extra}: started");
+        };
+        let e = e.to_string();
         assert!(e.contains(want), "{extra}: {e}");
     }
 }
