@@ -498,7 +498,7 @@ impl State {
                         c.recentres += 1;
                         self.stats.recentres.inc();
                         log::info!(
-                            "chain {}: re-centred {} → {} ({} at {price})",
+                            "chain {}: re-centred {} → {} ({} at {price:.2})",
                             c.id,
                             shift.from_atm.unwrap_or_default(),
                             shift.to_atm,

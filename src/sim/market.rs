@@ -13,6 +13,12 @@
 //! seeded level plausible for its segment. Either way the same seed and
 //! instrument give the same day.
 //!
+//! The walk moves each trade by -3..=3 steps, a step being one tick per
+//! ₹500 of price ([`walk_step`]): ₹0.05 for a ₹1,450 stock, ₹2.55 for
+//! NIFTY near 25,800 — so an index moves tens of points a minute at the
+//! demo's rate (its option chain visibly re-centres), and never strays more
+//! than 10 % from the previous close.
+//!
 //! Indices (segment `IDX_I`) are computed, not traded, and DhanHQ sends
 //! them so: their quotes carry no LTQ, volume, buy/sell quantities, book or
 //! open interest — all zero.
@@ -37,6 +43,12 @@
 //! one tick, every price positive (a non-empty row's, for options).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Ticks per walk step at a price of `ltp` ticks: one per ₹500 (10,000
+/// ticks), at least one.
+fn walk_step(ltp: u32) -> u32 {
+    (ltp / 10_000).max(1)
+}
 
 use super::SimOption;
 use crate::domain::{InstrumentKey, Segment};
@@ -281,7 +293,7 @@ impl Instrument {
         (steps as u32 * self.step_ticks).max(self.min_ticks)
     }
 
-    /// The random walk's next price in ticks.
+    /// The random walk's next price in ticks (module doc).
     fn walk(&self, r: u64) -> u32 {
         let mut delta: i64 = match r % 16 {
             0 => -3,
@@ -293,6 +305,7 @@ impl Instrument {
             _ => 3,
         };
         let ltp = i64::from(self.ltp);
+        delta *= i64::from(walk_step(self.ltp));
         let anchor = i64::from(self.prev_close);
         if (ltp > anchor + anchor / 10 && delta > 0) || (ltp < anchor - anchor / 10 && delta < 0) {
             delta = -delta;
