@@ -492,6 +492,11 @@ fn dhanhq_errors_come_back_with_their_code() {
         .all(|o| o.correlation_id != corr));
     let line = audit_lines(&dir.0, 2).pop().unwrap();
     assert_eq!(line["outcome"], "unknown", "{line}");
+
+    // Ticks are ₹0.05 (the master's SEM_TICK_SIZE is in paise): a price
+    // on that grid but off a whole rupee goes through.
+    let r = place(addr, limit("BUY", 1, 1399.95));
+    assert_eq!(r.status, 200, "{}", r.text());
     engine.shutdown();
 }
 

@@ -141,21 +141,6 @@ fn list(dates: &[Date]) -> String {
         .join(", ")
 }
 
-/// Levenshtein distance.
-fn distance(a: &[u8], b: &[u8]) -> usize {
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, &ca) in a.iter().enumerate() {
-        cur[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()]
-}
-
 /// Underlyings with options whose names are close to `name` (at most 5,
 /// closest first).
 fn close_names(master: &Master, name: &str) -> Vec<String> {
@@ -164,7 +149,7 @@ fn close_names(master: &Master, name: &str) -> Vec<String> {
         .keys()
         .filter(|u| !master.contracts(u, Kind::Option).is_empty())
         .filter_map(|u| {
-            let d = distance(name.as_bytes(), u.as_bytes());
+            let d = crate::instrument::resolve::distance(name.as_bytes(), u.as_bytes());
             let near = d <= 2.max(name.len() / 4)
                 || (name.len() >= 3 && (u.starts_with(name) || name.starts_with(&**u)));
             near.then_some((d, &**u))

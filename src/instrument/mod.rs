@@ -23,7 +23,7 @@ pub mod calendar;
 mod csv;
 pub mod date;
 mod master;
-mod resolve;
+pub(crate) mod resolve;
 pub mod search;
 pub mod source;
 pub mod synth;

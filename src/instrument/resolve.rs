@@ -220,8 +220,9 @@ pub struct Resolved {
     pub error: Option<String>,
 }
 
-/// Levenshtein distance, for "did you mean" candidates.
-fn distance(a: &[u8], b: &[u8]) -> usize {
+/// Levenshtein distance, for "did you mean" candidates (symbols here,
+/// option underlyings in [`crate::chain::ladder`]).
+pub(crate) fn distance(a: &[u8], b: &[u8]) -> usize {
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     let mut cur = vec![0; b.len() + 1];
     for (i, &ca) in a.iter().enumerate() {
