@@ -24,6 +24,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod percent;
 pub mod price;
+pub mod record;
 pub mod sdnotify;
 pub mod serve_tls;
 pub mod sim;
