@@ -142,6 +142,10 @@ pub struct RunArgs {
     /// Serve without access control even on a non-loopback address.
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Record every frame DhanHQ sends into DIR, one file per trading day
+    /// (see docs/recording.md; `[record]` in the config file).
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
 }
 
 /// Flags of `dhan-relay check-config`.
@@ -176,6 +180,7 @@ impl RunArgs {
             auth_url: self.auth_url.clone(),
             keys_file: self.keys_file.clone(),
             insecure_no_auth: self.insecure_no_auth,
+            record: self.record.clone(),
         }
     }
 }

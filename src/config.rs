@@ -118,6 +118,8 @@ pub struct Flags {
     pub keys_file: Option<PathBuf>,
     /// `--insecure-no-auth`: no access control, whatever the addresses.
     pub insecure_no_auth: bool,
+    /// `--record DIR`: record every upstream frame into DIR.
+    pub record: Option<PathBuf>,
 }
 
 /// Cores for each thread role.
@@ -193,6 +195,49 @@ pub struct RunConfig {
     /// `chain_rate`: the risk-free rate for implied volatility and greeks
     /// (a yearly fraction, default 0.065).
     pub chain_rate: f64,
+    /// `[record]` / `--record DIR`: where to record every frame DhanHQ
+    /// sends (`None`: not recording).
+    pub record: Option<RecordSettings>,
+}
+
+/// Recording settings (`[record]`, `--record DIR`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordSettings {
+    /// One file per trading day goes here.
+    pub dir: PathBuf,
+    /// Day files older than this many days are deleted (0: keep all).
+    pub keep_days: u32,
+}
+
+/// Days of recordings kept unless `[record] keep_days` says otherwise.
+pub const DEFAULT_KEEP_DAYS: u32 = 7;
+
+/// `[record]` as written in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordTable {
+    dir: Option<PathBuf>,
+    keep_days: Option<u32>,
+}
+
+impl RecordTable {
+    /// The settings, with `--record DIR` taking the directory's place; no
+    /// directory anywhere means no recording (a `keep_days` alone is an
+    /// error: it would silently record nothing).
+    fn settings(self, flag: Option<&PathBuf>) -> Result<Option<RecordSettings>, String> {
+        let keep_days = self.keep_days.unwrap_or(DEFAULT_KEEP_DAYS);
+        match flag.cloned().or(self.dir) {
+            Some(dir) if dir.as_os_str().is_empty() => {
+                Err("record.dir (or --record) must name a directory".into())
+            }
+            Some(dir) => Ok(Some(RecordSettings { dir, keep_days })),
+            None if self.keep_days.is_some() => Err(
+                "record.keep_days is set but record.dir is not: say where to record (record.dir or --record DIR)"
+                    .into(),
+            ),
+            None => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +270,7 @@ struct FileConfig {
     chains: Option<Vec<crate::chain::config::ChainTable>>,
     chain_interval_ms: Option<Spanned<u64>>,
     chain_rate: Option<Spanned<f64>>,
+    record: Option<RecordTable>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -528,6 +574,11 @@ impl RunConfig {
             .unwrap_or_default()
             .into_config(&token.rest_url, demo)
             .map_err(|e| format!("config {path}: {e}"))?;
+        let record = fc
+            .record
+            .unwrap_or_default()
+            .settings(flags.record.as_ref())
+            .map_err(|e| format!("config {path}: {e}"))?;
         let source = match (&flags.instruments, &fc.instruments) {
             (Some(s), _) | (None, Some(s)) => Source::parse(s),
             // Demo mode never touches the network.
@@ -680,6 +731,7 @@ impl RunConfig {
             chains,
             chain_interval,
             chain_rate,
+            record,
         })
     }
 }
@@ -920,6 +972,40 @@ mod tests {
             ("chain_interval_ms = 10\n", "line 1: chain_interval_ms must be 50..=5000"),
             ("chain_rate = 6.5\n", "line 1: chain_rate is a yearly rate"),
             ("[[chains]]\nunderlying = \"NIFTY\"\nexpirey = \"next\"\n", "unknown field `expirey`"),
+        ] {
+            let e = build(&Flags::default(), Some(text)).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn record_comes_from_the_table_or_the_flag() {
+        assert_eq!(build(&Flags::default(), None).unwrap().record, None);
+        let c = build(&Flags::default(), Some("[record]\ndir = \"/var/rec\"\n")).unwrap();
+        assert_eq!(
+            c.record,
+            Some(RecordSettings {
+                dir: "/var/rec".into(),
+                keep_days: DEFAULT_KEEP_DAYS
+            })
+        );
+        let flags = Flags {
+            record: Some("/tmp/r".into()),
+            ..Flags::default()
+        };
+        let c = build(&flags, Some("[record]\ndir = \"/var/rec\"\nkeep_days = 0\n")).unwrap();
+        assert_eq!(
+            c.record,
+            Some(RecordSettings {
+                dir: "/tmp/r".into(),
+                keep_days: 0
+            }),
+            "the flag's directory, the file's keep_days"
+        );
+        for (text, want) in [
+            ("[record]\nkeep_days = 3\n", "record.keep_days is set but record.dir is not"),
+            ("[record]\ndir = \"\"\n", "record.dir (or --record) must name a directory"),
+            ("[record]\nkeepdays = 3\n", "unknown field `keepdays`"),
         ] {
             let e = build(&Flags::default(), Some(text)).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");
