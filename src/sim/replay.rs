@@ -60,6 +60,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,6 +80,33 @@ use crate::wire::feed::{self, FeedData, FeedMessage};
 pub type FrameSource = Arc<
     dyn Fn() -> io::Result<Box<dyn Iterator<Item = RecordedFrame> + Send>> + Send + Sync,
 >;
+
+/// The frames of `files`, played one after another in order, as a
+/// [`FrameSource`] (each call opens them again, for `--loop`).
+///
+/// PLACEHOLDER until `crate::record::reader::Reader` lands on this branch:
+/// every call fails with "recording reader not available yet". The real
+/// body opens each file with `Reader::open` (an error names the file),
+/// chains the readers in order, and logs each reader's `damage()` (offset,
+/// frames before, reason) when it runs out.
+pub fn open_recordings(files: &[PathBuf]) -> FrameSource {
+    let files = files.to_vec();
+    Arc::new(move || {
+        let _ = &files;
+        Err(io::Error::other("recording reader not available yet"))
+    })
+}
+
+/// `HH:MM` (24-hour) as (hour, minute).
+pub fn parse_hhmm(s: &str) -> Result<(u8, u8), String> {
+    let bad = || format!("{s:?} is not a time of day HH:MM");
+    let (h, m) = s.split_once(':').ok_or_else(bad)?;
+    let (h, m) = (h.parse::<u8>().map_err(|_| bad())?, m.parse::<u8>().map_err(|_| bad())?);
+    if h > 23 || m > 59 {
+        return Err(bad());
+    }
+    Ok((h, m))
+}
 
 /// How fast to replay.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -491,6 +519,22 @@ mod tests {
         assert!(w(0, 30, Some((23, 0)), Some((1, 0))));
         assert!(!w(12, 0, Some((23, 0)), Some((1, 0))));
         assert!(w(12, 0, None, None));
+    }
+
+    #[test]
+    fn hhmm_parses() {
+        assert_eq!(parse_hhmm("09:15"), Ok((9, 15)));
+        assert_eq!(parse_hhmm("23:59"), Ok((23, 59)));
+        assert!(parse_hhmm("24:00").is_err());
+        assert!(parse_hhmm("9.15").is_err());
+        assert!(parse_hhmm("09:60").is_err());
+    }
+
+    #[test]
+    fn the_placeholder_source_says_why_it_fails() {
+        let source = open_recordings(&[PathBuf::from("x.rec")]);
+        let err = source().err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("recording reader not available yet"));
     }
 
     #[test]
