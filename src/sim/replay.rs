@@ -77,9 +77,8 @@ use crate::wire::feed::{self, FeedData, FeedMessage};
 
 /// Where replayed frames come from: called once per pass (again for each
 /// `--loop`), it returns the frames in recorded order.
-pub type FrameSource = Arc<
-    dyn Fn() -> io::Result<Box<dyn Iterator<Item = RecordedFrame> + Send>> + Send + Sync,
->;
+pub type FrameSource =
+    Arc<dyn Fn() -> io::Result<Box<dyn Iterator<Item = RecordedFrame> + Send>> + Send + Sync>;
 
 /// The frames of `files`, played one after another in order, as a
 /// [`FrameSource`] (each call opens them again, for `--loop`).
@@ -101,7 +100,10 @@ pub fn open_recordings(files: &[PathBuf]) -> FrameSource {
 pub fn parse_hhmm(s: &str) -> Result<(u8, u8), String> {
     let bad = || format!("{s:?} is not a time of day HH:MM");
     let (h, m) = s.split_once(':').ok_or_else(bad)?;
-    let (h, m) = (h.parse::<u8>().map_err(|_| bad())?, m.parse::<u8>().map_err(|_| bad())?);
+    let (h, m) = (
+        h.parse::<u8>().map_err(|_| bad())?,
+        m.parse::<u8>().map_err(|_| bad())?,
+    );
     if h > 23 || m > 59 {
         return Err(bad());
     }
