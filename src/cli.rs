@@ -665,6 +665,7 @@ fn replay(args: &ReplayArgs) -> ExitCode {
             from: args.from,
             to: args.to,
             looped: args.looped,
+            on_send: None,
         }),
         ..SimConfig::default()
     };

@@ -96,6 +96,7 @@ fn replay(frames: Vec<RecordedFrame>, speed: Speed) -> ReplayConfig {
         from: None,
         to: None,
         looped: false,
+        on_send: None,
     }
 }
 

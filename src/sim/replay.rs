@@ -110,6 +110,12 @@ pub fn parse_hhmm(s: &str) -> Result<(u8, u8), String> {
     Ok((h, m))
 }
 
+/// Called by the replay thread for each frame it queues, with the frame's
+/// index in the source (0-based, frames outside the window counted) and
+/// the moment just before it was queued — for latency measurement
+/// (`loadgen --replay`). It runs on the replay thread: keep it cheap.
+pub type SendHook = Arc<dyn Fn(u64, Instant) + Send + Sync>;
+
 /// How fast to replay.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Speed {
@@ -150,6 +156,8 @@ pub struct ReplayConfig {
     pub to: Option<(u8, u8)>,
     /// Start again from the first frame when the source ends.
     pub looped: bool,
+    /// Told of every frame sent ([`SendHook`]); `None` for no one.
+    pub on_send: Option<SendHook>,
 }
 
 impl fmt::Debug for ReplayConfig {
@@ -159,6 +167,7 @@ impl fmt::Debug for ReplayConfig {
             .field("from", &self.from)
             .field("to", &self.to)
             .field("looped", &self.looped)
+            .field("on_send", &self.on_send.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -349,7 +358,7 @@ impl Player<'_> {
         // (recorded time, wall time) the schedule counts from.
         let mut origin: Option<(u64, Instant)> = None;
         let mut last_recv = 0u64;
-        for frame in frames {
+        for (index, frame) in frames.enumerate() {
             if !in_window(frame.recv_unix_ns, self.cfg.from, self.cfg.to) {
                 continue;
             }
@@ -373,6 +382,9 @@ impl Player<'_> {
                 }
             } else {
                 self.housekeeping()?;
+            }
+            if let Some(hook) = &self.cfg.on_send {
+                hook(index as u64, Instant::now());
             }
             self.send(frame)?;
         }
