@@ -47,6 +47,10 @@ pub enum Command {
     /// Run a simulated DhanHQ Live Market Feed v2 server (demo mode, tests,
     /// benchmarks) until interrupted. Prints its URL on one line.
     Sim(SimArgs),
+    /// Serve recordings as a DhanHQ Live Market Feed v2 server: clients
+    /// connect as to DhanHQ and get the recorded packets of the instruments
+    /// they subscribe, with the recorded spacing. Prints its URL on one line.
+    Replay(ReplayArgs),
     /// Manage the API keys clients use: add (prints the new key once),
     /// list, revoke.
     Keys(KeysArgs),
@@ -229,6 +233,30 @@ pub struct SimArgs {
     pub strict_tokens: bool,
 }
 
+/// Flags of `dhan-relay replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Recordings, played one after another in this order.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Pace: the recorded spacing divided by N, or `max` (as fast as the
+    /// slowest client reads; nothing dropped).
+    #[arg(long, value_name = "N|max", default_value = "1")]
+    pub speed: crate::sim::Speed,
+    /// Replay only frames received at or after this India time of day.
+    #[arg(long, value_name = "HH:MM", value_parser = crate::sim::replay::parse_hhmm)]
+    pub from: Option<(u8, u8)>,
+    /// Replay only frames received before this India time of day.
+    #[arg(long, value_name = "HH:MM", value_parser = crate::sim::replay::parse_hhmm)]
+    pub to: Option<(u8, u8)>,
+    /// Start again from the first file after the last one ends.
+    #[arg(long = "loop")]
+    pub looped: bool,
+}
+
 /// A flag value that holds a credential: `Debug` does not show it, and a
 /// malformed one is reported without it.
 #[derive(Clone)]
@@ -292,6 +320,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Sim(args)) => sim(&args),
+        Some(Command::Replay(args)) => replay(&args),
         Some(Command::Run(args)) => run(&args),
         Some(Command::CheckConfig(args)) => check_config(&args),
         Some(Command::Keys(args)) => keys(&args),
@@ -616,6 +645,46 @@ fn sim(args: &SimArgs) -> ExitCode {
     eprintln!(
         "dhan-relay sim: order updates (paper trading) at {}",
         sim.order_update_url()
+    );
+    println!("{}", sim.feed_url());
+    // Ctrl-C ends the process; the simulator needs no orderly stop.
+    loop {
+        std::thread::park();
+    }
+}
+
+/// `dhan-relay replay`: check the recordings open, start the simulator
+/// replaying them, say where, run until killed.
+fn replay(args: &ReplayArgs) -> ExitCode {
+    crate::logging::init(log::LevelFilter::Info);
+    let source = crate::sim::replay::open_recordings(&args.files);
+    if let Err(e) = source() {
+        eprintln!("dhan-relay replay: cannot open the recording: {e}");
+        return ExitCode::from(1);
+    }
+    let config = SimConfig {
+        listen: args.listen,
+        replay: Some(crate::sim::ReplayConfig {
+            source,
+            speed: args.speed,
+            from: args.from,
+            to: args.to,
+            looped: args.looped,
+            on_send: None,
+        }),
+        ..SimConfig::default()
+    };
+    let sim = match Simulator::start(config) {
+        Ok(sim) => sim,
+        Err(e) => {
+            eprintln!("dhan-relay replay: cannot start on {}: {e}", args.listen);
+            return ExitCode::from(1);
+        }
+    };
+    eprintln!(
+        "dhan-relay replay: {} file(s) at speed {:?}; the clock starts at the first subscription",
+        args.files.len(),
+        args.speed
     );
     println!("{}", sim.feed_url());
     // Ctrl-C ends the process; the simulator needs no orderly stop.

@@ -43,6 +43,9 @@ const WAKE: Token = Token(1);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Queue items taken per pass before reading again.
 const DRAIN_PER_PASS: usize = 1_024;
+/// Bytes of queued frames taken per pass (the WebSocket's write buffer
+/// holds 4 MiB, `handshake.rs`).
+const DRAIN_BYTES_PER_PASS: usize = 1 << 20;
 /// Frames read per pass before writing again.
 const READS_PER_PASS: usize = 64;
 /// Most packets in one batched frame.
@@ -378,6 +381,15 @@ impl Conn<'_> {
         }
         self.shared.subs_changed();
         for key in first_time {
+            if self.shared.replaying {
+                // The latest recorded one, or nothing yet.
+                if let Some(packet) = self.shared.recorded_prev_close(key) {
+                    if self.write(Message::Binary(packet))? {
+                        bump(&self.shared.stats.packets_sent);
+                    }
+                }
+                continue;
+            }
             let prev = settings.instrument(key).prev_close();
             self.send_feed(&FeedMessage::Data(key, FeedData::PrevClose(prev)))?;
         }
@@ -414,6 +426,7 @@ impl Conn<'_> {
         let mut frames: Vec<(Bytes, u32)> = Vec::new();
         let mut batch: Vec<Bytes> = Vec::new();
         let mut in_batch = 0u32;
+        let mut bytes_taken = 0usize;
         let mut more = true;
         {
             let subs = lock(&self.handle.subs);
@@ -435,6 +448,7 @@ impl Conn<'_> {
                         if subs.get(&key) != Some(&mode) {
                             continue; // unsubscribed or re-moded since queued
                         }
+                        bytes_taken += bytes.len();
                         if !self.batching {
                             frames.push((bytes, packets));
                             continue;
@@ -451,8 +465,22 @@ impl Conn<'_> {
                             frames.push((concat(&mut batch), in_batch));
                             in_batch = 0;
                         }
+                        bytes_taken += bytes.len();
                         frames.push((bytes, 1));
                     }
+                    Out::Replay { bytes, packets } => {
+                        if in_batch > 0 {
+                            frames.push((concat(&mut batch), in_batch));
+                            in_batch = 0;
+                        }
+                        bytes_taken += bytes.len();
+                        frames.push((bytes, packets));
+                    }
+                }
+                // Stay well under the WebSocket's write buffer limit, so a
+                // pass never has to drop what it took from the queue.
+                if bytes_taken >= DRAIN_BYTES_PER_PASS {
+                    break;
                 }
             }
         }

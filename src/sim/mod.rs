@@ -113,6 +113,12 @@
 //!   `order_stream.rs`): DhanHQ's `LoginReq` (MsgCode 42) first, then every
 //!   status change of that client's paper orders as an `order_alert`, in
 //!   order; a bad login is closed with 1008.
+//! * Replay ([`SimConfig::replay`], `replay.rs` has the contract): a
+//!   replay thread plays recorded frames to the subscribers instead of the
+//!   generator — the recorded packets byte for byte, with the recorded
+//!   batching and spacing (scaled), recorded previous closes on subscribe,
+//!   recorded disconnect packets never. [`SimStats::replay_finished`] says
+//!   when it is done.
 //! * Pings every [`SimConfig::ping_interval`]; a connection from which no
 //!   frame at all has arrived for [`SimConfig::pong_timeout`] is dropped.
 //!   [`Duration::ZERO`] disables either.
@@ -155,6 +161,7 @@ mod handshake;
 mod market;
 mod order_stream;
 pub mod paper;
+pub mod replay;
 mod rest;
 mod server;
 mod shared;
@@ -163,6 +170,7 @@ mod tokens;
 mod trade_rest;
 
 pub use paper::{OrderStatus, PaperFunds, PaperOrder, PaperPosition};
+pub use replay::{FrameSource, ReplayConfig, Speed};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -241,6 +249,11 @@ pub struct SimConfig {
     /// options not listed walk like any other instrument. [`Default`]: the
     /// embedded sample master's ([`sample_options`]).
     pub options: Arc<HashMap<InstrumentKey, SimOption>>,
+    /// Replay a recording instead of generating ticks (`replay.rs`):
+    /// `ticks_per_sec` is then ignored, and a first subscribe of an
+    /// instrument sends its latest recorded previous-close packet, if any,
+    /// instead of a generated one.
+    pub replay: Option<ReplayConfig>,
 }
 
 impl Default for SimConfig {
@@ -264,6 +277,7 @@ impl Default for SimConfig {
             paper_balance: 1_000_000.0,
             lot_sizes: sample_lot_sizes(),
             options: sample_options(),
+            replay: None,
         }
     }
 }
@@ -294,6 +308,7 @@ impl fmt::Debug for SimConfig {
             .field("paper_balance", &self.paper_balance)
             .field("lot_sizes", &self.lot_sizes.len())
             .field("options", &self.options.len())
+            .field("replay", &self.replay)
             .finish()
     }
 }
@@ -567,6 +582,20 @@ pub struct SimStats {
     pub order_stream_drops: u64,
     /// Logged-in order-update streams open now.
     pub order_streams: usize,
+    /// Replay: recorded frames replayed (inside the `from`..`to` window).
+    pub replay_frames: u64,
+    /// Replay: packets in those frames (disconnect packets not counted).
+    pub replay_packets: u64,
+    /// Replay: recorded disconnect packets (code 50) not replayed.
+    pub replay_disconnects: u64,
+    /// Replay: recorded packets that did not decode, skipped.
+    pub replay_bad_packets: u64,
+    /// Replay: passes over the recording completed (more than one with
+    /// `looped`).
+    pub replay_passes: u64,
+    /// Replay: the recording has been played to its end (never with
+    /// `looped`) or could not be opened.
+    pub replay_finished: bool,
 }
 
 /// One open connection's subscriptions.
@@ -592,6 +621,23 @@ pub struct LoggedRequest {
     pub code: RequestCode,
     /// Its instruments, in message order.
     pub instruments: Vec<InstrumentKey>,
+}
+
+impl SimControl {
+    /// Waits up to `timeout` for the replay to finish
+    /// ([`SimStats::replay_finished`]); whether it has.
+    pub fn wait_replay_finished(&self, timeout: Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            if self.shared.replay_finished.load(Ordering::SeqCst) {
+                return true;
+            }
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 /// A running simulator. Dropping it stops every thread and closes every
@@ -656,13 +702,15 @@ impl Simulator {
         let registry =
             tokens::Registry::new(cfg.accept_any_token, &cfg.valid_tokens, &cfg.expired_tokens);
         let (poke, poked) = crossbeam_channel::bounded::<()>(1);
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             settings,
             tls.as_ref().map(|t| t.config.clone()),
             registry,
             poke,
             paper::Paper::new(cfg.paper_balance),
-        ));
+        );
+        shared.replaying = cfg.replay.is_some();
+        let shared = Arc::new(shared);
 
         let acceptor = server::Acceptor::bind(cfg.listen, shared.clone())?;
         let addr = acceptor.local_addr();
@@ -685,11 +733,15 @@ impl Simulator {
         };
         // On error `sim` is dropped, which stops the threads started so far.
         let gen_shared = shared.clone();
-        sim.threads.push(
-            std::thread::Builder::new()
+        let spawned = match cfg.replay {
+            Some(replay) => std::thread::Builder::new()
+                .name("dhan-sim-replay".into())
+                .spawn(move || replay::run(&gen_shared, &poked, replay))?,
+            None => std::thread::Builder::new()
                 .name("dhan-sim-generator".into())
                 .spawn(move || generator::run(&gen_shared, &poked))?,
-        );
+        };
+        sim.threads.push(spawned);
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(trade_rest::QUEUE);
         for _ in 0..trade_rest::WORKERS {
             let (worker_shared, jobs) = (shared.clone(), jobs_rx.clone());

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use tungstenite::Bytes;
 
 use super::market::Instrument;
@@ -141,6 +141,11 @@ pub(crate) struct Counters {
     pub(crate) token_disconnects: AtomicU64,
     pub(crate) trading_requests: AtomicU64,
     pub(crate) stream_drops: AtomicU64,
+    pub(crate) replay_frames: AtomicU64,
+    pub(crate) replay_packets: AtomicU64,
+    pub(crate) replay_disconnects: AtomicU64,
+    pub(crate) replay_bad_packets: AtomicU64,
+    pub(crate) replay_passes: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -163,6 +168,9 @@ pub(crate) enum Out {
     },
     /// A frame sent exactly as given (inject, send_raw).
     Raw(Bytes),
+    /// A replayed frame: sent exactly as given, its own frame, counting
+    /// `packets` in `packets_sent`.
+    Replay { bytes: Bytes, packets: u32 },
 }
 
 /// Out-of-band orders for a connection thread; never dropped.
@@ -218,6 +226,25 @@ impl ConnHandle {
         match self.queue.try_send(out) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(_)) => bump(&counters.queue_drops),
+        }
+    }
+
+    /// Queues `out`, waiting for room while the queue is full (waking the
+    /// connection thread meanwhile) — for replay at full speed, which must
+    /// not drop. `false` if the simulator is stopping (`out` is dropped); a
+    /// connection that has ended takes the item and loses it.
+    pub(crate) fn push_wait(&self, mut out: Out, shared: &Shared) -> bool {
+        loop {
+            match self.queue.send_timeout(out, Duration::from_millis(20)) {
+                Ok(()) | Err(SendTimeoutError::Disconnected(_)) => return true,
+                Err(SendTimeoutError::Timeout(back)) => {
+                    if shared.stopping() {
+                        return false;
+                    }
+                    out = back;
+                    self.wake();
+                }
+            }
         }
     }
 
@@ -328,6 +355,12 @@ pub(crate) struct Shared {
     pub(crate) fail_next: Mutex<Option<FailNext>>,
     /// Wakes the generator early (subscriptions changed, unstalled, stop).
     poke: Sender<()>,
+    /// Replaying a recording instead of generating ticks.
+    pub(crate) replaying: bool,
+    /// Set when the replay has ended (not looped).
+    pub(crate) replay_finished: AtomicBool,
+    /// Replay: each instrument's latest recorded previous-close packet.
+    pub(crate) prev_closes: Mutex<HashMap<InstrumentKey, Vec<u8>>>,
 }
 
 /// Why a login is refused.
@@ -357,6 +390,9 @@ impl Shared {
             requests: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
             poke,
+            replaying: false,
+            replay_finished: AtomicBool::new(false),
+            prev_closes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -600,6 +636,22 @@ impl Shared {
                 .is_ok()
     }
 
+    /// Replay: keeps `packet` as `key`'s latest previous-close packet (its
+    /// buffer reused).
+    pub(crate) fn remember_prev_close(&self, key: InstrumentKey, packet: &[u8]) {
+        let mut table = lock(&self.prev_closes);
+        let kept = table.entry(key).or_default();
+        kept.clear();
+        kept.extend_from_slice(packet);
+    }
+
+    /// Replay: `key`'s latest recorded previous-close packet, if any.
+    pub(crate) fn recorded_prev_close(&self, key: InstrumentKey) -> Option<Bytes> {
+        lock(&self.prev_closes)
+            .get(&key)
+            .map(|p| Bytes::copy_from_slice(p))
+    }
+
     /// Appends to the request log (bounded by [`MAX_LOGGED_REQUESTS`]).
     pub(crate) fn log_request(&self, entry: LoggedRequest) {
         let mut log = lock(&self.requests);
@@ -648,6 +700,12 @@ impl Shared {
             trading_requests: get(&c.trading_requests),
             order_stream_drops: get(&c.stream_drops),
             order_streams: lock(&self.streams).len(),
+            replay_frames: get(&c.replay_frames),
+            replay_packets: get(&c.replay_packets),
+            replay_disconnects: get(&c.replay_disconnects),
+            replay_bad_packets: get(&c.replay_bad_packets),
+            replay_passes: get(&c.replay_passes),
+            replay_finished: self.replay_finished.load(Ordering::SeqCst),
         }
     }
 }

@@ -135,6 +135,15 @@ pub struct Args {
     /// packets). The floor always speaks DhanHQ's protocol.
     #[arg(long, value_enum, default_value_t = ClientProtocol::Json)]
     pub protocol: ClientProtocol,
+    /// Drive the exchange side with recorded traffic instead of the
+    /// synthetic schedule: the simulator replays these recordings (in
+    /// order) to the engine, one client subscribes every instrument in
+    /// them. Most other flags do not apply (see `replay.rs`).
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub replay: Vec<PathBuf>,
+    /// With --replay: the recorded spacing divided by N, or `max`.
+    #[arg(long, value_name = "N|max", default_value = "1", requires = "replay")]
+    pub speed: dhan_relay::sim::Speed,
 }
 
 /// The engine-side client protocol.
@@ -334,6 +343,32 @@ pub fn parse_loopback_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 impl Args {
+    /// The `--replay` run these flags ask for, if they ask for one.
+    pub fn replay_plan(&self) -> Result<Option<crate::replay::ReplayPlan>, String> {
+        if self.replay.is_empty() {
+            return Ok(None);
+        }
+        let engine_bin = match &self.engine_bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| format!("cannot find this executable: {e}"))?
+                .with_file_name("dhan-relay"),
+        };
+        if !engine_bin.is_file() {
+            return Err(format!(
+                "engine binary {} not found: build it (cargo build --release --bins) or pass --engine-bin",
+                engine_bin.display()
+            ));
+        }
+        Ok(Some(crate::replay::ReplayPlan {
+            files: self.replay.clone(),
+            speed: self.speed,
+            engine_bin,
+            log_level: self.engine_log_level.clone(),
+            drain: self.drain,
+        }))
+    }
+
     /// Applies the preset, then the flags; checks everything.
     pub fn plan(&self) -> Result<Plan, String> {
         // (clients, subs, instruments, rate, warmup rate, warmup s, duration s)

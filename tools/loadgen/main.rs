@@ -131,12 +131,18 @@
 //! 1,000 at 1,000/s; `burst` 100 × 20 over 500, 50,000 ticks in one second
 //! after a 1,000/s warmup; `floor` the `fanout` shape on the exchange only.
 //! Only loopback addresses (127.0.0.0/8, ::1) are accepted anywhere.
+//!
+//! `--replay FILE… [--speed N|max]` measures on recorded traffic instead:
+//! the in-process simulator replays the recording to the engine, one client
+//! subscribes the recording's instruments, and the report splits the open's
+//! first minute from the rest; [`replay`] says how packets are matched.
 
 mod cli;
 mod clients;
 mod engine;
 mod exchange;
 mod relay_json;
+mod replay;
 mod report;
 mod run;
 mod schedule;
@@ -163,6 +169,9 @@ fn main() -> ExitCode {
 }
 
 fn real_main(args: &Args) -> Result<(), String> {
+    if let Some(plan) = args.replay_plan()? {
+        return replay::run(&plan);
+    }
     let plan = args.plan()?;
     if let Some(cpus) = &plan.pin_tool {
         sys::pin_current(cpus)?;
