@@ -74,7 +74,9 @@ fn feed_kind(m: &FeedMessage) -> (&'static str, Option<InstrumentKey>) {
 /// cannot be opened or is not a recording.
 pub fn info(path: &Path) -> io::Result<Info> {
     let mut r = Reader::open(path)?;
-    let file_bytes = std::fs::metadata(path)?.len();
+    let file_bytes = std::fs::metadata(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?
+        .len();
     let mut out = Info {
         file: path.to_path_buf(),
         file_bytes,
