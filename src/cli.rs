@@ -54,6 +54,13 @@ pub enum Command {
     /// Manage the API keys clients use: add (prints the new key once),
     /// list, revoke.
     Keys(KeysArgs),
+    /// Sum up a recording (`.dhr` or `.dhr.zst`): day, time span, frames and
+    /// packets by kind, instruments, largest gap, damage. Exit 0 (also when
+    /// it reports damage), 1 when the file is not a readable recording.
+    RecordInfo {
+        /// The recording.
+        file: PathBuf,
+    },
 }
 
 /// Flags of `dhan-relay keys`.
@@ -324,6 +331,7 @@ pub fn main() -> ExitCode {
         Some(Command::Run(args)) => run(&args),
         Some(Command::CheckConfig(args)) => check_config(&args),
         Some(Command::Keys(args)) => keys(&args),
+        Some(Command::RecordInfo { file }) => record_info(&file),
         None => run(&cli.run),
     }
 }
@@ -346,6 +354,21 @@ fn load_config(flags: &Flags) -> Result<RunConfig, String> {
 /// `dhan-relay check-config`: 0 when `run` would accept the configuration
 /// and credentials, 2 with the reason when not. Says what it found, never a
 /// secret.
+/// `record-info FILE`: the summary on stdout; a file that cannot be read
+/// as a recording is exit 1 with a sentence naming it.
+fn record_info(file: &std::path::Path) -> ExitCode {
+    match crate::record::info(file) {
+        Ok(info) => {
+            print!("{info}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dhan-relay: record-info: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn check_config(args: &CheckArgs) -> ExitCode {
     let flags = Flags {
         config: args.config.clone(),

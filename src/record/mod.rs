@@ -7,6 +7,18 @@
 //! files back as [`RecordedFrame`]s. The file format is in
 //! `docs/recording.md`.
 
+pub mod files;
+pub mod format;
+pub mod info;
+pub mod reader;
+pub mod writer;
+
+pub use files::{day_file, day_files};
+pub use format::{Header, MAX_PAYLOAD};
+pub use info::{info, Info};
+pub use reader::{Damage, Reader};
+pub use writer::{RecordConfig, RecordStats, RecordTap, Recorder, DEFAULT_RING_BYTES};
+
 /// Which DhanHQ feed a frame came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FeedKind {
