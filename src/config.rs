@@ -207,6 +207,10 @@ pub struct RecordSettings {
     pub dir: PathBuf,
     /// Day files older than this many days are deleted (0: keep all).
     pub keep_days: u32,
+    /// Test injection: the recorder's writes fail (`ENOSPC`) past this
+    /// many bytes ([`crate::record::RecordConfig::fail_after_bytes`]).
+    #[doc(hidden)]
+    pub fail_after_bytes: Option<u64>,
 }
 
 /// Days of recordings kept unless `[record] keep_days` says otherwise.
@@ -230,7 +234,11 @@ impl RecordTable {
             Some(dir) if dir.as_os_str().is_empty() => {
                 Err("record.dir (or --record) must name a directory".into())
             }
-            Some(dir) => Ok(Some(RecordSettings { dir, keep_days })),
+            Some(dir) => Ok(Some(RecordSettings {
+                dir,
+                keep_days,
+                fail_after_bytes: None,
+            })),
             None if self.keep_days.is_some() => Err(
                 "record.keep_days is set but record.dir is not: say where to record (record.dir or --record DIR)"
                     .into(),
@@ -986,25 +994,37 @@ mod tests {
             c.record,
             Some(RecordSettings {
                 dir: "/var/rec".into(),
-                keep_days: DEFAULT_KEEP_DAYS
+                keep_days: DEFAULT_KEEP_DAYS,
+                fail_after_bytes: None,
             })
         );
         let flags = Flags {
             record: Some("/tmp/r".into()),
             ..Flags::default()
         };
-        let c = build(&flags, Some("[record]\ndir = \"/var/rec\"\nkeep_days = 0\n")).unwrap();
+        let c = build(
+            &flags,
+            Some("[record]\ndir = \"/var/rec\"\nkeep_days = 0\n"),
+        )
+        .unwrap();
         assert_eq!(
             c.record,
             Some(RecordSettings {
                 dir: "/tmp/r".into(),
-                keep_days: 0
+                keep_days: 0,
+                fail_after_bytes: None,
             }),
             "the flag's directory, the file's keep_days"
         );
         for (text, want) in [
-            ("[record]\nkeep_days = 3\n", "record.keep_days is set but record.dir is not"),
-            ("[record]\ndir = \"\"\n", "record.dir (or --record) must name a directory"),
+            (
+                "[record]\nkeep_days = 3\n",
+                "record.keep_days is set but record.dir is not",
+            ),
+            (
+                "[record]\ndir = \"\"\n",
+                "record.dir (or --record) must name a directory",
+            ),
             ("[record]\nkeepdays = 3\n", "unknown field `keepdays`"),
         ] {
             let e = build(&Flags::default(), Some(text)).unwrap_err();

@@ -30,6 +30,7 @@ use crate::instrument::{source, Master, SharedMaster};
 use crate::maintenance::{
     DayCounts, Maintenance, MaintenanceConfig, MaintenanceLinks, MaintenanceStats,
 };
+use crate::record::{RecordConfig, Recorder};
 use crate::sdnotify::Heartbeat;
 use crate::serve_tls::TlsListener;
 use crate::sim::{SimConfig, Simulator};
@@ -90,6 +91,8 @@ pub struct Engine {
     fanout: Option<FanoutThread>,
     upstream: Option<Upstream>,
     book: Option<BookThread>,
+    /// `--record`: writes what the network thread offers it.
+    recorder: Option<Recorder>,
     maintenance: Option<Maintenance>,
     master: SharedMaster,
     watchlist: Vec<WatchItem>,
@@ -236,6 +239,28 @@ impl Engine {
             })),
         )
         .map_err(|e| StartError::Io(format!("cannot start the book thread: {e}")))?;
+        let (recorder, tap) = match &config.record {
+            Some(r) => {
+                let (recorder, tap) = Recorder::spawn(RecordConfig {
+                    keep_days: r.keep_days,
+                    fail_after_bytes: r.fail_after_bytes,
+                    ..RecordConfig::new(&r.dir)
+                })
+                .map_err(|e| {
+                    StartError::Config(format!("cannot record into {}: {e}", r.dir.display()))
+                })?;
+                log::info!(
+                    "recording every upstream frame into {} (days kept: {})",
+                    r.dir.display(),
+                    match r.keep_days {
+                        0 => "all".to_string(),
+                        n => n.to_string(),
+                    }
+                );
+                (Some(recorder), Some(tap))
+            }
+            None => (None, None),
+        };
         let depth_url = config
             .depth_url
             .clone()
@@ -256,6 +281,7 @@ impl Engine {
             tick_tx,
             Some(depth_tick_tx),
             book.thread(),
+            tap,
         )
         .map_err(|e| match e {
             crate::upstream::SpawnError::Config(why) => StartError::Config(why),
@@ -333,6 +359,7 @@ impl Engine {
                 chain_board: Arc::clone(&chains.board),
                 chain_stats: Arc::clone(&chains.stats),
                 chains: Some((chains.requests.clone(), chain_events_rx)),
+                record: recorder.as_ref().map(Recorder::stats),
             })
             .map_err(|e| StartError::Io(format!("cannot start the fanout thread: {e}")))?;
         let maintenance = Maintenance::spawn(
@@ -370,6 +397,7 @@ impl Engine {
             fanout: Some(fanout),
             upstream: Some(upstream),
             book: Some(book),
+            recorder,
             maintenance: Some(maintenance),
             master,
             watchlist: watchlist.items().to_vec(),
@@ -456,6 +484,10 @@ impl Engine {
         }
         if let Some(u) = self.upstream.take() {
             u.shutdown();
+        }
+        // After the network thread: every frame it offered gets written.
+        if let Some(r) = self.recorder.take() {
+            r.shutdown();
         }
         if let Some(b) = self.book.take() {
             b.shutdown();

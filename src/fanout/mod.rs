@@ -211,6 +211,9 @@ pub struct FanoutInputs {
         Sender<crate::chain::service::ChainRequest>,
         Receiver<crate::chain::service::ChainEvent>,
     )>,
+    /// `--record`: the recorder's counters, for `/health`, `/stats`,
+    /// `/metrics` (`None`: not recording).
+    pub record: Option<Arc<crate::record::RecordStats>>,
 }
 
 impl std::fmt::Debug for FanoutInputs {
@@ -315,6 +318,7 @@ impl Fanout {
             trading: inputs.trading.monitor(),
             chains: inputs.chain_board.clone(),
             chain_stats: Arc::clone(&inputs.chain_stats),
+            record: inputs.record.clone(),
         };
         let front_waker = self.front.waker();
         let front = {

@@ -139,6 +139,8 @@ pub struct RestState {
     pub chains: crate::chain::service::SharedBoard,
     /// Their counters.
     pub chain_stats: Arc<crate::chain::service::ChainStats>,
+    /// `--record`: the recorder's counters (`None`: not recording).
+    pub record: Option<Arc<crate::record::RecordStats>>,
 }
 
 /// A listener as `/health` shows it.
@@ -347,7 +349,8 @@ impl RestState {
         let now = crate::token::unix_now();
         let troubled = token.last_error.is_some()
             || matches!(token.state(now), "expired" | "refused")
-            || self.trading.trouble().is_some();
+            || self.trading.trouble().is_some()
+            || self.record.as_ref().is_some_and(|r| !r.healthy());
         match (up, troubled) {
             (false, _) => (503, "down"),
             (true, true) => (200, "degraded"),
@@ -397,6 +400,7 @@ impl RestState {
             "clients": f.clients.get(),
             "token": token.json(now),
             "trading": self.trading.json(),
+            "record": self.record_json(),
             "listeners": self
                 .listeners
                 .iter()
@@ -409,6 +413,21 @@ impl RestState {
                 json!("started with --insecure-no-auth: access control is off on every listener");
         }
         (code, body.to_string())
+    }
+
+    /// The recorder for `/health` and `/stats`: `null` when not recording.
+    fn record_json(&self) -> Value {
+        let Some(r) = &self.record else {
+            return Value::Null;
+        };
+        json!({
+            "state": if r.error().is_some() { "stopped" } else { "recording" },
+            "file": r.file().map(|f| f.display().to_string()),
+            "frames": r.frames(),
+            "bytes": r.bytes(),
+            "lostFrames": r.lost(),
+            "error": r.error(),
+        })
     }
 
     /// The 20-level depth connections for `/health`: open only while a
@@ -534,6 +553,28 @@ impl RestState {
             "Upstream connections up now",
             self.upstream.connections_up() as u64,
         ));
+        if let Some(r) = &self.record {
+            v.push((
+                "record_frames_total",
+                "Upstream frames written to the recording",
+                r.frames(),
+            ));
+            v.push((
+                "record_bytes_total",
+                "Bytes written to the recording",
+                r.bytes(),
+            ));
+            v.push((
+                "record_lost_frames_total",
+                "Upstream frames the recorder could not keep (ring full or write failed)",
+                r.lost(),
+            ));
+            v.push((
+                "record_errors",
+                "1 when the recorder stopped on a write error",
+                u64::from(r.error().is_some()),
+            ));
+        }
         let token = self.token.status();
         v.push((
             "token_renewals_total",
@@ -650,6 +691,7 @@ impl RestState {
             "status": UpstreamStatus::of(&self.upstream).detail,
             "token": self.token.status().json(crate::token::unix_now()),
             "trading": self.trading.json(),
+            "record": self.record_json(),
             "day": self.day(),
             "latency": {
                 "receiveToBook": book.2,
@@ -861,6 +903,7 @@ mod tests {
             trading: crate::trading::broker::TradingDoor::off().monitor(),
             chains: Arc::default(),
             chain_stats: Arc::default(),
+            record: None,
         }
     }
 

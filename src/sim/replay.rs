@@ -71,7 +71,7 @@ use tungstenite::Bytes;
 use super::generator::HOUSEKEEPING;
 use super::shared::{bump, lock, ConnHandle, Endpoint, Out, Shared};
 use crate::domain::InstrumentKey;
-use crate::record::{FeedKind, RecordedFrame};
+use crate::record::{FeedKind, Reader, RecordedFrame};
 use crate::wire::depth::{self, DepthMessage};
 use crate::wire::feed::{self, FeedData, FeedMessage};
 
@@ -81,19 +81,49 @@ pub type FrameSource =
     Arc<dyn Fn() -> io::Result<Box<dyn Iterator<Item = RecordedFrame> + Send>> + Send + Sync>;
 
 /// The frames of `files`, played one after another in order, as a
-/// [`FrameSource`] (each call opens them again, for `--loop`).
-///
-/// PLACEHOLDER until `crate::record::reader::Reader` lands on this branch:
-/// every call fails with "recording reader not available yet". The real
-/// body opens each file with `Reader::open` (an error names the file),
-/// chains the readers in order, and logs each reader's `damage()` (offset,
-/// frames before, reason) when it runs out.
+/// [`FrameSource`] (each call opens them again, for `--loop`). Every file
+/// is opened up front, so a missing or foreign file fails the call (the
+/// error names it) before anything plays; a damaged tail ends that file's
+/// frames where the damage starts, and is logged with what was cut.
 pub fn open_recordings(files: &[PathBuf]) -> FrameSource {
     let files = files.to_vec();
     Arc::new(move || {
-        let _ = &files;
-        Err(io::Error::other("recording reader not available yet"))
+        let readers = files
+            .iter()
+            .map(|f| Reader::open(f))
+            .collect::<io::Result<Vec<_>>>()?;
+        let frames = readers
+            .into_iter()
+            .zip(files.clone())
+            .flat_map(|(r, f)| Tail { reader: r, file: f });
+        Ok(Box::new(frames) as Box<dyn Iterator<Item = RecordedFrame> + Send>)
     })
+}
+
+/// One file's frames, with a log line for a damaged tail when they end.
+struct Tail {
+    reader: Reader,
+    file: PathBuf,
+}
+
+impl Iterator for Tail {
+    type Item = RecordedFrame;
+
+    fn next(&mut self) -> Option<RecordedFrame> {
+        let frame = self.reader.next();
+        if frame.is_none() {
+            if let Some(d) = self.reader.damage() {
+                log::warn!(
+                    "replay: {} is damaged at byte {} ({}); played the {} whole frames before it",
+                    self.file.display(),
+                    d.offset,
+                    d.reason,
+                    d.frames_before
+                );
+            }
+        }
+        frame
+    }
 }
 
 /// `HH:MM` (24-hour) as (hour, minute).

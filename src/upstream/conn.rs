@@ -31,6 +31,7 @@ use super::stats::{SlotState, UpstreamStats};
 use super::tls::{self, Transport};
 use super::Credentials;
 use crate::clock;
+use crate::record::{FeedKind, RecordTap};
 use crate::tick::DepthTick;
 use crate::tick::Tick;
 use crate::wire::depth::{self, DepthMessage};
@@ -75,6 +76,9 @@ pub(crate) struct TickSink {
     pub depth: Option<HeapProd<DepthTick>>,
     pub consumer: Option<std::thread::Thread>,
     pub pushed: bool,
+    /// `--record`: every binary frame, as received, goes here too (never
+    /// blocks: a full recorder ring counts the frame lost).
+    pub record: Option<RecordTap>,
     /// Set by [`super::Upstream`] before it asks the thread to stop, so a
     /// wait on a full ring cannot block shutdown.
     pub stopping: Arc<AtomicBool>,
@@ -687,10 +691,19 @@ impl Conn {
                 Ok(Message::Binary(frame)) => {
                     *last_rx = now;
                     *probe_sent = false;
+                    let recv_ns = clock::now_ns();
+                    if let Some(tap) = env.sink.record.as_mut() {
+                        let feed = if self.depth {
+                            FeedKind::Depth
+                        } else {
+                            FeedKind::Main
+                        };
+                        tap.offer(self.slot as u8, feed, recv_ns, &frame);
+                    }
                     let (disconnect, packets) = if self.depth {
-                        decode_depth_frame(&frame, env)
+                        decode_depth_frame(&frame, recv_ns, env)
                     } else {
-                        decode_frame(&frame, env)
+                        decode_frame(&frame, recv_ns, env)
                     };
                     self.instrument_packets += packets;
                     if let Some(reason) = disconnect {
@@ -790,9 +803,8 @@ impl Conn {
 
 /// Decodes one binary frame into the ring; returns a disconnect reason if the
 /// frame carried one, and how many instrument packets (market status aside)
-/// it carried. The receive stamp is taken once per frame.
-fn decode_frame(frame: &[u8], env: &mut Env<'_>) -> (Option<DisconnectReason>, u64) {
-    let recv_ns = clock::now_ns();
+/// it carried. The receive stamp is taken once per frame, by the caller.
+fn decode_frame(frame: &[u8], recv_ns: u64, env: &mut Env<'_>) -> (Option<DisconnectReason>, u64) {
     let stats = env.stats;
     stats.frames.inc();
     stats.bytes.add(frame.len() as u64);
@@ -822,8 +834,11 @@ fn decode_frame(frame: &[u8], env: &mut Env<'_>) -> (Option<DisconnectReason>, u
 
 /// [`decode_frame`] for the 20-level depth feed: side packets go to the
 /// depth ring.
-fn decode_depth_frame(frame: &[u8], env: &mut Env<'_>) -> (Option<DisconnectReason>, u64) {
-    let recv_ns = clock::now_ns();
+fn decode_depth_frame(
+    frame: &[u8],
+    recv_ns: u64,
+    env: &mut Env<'_>,
+) -> (Option<DisconnectReason>, u64) {
     let stats = env.stats;
     stats.frames.inc();
     stats.bytes.add(frame.len() as u64);

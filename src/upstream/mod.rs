@@ -49,6 +49,7 @@ pub use stats::{SlotState, UpstreamStats, DISCONNECT_REASONS, MAX_SLOTS, PACKET_
 pub use tls::load_ca_file;
 
 use crate::domain::{InstrumentKey, Mode};
+use crate::record::RecordTap;
 use crate::sdnotify::Heartbeat;
 use crate::tick::{DepthTick, Tick};
 use conn::{Conn, Env, Settings, TickSink, Transition, DEPTH_TOKENS};
@@ -233,16 +234,19 @@ impl Upstream {
         ring: HeapProd<Tick>,
         consumer: Option<Thread>,
     ) -> Result<Upstream, SpawnError> {
-        Upstream::spawn_with_depth(config, ring, None, consumer)
+        Upstream::spawn_with_depth(config, ring, None, consumer, None)
     }
 
-    /// [`Upstream::spawn`] with a ring for the 20-level depth feed; without
-    /// one, depth subscriptions are still made but their packets dropped.
+    /// [`Upstream::spawn`] with a ring for the 20-level depth feed (without
+    /// one, depth subscriptions are still made but their packets dropped)
+    /// and, with `--record`, the recorder's tap: every binary frame of
+    /// either feed is offered to it as received.
     pub fn spawn_with_depth(
         config: UpstreamConfig,
         ring: HeapProd<Tick>,
         depth_ring: Option<HeapProd<DepthTick>>,
         consumer: Option<Thread>,
+        record: Option<RecordTap>,
     ) -> Result<Upstream, SpawnError> {
         let settings = settings(&config).map_err(SpawnError::Config)?;
         let depth_settings =
@@ -277,6 +281,7 @@ impl Upstream {
                 depth: depth_ring,
                 consumer,
                 pushed: false,
+                record,
                 stopping: Arc::clone(&stopping),
             },
             shards,
