@@ -9,8 +9,12 @@
 //! depend on how fast the simulator can send.
 //!
 //! ```text
-//! cargo run --release --bin ingest -- --rate 200000 --instruments 100 --mode quote --seconds 5 [--tls]
+//! cargo run --release --bin ingest -- --rate 200000 --instruments 100 --mode quote --seconds 5 [--tls] [--record DIR]
 //! ```
+//!
+//! With `--record DIR` the network thread also offers every frame to the
+//! recorder (`src/record/`), as `dhan-relay --record` does: compare its
+//! CPU per packet with and without, and the recorder's lost frames.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -19,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
+use dhan_relay::record::{RecordConfig, Recorder};
 use dhan_relay::tick::Tick;
 use dhan_relay::upstream::{
     load_ca_file, Command as NetCommand, Credentials, Upstream, UpstreamConfig, UpstreamStats,
@@ -32,6 +37,7 @@ struct Args {
     mode: Mode,
     seconds: u64,
     tls: bool,
+    record: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -41,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
         mode: Mode::Quote,
         seconds: 5,
         tls: false,
+        record: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,8 +58,9 @@ fn parse_args() -> Result<Args, String> {
             "--mode" => a.mode = value()?.parse().map_err(|_| "--mode: ticker, quote or full")?,
             "--seconds" => a.seconds = value()?.parse::<u64>().map_err(|_| "--seconds: a number")?.clamp(1, 60),
             "--tls" => a.tls = true,
+            "--record" => a.record = Some(value()?.into()),
             "-h" | "--help" => {
-                return Err("usage: ingest [--rate N] [--instruments N] [--mode ticker|quote|full] [--seconds N] [--tls]".into())
+                return Err("usage: ingest [--rate N] [--instruments N] [--mode ticker|quote|full] [--seconds N] [--tls] [--record DIR]".into())
             }
             other => return Err(format!("unknown flag {other}")),
         }
@@ -153,7 +161,14 @@ fn main() {
     } else {
         Vec::new()
     };
-    let up = Upstream::spawn(
+    let (recorder, tap) = match &args.record {
+        Some(dir) => {
+            let (r, tap) = Recorder::spawn(RecordConfig::new(dir)).expect("recorder");
+            (Some(r), Some(tap))
+        }
+        None => (None, None),
+    };
+    let up = Upstream::spawn_with_depth(
         UpstreamConfig {
             feed_url: url.clone(),
             credentials: Credentials::new("ingest", "ingest"),
@@ -161,7 +176,9 @@ fn main() {
             ..UpstreamConfig::default()
         },
         prod,
+        None,
         Some(consumer.thread().clone()),
+        tap,
     )
     .expect("network thread");
     let keys: Vec<_> = (0..args.instruments)
@@ -170,19 +187,21 @@ fn main() {
     up.control().send(NetCommand::Subscribe(keys));
     let stats = up.stats();
     std::thread::sleep(Duration::from_secs(1)); // warm up
-    let (p0, f0, b0, c0, t0) = (
+    let (p0, f0, b0, c0, r0, t0) = (
         popped.load(Relaxed),
         stats.frames.get(),
         stats.bytes.get(),
         thread_cpu("dhan-net"),
+        thread_cpu("dhan-record"),
         Instant::now(),
     );
     std::thread::sleep(Duration::from_secs(args.seconds));
-    let (p1, f1, b1, c1, secs) = (
+    let (p1, f1, b1, c1, r1, secs) = (
         popped.load(Relaxed),
         stats.frames.get(),
         stats.bytes.get(),
         thread_cpu("dhan-net"),
+        thread_cpu("dhan-record"),
         t0.elapsed().as_secs_f64(),
     );
     let packets = (p1 - p0) as f64;
@@ -224,8 +243,27 @@ fn main() {
             .map(UpstreamStats::get)
             .sum::<u64>()
     );
+    if let Some(r) = &recorder {
+        let rs = r.stats();
+        println!(
+            "  recorder thread CPU     {:>12.1} %",
+            (r1 - r0) / secs * 100.0
+        );
+        println!(
+            "  recorded                {:>12} frames, {:.1} MB, {} lost{}",
+            rs.frames(),
+            rs.bytes() as f64 / 1e6,
+            rs.lost(),
+            rs.error()
+                .map(|e| format!(", error: {e}"))
+                .unwrap_or_default()
+        );
+    }
     stop.store(true, Relaxed);
     up.shutdown();
+    if let Some(r) = recorder {
+        r.shutdown();
+    }
     let _ = consumer.join();
     let _ = sim.kill();
     let _ = sim.wait();
