@@ -139,6 +139,8 @@ pub struct RestState {
     pub chains: crate::chain::service::SharedBoard,
     /// Their counters.
     pub chain_stats: Arc<crate::chain::service::ChainStats>,
+    /// Today's 1-minute bars and their counters.
+    pub history: crate::history::HistoryHandle,
 }
 
 /// A listener as `/health` shows it.
@@ -208,6 +210,10 @@ impl RestState {
                 Response::new(code, JSON, body)
             }
             "/api" => Response::new(200, "text/plain; charset=utf-8", INDEX),
+            "/api/history" => {
+                let (code, body) = self.history(query);
+                Response::new(code, JSON, body)
+            }
             "/api/chains" => {
                 Response::new(200, JSON, crate::chain::rest::list(&self.chains.load()))
             }
@@ -434,6 +440,81 @@ impl RestState {
         })
     }
 
+    /// `/api/history?symbol=NIFTY&interval=1m` (or `exchangeSegment=…&
+    /// securityId=…`): today's bars of one instrument the relay holds,
+    /// oldest first, the forming one last with `"partial": true`. 400 for
+    /// a missing instrument or a bad interval, 404 for an unknown symbol
+    /// (with suggestions) or an instrument the relay does not hold.
+    pub fn history(&self, query: &str) -> (u16, String) {
+        let error = |code: u16, m: String| (code, json!({ "error": m }).to_string());
+        let interval = query_param(query, "interval").unwrap_or_else(|| "1m".into());
+        let Some(minutes) = crate::history::query::interval_minutes(&interval) else {
+            return error(
+                400,
+                format!(
+                    "interval must be one of 1m, 5m, 15m (got '{}')",
+                    interval.chars().take(20).collect::<String>()
+                ),
+            );
+        };
+        let view = self.view.load();
+        let master = self.master.load();
+        let symbol = query_param(query, "symbol").filter(|s| !s.trim().is_empty());
+        let key = match (
+            symbol,
+            query_param(query, "exchangeSegment"),
+            query_param(query, "securityId"),
+        ) {
+            (Some(name), _, _) => match view.watch_key(name.trim()) {
+                Some(k) => k,
+                None => match master.resolve(name.trim(), self.clock.today()) {
+                    Ok(i) => i.key(),
+                    Err(e) => return error(404, e.to_string()),
+                },
+            },
+            (None, Some(seg), Some(id)) => {
+                let Ok(seg) = seg.trim().parse::<Segment>() else {
+                    return error(
+                        400,
+                        format!(
+                            "unknown exchangeSegment '{}'",
+                            seg.chars().take(20).collect::<String>()
+                        ),
+                    );
+                };
+                let Ok(id) = id.trim().parse::<u32>() else {
+                    return error(400, "securityId must be a decimal number".into());
+                };
+                InstrumentKey::new(seg, id)
+            }
+            _ => return error(
+                400,
+                "missing instrument: give symbol=NIFTY, or exchangeSegment=NSE_EQ&securityId=2885"
+                    .into(),
+            ),
+        };
+        let board = self.history.board.load();
+        let snapshot = self.snapshot.load();
+        let symbol = symbol_of(&view, &master, key);
+        if board.get(key).is_none() && snapshot.get(key).is_none() {
+            return error(
+                404,
+                format!(
+                    "not subscribed: the relay holds no data for {} {}{}; subscribe it on /ws first",
+                    key.segment.name(),
+                    key.security_id,
+                    symbol.map(|s| format!(" ({s})")).unwrap_or_default()
+                ),
+            );
+        }
+        let bars = crate::history::query::bars_of(&board, key, snapshot.forming(key));
+        let bars = crate::history::query::aggregate(&bars, minutes);
+        (
+            200,
+            crate::history::query::body(key, symbol, &interval, &bars),
+        )
+    }
+
     /// `/api/watchlist`: the watchlist, in order.
     pub fn watchlist(&self) -> String {
         let view = self.view.load();
@@ -527,6 +608,7 @@ impl RestState {
             .chain(std::iter::once(&&self.maintenance.runs))
             .chain(self.trading.stats().counters().iter())
             .chain([&self.chain_stats.recentres, &self.chain_stats.renders].iter())
+            .chain(self.history.stats.counters().iter())
             .map(|c| c.sample())
             .collect();
         v.push((
@@ -713,6 +795,7 @@ const INDEX: &str = "dhan-relay\n\n\
      WS   /dhan?version=2&token=..       DhanHQ's Live Market Feed v2 (its JSON requests, its binary packets)\n\
      WS   /dhan/twentydepth?token=..     DhanHQ's 20-level depth feed (RequestCode 23/24, its binary depth packets)\n\
      POST /api/admin/credentials         {\"clientId\",\"accessToken\"}: new token, no restart (admin scope; loopback only without keys)\n\
+     GET  /api/history?symbol=NIFTY&interval=1m  today's 1-minute bars (or 5m, 15m; or exchangeSegment=&securityId=)\n\
      GET  /api/chains                    option chains running (configured [[chains]] and clients' subscribe_chain)\n\
      GET  /api/chains/NIFTY?expiry=nearest  a chain: strikes around ATM, CE/PE prices, OI, IV and greeks\n\
      GET  /api/trading                   trading on or off, paper or live, the guards, whether you may trade\n\
@@ -861,6 +944,7 @@ mod tests {
             trading: crate::trading::broker::TradingDoor::off().monitor(),
             chains: Arc::default(),
             chain_stats: Arc::default(),
+            history: Default::default(),
         }
     }
 
