@@ -759,6 +759,74 @@ mod tests {
     }
 
     #[test]
+    fn bars_go_to_the_history_ring_and_the_forming_one_to_snapshots() {
+        use crate::history::{BarEvent, HistoryStats};
+        use crate::wire::feed::Quote;
+        const T0: u32 = 1_796_269_500;
+        let (tx, mut rx) = HeapRb::<BarEvent>::new(16).split();
+        let stats = Arc::new(HistoryStats::default());
+        let mut book = Book::with_history(BarSink::new(tx, Arc::clone(&stats)));
+        let q = |ltp: f32, ltt: u32, volume: u32| {
+            tick(
+                5,
+                FeedData::Quote(Quote {
+                    ltp,
+                    ltt,
+                    volume,
+                    ..Quote::default()
+                }),
+            )
+        };
+        let key = InstrumentKey::new(Segment::NseEq, 5);
+        book.apply(&q(10.0, T0 + 1, 100));
+        book.apply(&q(11.0, T0 + 30, 120));
+        assert_eq!(
+            rx.try_pop(),
+            Some(BarEvent::Opened { key, t: T0 }),
+            "the first bar's note"
+        );
+        let f = book.snapshot().forming(key).unwrap();
+        assert_eq!((f.t, f.o, f.c, f.v), (T0, 10.0, 11.0, 20));
+        book.apply(&q(12.0, T0 + 61, 150));
+        match rx.try_pop() {
+            Some(BarEvent::Closed { key: k, bar }) => assert_eq!((k, bar), (key, f)),
+            other => panic!("{other:?}"),
+        }
+        book.apply(&q(1.0, T0 + 2, 150));
+        assert_eq!(stats.late.get(), 1);
+        assert_eq!(book.ltt_high(), T0 + 61);
+        // Nobody ticks after 09:16: the sweep closes it after the grace.
+        assert_eq!(book.sweep(T0 + 120 + 2), 0);
+        assert_eq!(book.sweep(T0 + 120 + 3), 1);
+        match rx.try_pop() {
+            Some(BarEvent::Closed { bar, .. }) => {
+                assert_eq!((bar.t, bar.c, bar.v), (T0 + 60, 12.0, 30))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(book.snapshot().forming(key), None);
+        assert_eq!(stats.swept.get(), 1);
+        // Removing the instrument removes its bar too (tables stay parallel).
+        book.apply(&q(13.0, T0 + 125, 160));
+        book.apply(&tick(
+            6,
+            FeedData::Ticker(Ticker {
+                ltp: 2.0,
+                ltt: T0 + 126,
+            }),
+        ));
+        book.remove(&[key]);
+        let snap = book.snapshot();
+        assert_eq!(snap.forming.len(), 1);
+        assert_eq!(
+            snap.forming(InstrumentKey::new(Segment::NseEq, 6))
+                .unwrap()
+                .c,
+            2.0
+        );
+    }
+
+    #[test]
     fn depth_keeps_the_last_rows_of_each_side() {
         use crate::wire::depth::DepthBook;
         let mut book = Book::new();

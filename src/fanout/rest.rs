@@ -496,7 +496,8 @@ impl RestState {
         let board = self.history.board.load();
         let snapshot = self.snapshot.load();
         let symbol = symbol_of(&view, &master, key);
-        if board.get(key).is_none() && snapshot.get(key).is_none() {
+        let held = view.active.iter().any(|a| a.key == key);
+        if !held && board.get(key).is_none() && snapshot.get(key).is_none() {
             return error(
                 404,
                 format!(
@@ -1003,6 +1004,83 @@ mod tests {
         assert_eq!(stats["counters"]["book_ticks_total"], 0);
         assert!(rest.route("/nope", "").is_none());
         assert_eq!(rest.route("/", "").unwrap().status, 200, "the dashboard");
+    }
+
+    #[test]
+    fn history_answers_bars_and_says_what_is_wrong() {
+        use crate::history::{Bar, Board, Series};
+        const T0: u32 = 1_796_269_500;
+        let mut rest = state(Vec::new());
+        let nifty = key(Segment::IdxI, 13);
+        let series = Series::with_capacity(8);
+        for i in 0..6u32 {
+            series.push(Bar {
+                t: T0 + i * 60,
+                o: 100.0 + i as f32,
+                h: 101.0 + i as f32,
+                l: 99.0,
+                c: 100.5,
+                oi: 0,
+                v: 0,
+            });
+        }
+        rest.history = crate::history::HistoryHandle::default();
+        rest.history.board.store(Arc::new(Board::new(
+            Some(crate::history::ist_day(T0)),
+            std::collections::HashMap::from([(nifty, Arc::new(series))]),
+        )));
+        let get = |q: &str| -> (u16, Value) {
+            let (code, body) = rest.history(q);
+            (code, serde_json::from_str(&body).unwrap())
+        };
+        let (code, v) = get("symbol=NIFTY&interval=1m");
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(
+            (
+                v["symbol"].clone(),
+                v["exchangeSegment"].clone(),
+                v["securityId"].clone(),
+                v["interval"].clone()
+            ),
+            (json!("NIFTY"), json!("IDX_I"), json!("13"), json!("1m"))
+        );
+        assert_eq!(v["bars"].as_array().unwrap().len(), 6);
+        assert_eq!(
+            v["bars"][0],
+            json!({"t": T0, "o": 100.0, "h": 101.0, "l": 99.0, "c": 100.5, "v": 0, "oi": 0})
+        );
+        let (_, v) = get("exchangeSegment=IDX_I&securityId=13&interval=5m");
+        assert_eq!(v["bars"].as_array().unwrap().len(), 2);
+        assert_eq!(v["bars"][0]["h"], json!(105.0));
+        assert_eq!(v["bars"][1]["t"], json!(T0 + 300));
+        let (code, v) = get("symbol=NIFTY&interval=1h");
+        assert_eq!(code, 400);
+        assert!(v["error"].as_str().unwrap().contains("1m, 5m, 15m"), "{v}");
+        let (code, v) = get("interval=1m");
+        assert_eq!(code, 400);
+        assert!(v["error"].as_str().unwrap().contains("missing instrument"));
+        let (code, v) = get("symbol=RELIANCX");
+        assert_eq!(code, 404);
+        assert!(
+            v["error"].as_str().unwrap().contains("RELIANCE"),
+            "suggested: {v}"
+        );
+        // Known to the master, not held by the relay.
+        let (code, v) = get("exchangeSegment=NSE_EQ&securityId=1333");
+        assert_eq!(code, 404);
+        assert!(
+            v["error"].as_str().unwrap().starts_with("not subscribed"),
+            "{v}"
+        );
+        // In the book (watchlist) without bars yet: an empty list.
+        let (code, v) = get("symbol=RELIANCE");
+        assert_eq!((code, v["bars"].as_array().unwrap().len()), (200, 0));
+        let (code, _) = get("exchangeSegment=NOPE&securityId=1");
+        assert_eq!(code, 400);
+        assert_eq!(
+            rest.route("/api/history", "symbol=NIFTY").unwrap().status,
+            200
+        );
     }
 
     #[test]
