@@ -7,7 +7,7 @@
 mod common;
 use common::{http_get_json, wait_for, WsClient};
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Segment};
