@@ -162,8 +162,14 @@ pub struct Store {
     /// The board needs republishing.
     dirty: bool,
     backfill_dir: Option<PathBuf>,
+    /// Opens a day's recording ([`backfill::recorded_frames`]; tests swap it).
+    frames: FrameSource,
     stats: Arc<HistoryStats>,
 }
+
+/// Opens the recording of day `YYYYMMDD` in a directory.
+pub type FrameSource =
+    fn(&std::path::Path, u32) -> Box<dyn Iterator<Item = crate::record::RecordedFrame>>;
 
 impl Store {
     /// An empty store.
@@ -173,8 +179,15 @@ impl Store {
             series: HashMap::new(),
             dirty: false,
             backfill_dir,
+            frames: backfill::recorded_frames,
             stats,
         }
+    }
+
+    /// The same, reading recordings through `frames` (tests).
+    pub fn with_frames(mut self, frames: FrameSource) -> Store {
+        self.frames = frames;
+        self
     }
 
     /// Applies one batch of events, backfilling the instruments it
@@ -226,14 +239,15 @@ impl Store {
         let mut recorded = HashMap::new();
         if let (Some(dir), Some(day)) = (&self.backfill_dir, self.day) {
             let keys: HashSet<InstrumentKey> = new.iter().map(|(k, _)| *k).collect();
-            let frames = backfill::recorded_frames(dir, backfill::yyyymmdd(day));
+            let frames = (self.frames)(dir, backfill::yyyymmdd(day));
             recorded = backfill::bars_from_frames(frames, &keys);
         }
         for &(key, first) in new {
             let mut bars = recorded.remove(&key).unwrap_or_default();
             bars.retain(|b| b.t < first && Some(ist_day(b.t)) == self.day);
             let from = bars.first().map_or(first, |b| b.t);
-            let series = Series::with_capacity(initial_capacity(key.segment, from) + bars.len());
+            let series =
+                Series::with_capacity(initial_capacity(key.segment, from).max(bars.len() + 16));
             for b in &bars {
                 series.push(*b);
             }
@@ -381,6 +395,7 @@ fn publish(board: &ArcSwap<Board>, store: &mut Store, stats: &HistoryStats) {
 mod tests {
     use super::*;
     use crate::domain::Segment;
+    use crate::record::RecordedFrame;
 
     const T0: u32 = 1_796_269_500;
 
@@ -452,6 +467,69 @@ mod tests {
         }]);
         assert!(s.board().get(key(1)).unwrap().is_empty());
         assert_eq!(stats.late.get(), 1);
+    }
+
+    /// Today's recording as the test writes it: key 1 quoted from 09:15 to
+    /// 09:19 (one tick a minute), key 2 never.
+    fn recording(_dir: &std::path::Path, day: u32) -> Box<dyn Iterator<Item = RecordedFrame>> {
+        use crate::wire::feed::{FeedData, FeedMessage, Quote};
+        assert_eq!(day, 20261203);
+        let frames: Vec<RecordedFrame> = (0..5u32)
+            .map(|i| {
+                let mut payload = Vec::new();
+                FeedMessage::Data(
+                    key(1),
+                    FeedData::Quote(Quote {
+                        ltp: 100.0 + i as f32,
+                        ltt: T0 + i * 60 + 5,
+                        volume: 1_000 + i * 10,
+                        ..Quote::default()
+                    }),
+                )
+                .encode(&mut payload);
+                RecordedFrame {
+                    recv_unix_ns: 0,
+                    conn: 0,
+                    feed: crate::record::FeedKind::Main,
+                    payload,
+                }
+            })
+            .collect();
+        Box::new(frames.into_iter())
+    }
+
+    #[test]
+    fn new_instruments_are_backfilled_before_their_first_live_minute() {
+        let stats = Arc::new(HistoryStats::default());
+        let mut s =
+            Store::new(Some(PathBuf::from("/nowhere")), Arc::clone(&stats)).with_frames(recording);
+        // Live from 09:18: the recording's 09:15–09:17 bars come first; its
+        // 09:18 and 09:19 are the live feed's to give.
+        s.apply(&[
+            BarEvent::Opened {
+                key: key(1),
+                t: T0 + 180,
+            },
+            BarEvent::Opened { key: key(2), t: T0 },
+            BarEvent::Closed {
+                key: key(1),
+                bar: bar(T0 + 180, 7.0),
+            },
+        ]);
+        let b = s.board();
+        let bars = b.get(key(1)).unwrap().bars();
+        assert_eq!(
+            bars.iter().map(|b| (b.t, b.c)).collect::<Vec<_>>(),
+            [
+                (T0, 100.0),
+                (T0 + 60, 101.0),
+                (T0 + 120, 102.0),
+                (T0 + 180, 7.0)
+            ]
+        );
+        assert_eq!(bars[1].v, 10, "the builder's volume rule");
+        assert!(b.get(key(2)).unwrap().is_empty());
+        assert_eq!(stats.backfilled.get(), 3);
     }
 
     #[test]
