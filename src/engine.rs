@@ -25,6 +25,7 @@ use crate::chain::service::{ChainConfig, ChainLinks, ChainService};
 use crate::config::{Feed, RunConfig};
 use crate::fanout::front::Listener;
 use crate::fanout::{Fanout, FanoutInputs, FanoutThread};
+use crate::history::{HistoryConfig, HistoryThread};
 use crate::instrument::watch::{resolve_watchlist, WatchItem, Watchlist};
 use crate::instrument::{source, Master, SharedMaster};
 use crate::maintenance::{
@@ -93,6 +94,8 @@ pub struct Engine {
     book: Option<BookThread>,
     /// `--record`: writes what the network thread offers it.
     recorder: Option<Recorder>,
+    /// Today's 1-minute bars (fed by the book).
+    history: Option<HistoryThread>,
     maintenance: Option<Maintenance>,
     master: SharedMaster,
     watchlist: Vec<WatchItem>,
@@ -222,7 +225,14 @@ impl Engine {
         let (depth_tx, depth_rx) = HeapRb::<Depth20>::new(DEPTH_RING).split();
         let waker = fanout.waker();
         let beats = [Heartbeat::new(), Heartbeat::new(), Heartbeat::new()];
-        let book = BookThread::spawn(
+        let (history, bar_sink) = HistoryThread::spawn(HistoryConfig {
+            // Instruments subscribed mid-day get the day's earlier bars
+            // from the recording, when there is one.
+            backfill_dir: config.record.as_ref().map(|r| r.dir.clone()),
+            ..HistoryConfig::default()
+        })
+        .map_err(|e| StartError::Io(format!("cannot start the history thread: {e}")))?;
+        let book = BookThread::spawn_with_history(
             BookConfig {
                 core: config.pin.book,
                 heartbeat: beats[1].clone(),
@@ -237,6 +247,7 @@ impl Engine {
             Some(Box::new(move || {
                 let _ = waker.wake();
             })),
+            Some(bar_sink),
         )
         .map_err(|e| StartError::Io(format!("cannot start the book thread: {e}")))?;
         let (recorder, tap) = match &config.record {
@@ -356,6 +367,7 @@ impl Engine {
                 calendar: config.calendar.clone(),
                 trading,
                 orders,
+                history: history.handle.clone(),
                 chain_board: Arc::clone(&chains.board),
                 chain_stats: Arc::clone(&chains.stats),
                 chains: Some((chains.requests.clone(), chain_events_rx)),
@@ -398,6 +410,7 @@ impl Engine {
             upstream: Some(upstream),
             book: Some(book),
             recorder,
+            history: Some(history),
             maintenance: Some(maintenance),
             master,
             watchlist: watchlist.items().to_vec(),
@@ -491,6 +504,9 @@ impl Engine {
         }
         if let Some(b) = self.book.take() {
             b.shutdown();
+        }
+        if let Some(h) = self.history.take() {
+            h.shutdown();
         }
         drop(self.demo.take());
     }

@@ -18,6 +18,7 @@ pub mod domain;
 pub mod engine;
 pub mod fanout;
 pub mod fdlimit;
+pub mod history;
 pub mod instrument;
 pub mod logging;
 pub mod maintenance;

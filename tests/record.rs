@@ -3,14 +3,15 @@
 //! engine, a failing disk, and a recorder killed mid-write.
 
 mod common;
-use common::{get_json, http_get, wait_for, TempDir, WsClient};
+use common::bars::{bars_of, reference_bars, seen, Seen};
+use common::{get_json, http_get, http_get_json, wait_for, wait_or, TempDir, WsClient};
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use dhan_relay::config::{Flags, RecordSettings, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Segment};
@@ -20,6 +21,7 @@ use dhan_relay::sim::replay::open_recordings;
 use dhan_relay::sim::{ReplayConfig, SimConfig, Simulator, Speed};
 use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::upstream::Credentials;
+use dhan_relay::wire::feed::{FeedData, FeedMessage, Quote};
 use serde_json::Value;
 use tungstenite::Message;
 
@@ -75,10 +77,10 @@ fn live(feed: &str) -> Engine {
 /// Price messages per instrument, in arrival order, as the client got
 /// them (`seq` aside: it counts packets the engine applied, previous-close
 /// ones included, which depend on when each engine subscribed).
-type Seen = BTreeMap<String, Vec<Value>>;
+type Received = BTreeMap<String, Vec<Value>>;
 
 /// Reads price messages until none came for `quiet` (or `limit` passed).
-fn collect(ws: &mut WsClient, seen: &mut Seen, quiet: Duration, limit: Duration) {
+fn collect(ws: &mut WsClient, seen: &mut Received, quiet: Duration, limit: Duration) {
     ws.0.get_mut()
         .set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
@@ -121,7 +123,7 @@ fn a_recorded_session_replays_into_a_second_engine_identically() {
     let sim = first.demo_simulator().unwrap().control();
     let mut client = WsClient::connect(first.addr(), "/ws");
     client.subscribe_many(&KEYS, "quote");
-    let mut original = Seen::new();
+    let mut original = Received::new();
     collect(
         &mut client,
         &mut original,
@@ -176,7 +178,7 @@ fn a_recorded_session_replays_into_a_second_engine_identically() {
     let mut client = WsClient::connect(second.addr(), "/ws");
     client.subscribe_many(&KEYS, "quote");
     let control = replay.control();
-    let mut replayed = Seen::new();
+    let mut replayed = Received::new();
     let end = Instant::now() + Duration::from_secs(20);
     while !control.stats().replay_finished {
         assert!(Instant::now() < end, "replay did not finish");
@@ -205,6 +207,24 @@ fn a_recorded_session_replays_into_a_second_engine_identically() {
         }
     }
     assert_eq!(replayed.len(), original.len());
+    // The replayed session's 1-minute bars are the bars of the ticks its
+    // client received, built here independently.
+    for key in KEYS {
+        let id = format!("\"{}\":\"{}\"", key.segment.name(), key.security_id);
+        let ticks: Vec<Seen> = replayed[&id].iter().map(seen).collect();
+        let want = reference_bars(&ticks);
+        assert!(!want.is_empty());
+        let path = format!(
+            "/api/history?exchangeSegment={}&securityId={}",
+            key.segment.name(),
+            key.security_id
+        );
+        wait_or(
+            "the replayed session's bars",
+            || bars_of(&get_json(second.addr(), &path)) == want,
+            || format!("want {want:?}\ngot {}", get_json(second.addr(), &path)),
+        );
+    }
     second.shutdown();
 }
 
@@ -232,7 +252,7 @@ fn a_failing_disk_stops_the_recorder_and_the_relay_keeps_relaying() {
         "names the file: {error}"
     );
     // Prices keep flowing to the client, and frames are counted lost.
-    let mut seen = Seen::new();
+    let mut seen = Received::new();
     collect(
         &mut client,
         &mut seen,
@@ -336,4 +356,89 @@ fn a_recorder_killed_mid_write_leaves_a_file_that_opens_and_a_restart_repairs_it
     let info = record::info(&file).unwrap();
     assert!(info.damage.is_none(), "repaired: {info}");
     assert!(info.frames() > whole.0 + 20, "{info}");
+}
+
+#[test]
+fn a_restarted_engine_backfills_the_days_bars_from_its_recording() {
+    let dir = TempDir::new("record-backfill");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    // Three minutes ago, but today in India (bars are the day's).
+    let ist_midnight = now - (now + 19_800) % 86_400;
+    let m0 = (now - now % 60 - 180).max(ist_midnight);
+    let quote = |ltt: u32, ltp: f32, volume: u32| {
+        FeedMessage::Data(
+            RELIANCE,
+            FeedData::Quote(Quote {
+                ltp,
+                ltt,
+                volume,
+                ..Quote::default()
+            }),
+        )
+    };
+    // Morning: the first engine records three minutes of RELIANCE.
+    let first = demo(0, Some(settings(&dir.0)));
+    let sim = first.demo_simulator().unwrap().control();
+    let mut client = WsClient::connect(first.addr(), "/ws");
+    client.subscribe(RELIANCE, "quote");
+    wait_for("RELIANCE held upstream", || {
+        sim.subscriptions()
+            .iter()
+            .any(|c| c.instruments.contains_key(&RELIANCE))
+    });
+    let mut ticks = Vec::new();
+    for (i, (dt, ltp)) in [
+        (2, 1400.0),
+        (30, 1403.5),
+        (65, 1399.0),
+        (100, 1401.25),
+        (150, 1402.0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        sim.inject(&quote(m0 + dt, ltp, 10_000 + 250 * i as u32));
+        ticks.push(seen(
+            &client.recv_where(|v| v["type"] == "quote" && v["ltt"] == m0 + dt),
+        ));
+    }
+    let morning = reference_bars(&ticks);
+    assert_eq!(morning.len(), 3);
+    first.shutdown();
+
+    // Noon: a restart. The instrument is subscribed again and ticks once;
+    // its history holds the morning's bars, from the recording, then the
+    // live one.
+    let second = demo(0, Some(settings(&dir.0)));
+    let sim = second.demo_simulator().unwrap().control();
+    let mut client = WsClient::connect(second.addr(), "/ws");
+    client.subscribe(RELIANCE, "quote");
+    wait_for("RELIANCE held upstream again", || {
+        sim.subscriptions()
+            .iter()
+            .any(|c| c.instruments.contains_key(&RELIANCE))
+    });
+    sim.inject(&quote(m0 + 250, 1404.0, 12_000));
+    client.recv_where(|v| v["type"] == "quote" && v["ltt"] == m0 + 250);
+    let path = "/api/history?symbol=RELIANCE&interval=1m";
+    wait_or(
+        "the morning's bars backfilled before the live one",
+        || {
+            let (code, v) = http_get_json(second.addr(), path);
+            assert_ne!(code, 400, "{v}");
+            let bars = if code == 200 { bars_of(&v) } else { Vec::new() };
+            bars.len() == 4 && bars[..3] == morning[..] && bars[3].0 == m0 + 240
+        },
+        || {
+            format!(
+                "morning {morning:?}\ngot {:?}",
+                http_get_json(second.addr(), path)
+            )
+        },
+    );
+    assert!(common::counter(second.addr(), "history_bars_backfilled_total") >= 3);
+    second.shutdown();
 }

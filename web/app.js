@@ -41,6 +41,8 @@ const PER_MESSAGE = 500;
 const HISTORY_CAP = 2400;
 /** Updates closer together than this replace the last chart point. */
 const HISTORY_STEP_MS = 250;
+/** Re-read a row's bars from /api/history when opened again after this long. */
+const BARS_REFRESH_MS = 60_000;
 /**
  * Least time between two batches of DOM writes: prices redraw at up to
  * ~30 Hz, which the eye cannot tell from 60 and which halves the browser's
@@ -170,6 +172,8 @@ class Row {
     this.stale = false;
     this.flashUntil = 0;
     this.hist = { t: [], p: [] };
+    /** When today's bars were last read from /api/history (0: never). */
+    this.barsAt = 0;
     this.shownLtp = NaN;
     this.shown = {};
 
@@ -1155,6 +1159,52 @@ function openDetail(row) {
   document.body.classList.add('detail-open');
   chart.resize();
   renderDetail();
+  loadBars(row);
+}
+
+/**
+ * Starts the row's line from today's 1-minute bars (`GET api/history`): each
+ * finished bar is its open at the minute's start and its close at its end,
+ * the forming one its open; then the live points already received after
+ * that, and every later tick as before. So a reload does not empty the chart.
+ */
+async function loadBars(row) {
+  const now = Date.now();
+  if (row.barsAt && now - row.barsAt < BARS_REFRESH_MS) return;
+  row.barsAt = now;
+  let body;
+  try {
+    const r = await fetch(`api/history?exchangeSegment=${encodeURIComponent(row.seg)}&securityId=${encodeURIComponent(row.id)}&interval=1m`, { cache: 'no-store' });
+    if (!r.ok) return; // 404: not held yet; the live line still grows
+    body = await r.json();
+  } catch {
+    row.barsAt = 0;
+    return;
+  }
+  const bars = Array.isArray(body.bars) ? body.bars : [];
+  if (!bars.length) return;
+  const t = [];
+  const p = [];
+  for (const b of bars) {
+    const start = b.t * 1000;
+    t.push(start);
+    p.push(b.o);
+    if (!b.partial) {
+      t.push(start + 59_999);
+      p.push(b.c);
+    }
+  }
+  const h = row.hist;
+  const after = t[t.length - 1];
+  for (let i = 0; i < h.t.length; i++) {
+    if (h.t[i] > after) {
+      t.push(h.t[i]);
+      p.push(h.p[i]);
+    }
+  }
+  row.hist = { t, p };
+  while (row.hist.t.length > HISTORY_CAP) thin(row.hist);
+  if (state.selected === row.key) renderDetail();
 }
 
 /** Closes the panel; `resubscribe` drops the instrument back to the list's mode. */
@@ -2508,7 +2558,10 @@ window.dhanRelay = {
       if (isNum(row.s.ltp)) priced++;
       if (row.shown.ltp !== undefined) drawn++;
     }
+    const series = chart.series;
     return {
+      /** The detail chart's points: how many, the first price and time (ms). */
+      chart: series && series.p.length ? { points: series.p.length, first: series.p[0], firstT: series.t[0] } : { points: 0 },
       received: perf.received,
       frames: perf.frames,
       rows: state.rows.size,

@@ -13,6 +13,12 @@
 //! forwards each instrument's whole 20 + 20 rows ([`Depth20`]) on another,
 //! so the main `Tick`/`Update` records stay as small as before.
 //!
+//! Bars: beside each state the book keeps the instrument's forming 1-minute
+//! bar ([`crate::history::BarBuilder`]); finished bars go to the history
+//! thread over a ring of their own (a full one drops and counts, never
+//! waits), the forming bar is in the [`Snapshot`], and once a second the
+//! book sweeps bars whose minute ended (see [`crate::history`]).
+//!
 //! Backpressure: a full update ring is never a silent drop. The thread waits
 //! (counting it) and stops popping ticks, so the network ring fills and the
 //! network thread in turn stops reading its socket.
@@ -34,6 +40,7 @@ pub use state::{FullExtras, InstrumentState, UpdateKind};
 
 use crate::clock;
 use crate::domain::{InstrumentKey, Segment};
+use crate::history::{Bar, BarBuilder, BarEvent, BarSink, SWEEP_GRACE_SECS};
 use crate::metrics::{Counter, LatencyRecorder, SharedLatency};
 use crate::sdnotify::Heartbeat;
 use crate::tick::{DepthTick, Tick};
@@ -103,6 +110,9 @@ pub struct Snapshot {
     /// The latest 20-level book of every instrument the depth feed has
     /// sent (at most 5 × 50), for snapshot-on-subscribe.
     pub depth20: Vec<Depth20>,
+    /// Each instrument's forming 1-minute bar, parallel to `instruments`
+    /// (`t == 0`: none open).
+    pub forming: Vec<Bar>,
 }
 
 impl Snapshot {
@@ -118,7 +128,14 @@ impl Snapshot {
             instruments,
             ids: Arc::new(ids),
             depth20: Vec::new(),
+            forming: Vec::new(),
         }
+    }
+
+    /// The forming 1-minute bar of `key`, if one is open: O(1).
+    pub fn forming(&self, key: InstrumentKey) -> Option<Bar> {
+        let i = *self.ids.get(&key)?;
+        self.forming.get(i).copied().filter(|b| b.t != 0)
     }
 
     /// The latest 20-level book of `key`, if the depth feed sent one: a scan
@@ -144,6 +161,12 @@ pub struct Book {
     /// arrives while a snapshot still holds it.
     ids: Arc<HashMap<InstrumentKey, usize>>,
     table: Vec<InstrumentState>,
+    /// Forming bars, parallel to `table`.
+    bars: Vec<BarBuilder>,
+    /// Where finished bars go (none: bars are only in snapshots).
+    sink: Option<BarSink>,
+    /// The newest trade time seen, any instrument (the sweep's feed clock).
+    ltt_high: u32,
     depth_ids: HashMap<InstrumentKey, usize>,
     depth: Vec<Depth20>,
 }
@@ -154,18 +177,40 @@ impl Book {
         Book::default()
     }
 
+    /// An empty book that sends finished bars to the history thread.
+    pub fn with_history(sink: BarSink) -> Self {
+        Book {
+            sink: Some(sink),
+            ..Book::default()
+        }
+    }
+
     /// Applies one tick; the update to forward, if clients can see a change.
     pub fn apply(&mut self, tick: &Tick) -> Option<Update> {
         let id = match self.ids.get(&tick.key) {
             Some(&id) => id,
             None => {
                 self.table.push(InstrumentState::new(tick.key));
+                self.bars.push(BarBuilder::default());
                 Arc::make_mut(&mut self.ids).insert(tick.key, self.table.len() - 1);
                 self.table.len() - 1
             }
         };
+        let out = self.bars[id].apply(&tick.data);
+        if let Some(sink) = &mut self.sink {
+            if let Some(bar) = out.finished {
+                sink.push(BarEvent::Closed { key: tick.key, bar });
+            }
+            if let Some(t) = out.first {
+                sink.push(BarEvent::Opened { key: tick.key, t });
+            }
+            if out.late {
+                sink.stats().late.inc();
+            }
+        }
         let state = &mut self.table[id];
         let kind = state.apply(tick)?;
+        self.ltt_high = self.ltt_high.max(state.ltt);
         Some(Update {
             kind,
             state: *state,
@@ -214,6 +259,12 @@ impl Book {
                 .collect();
         }
         let before = self.table.len();
+        let mut i = 0;
+        let table = &self.table;
+        self.bars.retain(|_| {
+            i += 1;
+            !keys.contains(&table[i - 1].key)
+        });
         self.table.retain(|s| !keys.contains(&s.key));
         if self.table.len() != before {
             let ids = self
@@ -234,7 +285,35 @@ impl Book {
             instruments: self.table.clone(),
             ids: Arc::clone(&self.ids),
             depth20: self.depth.clone(),
+            forming: self.bars.iter().map(BarBuilder::forming_or_empty).collect(),
         }
+    }
+
+    /// The newest trade time (LTT) seen on any instrument.
+    pub fn ltt_high(&self) -> u32 {
+        self.ltt_high
+    }
+
+    /// Closes every forming bar whose minute ended [`SWEEP_GRACE_SECS`]
+    /// before `now` (epoch seconds on the feed clock) and sends it to the
+    /// history thread; how many. A scan of the bar table, once a second.
+    pub fn sweep(&mut self, now: u32) -> usize {
+        let mut n = 0;
+        for (b, s) in self.bars.iter_mut().zip(&self.table) {
+            if let Some(bar) = b.sweep(now, SWEEP_GRACE_SECS) {
+                n += 1;
+                if let Some(sink) = &mut self.sink {
+                    sink.push(BarEvent::Closed { key: s.key, bar });
+                }
+            }
+        }
+        if let Some(sink) = &self.sink {
+            sink.stats().swept.add(n as u64);
+            if n > 0 {
+                sink.wake();
+            }
+        }
+        n
     }
 }
 
@@ -355,6 +434,9 @@ impl std::fmt::Debug for DepthRings {
     }
 }
 
+/// How often the book sweeps bars whose minute ended.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Something to poke after a batch of updates (the fanout thread's waker).
 pub type Notify = Box<dyn Fn() + Send>;
 
@@ -381,6 +463,18 @@ impl BookThread {
         depth: Option<DepthRings>,
         notify: Option<Notify>,
     ) -> std::io::Result<BookThread> {
+        Self::spawn_with_history(config, ticks, updates, depth, notify, None)
+    }
+
+    /// Starts the thread, sending finished 1-minute bars to `history`.
+    pub fn spawn_with_history(
+        config: BookConfig,
+        ticks: HeapCons<Tick>,
+        updates: HeapProd<Update>,
+        depth: Option<DepthRings>,
+        notify: Option<Notify>,
+        history: Option<BarSink>,
+    ) -> std::io::Result<BookThread> {
         let stop = Arc::new(AtomicBool::new(false));
         let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let stats = Arc::new(BookStats::default());
@@ -388,7 +482,7 @@ impl BookThread {
         let core = config.core;
         let (control, commands) = crossbeam_channel::unbounded();
         let worker = Worker {
-            book: Book::new(),
+            book: history.map_or_else(Book::new, Book::with_history),
             commands,
             ticks,
             updates,
@@ -467,6 +561,9 @@ impl Worker {
     fn run(mut self) {
         let mut last_snapshot = Instant::now();
         let mut dirty = false;
+        let mut last_sweep = Instant::now();
+        // The feed clock: the newest LTT seen and when it was first seen.
+        let mut feed_clock = (0u32, Instant::now());
         while !self.stop.load(Relaxed) {
             let mut applied = 0u64;
             while let Some(tick) = self.ticks.try_pop() {
@@ -501,6 +598,17 @@ impl Worker {
                 last_snapshot = Instant::now() - self.config.snapshot_interval;
             }
             let now = Instant::now();
+            if now.duration_since(last_sweep) >= SWEEP_EVERY {
+                last_sweep = now;
+                let high = self.book.ltt_high();
+                if high != feed_clock.0 {
+                    feed_clock = (high, now);
+                }
+                let elapsed = now.duration_since(feed_clock.1).as_secs() as u32;
+                if high > 0 && self.book.sweep(high.saturating_add(elapsed)) > 0 {
+                    dirty = true;
+                }
+            }
             if dirty && now.duration_since(last_snapshot) >= self.config.snapshot_interval {
                 self.snapshot.store(Arc::new(self.book.snapshot()));
                 self.stats.snapshots.inc();
@@ -647,6 +755,74 @@ mod tests {
                 .unwrap()
                 .prev_close,
             5.0
+        );
+    }
+
+    #[test]
+    fn bars_go_to_the_history_ring_and_the_forming_one_to_snapshots() {
+        use crate::history::{BarEvent, HistoryStats};
+        use crate::wire::feed::Quote;
+        const T0: u32 = 1_796_269_500;
+        let (tx, mut rx) = HeapRb::<BarEvent>::new(16).split();
+        let stats = Arc::new(HistoryStats::default());
+        let mut book = Book::with_history(BarSink::new(tx, Arc::clone(&stats)));
+        let q = |ltp: f32, ltt: u32, volume: u32| {
+            tick(
+                5,
+                FeedData::Quote(Quote {
+                    ltp,
+                    ltt,
+                    volume,
+                    ..Quote::default()
+                }),
+            )
+        };
+        let key = InstrumentKey::new(Segment::NseEq, 5);
+        book.apply(&q(10.0, T0 + 1, 100));
+        book.apply(&q(11.0, T0 + 30, 120));
+        assert_eq!(
+            rx.try_pop(),
+            Some(BarEvent::Opened { key, t: T0 }),
+            "the first bar's note"
+        );
+        let f = book.snapshot().forming(key).unwrap();
+        assert_eq!((f.t, f.o, f.c, f.v), (T0, 10.0, 11.0, 20));
+        book.apply(&q(12.0, T0 + 61, 150));
+        match rx.try_pop() {
+            Some(BarEvent::Closed { key: k, bar }) => assert_eq!((k, bar), (key, f)),
+            other => panic!("{other:?}"),
+        }
+        book.apply(&q(1.0, T0 + 2, 150));
+        assert_eq!(stats.late.get(), 1);
+        assert_eq!(book.ltt_high(), T0 + 61);
+        // Nobody ticks after 09:16: the sweep closes it after the grace.
+        assert_eq!(book.sweep(T0 + 120 + 2), 0);
+        assert_eq!(book.sweep(T0 + 120 + 3), 1);
+        match rx.try_pop() {
+            Some(BarEvent::Closed { bar, .. }) => {
+                assert_eq!((bar.t, bar.c, bar.v), (T0 + 60, 12.0, 30))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(book.snapshot().forming(key), None);
+        assert_eq!(stats.swept.get(), 1);
+        // Removing the instrument removes its bar too (tables stay parallel).
+        book.apply(&q(13.0, T0 + 125, 160));
+        book.apply(&tick(
+            6,
+            FeedData::Ticker(Ticker {
+                ltp: 2.0,
+                ltt: T0 + 126,
+            }),
+        ));
+        book.remove(&[key]);
+        let snap = book.snapshot();
+        assert_eq!(snap.forming.len(), 1);
+        assert_eq!(
+            snap.forming(InstrumentKey::new(Segment::NseEq, 6))
+                .unwrap()
+                .c,
+            2.0
         );
     }
 

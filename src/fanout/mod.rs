@@ -202,6 +202,8 @@ pub struct FanoutInputs {
     /// ([`crate::trading::stream`]) for `/ws` clients that sent
     /// `subscribe_orders`; `None`: trading is off.
     pub orders: Option<Receiver<Bytes>>,
+    /// Today's 1-minute bars, for `/api/history`.
+    pub history: crate::history::HistoryHandle,
     /// What the chain thread last published, for REST.
     pub chain_board: crate::chain::service::SharedBoard,
     /// Its counters.
@@ -319,6 +321,7 @@ impl Fanout {
             chains: inputs.chain_board.clone(),
             chain_stats: Arc::clone(&inputs.chain_stats),
             record: inputs.record.clone(),
+            history: inputs.history.clone(),
         };
         let front_waker = self.front.waker();
         let front = {

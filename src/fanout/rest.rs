@@ -141,6 +141,8 @@ pub struct RestState {
     pub chain_stats: Arc<crate::chain::service::ChainStats>,
     /// `--record`: the recorder's counters (`None`: not recording).
     pub record: Option<Arc<crate::record::RecordStats>>,
+    /// Today's 1-minute bars and their counters.
+    pub history: crate::history::HistoryHandle,
 }
 
 /// A listener as `/health` shows it.
@@ -210,6 +212,10 @@ impl RestState {
                 Response::new(code, JSON, body)
             }
             "/api" => Response::new(200, "text/plain; charset=utf-8", INDEX),
+            "/api/history" => {
+                let (code, body) = self.history(query);
+                Response::new(code, JSON, body)
+            }
             "/api/chains" => {
                 Response::new(200, JSON, crate::chain::rest::list(&self.chains.load()))
             }
@@ -453,6 +459,82 @@ impl RestState {
         })
     }
 
+    /// `/api/history?symbol=NIFTY&interval=1m` (or `exchangeSegment=…&
+    /// securityId=…`): today's bars of one instrument the relay holds,
+    /// oldest first, the forming one last with `"partial": true`. 400 for
+    /// a missing instrument or a bad interval, 404 for an unknown symbol
+    /// (with suggestions) or an instrument the relay does not hold.
+    pub fn history(&self, query: &str) -> (u16, String) {
+        let error = |code: u16, m: String| (code, json!({ "error": m }).to_string());
+        let interval = query_param(query, "interval").unwrap_or_else(|| "1m".into());
+        let Some(minutes) = crate::history::query::interval_minutes(&interval) else {
+            return error(
+                400,
+                format!(
+                    "interval must be one of 1m, 5m, 15m (got '{}')",
+                    interval.chars().take(20).collect::<String>()
+                ),
+            );
+        };
+        let view = self.view.load();
+        let master = self.master.load();
+        let symbol = query_param(query, "symbol").filter(|s| !s.trim().is_empty());
+        let key = match (
+            symbol,
+            query_param(query, "exchangeSegment"),
+            query_param(query, "securityId"),
+        ) {
+            (Some(name), _, _) => match view.watch_key(name.trim()) {
+                Some(k) => k,
+                None => match master.resolve(name.trim(), self.clock.today()) {
+                    Ok(i) => i.key(),
+                    Err(e) => return error(404, e.to_string()),
+                },
+            },
+            (None, Some(seg), Some(id)) => {
+                let Ok(seg) = seg.trim().parse::<Segment>() else {
+                    return error(
+                        400,
+                        format!(
+                            "unknown exchangeSegment '{}'",
+                            seg.chars().take(20).collect::<String>()
+                        ),
+                    );
+                };
+                let Ok(id) = id.trim().parse::<u32>() else {
+                    return error(400, "securityId must be a decimal number".into());
+                };
+                InstrumentKey::new(seg, id)
+            }
+            _ => return error(
+                400,
+                "missing instrument: give symbol=NIFTY, or exchangeSegment=NSE_EQ&securityId=2885"
+                    .into(),
+            ),
+        };
+        let board = self.history.board.load();
+        let snapshot = self.snapshot.load();
+        let symbol = symbol_of(&view, &master, key);
+        let held = view.active.iter().any(|a| a.key == key);
+        if !held && board.get(key).is_none() && snapshot.get(key).is_none() {
+            return error(
+                404,
+                format!(
+                    "not subscribed: the relay holds no data for {} {}{}; subscribe it on /ws first",
+                    key.segment.name(),
+                    key.security_id,
+                    symbol.map(|s| format!(" ({s})")).unwrap_or_default()
+                ),
+            );
+        }
+        let bars = crate::history::query::bars_of(&board, key, snapshot.forming(key));
+        let bars = crate::history::query::aggregate(&bars, minutes);
+        (
+            200,
+            crate::history::query::body(key, symbol, &interval, &bars),
+        )
+    }
+
     /// `/api/watchlist`: the watchlist, in order.
     pub fn watchlist(&self) -> String {
         let view = self.view.load();
@@ -546,6 +628,7 @@ impl RestState {
             .chain(std::iter::once(&&self.maintenance.runs))
             .chain(self.trading.stats().counters().iter())
             .chain([&self.chain_stats.recentres, &self.chain_stats.renders].iter())
+            .chain(self.history.stats.counters().iter())
             .map(|c| c.sample())
             .collect();
         v.push((
@@ -755,6 +838,7 @@ const INDEX: &str = "dhan-relay\n\n\
      WS   /dhan?version=2&token=..       DhanHQ's Live Market Feed v2 (its JSON requests, its binary packets)\n\
      WS   /dhan/twentydepth?token=..     DhanHQ's 20-level depth feed (RequestCode 23/24, its binary depth packets)\n\
      POST /api/admin/credentials         {\"clientId\",\"accessToken\"}: new token, no restart (admin scope; loopback only without keys)\n\
+     GET  /api/history?symbol=NIFTY&interval=1m  today's 1-minute bars (or 5m, 15m; or exchangeSegment=&securityId=)\n\
      GET  /api/chains                    option chains running (configured [[chains]] and clients' subscribe_chain)\n\
      GET  /api/chains/NIFTY?expiry=nearest  a chain: strikes around ATM, CE/PE prices, OI, IV and greeks\n\
      GET  /api/trading                   trading on or off, paper or live, the guards, whether you may trade\n\
@@ -904,6 +988,7 @@ mod tests {
             chains: Arc::default(),
             chain_stats: Arc::default(),
             record: None,
+            history: Default::default(),
         }
     }
 
@@ -962,6 +1047,83 @@ mod tests {
         assert_eq!(stats["counters"]["book_ticks_total"], 0);
         assert!(rest.route("/nope", "").is_none());
         assert_eq!(rest.route("/", "").unwrap().status, 200, "the dashboard");
+    }
+
+    #[test]
+    fn history_answers_bars_and_says_what_is_wrong() {
+        use crate::history::{Bar, Board, Series};
+        const T0: u32 = 1_796_269_500;
+        let mut rest = state(Vec::new());
+        let nifty = key(Segment::IdxI, 13);
+        let series = Series::with_capacity(8);
+        for i in 0..6u32 {
+            series.push(Bar {
+                t: T0 + i * 60,
+                o: 100.0 + i as f32,
+                h: 101.0 + i as f32,
+                l: 99.0,
+                c: 100.5,
+                oi: 0,
+                v: 0,
+            });
+        }
+        rest.history = crate::history::HistoryHandle::default();
+        rest.history.board.store(Arc::new(Board::new(
+            Some(crate::history::ist_day(T0)),
+            std::collections::HashMap::from([(nifty, Arc::new(series))]),
+        )));
+        let get = |q: &str| -> (u16, Value) {
+            let (code, body) = rest.history(q);
+            (code, serde_json::from_str(&body).unwrap())
+        };
+        let (code, v) = get("symbol=NIFTY&interval=1m");
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(
+            (
+                v["symbol"].clone(),
+                v["exchangeSegment"].clone(),
+                v["securityId"].clone(),
+                v["interval"].clone()
+            ),
+            (json!("NIFTY"), json!("IDX_I"), json!("13"), json!("1m"))
+        );
+        assert_eq!(v["bars"].as_array().unwrap().len(), 6);
+        assert_eq!(
+            v["bars"][0],
+            json!({"t": T0, "o": 100.0, "h": 101.0, "l": 99.0, "c": 100.5, "v": 0, "oi": 0})
+        );
+        let (_, v) = get("exchangeSegment=IDX_I&securityId=13&interval=5m");
+        assert_eq!(v["bars"].as_array().unwrap().len(), 2);
+        assert_eq!(v["bars"][0]["h"], json!(105.0));
+        assert_eq!(v["bars"][1]["t"], json!(T0 + 300));
+        let (code, v) = get("symbol=NIFTY&interval=1h");
+        assert_eq!(code, 400);
+        assert!(v["error"].as_str().unwrap().contains("1m, 5m, 15m"), "{v}");
+        let (code, v) = get("interval=1m");
+        assert_eq!(code, 400);
+        assert!(v["error"].as_str().unwrap().contains("missing instrument"));
+        let (code, v) = get("symbol=RELIANCX");
+        assert_eq!(code, 404);
+        assert!(
+            v["error"].as_str().unwrap().contains("RELIANCE"),
+            "suggested: {v}"
+        );
+        // Known to the master, not held by the relay.
+        let (code, v) = get("exchangeSegment=NSE_EQ&securityId=1333");
+        assert_eq!(code, 404);
+        assert!(
+            v["error"].as_str().unwrap().starts_with("not subscribed"),
+            "{v}"
+        );
+        // In the book (watchlist) without bars yet: an empty list.
+        let (code, v) = get("symbol=RELIANCE");
+        assert_eq!((code, v["bars"].as_array().unwrap().len()), (200, 0));
+        let (code, _) = get("exchangeSegment=NOPE&securityId=1");
+        assert_eq!(code, 400);
+        assert_eq!(
+            rest.route("/api/history", "symbol=NIFTY").unwrap().status,
+            200
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 pub mod alloc;
+pub mod bars;
 pub mod tls;
 
 /// How long any single wait may take before the test fails.
