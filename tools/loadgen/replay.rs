@@ -23,8 +23,10 @@
 //! replay thread's stamp of that packet's frame, both on this process's
 //! monotonic clock. It therefore includes the simulator's queue and
 //! connection thread, loopback, the whole engine, loopback again and the
-//! client's read. Messages that match nothing (the relay conflated, or sent
-//! a repeated value that was already matched) are counted as unmatched, not
+//! client's read. The relay renders OI and previous-close updates as price
+//! messages too, with the instrument's latest LTP and LTT, so those packets
+//! are expected back with the values before them. Messages that match
+//! nothing (the relay conflated two updates into one) are counted as unmatched, not
 //! measured; recorded packets never matched are the relay's conflations or
 //! losses. The open's first minute (frames received within 60 s of the
 //! recording's first frame) is reported apart from the rest.
@@ -100,6 +102,7 @@ fn index(files: &[PathBuf]) -> Result<Index, String> {
         packets: 0,
     };
     let mut first = None;
+    let mut last: HashMap<InstrumentKey, (f32, u32)> = HashMap::new();
     for (i, frame) in frames.enumerate() {
         let i = u32::try_from(i).map_err(|_| "more than 4 billion frames".to_string())?;
         let first = *first.get_or_insert(frame.recv_unix_ns);
@@ -112,16 +115,23 @@ fn index(files: &[PathBuf]) -> Result<Index, String> {
             let FeedMessage::Data(key, data) = packet.message else {
                 continue;
             };
+            // The relay renders every update, an OI or previous-close one
+            // too, as a price message carrying the instrument's latest LTP
+            // and LTT: such a packet is expected back with those.
             let (ltp, ltt) = match data {
                 FeedData::Ticker(t) => (t.ltp, t.ltt),
                 FeedData::Quote(q) => (q.ltp, q.ltt),
                 FeedData::Full(f) => (f.quote.ltp, f.quote.ltt),
                 FeedData::MarketStatus => continue,
-                _ => {
+                FeedData::Oi(_) | FeedData::PrevClose(_) => {
                     ix.instruments.insert(key);
-                    continue;
+                    match last.get(&key) {
+                        Some(&seen) => seen,
+                        None => continue,
+                    }
                 }
             };
+            last.insert(key, (ltp, ltt));
             ix.packets += 1;
             ix.instruments.insert(key);
             ix.expected.entry(key).or_default().push(Expected {
@@ -217,18 +227,20 @@ pub fn run(plan: &ReplayPlan) -> Result<(), String> {
     let s = ctl.stats();
     let mut out = String::new();
     out.push_str(&format!(
-        "replay: {} frames, {} packets replayed in {:.1} s; {} recorded disconnects skipped; simulator queue drops {}\n",
+        "replay: {} frames, {} packets replayed in {:.2} s ({:.0} packets/s); {} recorded disconnects skipped; simulator queue drops {}\n",
         s.replay_frames,
         s.replay_packets,
         m.replay_secs,
+        s.replay_packets as f64 / m.replay_secs.max(1e-9),
         s.replay_disconnects,
         s.queue_drops
     ));
     out.push_str(&format!(
-        "client: {} price messages, {} matched, {} unmatched; {} of {} recorded price packets never matched (conflated or lost)\n",
+        "client: {} price messages, {} matched, {} unmatched, {} errors; {} of {} recorded price packets never matched (conflated or lost)\n",
         m.messages,
         m.open.len() + m.rest.len(),
         m.unmatched,
+        m.errors,
         ix.packets.saturating_sub(m.open.len() + m.rest.len()),
         ix.packets
     ));
@@ -249,6 +261,8 @@ struct Measured {
     rest: Histogram<u64>,
     messages: u64,
     unmatched: u64,
+    /// Error messages from the relay (an instrument it does not know).
+    errors: u64,
     replay_secs: f64,
 }
 
@@ -282,6 +296,7 @@ fn measure(
         rest: hist(),
         messages: 0,
         unmatched: 0,
+        errors: 0,
         replay_secs: 0.0,
     };
     let started = Instant::now();
@@ -315,14 +330,24 @@ fn measure(
         };
         let at = Instant::now();
         last_msg = at;
-        let relay_json::Message::Price {
-            segment,
-            security_id,
-            ltp,
-            ltt,
-        } = relay_json::scan(msg.as_bytes())
-        else {
-            continue;
+        let (segment, security_id, ltp, ltt) = match relay_json::scan(msg.as_bytes()) {
+            relay_json::Message::Price {
+                segment,
+                security_id,
+                ltp,
+                ltt,
+            } => (segment, security_id, ltp, ltt),
+            relay_json::Message::Error(text) => {
+                if m.errors == 0 {
+                    eprintln!(
+                        "loadgen --replay: the relay said: {}",
+                        String::from_utf8_lossy(text)
+                    );
+                }
+                m.errors += 1;
+                continue;
+            }
+            _ => continue,
         };
         m.messages += 1;
         let Some(segment) = std::str::from_utf8(segment)
