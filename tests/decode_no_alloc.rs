@@ -1,10 +1,16 @@
-//! Decoding never touches the heap: a counting global allocator watches the
-//! frame walker over a large mixed frame and must see zero allocations.
+//! What the network thread does per frame never touches the heap: a
+//! counting global allocator watches the frame walker over a large mixed
+//! frame, and the recorder's tap offering frames (that fit, and that a full
+//! ring counts lost), and must see zero allocations.
+
+mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use dhan_relay::clock;
 use dhan_relay::domain::{InstrumentKey, Segment};
+use dhan_relay::record::{FeedKind, RecordConfig, Recorder};
 use dhan_relay::wire::depth::{self, DepthBook, DepthMessage, DepthRow, Side};
 use dhan_relay::wire::feed::{self, FeedData, FeedMessage, Full, Oi, PrevClose, Quote, Ticker};
 use dhan_relay::wire::DisconnectReason;
@@ -125,4 +131,33 @@ fn the_counter_does_count() {
     let v = std::hint::black_box(vec![1u8; 64]);
     assert!(allocations() > before);
     drop(v);
+}
+
+#[test]
+fn offer_does_not_allocate() {
+    for ring_bytes in [8 << 20, 512] {
+        let dir = common::TempDir::new("record-offer-alloc");
+        let (rec, mut tap) = Recorder::spawn(RecordConfig {
+            ring_bytes,
+            ..RecordConfig::new(&dir.0)
+        })
+        .unwrap();
+        let payload = vec![7u8; 500];
+        let ticker = [2u8; 16];
+        // Warm up (the clock's epoch, thread locals).
+        tap.offer(0, FeedKind::Main, clock::now_ns(), &ticker);
+        let before = allocations();
+        for i in 0..200_000u32 {
+            let p: &[u8] = if i % 2 == 0 { &payload } else { &ticker };
+            tap.offer((i % 4) as u8, FeedKind::Main, clock::now_ns(), p);
+        }
+        let n = allocations() - before;
+        let stats = rec.stats();
+        rec.shutdown();
+        assert_eq!(n, 0, "offer allocated {n} times (ring {ring_bytes})");
+        assert_eq!(stats.frames() + stats.lost(), 200_001);
+        if ring_bytes == 512 {
+            assert!(stats.lost() > 0, "the tiny ring must have dropped some");
+        }
+    }
 }

@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use dhan_relay::clock;
 use dhan_relay::config::{Flags, RecordSettings, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Segment};
 use dhan_relay::engine::Engine;
-use dhan_relay::record::{self, Reader};
+use dhan_relay::record::{self, FeedKind, Reader, RecordConfig, Recorder};
 use dhan_relay::sim::replay::open_recordings;
 use dhan_relay::sim::{ReplayConfig, SimConfig, Simulator, Speed};
 use dhan_relay::token::sources::CredentialSources;
@@ -441,4 +442,57 @@ fn a_restarted_engine_backfills_the_days_bars_from_its_recording() {
     );
     assert!(common::counter(second.addr(), "history_bars_backfilled_total") >= 3);
     second.shutdown();
+}
+
+#[test]
+fn record_info_reports_damage_and_refuses_what_is_not_a_recording() {
+    let dir = TempDir::new("record-info-cli");
+    let (rec, mut tap) = Recorder::spawn(RecordConfig::new(&dir.0)).unwrap();
+    let mut frame = vec![2u8, 16, 0, 1, 0x35, 0x05, 0, 0]; // ticker, NSE_EQ 1333
+    frame.extend_from_slice(&100.5f32.to_le_bytes());
+    frame.extend_from_slice(&1_741_578_300u32.to_le_bytes());
+    tap.offer(0, FeedKind::Main, clock::now_ns(), &frame);
+    let path = rec.stats().file().unwrap();
+    rec.shutdown();
+    let bin = env!("CARGO_BIN_EXE_dhan-relay");
+
+    let out = Command::new(bin)
+        .arg("record-info")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("frames:      1 (main 1, depth 0)"), "{text}");
+    assert!(
+        text.contains("ticker 1") && text.contains("damage:      none"),
+        "{text}"
+    );
+
+    // A torn tail is reported, still exit 0.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(&[5, 0, 0]);
+    std::fs::write(&path, &bytes).unwrap();
+    let out = Command::new(bin)
+        .arg("record-info")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("damage:      at offset"), "{text}");
+
+    // Not a recording, or missing: exit 1 with the file named.
+    let junk = dir.0.join("junk.dhr");
+    std::fs::write(&junk, b"definitely not a recording file").unwrap();
+    for p in [junk, dir.0.join("missing.dhr")] {
+        let out = Command::new(bin)
+            .arg("record-info")
+            .arg(&p)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(&p.display().to_string()), "{err}");
+    }
 }

@@ -575,10 +575,10 @@ mod tests {
     }
 
     #[test]
-    fn the_placeholder_source_says_why_it_fails() {
-        let source = open_recordings(&[PathBuf::from("x.rec")]);
-        let err = source().err().map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some("recording reader not available yet"));
+    fn a_missing_recording_fails_the_source_naming_it() {
+        let source = open_recordings(&[PathBuf::from("/nonexistent/2026-12-03.dhr")]);
+        let err = source().err().expect("no such file").to_string();
+        assert!(err.contains("/nonexistent/2026-12-03.dhr"), "{err}");
     }
 
     #[test]
