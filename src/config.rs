@@ -230,6 +230,12 @@ impl RecordTable {
     /// error: it would silently record nothing).
     fn settings(self, flag: Option<&PathBuf>) -> Result<Option<RecordSettings>, String> {
         let keep_days = self.keep_days.unwrap_or(DEFAULT_KEEP_DAYS);
+        if keep_days > crate::record::files::MAX_KEEP_DAYS {
+            return Err(format!(
+                "record.keep_days must be at most {} (0 keeps every day), not {keep_days}",
+                crate::record::files::MAX_KEEP_DAYS
+            ));
+        }
         match flag.cloned().or(self.dir) {
             Some(dir) if dir.as_os_str().is_empty() => {
                 Err("record.dir (or --record) must name a directory".into())
@@ -1026,6 +1032,10 @@ mod tests {
                 "record.dir (or --record) must name a directory",
             ),
             ("[record]\nkeepdays = 3\n", "unknown field `keepdays`"),
+            (
+                "[record]\ndir = \"/r\"\nkeep_days = 4294967295\n",
+                "record.keep_days must be at most 36500",
+            ),
         ] {
             let e = build(&Flags::default(), Some(text)).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");

@@ -268,6 +268,20 @@ fn from_and_to_keep_india_times_from_inclusive_to_exclusive() {
 }
 
 #[test]
+fn a_loop_with_nothing_in_the_window_finishes_instead_of_spinning() {
+    let mut cfg = replay(vec![frame(0, &[&ticker(A, 1.0, 0)])], Speed::Max); // 09:15
+    cfg.looped = true;
+    cfg.from = Some((16, 0));
+    let (sim, ctl) = start(cfg);
+    let mut ws = connect(&sim);
+    subscribe(&mut ws, RequestCode::SubscribeTicker, &[A]);
+    finished(&ctl);
+    let s = ctl.stats();
+    assert_eq!((s.replay_passes, s.replay_frames), (1, 0), "{s:?}");
+    drop(sim); // and it stops
+}
+
+#[test]
 fn loop_plays_the_recording_again() {
     let frames = vec![
         frame(0, &[&ticker(A, 1.0, 0)]),

@@ -8,8 +8,9 @@
 //! `.zst.tmp` is an interrupted compression and is deleted; a `.dhr` next to
 //! a `.zst` is a removal that did not happen and is finished.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,8 @@ use crate::instrument::Date;
 pub const EXT: &str = "dhr";
 /// Extension of a compressed day.
 pub const EXT_ZST: &str = "dhr.zst";
+/// The most days `keep_days` may ask for (100 years).
+pub const MAX_KEEP_DAYS: u32 = 36_500;
 /// zstd level for finished days.
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -116,7 +119,13 @@ pub fn compress(path: &Path) -> io::Result<PathBuf> {
     let zst = PathBuf::from(format!("{}.zst", name(path)));
     let tmp = PathBuf::from(format!("{}.zst.tmp", name(path)));
     let src = File::open(path)?;
-    let out = File::create(&tmp)?;
+    // Private like the day files; a stale `.zst.tmp` is replaced.
+    let _ = fs::remove_file(&tmp);
+    let out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
     let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
     io::copy(&mut BufReader::with_capacity(1 << 20, src), &mut enc)?;
     let mut out = enc.finish()?;
@@ -163,9 +172,12 @@ pub fn tidy(dir: &Path, today: Date, keep_days: u32) -> Tidy {
             return done;
         }
     };
-    let cutoff = (keep_days > 0).then(|| yyyymmdd(today.add_days(-(keep_days as i32))));
+    // Never today or later, whatever keep_days says (config caps it at
+    // MAX_KEEP_DAYS; a larger value here just keeps everything).
+    let cutoff = (keep_days > 0 && keep_days <= MAX_KEEP_DAYS)
+        .then(|| yyyymmdd(today.add_days(-(keep_days as i32))));
     for (day, path) in files {
-        if cutoff.is_some_and(|c| day <= c) {
+        if cutoff.is_some_and(|c| day <= c && day < today_n) {
             match fs::remove_file(&path) {
                 Ok(()) => {
                     log::info!("record: retention deleted {}", path.display());

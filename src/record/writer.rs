@@ -221,14 +221,29 @@ impl Recorder {
             written: 0,
             fail_after: cfg.fail_after_bytes,
         };
-        let out = open_day(&cfg.dir, today, now_unix, &mut limit)?;
-        stats.set_file(Some(out.path.clone()));
+        // A new day file is made here (cheap; a directory we cannot write
+        // to fails the start). An existing one (a restart the same day) is
+        // only checked for writing here: reading it through for a torn tail
+        // can take a while on a big file, so the recorder thread does that
+        // first, while the ring holds what arrives meanwhile.
+        let path = cfg.dir.join(files::file_name(yyyymmdd(today)));
+        let (out, reopen) = if path.exists() {
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| named(&path, e))?;
+            (None, Some((today, now_unix)))
+        } else {
+            (Some(open_day(&cfg.dir, today, now_unix, &mut limit)?), None)
+        };
+        stats.set_file(Some(path));
         let (prod, cons) = HeapRb::<u8>::new(cfg.ring_bytes.max(1)).split();
         let (tidy_tx, tidy_rx) = crossbeam_channel::unbounded::<Date>();
         let (dir, keep) = (cfg.dir.clone(), cfg.keep_days);
         let tidy = std::thread::Builder::new()
             .name("dhan-record-tidy".into())
             .spawn(move || {
+                crate::affinity::background("record-tidy");
                 for today in tidy_rx {
                     files::tidy(&dir, today, keep);
                 }
@@ -237,10 +252,11 @@ impl Recorder {
         let stop = Arc::new(AtomicBool::new(false));
         let mut worker = Worker {
             cons,
+            reopen,
             sink: Sink {
                 stats: Arc::clone(&stats),
                 dir: cfg.dir,
-                out: Some(out),
+                out,
                 buf: Vec::with_capacity(BUF_BYTES),
                 pending: 0,
                 last_flush: Instant::now(),
@@ -335,56 +351,55 @@ struct DayFile {
     len: u64,
 }
 
-/// Opens `date`'s file for appending: a new file gets its header; an
-/// existing one is validated and cut back to its last whole record; one
-/// whose header is broken is renamed aside and replaced.
+/// Opens `date`'s file for appending: a new file gets its header. An
+/// existing one is read through: a torn tail (damage within one record's
+/// length of the end: what a crash mid-write leaves) is cut back to the
+/// last whole record; damage further in, a read error or a broken header
+/// moves the file aside (`….damaged-<unix seconds>`, readable up to the
+/// damage) and a fresh file is started, so good records after a bad one
+/// are never cut away.
 fn open_day(dir: &Path, date: Date, now_unix_ns: u64, limit: &mut Limit) -> io::Result<DayFile> {
     let day = yyyymmdd(date);
     let path = dir.join(files::file_name(day));
     if path.exists() {
+        let aside = |why: &str| -> io::Result<()> {
+            let secs = now_unix_ns / 1_000_000_000;
+            let aside = PathBuf::from(format!("{}.damaged-{secs}", path.display()));
+            log::warn!(
+                "record: {}: {why}; moved aside to {} and starting a fresh file",
+                path.display(),
+                aside.display()
+            );
+            fs::rename(&path, &aside).map_err(|e| named(&path, e))
+        };
         match Reader::open(&path) {
             Ok(mut r) => {
                 let mut scratch = Vec::new();
                 while r.next_into(&mut scratch).is_some() {}
                 let good = r.offset();
                 let len = fs::metadata(&path).map_err(|e| named(&path, e))?.len();
-                if let Some(d) = r.damage() {
-                    log::warn!(
-                        "record: {} ends in damage ({}): cut {} bytes at offset {good}, \
-                         keeping {} frames",
-                        path.display(),
-                        d.reason,
-                        len.saturating_sub(good),
-                        d.frames_before
-                    );
-                }
+                let damage = r.damage().cloned();
                 drop(r);
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| named(&path, e))?;
-                if good != len {
-                    file.set_len(good).map_err(|e| named(&path, e))?;
-                    file.sync_all().map_err(|e| named(&path, e))?;
+                match damage {
+                    None => return append(path, good),
+                    Some(d) if torn_tail(&d, good, len) => {
+                        log::warn!(
+                            "record: {} ends in a torn record ({}): cut {} bytes at offset {good}, \
+                             keeping {} frames",
+                            path.display(),
+                            d.reason,
+                            len.saturating_sub(good),
+                            d.frames_before
+                        );
+                        return append(path, good);
+                    }
+                    Some(d) => aside(&format!(
+                        "damaged at offset {} of {len} ({}) after {} frames",
+                        d.offset, d.reason, d.frames_before
+                    ))?,
                 }
-                let mut file = file;
-                io::Seek::seek(&mut file, io::SeekFrom::Start(good))
-                    .map_err(|e| named(&path, e))?;
-                return Ok(DayFile {
-                    file,
-                    path,
-                    len: good,
-                });
             }
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                let secs = now_unix_ns / 1_000_000_000;
-                let aside = PathBuf::from(format!("{}.damaged-{secs}", path.display()));
-                log::warn!(
-                    "record: {e}; moved aside to {} and starting a fresh file",
-                    aside.display()
-                );
-                fs::rename(&path, &aside).map_err(|e| named(&path, e))?;
-            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => aside(&e.to_string())?,
             Err(e) => return Err(e),
         }
     }
@@ -413,9 +428,40 @@ fn open_day(dir: &Path, date: Date, now_unix_ns: u64, limit: &mut Limit) -> io::
     })
 }
 
+/// Damage a crash mid-write explains: the record at `good` is the last
+/// one and is incomplete or fails its CRC (a record is at most
+/// `RECORD_HEADER_LEN + MAX_PAYLOAD` bytes). A read error is never a tear.
+fn torn_tail(d: &super::Damage, good: u64, len: u64) -> bool {
+    !d.reason.starts_with("read error")
+        && len.saturating_sub(good) <= (RECORD_HEADER_LEN + MAX_PAYLOAD) as u64
+}
+
+/// `path` opened for writing at `good`, the end of its last whole record
+/// (anything after it cut off and the cut made durable).
+fn append(path: PathBuf, good: u64) -> io::Result<DayFile> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| named(&path, e))?;
+    let len = file.metadata().map_err(|e| named(&path, e))?.len();
+    if good != len {
+        file.set_len(good).map_err(|e| named(&path, e))?;
+        file.sync_all().map_err(|e| named(&path, e))?;
+    }
+    io::Seek::seek(&mut file, io::SeekFrom::Start(good)).map_err(|e| named(&path, e))?;
+    Ok(DayFile {
+        file,
+        path,
+        len: good,
+    })
+}
+
 /// The recorder thread's state.
 struct Worker {
     cons: HeapCons<u8>,
+    /// An existing day file to validate and reopen before anything else
+    /// (its date and the time now).
+    reopen: Option<(Date, u64)>,
     sink: Sink,
 }
 
@@ -456,6 +502,17 @@ fn pair_range<'a>(a: &'a [u8], b: &'a [u8], at: usize, len: usize) -> (&'a [u8],
 
 impl Worker {
     fn run(&mut self, stop: &AtomicBool) {
+        crate::affinity::background("record");
+        if let Some((date, now)) = self.reopen.take() {
+            let sink = &mut self.sink;
+            match open_day(&sink.dir, date, now, &mut sink.limit) {
+                Ok(out) => {
+                    sink.stats.set_file(Some(out.path.clone()));
+                    sink.out = Some(out);
+                }
+                Err(e) => sink.fail(e),
+            }
+        }
         loop {
             let stopping = stop.load(Ordering::Acquire);
             let drained = self.drain();
@@ -732,8 +789,8 @@ mod tests {
         let mut torn = full.clone();
         torn.extend_from_slice(&[9, 0, 0, 0, 1, 2, 3]);
         fs::write(&path, &torn).unwrap();
+        // The cut is made on the recorder thread, before it writes more.
         let (rec, mut tap) = Recorder::spawn(cfg(&dir)).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().len(), full.len() as u64);
         for i in 10..15 {
             tap.offer(1, FeedKind::Main, crate::clock::now_ns(), &frame(i));
         }
@@ -742,6 +799,44 @@ mod tests {
         assert_eq!(damage, None);
         let payloads: Vec<_> = frames.into_iter().map(|f| f.payload).collect();
         assert_eq!(payloads, (0..15).map(frame).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn damage_before_the_tail_moves_the_file_aside_and_cuts_nothing() {
+        let dir = tempdir("mid-damage");
+        let big = |i: u8| vec![i; 200_000];
+        let (rec, mut tap) = Recorder::spawn(RecordConfig {
+            ring_bytes: 4 << 20,
+            ..RecordConfig::new(&dir)
+        })
+        .unwrap();
+        for i in 0..8 {
+            tap.offer(0, FeedKind::Main, crate::clock::now_ns(), &big(i));
+        }
+        let path = rec.stats().file().unwrap();
+        assert_eq!(rec.stats().lost(), 0);
+        rec.shutdown();
+        // One flipped byte in the second record, 1.2 MB of good records
+        // after it: not a torn tail.
+        let mut bytes = fs::read(&path).unwrap();
+        let second = format::HEADER_LEN + RECORD_HEADER_LEN + 200_000 + RECORD_HEADER_LEN + 10;
+        bytes[second] ^= 0xFF;
+        fs::write(&path, &bytes).unwrap();
+        let (rec, mut tap) = Recorder::spawn(cfg(&dir)).unwrap();
+        tap.offer(0, FeedKind::Main, crate::clock::now_ns(), b"after");
+        rec.shutdown();
+        let aside: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".damaged-"))
+            .map(|e| e.path())
+            .collect();
+        assert_eq!(aside.len(), 1, "moved aside");
+        assert_eq!(fs::read(&aside[0]).unwrap(), bytes, "nothing cut from it");
+        let (frames, damage) = read_all(&path);
+        assert_eq!(damage, None);
+        assert_eq!(frames.len(), 1, "a fresh file");
+        assert_eq!(frames[0].payload, b"after");
     }
 
     #[test]

@@ -155,18 +155,22 @@ pub enum Speed {
     Max,
 }
 
+/// The slowest replay: a second of recording in 1,000 s (slower than that
+/// a day's offsets would not fit a `Duration`).
+pub const MIN_SPEED: f64 = 0.001;
+
 impl std::str::FromStr for Speed {
     type Err = String;
 
-    /// `max` or a positive number (`1`, `10`, `0.5`).
+    /// `max` or a number from [`MIN_SPEED`] up (`1`, `10`, `0.5`).
     fn from_str(s: &str) -> Result<Speed, String> {
         if s.eq_ignore_ascii_case("max") {
             return Ok(Speed::Max);
         }
         match s.parse::<f64>() {
-            Ok(x) if x.is_finite() && x > 0.0 => Ok(Speed::Times(x)),
+            Ok(x) if x.is_finite() && x >= MIN_SPEED => Ok(Speed::Times(x)),
             _ => Err(format!(
-                "speed {s:?} is neither `max` nor a positive number"
+                "speed {s:?} is neither `max` nor a number of at least {MIN_SPEED}"
             )),
         }
     }
@@ -367,9 +371,14 @@ impl Player<'_> {
                     break;
                 }
             };
-            self.pass(frames)?;
+            let sent = self.pass(frames)?;
             bump(&stats.replay_passes);
             if !self.cfg.looped {
+                break;
+            }
+            if sent == 0 {
+                // Looping over nothing would spin re-reading the files.
+                log::warn!("replay: no frame of the recording is in the --from/--to window");
                 break;
             }
         }
@@ -383,15 +392,24 @@ impl Player<'_> {
         Ok(())
     }
 
-    /// One pass over the source.
-    fn pass(&mut self, frames: Box<dyn Iterator<Item = RecordedFrame> + Send>) -> Result<(), Stop> {
+    /// One pass over the source; how many frames it sent.
+    fn pass(
+        &mut self,
+        frames: Box<dyn Iterator<Item = RecordedFrame> + Send>,
+    ) -> Result<u64, Stop> {
         // (recorded time, wall time) the schedule counts from.
         let mut origin: Option<(u64, Instant)> = None;
         let mut last_recv = 0u64;
+        let mut sent = 0u64;
         for (index, frame) in frames.enumerate() {
             if !in_window(frame.recv_unix_ns, self.cfg.from, self.cfg.to) {
+                // A long stretch outside the window still answers stop.
+                if index % 4096 == 0 {
+                    self.housekeeping()?;
+                }
                 continue;
             }
+            sent += 1;
             let recv = frame.recv_unix_ns;
             let gap = recv.checked_sub(last_recv);
             let restart = match gap {
@@ -418,7 +436,7 @@ impl Player<'_> {
             }
             self.send(frame)?;
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// Sleeps until `due`, watching for stop and subscription changes.
@@ -589,6 +607,10 @@ mod tests {
         assert!("0".parse::<Speed>().is_err());
         assert!("-1".parse::<Speed>().is_err());
         assert!("fast".parse::<Speed>().is_err());
+        assert!(
+            "1e-20".parse::<Speed>().is_err(),
+            "a day would not fit a Duration"
+        );
         assert!("inf".parse::<Speed>().is_err());
     }
 }
