@@ -125,6 +125,11 @@ pub fn ist_day(t: u32) -> i64 {
     (i64::from(t) + IST_OFFSET_SECS).div_euclid(86_400)
 }
 
+/// The first second (epoch) of the India date of epoch second `t`.
+pub fn ist_day_start(t: u32) -> u32 {
+    (i64::from(t) - (i64::from(t) + IST_OFFSET_SECS).rem_euclid(86_400)).max(0) as u32
+}
+
 /// India time's minute of the day (0..1440) of epoch second `t`.
 pub fn ist_minute_of_day(t: u32) -> u32 {
     ((i64::from(t) + IST_OFFSET_SECS).rem_euclid(86_400) / 60) as u32
