@@ -1,6 +1,25 @@
 //! The `dhan-history` thread: owns the per-instrument series, applies what
 //! the book sends, backfills new instruments from today's recording, turns
 //! the day, and publishes the [`Board`].
+//!
+//! **Day.** The store's day is the India date of the newest bar (the feed's
+//! clock): a batch first turns the day to its latest date, then creates
+//! series for the instruments it brings. The wall clock never clears bars,
+//! so a replayed earlier day is kept whole. Events of an earlier date than
+//! the store's are stale: a closed bar is counted late, a first-open note
+//! creates nothing.
+//!
+//! **Backfill.** Reading a day's recording (gigabytes) on this thread would
+//! stop it draining the book's ring, which then drops bars for good. So a
+//! pass runs on a short-lived `dhan-backfill` thread and sends its bars
+//! back over a channel; this thread looks for them every turn and merges
+//! them (recorded bars strictly before each instrument's first live minute,
+//! then the live ones, in a new series). At most one pass runs; instruments
+//! arriving meanwhile wait and go together in the next pass. A pass reads
+//! only the recording of the India date the store started on (a later date
+//! has nothing recorded before the start; an earlier one is a replay or a
+//! stale snapshot) and stops at the first frame received at or after the
+//! start: the recorder's frames from this process are already live.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -349,7 +368,13 @@ impl Store {
                 let _ = tx.send(backfill::bars_from_frames(frames, &keys));
             });
         match spawned {
-            Ok(_) => self.running = Some(Pass { day, firsts, result }),
+            Ok(_) => {
+                self.running = Some(Pass {
+                    day,
+                    firsts,
+                    result,
+                })
+            }
             Err(e) => log::warn!("history: no backfill thread: {e}"),
         }
     }
@@ -373,8 +398,7 @@ impl Store {
             let Some(from) = bars.first() else {
                 continue;
             };
-            let capacity =
-                initial_capacity(key.segment, from.t).max(bars.len() + live.len() + 16);
+            let capacity = initial_capacity(key.segment, from.t).max(bars.len() + live.len() + 16);
             let merged = Series::with_capacity(capacity);
             for b in bars.iter().chain(&live) {
                 merged.push(*b);
@@ -757,8 +781,18 @@ mod tests {
         assert_eq!(PASSES.load(Relaxed), 2, "keys 2 and 3 in one more pass");
         let b = s.board();
         assert_eq!(
-            b.get(key(1)).unwrap().bars().iter().map(|b| (b.t, b.c)).collect::<Vec<_>>(),
-            [(T0, 100.0), (T0 + 60, 101.0), (T0 + 120, 102.0), (T0 + 180, 7.0)]
+            b.get(key(1))
+                .unwrap()
+                .bars()
+                .iter()
+                .map(|b| (b.t, b.c))
+                .collect::<Vec<_>>(),
+            [
+                (T0, 100.0),
+                (T0 + 60, 101.0),
+                (T0 + 120, 102.0),
+                (T0 + 180, 7.0)
+            ]
         );
         assert!(b.get(key(3)).unwrap().is_empty());
         assert_eq!(stats.backfilled.get(), 3);
@@ -778,7 +812,7 @@ mod tests {
             Store::new(Some(PathBuf::from("/nowhere")), Arc::clone(&stats)).with_frames(asked),
         );
         let yesterday = T0 - 86_400 + 374 * 60; // 15:29 the day before
-        // Before the open: snapshots carry yesterday's last trade.
+                                                // Before the open: snapshots carry yesterday's last trade.
         s.apply(&[
             BarEvent::Opened {
                 key: key(1),
@@ -861,7 +895,12 @@ mod tests {
         assert_eq!(b.day, Some(ist_day(T0)));
         assert_eq!(b.get(key(2)).unwrap().bars(), [bar(T0 + 240, 3.0)]);
         assert_eq!(
-            b.get(key(1)).unwrap().bars().iter().map(|b| b.t).collect::<Vec<_>>(),
+            b.get(key(1))
+                .unwrap()
+                .bars()
+                .iter()
+                .map(|b| b.t)
+                .collect::<Vec<_>>(),
             [T0, T0 + 60, T0 + 120, T0 + 180, T0 + 240],
             "backfilled from today's first live minute, not yesterday's"
         );
@@ -877,7 +916,10 @@ mod tests {
             ..HistoryConfig::default()
         })
         .unwrap();
-        sink.push(BarEvent::Opened { key: key(8), t: day0 });
+        sink.push(BarEvent::Opened {
+            key: key(8),
+            t: day0,
+        });
         for i in 0..3 {
             sink.push(BarEvent::Closed {
                 key: key(8),
