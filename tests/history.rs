@@ -19,6 +19,26 @@ use serde_json::Value;
 
 #[test]
 fn history_bars_equal_bars_built_from_the_ticks_clients_received() {
+    // Three minutes ending a minute ago (trade times ahead of the wall
+    // clock would be capped on the feed clock).
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    session(now - now % 60 - 240);
+}
+
+/// A replay of an earlier day: its bars are served just as today's are
+/// (the wall clock's date must not clear them).
+#[test]
+fn an_earlier_days_bars_are_served_like_todays() {
+    // 2026-11-27 09:15 India time.
+    session(1_795_751_100);
+}
+
+/// Quotes for three minutes from `m0`, then the relay's bars against the
+/// bars built from the ticks the client received.
+fn session(m0: u32) {
     let flags = Flags {
         listen: vec!["127.0.0.1:0".into()],
         demo_rate: Some(0),
@@ -40,13 +60,6 @@ fn history_bars_equal_bars_built_from_the_ticks_clients_received() {
             .any(|c| c.instruments.contains_key(&rel))
     });
 
-    // Three minutes starting two minutes from now (today in India, and
-    // ahead of anything the sweep would close at once).
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as u32;
-    let m0 = now - now % 60 + 120;
     let plan: Vec<(u32, f32, u32)> = vec![
         (m0 + 1, 1400.0, 50_000),
         (m0 + 10, 1402.5, 50_300),

@@ -165,8 +165,15 @@ pub struct Book {
     bars: Vec<BarBuilder>,
     /// Where finished bars go (none: bars are only in snapshots).
     sink: Option<BarSink>,
-    /// The newest trade time seen, any instrument (the sweep's feed clock).
+    /// The newest trade time seen, any instrument (the sweep's feed clock),
+    /// at most [`MAX_LTT_AHEAD_SECS`] past the cached wall clock.
     ltt_high: u32,
+    /// The cached wall clock (epoch seconds) plus [`MAX_LTT_AHEAD_SECS`];
+    /// 0 until [`Book::set_clock`] (no cap).
+    ltt_cap: u32,
+    /// The start of the India date of `ltt_high`: a trade time before it
+    /// is a stale snapshot and opens no bar.
+    day_floor: u32,
     depth_ids: HashMap<InstrumentKey, usize>,
     depth: Vec<Depth20>,
 }
@@ -196,7 +203,7 @@ impl Book {
                 self.table.len() - 1
             }
         };
-        let out = self.bars[id].apply(&tick.data);
+        let out = self.bars[id].apply_from(&tick.data, self.day_floor);
         if let Some(sink) = &mut self.sink {
             if let Some(bar) = out.finished {
                 sink.push(BarEvent::Closed { key: tick.key, bar });
@@ -208,9 +215,9 @@ impl Book {
                 sink.stats().late.inc();
             }
         }
+        self.raise_ltt_high(&tick.data);
         let state = &mut self.table[id];
         let kind = state.apply(tick)?;
-        self.ltt_high = self.ltt_high.max(state.ltt);
         Some(Update {
             kind,
             state: *state,
@@ -289,9 +296,46 @@ impl Book {
         }
     }
 
-    /// The newest trade time (LTT) seen on any instrument.
+    /// The newest trade time (LTT) seen on any instrument, capped at the
+    /// cached wall clock plus [`MAX_LTT_AHEAD_SECS`].
     pub fn ltt_high(&self) -> u32 {
         self.ltt_high
+    }
+
+    /// Caches the wall clock (epoch seconds): trade times further than
+    /// [`MAX_LTT_AHEAD_SECS`] ahead of it no longer move the feed clock
+    /// past that. The book thread calls it once a second, not per tick.
+    pub fn set_clock(&mut self, now_unix: u32) {
+        self.ltt_cap = now_unix.saturating_add(MAX_LTT_AHEAD_SECS);
+    }
+
+    /// Raises the feed clock to a trade time, capped; a capped one is
+    /// counted. Compares only, no clock read.
+    #[inline]
+    fn raise_ltt_high(&mut self, data: &FeedData) {
+        let ltt = match *data {
+            FeedData::Ticker(t) => t.ltt,
+            FeedData::Quote(q) => q.ltt,
+            FeedData::Full(f) => f.quote.ltt,
+            _ => return,
+        };
+        if ltt <= self.ltt_high {
+            return;
+        }
+        let ltt = if self.ltt_cap != 0 && ltt > self.ltt_cap {
+            if let Some(sink) = &self.sink {
+                sink.stats().future_ltt.inc();
+            }
+            self.ltt_cap
+        } else {
+            ltt
+        };
+        if ltt > self.ltt_high {
+            self.ltt_high = ltt;
+            if ltt.saturating_sub(self.day_floor) >= 86_400 {
+                self.day_floor = crate::history::ist_day_start(ltt);
+            }
+        }
     }
 
     /// Closes every forming bar whose minute ended [`SWEEP_GRACE_SECS`]
@@ -434,6 +478,17 @@ impl std::fmt::Debug for DepthRings {
     }
 }
 
+/// How far ahead of the wall clock a trade time may move the feed clock:
+/// one packet with a wrong LTT hours ahead would otherwise close every bar
+/// a second after it opened.
+pub const MAX_LTT_AHEAD_SECS: u32 = 60;
+
+fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
+}
+
 /// How often the book sweeps bars whose minute ended.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -564,6 +619,7 @@ impl Worker {
         let mut last_sweep = Instant::now();
         // The feed clock: the newest LTT seen and when it was first seen.
         let mut feed_clock = (0u32, Instant::now());
+        self.book.set_clock(unix_now());
         while !self.stop.load(Relaxed) {
             let mut applied = 0u64;
             while let Some(tick) = self.ticks.try_pop() {
@@ -600,6 +656,7 @@ impl Worker {
             let now = Instant::now();
             if now.duration_since(last_sweep) >= SWEEP_EVERY {
                 last_sweep = now;
+                self.book.set_clock(unix_now());
                 let high = self.book.ltt_high();
                 if high != feed_clock.0 {
                     feed_clock = (high, now);
@@ -823,6 +880,70 @@ mod tests {
                 .unwrap()
                 .c,
             2.0
+        );
+    }
+
+    fn quote(id: u32, ltp: f32, ltt: u32) -> Tick {
+        tick(
+            id,
+            FeedData::Quote(crate::wire::feed::Quote {
+                ltp,
+                ltt,
+                volume: 1,
+                ..Default::default()
+            }),
+        )
+    }
+
+    #[test]
+    fn a_far_future_trade_time_does_not_close_later_bars_early() {
+        use crate::history::{BarEvent, HistoryStats};
+        const T0: u32 = 1_796_269_500;
+        let (tx, mut rx) = HeapRb::<BarEvent>::new(16).split();
+        let stats = Arc::new(HistoryStats::default());
+        let mut book = Book::with_history(BarSink::new(tx, Arc::clone(&stats)));
+        book.set_clock(T0);
+        book.apply(&quote(1, 10.0, T0 + 1));
+        // One packet five hours ahead.
+        book.apply(&quote(2, 20.0, T0 + 5 * 3600));
+        assert_eq!(book.ltt_high(), T0 + MAX_LTT_AHEAD_SECS, "capped");
+        assert_eq!(stats.future_ltt.get(), 1);
+        // The book thread sweeps at the feed clock: nothing closes yet.
+        assert_eq!(book.sweep(book.ltt_high()), 0);
+        book.apply(&quote(1, 11.0, T0 + 30));
+        let key = InstrumentKey::new(Segment::NseEq, 1);
+        let f = book.snapshot().forming(key).unwrap();
+        assert_eq!((f.t, f.o, f.c), (T0, 10.0, 11.0));
+        assert_eq!(stats.late.get(), 0);
+        while let Some(e) = rx.try_pop() {
+            assert!(matches!(e, BarEvent::Opened { .. }), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_trade_time_of_an_earlier_day_than_the_newest_opens_no_bar() {
+        use crate::history::{BarEvent, HistoryStats};
+        const T0: u32 = 1_796_269_500;
+        let (tx, mut rx) = HeapRb::<BarEvent>::new(16).split();
+        let stats = Arc::new(HistoryStats::default());
+        let mut book = Book::with_history(BarSink::new(tx, Arc::clone(&stats)));
+        book.apply(&quote(1, 10.0, T0 + 1));
+        let key = |id| InstrumentKey::new(Segment::NseEq, id);
+        assert_eq!(rx.try_pop(), Some(BarEvent::Opened { key: key(1), t: T0 }));
+        // Subscribed now, not traded today: its quote carries yesterday's
+        // last trade. A price update, but no bar and no note.
+        assert!(book.apply(&quote(2, 5.0, T0 - 86_400 + 6 * 3600)).is_some());
+        assert_eq!(rx.try_pop(), None);
+        assert_eq!(book.snapshot().forming(key(2)), None);
+        assert_eq!(stats.late.get(), 0, "a snapshot, not a late trade");
+        // Its first trade today opens its first bar.
+        book.apply(&quote(2, 5.5, T0 + 70));
+        assert_eq!(
+            rx.try_pop(),
+            Some(BarEvent::Opened {
+                key: key(2),
+                t: T0 + 60
+            })
         );
     }
 

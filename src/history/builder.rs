@@ -43,6 +43,16 @@ impl BarBuilder {
     /// Applies one packet's data.
     #[inline]
     pub fn apply(&mut self, data: &FeedData) -> Outcome {
+        self.apply_from(data, 0)
+    }
+
+    /// Applies one packet's data; a trade time before `not_before` (epoch
+    /// seconds: the book passes the start of the newest India date it has
+    /// seen) opens and extends no bar. Such a tick is a stale snapshot (a
+    /// quote carrying yesterday's last trade): late only for a builder that
+    /// already has bars and a new trade time.
+    #[inline]
+    pub fn apply_from(&mut self, data: &FeedData, not_before: u32) -> Outcome {
         let mut out = Outcome::default();
         let (ltp, ltt, cum, oi) = match *data {
             FeedData::Ticker(t) => (t.ltp, t.ltt, None, None),
@@ -58,6 +68,10 @@ impl BarBuilder {
             FeedData::PrevClose(_) | FeedData::MarketStatus => return out,
         };
         if ltt < 60 || !ltp.is_finite() {
+            return out;
+        }
+        if ltt < not_before {
+            out.late = self.opened && ltt != self.last_ltt;
             return out;
         }
         let minute = ltt - ltt % 60;

@@ -50,9 +50,25 @@
 //!   [`SWEEP_GRACE_SECS`] ago on the feed clock (the newest LTT seen, plus
 //!   wall time elapsed since it arrived), so the last minute is stored
 //!   without a further tick; replay at its own pace closes bars the same way.
-//! - Day: bars belong to the India date of their minute. The history thread
-//!   drops every list when a bar of a later India date arrives or the wall
-//!   clock's India date passes the stored one.
+//! - Feed clock cap: the book's newest LTT is capped at its cached wall
+//!   clock (read once a second) + 60 s, so one packet with an LTT hours
+//!   ahead cannot make the sweep close every bar a second after it opens
+//!   (`history_future_ltt_ticks_total`).
+//! - Day: bars belong to the India date of their minute, and the day
+//!   follows the bars (the feed's clock), never the wall clock: the history
+//!   thread drops every list when a bar of a later India date arrives (the
+//!   day's first bar is the reset), turning over a whole batch before
+//!   looking at its instruments. A replayed earlier day is kept; after
+//!   midnight the last session stays until the next one's first bar.
+//! - Stale snapshots: a trade time of an earlier India date than the newest
+//!   the book has seen (a quote of an instrument not traded yet today)
+//!   opens no bar; the history thread ignores events of a date earlier than
+//!   its own (no series, no backfill).
+//! - Backfill ([`thread`]): instruments first seen mid-day get the earlier
+//!   bars of the day from the recording, read on a short-lived thread per
+//!   pass (one at a time; instruments arriving meanwhile go in the next
+//!   pass), only for the India date the relay started on and only frames
+//!   recorded before it started; merged before the live bars when it ends.
 //!
 //! **Memory.** A bar is 32 bytes (`t` u32, OHLC f32, OI u32, volume u64).
 //! A series is sized on creation for the minutes left in its segment's
@@ -123,6 +139,11 @@ pub enum BarEvent {
 /// The India date of epoch second `t`, as days since 1970-01-01.
 pub fn ist_day(t: u32) -> i64 {
     (i64::from(t) + IST_OFFSET_SECS).div_euclid(86_400)
+}
+
+/// The first second (epoch) of the India date of epoch second `t`.
+pub fn ist_day_start(t: u32) -> u32 {
+    (i64::from(t) - (i64::from(t) + IST_OFFSET_SECS).rem_euclid(86_400)).max(0) as u32
 }
 
 /// India time's minute of the day (0..1440) of epoch second `t`.
