@@ -24,6 +24,9 @@ use crate::cli::{Plan, Preset};
 use crate::report;
 use crate::run::{self, Mode, PhaseResult, Watchdog};
 
+/// An exchange lag (ms) past which a floor is called saturated.
+const SATURATED_LAG_MS: f64 = 10.0;
+
 /// Column names of [`report::percentiles`].
 const PCT_NAMES: [&str; 5] = ["p50", "p90", "p99", "p99.9", "max"];
 
@@ -46,6 +49,11 @@ pub struct PhaseFigures {
     pub engine_kernel_us: Option<f64>,
     /// The exchange thread's CPU µs per delivered message.
     pub exchange_us: Option<f64>,
+    /// The exchange's worst lag behind its schedule, ms (a floor that lags
+    /// is saturated: the machine, not the path, sets its latency).
+    pub exchange_lag_ms: f64,
+    /// Other processes' CPU over the phase, % of one core.
+    pub others_pct: Option<f64>,
     /// Setup warnings, the clients' endings and the server's first error.
     pub notes: Vec<String>,
 }
@@ -80,6 +88,11 @@ impl PhaseFigures {
             engine_user_us: user,
             engine_kernel_us: kernel,
             exchange_us: per_msg(r.exchange.cpu_s),
+            exchange_lag_ms: r.exchange.max_lag_ns as f64 / 1e6,
+            others_pct: r.machine_cpu_s.map(|m| {
+                let ours = r.tool_cpu_s + r.engine.as_ref().and_then(|e| e.cpu_s).unwrap_or(0.0);
+                (m - ours).max(0.0) * 100.0 / r.span_s.max(1e-9)
+            }),
             notes,
         }
     }
@@ -303,6 +316,7 @@ fn summary_json(rounds: &[Round], s: &Summary) -> Value {
         "quietest_round": s.quietest.map(|i| i + 1),
         "quietest_floor_p99_us": q.and_then(|r| r.floor.p(2)),
         "quietest_engine_p99_us": q.and_then(|r| r.relay.p(2)),
+        "quietest_floor_exchange_lag_ms": q.map(|r| r.floor.exchange_lag_ms),
         "quietest_ratio_p50": q.and_then(|r| r.ratio(0)),
         "quietest_ratio_p99": q.and_then(|r| r.ratio(2)),
         "median_engine_user_us_per_delivered_message": s.engine_user_us,
@@ -324,6 +338,8 @@ pub fn table(plan: &Plan, rounds: &[Round], s: &Summary) -> String {
         "delivered",
         "missing",
         "conflated",
+        "exch lag ms",
+        "others %",
         "p50 ×",
         "p99 ×",
         "CPU µs/msg user / kernel",
@@ -338,6 +354,8 @@ pub fn table(plan: &Plan, rounds: &[Round], s: &Summary) -> String {
             row.push(format!("{} / {}", f.delivered, f.expected));
             row.push(f.missing.to_string());
             row.push(f.conflated.to_string());
+            row.push(format!("{:.1}", f.exchange_lag_ms));
+            row.push(f.others_pct.map_or("-".into(), |v| format!("{v:.0}")));
             if is_relay {
                 row.push(times(r.ratio(0)));
                 row.push(times(r.ratio(2)));
@@ -411,6 +429,12 @@ pub fn table(plan: &Plan, rounds: &[Round], s: &Summary) -> String {
             times(r.ratio(2)),
             times(r.ratio(0))
         ));
+        if r.floor.exchange_lag_ms >= SATURATED_LAG_MS {
+            out.push_str(&format!(
+                "note: in that round the floor's exchange fell {:.0} ms behind its schedule (starved of CPU or saturated): the floor's tail is the machine's, so the ratio is as much this machine's noise as the relay's cost\n",
+                r.floor.exchange_lag_ms
+            ));
+        }
         if target_applies(plan) {
             let met = r.ratio(2).is_some_and(|x| x <= 1.5);
             out.push_str(&format!(
