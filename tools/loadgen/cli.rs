@@ -48,6 +48,11 @@ pub struct Args {
     /// Do not measure the floor.
     #[arg(long)]
     pub no_floor: bool,
+    /// Run the floor and the engine alternately N times each (1–20; floor,
+    /// engine, floor, engine, …) and print per round and overall the
+    /// engine/floor latency ratios.
+    #[arg(long, value_name = "N")]
+    pub compare: Option<u32>,
     /// The `dhan-relay` binary [default: next to this executable].
     #[arg(long, value_name = "PATH")]
     pub engine_bin: Option<PathBuf>,
@@ -145,6 +150,9 @@ pub struct Args {
     #[arg(long, value_name = "N|max", default_value = "1", requires = "replay")]
     pub speed: dhan_relay::sim::Speed,
 }
+
+/// Most rounds `--compare` runs.
+pub const MAX_COMPARE_ROUNDS: u32 = 20;
 
 /// The engine-side client protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -273,6 +281,8 @@ pub struct Plan {
     pub ca: Option<PathBuf>,
     /// The engine-side client protocol.
     pub protocol: ClientProtocol,
+    /// `--compare N`: rounds of floor + engine.
+    pub compare: Option<u32>,
 }
 
 impl Plan {
@@ -302,7 +312,7 @@ impl Plan {
             + self.drain
             + Duration::from_secs(30);
         let phases = u32::from(self.floor) + u32::from(self.engine.is_some());
-        phase * phases.max(1)
+        phase * phases.max(1) * self.compare.unwrap_or(1)
     }
 }
 
@@ -399,7 +409,24 @@ impl Args {
         if duration.is_zero() {
             return Err("--duration must be positive".into());
         }
+        if let Some(n) = self.compare {
+            if !(1..=MAX_COMPARE_ROUNDS).contains(&n) {
+                return Err(format!(
+                    "--compare: between 1 and {MAX_COMPARE_ROUNDS} rounds"
+                ));
+            }
+            if self.preset == Preset::Floor {
+                return Err("--compare needs an engine: use the fanout preset, not floor".into());
+            }
+            if self.no_floor {
+                return Err("--compare measures the floor; drop --no-floor".into());
+            }
+            if self.tls {
+                return Err("--compare measures plain WS only; drop --tls".into());
+            }
+        }
         let floor = match self.preset {
+            _ if self.compare.is_some() => true,
             Preset::Floor => true,
             Preset::Fanout => !self.no_floor,
             _ => self.floor && !self.no_floor,
@@ -488,6 +515,7 @@ impl Args {
             wss: self.tls || attach_tls,
             ca: self.ca.clone(),
             protocol: self.protocol,
+            compare: self.compare,
         };
         plan.client_threads = match self.client_threads {
             Some(0) => return Err("--client-threads must be at least 1".into()),
@@ -527,6 +555,34 @@ mod tests {
         let p = plan(&["--preset", "floor"]).unwrap();
         assert!(p.floor && p.engine.is_none());
         assert!(plan(&["--subs", "600"]).is_err());
+    }
+
+    #[test]
+    fn compare_rounds_and_conflicts() {
+        let p = plan(&["--preset", "wide", "--compare", "3"]).unwrap();
+        assert_eq!(p.compare, Some(3));
+        assert!(p.floor && p.engine.is_some(), "compare measures both paths");
+        let one = plan(&["--preset", "wide"]).unwrap().hard_cap();
+        // Two phases a round instead of one, three rounds.
+        assert_eq!(p.hard_cap(), one * 2 * 3);
+        assert_eq!(plan(&["--compare", "1"]).unwrap().compare, Some(1));
+        assert_eq!(plan(&["--compare", "20"]).unwrap().compare, Some(20));
+        for bad in ["0", "21"] {
+            let e = plan(&["--compare", bad]).unwrap_err();
+            assert!(e.contains("between 1 and 20"), "{e}");
+        }
+        assert!(plan(&["--compare", "-1"]).is_err());
+        assert!(plan(&["--compare", "x"]).is_err());
+        assert!(plan(&["--compare", "2", "--no-floor"])
+            .unwrap_err()
+            .contains("--no-floor"));
+        assert!(plan(&["--compare", "2", "--tls"])
+            .unwrap_err()
+            .contains("--tls"));
+        assert!(plan(&["--compare", "2", "--preset", "floor"])
+            .unwrap_err()
+            .contains("engine"));
+        assert_eq!(plan(&["--preset", "fanout"]).unwrap().compare, None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo build --release --bins
 //! cargo run --release --bin loadgen -- --preset fanout [--json out.json]
+//! cargo run --release --bin loadgen -- --preset wide --compare 3
 //! ```
 //!
 //! One run, all on loopback, bounded in time (per phase at most the setup
@@ -132,6 +133,11 @@
 //! after a 1,000/s warmup; `floor` the `fanout` shape on the exchange only.
 //! Only loopback addresses (127.0.0.0/8, ::1) are accepted anywhere.
 //!
+//! `--compare N` (1–20) measures the floor and the engine alternately, N
+//! rounds of (floor, engine) with the preset's shape, and prints each
+//! round's percentiles and the engine ÷ floor ratios, their median and the
+//! quietest round's (lowest floor p99); see [`compare`].
+//!
 //! `--replay FILE… [--speed N|max]` measures on recorded traffic instead:
 //! the in-process simulator replays the recording to the engine, one client
 //! subscribes the recording's instruments, and the report splits the open's
@@ -139,6 +145,7 @@
 
 mod cli;
 mod clients;
+mod compare;
 mod engine;
 mod exchange;
 mod relay_json;
@@ -200,6 +207,11 @@ fn real_main(args: &Args) -> Result<(), String> {
         cap
     );
     let watchdog = Watchdog::start(cap);
+    if let Some(n) = plan.compare {
+        let r = compare::run(&plan, n, &watchdog);
+        watchdog.disarm();
+        return r;
+    }
     let mut results = Vec::new();
     let mut modes = Vec::new();
     if plan.floor {

@@ -384,91 +384,97 @@ pub fn targets_text(targets: &[Target]) -> String {
     out
 }
 
+/// One phase as JSON (an element of `runs`).
+pub fn run_json(plan: &Plan, r: &PhaseResult) -> Value {
+    let c = &r.counts;
+    let lat = percentiles(r).map(|p| {
+        json!({"count": r.latency.len(), "p50_us": p[0], "p90_us": p[1], "p99_us": p[2], "p999_us": p[3], "max_us": p[4]})
+    });
+    let engine = r.engine.as_ref().map(|e| {
+        json!({
+            "pid": e.pid,
+            "cpu_s": e.cpu_s,
+            "cpu_user_s": e.cpu_user_s,
+            "threads_cpu_s": e.threads_cpu_s.iter().map(|(n, s)| json!({"thread": n, "cpu_s": s})).collect::<Vec<_>>(),
+            "cpu_sched_s": e.cpu_sched_s,
+            "cpu_percent": e.cpu_s.map(|c| c * 100.0 / r.span_s),
+            "cpu_us_per_delivered_message": cpu_us_per_msg(r),
+            "rss_idle_bytes": e.rss_idle,
+            "rss_ready_bytes": e.rss_ready,
+            "rss_peak_bytes": e.rss_peak,
+            "stats_before": e.stats_before,
+            "stats_after": e.stats_after,
+            "conflated_total_delta": stat_delta(r, "fanout_conflated_total"),
+            "log": e.log,
+        })
+    });
+    json!({
+        "mode": r.mode.name(),
+        "latency": lat,
+        "counts": {
+            "clients": c.clients, "ready": c.ready, "failed": c.failed, "closed": c.closed,
+            "behind": c.behind,
+            "expected": c.expected, "delivered": c.delivered, "missing": c.missing,
+            "missing_keeping_up": c.missing_keeping_up, "conflated": c.conflated,
+            "undrained": c.undrained,
+            "duplicated": c.duplicated, "out_of_order": c.out_of_order,
+            "warmup_messages": c.warmup_messages, "foreign": c.foreign,
+            "unsolicited": c.unsolicited, "unexpected": c.unexpected,
+            "unstamped": c.unstamped, "malformed": c.malformed, "errors": c.errors,
+            "other": c.other, "messages": c.messages, "bytes": c.bytes,
+        },
+        "client_messages_per_sec": msgs_per_sec(plan, r),
+        "setup_s": r.setup_s,
+        "span_s": r.span_s,
+        "drain_s": r.drain_s,
+        "machine_cpu_s": r.machine_cpu_s,
+        "cpus_online": crate::sys::cpus_online(),
+        "tool": {
+            "process_cpu_s": r.tool_cpu_s,
+            "client_threads_cpu_s": r.clients_cpu_s,
+            "exchange_cpu_s": r.exchange.cpu_s,
+        },
+        "exchange": {
+            "ticks": r.exchange.ticks, "packets": r.exchange.packets,
+            "frames": r.exchange.frames, "would_block": r.exchange.would_block,
+            "max_lag_ms": r.exchange.max_lag_ns as f64 / 1e6,
+            "connections": r.exchange.conns, "refused": r.exchange.refused,
+            "bad_requests": r.exchange.bad_requests,
+        },
+        "engine": engine,
+        "endings": r.endings,
+        "first_error": r.first_error,
+        "warnings": r.warnings,
+    })
+}
+
+/// The run's configuration as JSON.
+pub fn config_json(plan: &Plan) -> Value {
+    json!({
+        "clients": plan.clients, "subs": plan.subs, "instruments": plan.instruments,
+        "rate": plan.rate, "warmup_rate": plan.warmup_rate,
+        "duration_s": plan.duration.as_secs_f64(), "warmup_s": plan.warmup.as_secs_f64(),
+        "seed": plan.seed, "client_threads": plan.client_threads,
+        "frame_us": plan.frame_period.as_micros() as u64,
+        "behind_ms": plan.behind.as_millis() as u64,
+        "pin_engine": plan.pin_engine, "pin_tool": plan.pin_tool,
+        "engine_args": plan.engine_args,
+        "client_queue_bytes": plan.client_queue_bytes,
+        "slow_clients": plan.slow_clients,
+        "slow_read_bytes": plan.slow_read_bytes,
+        "slow_every_ms": plan.slow_every.as_millis() as u64,
+        "quiet_below": plan.quiet_below,
+        "compare_rounds": plan.compare,
+    })
+}
+
 /// The whole run as JSON.
 pub fn json(plan: &Plan, results: &[PhaseResult], targets: &[Target]) -> Value {
-    let runs: Vec<Value> = results
-        .iter()
-        .map(|r| {
-            let c = &r.counts;
-            let lat = percentiles(r).map(|p| {
-                json!({"count": r.latency.len(), "p50_us": p[0], "p90_us": p[1], "p99_us": p[2], "p999_us": p[3], "max_us": p[4]})
-            });
-            let engine = r.engine.as_ref().map(|e| {
-                json!({
-                    "pid": e.pid,
-                    "cpu_s": e.cpu_s,
-                    "cpu_user_s": e.cpu_user_s,
-                    "threads_cpu_s": e.threads_cpu_s.iter().map(|(n, s)| json!({"thread": n, "cpu_s": s})).collect::<Vec<_>>(),
-                    "cpu_sched_s": e.cpu_sched_s,
-                    "cpu_percent": e.cpu_s.map(|c| c * 100.0 / r.span_s),
-                    "cpu_us_per_delivered_message": cpu_us_per_msg(r),
-                    "rss_idle_bytes": e.rss_idle,
-                    "rss_ready_bytes": e.rss_ready,
-                    "rss_peak_bytes": e.rss_peak,
-                    "stats_before": e.stats_before,
-                    "stats_after": e.stats_after,
-                    "conflated_total_delta": stat_delta(r, "fanout_conflated_total"),
-                    "log": e.log,
-                })
-            });
-            json!({
-                "mode": r.mode.name(),
-                "latency": lat,
-                "counts": {
-                    "clients": c.clients, "ready": c.ready, "failed": c.failed, "closed": c.closed,
-                    "behind": c.behind,
-                    "expected": c.expected, "delivered": c.delivered, "missing": c.missing,
-                    "missing_keeping_up": c.missing_keeping_up, "conflated": c.conflated,
-                    "undrained": c.undrained,
-                    "duplicated": c.duplicated, "out_of_order": c.out_of_order,
-                    "warmup_messages": c.warmup_messages, "foreign": c.foreign,
-                    "unsolicited": c.unsolicited, "unexpected": c.unexpected,
-                    "unstamped": c.unstamped, "malformed": c.malformed, "errors": c.errors,
-                    "other": c.other, "messages": c.messages, "bytes": c.bytes,
-                },
-                "client_messages_per_sec": msgs_per_sec(plan, r),
-                "setup_s": r.setup_s,
-                "span_s": r.span_s,
-                "drain_s": r.drain_s,
-                "machine_cpu_s": r.machine_cpu_s,
-                "cpus_online": crate::sys::cpus_online(),
-                "tool": {
-                    "process_cpu_s": r.tool_cpu_s,
-                    "client_threads_cpu_s": r.clients_cpu_s,
-                    "exchange_cpu_s": r.exchange.cpu_s,
-                },
-                "exchange": {
-                    "ticks": r.exchange.ticks, "packets": r.exchange.packets,
-                    "frames": r.exchange.frames, "would_block": r.exchange.would_block,
-                    "max_lag_ms": r.exchange.max_lag_ns as f64 / 1e6,
-                    "connections": r.exchange.conns, "refused": r.exchange.refused,
-                    "bad_requests": r.exchange.bad_requests,
-                },
-                "engine": engine,
-                "endings": r.endings,
-                "first_error": r.first_error,
-                "warnings": r.warnings,
-            })
-        })
-        .collect();
+    let runs: Vec<Value> = results.iter().map(|r| run_json(plan, r)).collect();
     json!({
         "preset": plan.preset.name(),
         "protocol": plan.protocol.name(),
-        "config": {
-            "clients": plan.clients, "subs": plan.subs, "instruments": plan.instruments,
-            "rate": plan.rate, "warmup_rate": plan.warmup_rate,
-            "duration_s": plan.duration.as_secs_f64(), "warmup_s": plan.warmup.as_secs_f64(),
-            "seed": plan.seed, "client_threads": plan.client_threads,
-            "frame_us": plan.frame_period.as_micros() as u64,
-            "behind_ms": plan.behind.as_millis() as u64,
-            "pin_engine": plan.pin_engine, "pin_tool": plan.pin_tool,
-            "engine_args": plan.engine_args,
-            "client_queue_bytes": plan.client_queue_bytes,
-            "slow_clients": plan.slow_clients,
-            "slow_read_bytes": plan.slow_read_bytes,
-            "slow_every_ms": plan.slow_every.as_millis() as u64,
-            "quiet_below": plan.quiet_below,
-        },
+        "config": config_json(plan),
         "runs": runs,
         "targets": targets.iter().map(|t| json!({"what": t.what, "measured": t.measured, "met": t.met})).collect::<Vec<_>>(),
     })
