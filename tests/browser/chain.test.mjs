@@ -39,9 +39,7 @@ import path from 'node:path';
 
 import { chromium } from 'playwright-core';
 
-import { CHROMIUM, CHROMIUM_FLAGS, OUT, ROOT, Skip, check, freePort, log, sleep, spawnEngine, steps, stopEngine, tail } from './relay.mjs';
-
-const WATCHDOG_MS = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 180_000);
+import { check, CHROMIUM, CHROMIUM_FLAGS, freePort, log, OUT, runSuite, Skip, sleep, spawnEngine, steps, stopEngine } from './relay.mjs';
 
 fs.mkdirSync(OUT, { recursive: true });
 
@@ -557,27 +555,12 @@ async function main() {
   }
 }
 
-const watchdog = setTimeout(() => {
-  log(`not ok - watchdog: the run took longer than ${WATCHDOG_MS / 1000} s`);
-  if (engine && !engine.exited) engine.child.kill('SIGKILL');
-  process.exit(1);
-}, WATCHDOG_MS);
-process.on('exit', () => {
-  if (engine && !engine.exited) engine.child.kill('SIGKILL');
+await runSuite({
+  label: 'browser (chain)',
+  timeoutMs: 180_000,
+  results,
+  count,
+  engines: () => [engine],
+  main,
+  summary: () => ['', `screenshots (${OUT}):`, ...screenshots.map((f) => `  ${f}`)],
 });
-
-try {
-  await main();
-} catch (e) {
-  results.push({ name: 'harness', status: 'fail', why: e.message });
-  log(`not ok - harness: ${e.stack || e.message}`);
-}
-clearTimeout(watchdog);
-
-const failed = count('fail');
-if (failed && engine) log(`engine log tail (${path.relative(ROOT, engine.logPath)}):\n${tail(engine.logPath)}`);
-console.log('');
-console.log(`screenshots (${OUT}):`);
-for (const f of screenshots) console.log(`  ${f}`);
-console.log(`browser (chain): ${count('pass')} passed, ${failed} failed, ${count('skip')} skipped`);
-process.exit(failed ? 1 : 0);

@@ -30,9 +30,8 @@ import path from 'node:path';
 
 import { chromium } from 'playwright-core';
 
-import { BIN, CHROMIUM, CHROMIUM_FLAGS, OUT, ROOT, Skip, check, freePort, log, sleep, spawnEngine, steps, stopEngine, tail } from './relay.mjs';
+import { BIN, check, CHROMIUM, CHROMIUM_FLAGS, freePort, log, OUT, runSuite, Skip, sleep, spawnEngine, steps, stopEngine, tail } from './relay.mjs';
 
-const WATCHDOG_MS = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 240_000);
 const PERF_INSTRUMENTS = 200;
 const PERF_RATE = 1000;
 const PERF_SECONDS = 10;
@@ -651,30 +650,17 @@ async function main() {
   }
 }
 
-const watchdog = setTimeout(() => {
-  log(`not ok - watchdog: the run took longer than ${WATCHDOG_MS / 1000} s`);
-  for (const e of engines) if (!e.exited) e.child.kill('SIGKILL');
-  process.exit(1);
-}, WATCHDOG_MS);
-process.on('exit', () => {
-  for (const e of engines) if (!e.exited) e.child.kill('SIGKILL');
+await runSuite({
+  label: 'browser',
+  timeoutMs: 240_000,
+  results,
+  count,
+  engines: () => engines,
+  main,
+  summary: () => [
+    '',
+    ...results.filter((r) => r.status === 'skip').map((r) => `skipped: ${r.name}: ${r.why}`),
+    `screenshots (${OUT}):`,
+    ...screenshots.map((f) => `  ${f}`),
+  ],
 });
-
-try {
-  await main();
-} catch (e) {
-  results.push({ name: 'harness', status: 'fail', why: e.message });
-  log(`not ok - harness: ${e.stack || e.message}`);
-}
-clearTimeout(watchdog);
-
-const failed = count('fail');
-if (failed) {
-  for (const e of engines) log(`engine ${e.name} log tail (${path.relative(ROOT, e.logPath)}):\n${tail(e.logPath)}`);
-}
-console.log('');
-for (const r of results.filter((r) => r.status === 'skip')) console.log(`skipped: ${r.name}: ${r.why}`);
-console.log(`screenshots (${OUT}):`);
-for (const f of screenshots) console.log(`  ${f}`);
-console.log(`browser: ${count('pass')} passed, ${failed} failed, ${count('skip')} skipped`);
-process.exit(failed ? 1 : 0);

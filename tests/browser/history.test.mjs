@@ -23,9 +23,7 @@ import path from 'node:path';
 
 import { chromium } from 'playwright-core';
 
-import { CHROMIUM, CHROMIUM_FLAGS, OUT, ROOT, check, freePort, log, sleep, spawnEngine, steps, stopEngine, tail } from './relay.mjs';
-
-const WATCHDOG_MS = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 120_000);
+import { check, CHROMIUM, CHROMIUM_FLAGS, freePort, log, OUT, runSuite, sleep, spawnEngine, steps, stopEngine } from './relay.mjs';
 
 fs.mkdirSync(OUT, { recursive: true });
 
@@ -163,24 +161,11 @@ async function main() {
   }
 }
 
-const watchdog = setTimeout(() => {
-  log(`not ok - watchdog: the run took longer than ${WATCHDOG_MS / 1000} s`);
-  if (engine && !engine.exited) engine.child.kill('SIGKILL');
-  process.exit(1);
-}, WATCHDOG_MS);
-process.on('exit', () => {
-  if (engine && !engine.exited) engine.child.kill('SIGKILL');
+await runSuite({
+  label: 'browser (history)',
+  timeoutMs: 120_000,
+  results,
+  count,
+  engines: () => [engine],
+  main,
 });
-
-try {
-  await main();
-} catch (e) {
-  results.push({ name: 'harness', status: 'fail', why: e.message });
-  log(`not ok - harness: ${e.stack || e.message}`);
-}
-clearTimeout(watchdog);
-
-const failed = count('fail');
-if (failed && engine) log(`engine log tail (${path.relative(ROOT, engine.logPath)}):\n${tail(engine.logPath)}`);
-console.log(`browser (history): ${count('pass')} passed, ${failed} failed, ${count('skip')} skipped`);
-process.exit(failed ? 1 : 0);

@@ -146,3 +146,43 @@ export function steps() {
   const count = (s) => results.filter((r) => r.status === s).length;
   return { step, results, count };
 }
+
+/**
+ * Runs a suite's `main` and ends the process: a watchdog
+ * (BROWSER_TEST_TIMEOUT_MS, else `timeoutMs`) fails the run if it takes
+ * longer; every engine `engines()` returns is killed on exit (then
+ * `onExit` runs); an exception out of `main` is a failed "harness" result;
+ * when anything failed, each engine's log tail is printed; then the lines
+ * of `summary()` and `label: N passed, N failed, N skipped`. Exit code 0
+ * only when nothing failed.
+ */
+export async function runSuite({ label, timeoutMs, results, count, engines, main, onExit = () => {}, summary = () => [] }) {
+  const ms = Number(process.env.BROWSER_TEST_TIMEOUT_MS || timeoutMs);
+  const live = () => engines().filter(Boolean);
+  const kill = () => {
+    for (const e of live()) if (!e.exited) e.child.kill('SIGKILL');
+  };
+  const watchdog = setTimeout(() => {
+    log(`not ok - watchdog: the run took longer than ${ms / 1000} s`);
+    kill();
+    process.exit(1);
+  }, ms);
+  process.on('exit', () => {
+    kill();
+    onExit();
+  });
+  try {
+    await main();
+  } catch (e) {
+    results.push({ name: 'harness', status: 'fail', why: e.message });
+    log(`not ok - harness: ${e.stack || e.message}`);
+  }
+  clearTimeout(watchdog);
+  const failed = count('fail');
+  if (failed) {
+    for (const e of live()) log(`engine ${e.name} log tail (${path.relative(ROOT, e.logPath)}):\n${tail(e.logPath)}`);
+  }
+  for (const line of summary()) console.log(line);
+  console.log(`${label}: ${count('pass')} passed, ${failed} failed, ${count('skip')} skipped`);
+  process.exit(failed ? 1 : 0);
+}

@@ -178,7 +178,10 @@ pub fn proc_threads_cpu_ns(pid: u32) -> Vec<(String, u64)> {
 /// exited are not counted).
 pub fn proc_sched_ns(pid: u32) -> Option<u64> {
     let mut total = 0u64;
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
         // A thread that ended since the listing has nothing left to add.
         let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat")) else {
             continue;
