@@ -147,7 +147,7 @@ fn sustained_run(label: &str, frame: &[u8], packets: u64, rate: Option<u64>, sec
     let written = stats.frames();
     let pk = written * packets;
     let size = std::fs::metadata(&path).unwrap().len();
-    let zst = files::compress(&path).unwrap();
+    let zst = files::compress(&path, &std::sync::atomic::AtomicBool::new(false)).unwrap();
     let zsize = std::fs::metadata(&zst).unwrap().len();
     eprintln!(
         "sustained/{label}: offered {offered} frames in {:.2} s, written {written} \

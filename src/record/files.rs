@@ -9,9 +9,10 @@
 //! a `.zst` is a removal that did not happen and is finished.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::instrument::date::ist_instant;
@@ -114,7 +115,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Compresses a `.dhr` into `.dhr.zst` (zstd level 3, via `.zst.tmp`,
 /// fsynced, renamed), then removes the `.dhr`. Returns the `.zst` path.
-pub fn compress(path: &Path) -> io::Result<PathBuf> {
+/// Setting `stop` abandons it within a megabyte (`Interrupted`; the `.tmp`
+/// is removed and the `.dhr` kept, so the next start does it again).
+pub fn compress(path: &Path, stop: &AtomicBool) -> io::Result<PathBuf> {
     let name = |p: &Path| format!("{}", p.display());
     let zst = PathBuf::from(format!("{}.zst", name(path)));
     let tmp = PathBuf::from(format!("{}.zst.tmp", name(path)));
@@ -127,7 +130,21 @@ pub fn compress(path: &Path) -> io::Result<PathBuf> {
         .mode(0o600)
         .open(&tmp)?;
     let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
-    io::copy(&mut BufReader::with_capacity(1 << 20, src), &mut enc)?;
+    let mut src = BufReader::with_capacity(1 << 20, src);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            drop(enc);
+            let _ = fs::remove_file(&tmp);
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped"));
+        }
+        let chunk = src.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        enc.write_all(chunk)?;
+        let n = chunk.len();
+        src.consume(n);
+    }
     let mut out = enc.finish()?;
     out.flush()?;
     out.sync_all()?;
@@ -153,8 +170,9 @@ pub struct Tidy {
 /// `.dhr` whose `.zst` already exists), deletes stale `.zst.tmp` files, and
 /// applies retention: with `keep_days` N > 0, files of days on or before
 /// `today − N` are deleted (today and the N − 1 days before it stay);
-/// 0 keeps everything. Problems are logged and the rest goes on.
-pub fn tidy(dir: &Path, today: Date, keep_days: u32) -> Tidy {
+/// 0 keeps everything. Problems are logged and the rest goes on; `stop`
+/// (shutdown) ends it early, a compression in progress abandoned.
+pub fn tidy(dir: &Path, today: Date, keep_days: u32, stop: &AtomicBool) -> Tidy {
     let mut done = Tidy::default();
     let today_n = yyyymmdd(today);
     if let Ok(entries) = fs::read_dir(dir) {
@@ -197,11 +215,18 @@ pub fn tidy(dir: &Path, today: Date, keep_days: u32) -> Tidy {
             continue;
         }
         let started = SystemTime::now();
-        match compress(&path) {
+        match compress(&path, stop) {
             Ok(z) => {
                 let secs = started.elapsed().unwrap_or_default().as_secs_f64();
                 log::info!("record: compressed {} in {secs:.1} s", z.display());
                 done.compressed.push(day);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                log::info!(
+                    "record: compressing {} stopped by shutdown; the next start does it",
+                    path.display()
+                );
+                break;
             }
             Err(e) => log::warn!("record: cannot compress {}: {e}", path.display()),
         }

@@ -240,18 +240,23 @@ impl Recorder {
         let (prod, cons) = HeapRb::<u8>::new(cfg.ring_bytes.max(1)).split();
         let (tidy_tx, tidy_rx) = crossbeam_channel::unbounded::<Date>();
         let (dir, keep) = (cfg.dir.clone(), cfg.keep_days);
-        let tidy = std::thread::Builder::new()
-            .name("dhan-record-tidy".into())
-            .spawn(move || {
-                crate::affinity::background("record-tidy");
-                for today in tidy_rx {
-                    files::tidy(&dir, today, keep);
-                }
-            })?;
+        let tidy_stop = Arc::new(AtomicBool::new(false));
+        let tidy = {
+            let stop = Arc::clone(&tidy_stop);
+            std::thread::Builder::new()
+                .name("dhan-record-tidy".into())
+                .spawn(move || {
+                    crate::affinity::background("record-tidy");
+                    for today in tidy_rx {
+                        files::tidy(&dir, today, keep, &stop);
+                    }
+                })?
+        };
         let _ = tidy_tx.send(today);
         let stop = Arc::new(AtomicBool::new(false));
         let mut worker = Worker {
             cons,
+            offset_ns,
             reopen,
             sink: Sink {
                 stats: Arc::clone(&stats),
@@ -262,7 +267,11 @@ impl Recorder {
                 last_flush: Instant::now(),
                 limit,
                 day_end_ns: ist_midnight_ns(today.add_days(1)),
-                tidy: Some((tidy_tx, tidy)),
+                tidy: Some(Tidy {
+                    days: tidy_tx,
+                    thread: tidy,
+                    stop: tidy_stop,
+                }),
             },
         };
         let stop2 = Arc::clone(&stop);
@@ -459,10 +468,21 @@ fn append(path: PathBuf, good: u64) -> io::Result<DayFile> {
 /// The recorder thread's state.
 struct Worker {
     cons: HeapCons<u8>,
+    /// Unix ns minus monotonic ns (as the tap's).
+    offset_ns: u64,
     /// An existing day file to validate and reopen before anything else
     /// (its date and the time now).
     reopen: Option<(Date, u64)>,
     sink: Sink,
+}
+
+/// The helper thread that compresses finished days and applies retention.
+struct Tidy {
+    /// Today's date, each time the day turns.
+    days: Sender<Date>,
+    thread: JoinHandle<()>,
+    /// Set at shutdown: abandon a compression in progress.
+    stop: Arc<AtomicBool>,
 }
 
 /// Everything but the ring (so a record borrowed from the ring can be
@@ -479,7 +499,7 @@ struct Sink {
     limit: Limit,
     /// Unix ns at which the open file's India day ends.
     day_end_ns: u64,
-    tidy: Option<(Sender<Date>, JoinHandle<()>)>,
+    tidy: Option<Tidy>,
 }
 
 /// `dst.len()` bytes from offset `at` of the two slices `a` ++ `b`.
@@ -523,13 +543,23 @@ impl Worker {
                 if stopping {
                     break;
                 }
+                // Midnight with nothing arriving (a quiet night): the day
+                // turns on time, so the finished day is compressed now and
+                // not at the next morning's first frame.
+                let now = crate::clock::now_ns().wrapping_add(self.offset_ns);
+                if now >= self.sink.day_end_ns {
+                    self.sink.rotate(now);
+                }
                 std::thread::park_timeout(IDLE);
             }
         }
         self.sink.close();
-        if let Some((tx, thread)) = self.sink.tidy.take() {
-            drop(tx);
-            let _ = thread.join();
+        if let Some(t) = self.sink.tidy.take() {
+            // A day's compression can take minutes: abandon it (the next
+            // start does it again) rather than hold up the shutdown.
+            t.stop.store(true, Ordering::Relaxed);
+            drop(t.days);
+            let _ = t.thread.join();
         }
     }
 
@@ -666,8 +696,8 @@ impl Sink {
                 return;
             }
         }
-        if let Some((tx, _)) = &self.tidy {
-            let _ = tx.send(date);
+        if let Some(t) = &self.tidy {
+            let _ = t.days.send(date);
         }
     }
 }
@@ -908,6 +938,44 @@ mod tests {
         );
         assert!(f2.iter().all(|f| f.recv_unix_ns >= midnight));
         assert_eq!(files::day_file(&dir, 20250310), Some(first));
+    }
+
+    #[test]
+    fn a_quiet_midnight_turns_the_day_on_time() {
+        let dir = tempdir("quiet-midnight");
+        let day1 = Date::from_ymd(2025, 3, 10).unwrap();
+        let midnight = ist_midnight_ns(day1.add_days(1));
+        let (rec, mut tap) =
+            Recorder::spawn_with_offset(cfg(&dir), offset_for(midnight - 300_000_000)).unwrap();
+        tap.offer(0, FeedKind::Main, crate::clock::now_ns(), &frame(1));
+        // Nothing more arrives: the recorder turns the day by the clock and
+        // the finished day is compressed without waiting for a frame.
+        let first = dir.join("2025-03-10.dhr.zst");
+        let end = Instant::now() + Duration::from_secs(5);
+        while !(first.exists() && rec.stats().file() == Some(dir.join("2025-03-11.dhr"))) {
+            assert!(
+                Instant::now() < end,
+                "no rotation: {:?}",
+                rec.stats().file()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        rec.shutdown();
+        assert_eq!(read_all(&first).0.len(), 1);
+        assert_eq!(read_all(&dir.join("2025-03-11.dhr")), (Vec::new(), None));
+    }
+
+    #[test]
+    fn shutdown_abandons_a_compression_in_progress() {
+        let dir = tempdir("stop-compress");
+        let big = dir.join("2025-03-09.dhr");
+        fs::write(&big, vec![7u8; 8 << 20]).unwrap();
+        let stop = AtomicBool::new(true);
+        let e = files::compress(&big, &stop).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+        assert!(big.exists(), "the day is kept for the next start");
+        assert!(!dir.join("2025-03-09.dhr.zst").exists());
+        assert!(!dir.join("2025-03-09.dhr.zst.tmp").exists());
     }
 
     #[test]
