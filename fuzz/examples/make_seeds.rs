@@ -167,6 +167,7 @@ fn main() -> std::io::Result<()> {
         std::fs::write(dir.join(format!("{name}.bin")), &frame)?;
     }
 
+    recordings(&out.join("recording"), &[ticker, quote, full, oi])?;
     http_heads(&out.join("http_head"))?;
     client_messages(&out.join("client_message"))?;
     scrip_masters(&out.join("scrip_master"))?;
@@ -374,6 +375,55 @@ fn scrip_masters(dir: &Path) -> std::io::Result<()> {
         let m = Master::parse(csv.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!m.is_empty(), "{name}: no instruments");
         std::fs::write(dir.join(format!("{name}.csv")), csv)?;
+    }
+    Ok(())
+}
+
+/// Recording files (`docs/recording.md`): a whole one with frames of both
+/// feeds, the same torn in its last record, and a header alone.
+fn recordings(dir: &Path, messages: &[FeedMessage]) -> std::io::Result<()> {
+    use dhan_relay::record::format::{self, Header};
+    use dhan_relay::record::{FeedKind, Reader};
+
+    let start: u64 = 1_770_109_795_000_000_000;
+    let mut file = format::encode_header(&Header {
+        version: format::VERSION,
+        created_unix_ns: start,
+        day: 20_260_203,
+    })
+    .to_vec();
+    let header_only = file.clone();
+    for (i, m) in messages.iter().enumerate() {
+        let mut payload = Vec::new();
+        m.encode(&mut payload);
+        let feed = if i == 2 {
+            FeedKind::Depth
+        } else {
+            FeedKind::Main
+        };
+        let mut head = format::record_header(
+            payload.len() as u32,
+            start + i as u64 * 1_000_000,
+            i as u8,
+            feed,
+        );
+        let crc = format::record_crc(&head, (&payload, &[]));
+        format::seal(&mut head, crc);
+        file.extend_from_slice(&head);
+        file.extend_from_slice(&payload);
+    }
+    let torn = file[..file.len() - 7].to_vec();
+    std::fs::create_dir_all(dir)?;
+    for (name, bytes, frames, damaged) in [
+        ("whole", &file, messages.len(), false),
+        ("torn_tail", &torn, messages.len() - 1, true),
+        ("header_only", &header_only, 0, false),
+    ] {
+        let mut r = Reader::from_read(Path::new(name), std::io::Cursor::new(bytes.clone()))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(r.by_ref().count(), frames, "{name}: frames");
+        assert_eq!(r.damage().is_some(), damaged, "{name}: damage");
+        std::fs::write(dir.join(format!("{name}.dhr")), bytes)?;
     }
     Ok(())
 }

@@ -74,7 +74,14 @@ impl Reader {
     /// name the path: cannot open, not a recording, unsupported version.
     pub fn open(path: &Path) -> io::Result<Reader> {
         let file = File::open(path).map_err(|e| named(path, &e, e.kind()))?;
-        let mut buffered = BufReader::with_capacity(256 * 1024, file);
+        Reader::from_read(path, file)
+    }
+
+    /// A recording read from any byte stream (`.dhr` bytes, or zstd of
+    /// them); `path` only names it in errors and damage reports. For tests
+    /// and the fuzz target; [`Reader::open`] is this over a file.
+    pub fn from_read(path: &Path, input: impl Read + Send + 'static) -> io::Result<Reader> {
+        let mut buffered = BufReader::with_capacity(256 * 1024, input);
         let mut sniff = [0u8; 4];
         let n = read_full(&mut buffered, &mut sniff).map_err(|e| named(path, &e, e.kind()))?;
         let head = io::Cursor::new(sniff[..n].to_vec());
