@@ -19,7 +19,7 @@ use dhan_relay::domain::{InstrumentKey, Segment};
 use dhan_relay::engine::Engine;
 use dhan_relay::record::{self, FeedKind, Reader, RecordConfig, Recorder};
 use dhan_relay::sim::replay::open_recordings;
-use dhan_relay::sim::{ReplayConfig, SimConfig, Simulator, Speed};
+use dhan_relay::sim::{ReplayConfig, SimConfig, SimControl, Simulator, Speed};
 use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::upstream::Credentials;
 use dhan_relay::wire::feed::{FeedData, FeedMessage, Quote};
@@ -359,6 +359,20 @@ fn a_recorder_killed_mid_write_leaves_a_file_that_opens_and_a_restart_repairs_it
     assert!(info.frames() > whole.0 + 20, "{info}");
 }
 
+/// A `/ws` client of `engine` watching RELIANCE in quote mode, once the
+/// engine's built-in simulator holds it upstream.
+fn watching_reliance(engine: &Engine) -> (SimControl, WsClient) {
+    let sim = engine.demo_simulator().unwrap().control();
+    let mut client = WsClient::connect(engine.addr(), "/ws");
+    client.subscribe(RELIANCE, "quote");
+    wait_for("RELIANCE held upstream", || {
+        sim.subscriptions()
+            .iter()
+            .any(|c| c.instruments.contains_key(&RELIANCE))
+    });
+    (sim, client)
+}
+
 #[test]
 fn a_restarted_engine_backfills_the_days_bars_from_its_recording() {
     let dir = TempDir::new("record-backfill");
@@ -382,14 +396,7 @@ fn a_restarted_engine_backfills_the_days_bars_from_its_recording() {
     };
     // Morning: the first engine records three minutes of RELIANCE.
     let first = demo(0, Some(settings(&dir.0)));
-    let sim = first.demo_simulator().unwrap().control();
-    let mut client = WsClient::connect(first.addr(), "/ws");
-    client.subscribe(RELIANCE, "quote");
-    wait_for("RELIANCE held upstream", || {
-        sim.subscriptions()
-            .iter()
-            .any(|c| c.instruments.contains_key(&RELIANCE))
-    });
+    let (sim, mut client) = watching_reliance(&first);
     let mut ticks = Vec::new();
     for (i, (dt, ltp)) in [
         (2, 1400.0),
@@ -414,14 +421,7 @@ fn a_restarted_engine_backfills_the_days_bars_from_its_recording() {
     // its history holds the morning's bars, from the recording, then the
     // live one.
     let second = demo(0, Some(settings(&dir.0)));
-    let sim = second.demo_simulator().unwrap().control();
-    let mut client = WsClient::connect(second.addr(), "/ws");
-    client.subscribe(RELIANCE, "quote");
-    wait_for("RELIANCE held upstream again", || {
-        sim.subscriptions()
-            .iter()
-            .any(|c| c.instruments.contains_key(&RELIANCE))
-    });
+    let (sim, mut client) = watching_reliance(&second);
     sim.inject(&quote(m0 + 250, 1404.0, 12_000));
     client.recv_where(|v| v["type"] == "quote" && v["ltt"] == m0 + 250);
     let path = "/api/history?symbol=RELIANCE&interval=1m";
