@@ -726,6 +726,19 @@ mod tests {
         unix_ns.wrapping_sub(crate::clock::now_ns())
     }
 
+    /// Waits (at most 20 s) for the tidy thread's work to show: a shutdown
+    /// abandons a compression in progress, so tests look before they stop.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < end,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn read_all(path: &Path) -> (Vec<RecordedFrame>, Option<super::super::Damage>) {
         let mut r = Reader::open(path).unwrap();
         let frames: Vec<_> = r.by_ref().collect();
@@ -919,6 +932,9 @@ mod tests {
             );
         }
         let stats = rec.stats();
+        wait_until("the finished day's compression", || {
+            !dir.join("2025-03-10.dhr").exists()
+        });
         rec.shutdown();
         assert!(stats.healthy());
         assert_eq!(
@@ -951,15 +967,9 @@ mod tests {
         // Nothing more arrives: the recorder turns the day by the clock and
         // the finished day is compressed without waiting for a frame.
         let first = dir.join("2025-03-10.dhr.zst");
-        let end = Instant::now() + Duration::from_secs(5);
-        while !(first.exists() && rec.stats().file() == Some(dir.join("2025-03-11.dhr"))) {
-            assert!(
-                Instant::now() < end,
-                "no rotation: {:?}",
-                rec.stats().file()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until("the day to turn by the clock", || {
+            first.exists() && rec.stats().file() == Some(dir.join("2025-03-11.dhr"))
+        });
         rec.shutdown();
         assert_eq!(read_all(&first).0.len(), 1);
         assert_eq!(read_all(&dir.join("2025-03-11.dhr")), (Vec::new(), None));
@@ -998,14 +1008,19 @@ mod tests {
             offset_for(ist_midnight_ns(day) + 3_600_000_000_000),
         )
         .unwrap();
+        let days = || -> Vec<u32> {
+            files::day_files(&dir)
+                .unwrap()
+                .into_iter()
+                .map(|d| d.0)
+                .collect()
+        };
+        wait_until("yesterday's compression", || {
+            !dir.join("2025-03-09.dhr").exists()
+        });
         rec.shutdown();
-        let days: Vec<u32> = files::day_files(&dir)
-            .unwrap()
-            .into_iter()
-            .map(|d| d.0)
-            .collect();
         // Today and the two days before it stay; yesterday got compressed.
-        assert_eq!(days, [20250308, 20250309, 20250310]);
+        assert_eq!(days(), [20250308, 20250309, 20250310]);
         assert!(dir.join("2025-03-09.dhr.zst").exists());
     }
 
