@@ -1,15 +1,19 @@
 //! Starts, wires and stops the engine's threads.
 //!
 //! ```text
-//! net ──Tick ring──► book ──Update ring──► fanout ──► clients
-//!  ▲                  │ Snapshot (arc-swap) ─┘  │
-//!  └──── subscription commands (crossbeam + mio::Waker) ◄┘
+//! net (live book) ──Update ring──► fanout ──► clients
+//!  │ ▲                                 ▲  │
+//!  │ │   Tick ring ──► book ── Snapshot ┘  │ (arc-swap)
+//!  │ └── subscription commands (crossbeam + mio::Waker) ◄┘
 //! ```
 //!
-//! The listener is bound first, so a port in use fails before anything else
-//! starts. The fanout's waker exists before the book starts (the book pokes
-//! it), and the book thread exists before the network thread (which unparks
-//! it). Shutdown runs the other way: clients get close frames, the upstream
+//! A tick is applied where it is decoded and crosses one thread boundary
+//! to reach clients; the book thread follows on its own ring for snapshots
+//! and bars (see [`crate::book`]). The listener is bound first, so a port
+//! in use fails before anything else starts. The fanout's waker exists
+//! before the network thread starts (its live book pokes it), and the book
+//! thread exists before the network thread (which wakes it when its ring
+//! fills). Shutdown runs the other way: clients get close frames, the upstream
 //! gets RequestCode 12, then every thread is joined.
 
 use std::net::{SocketAddr, TcpListener};
@@ -20,7 +24,7 @@ use std::time::Duration;
 use ringbuf::traits::Split;
 use ringbuf::HeapRb;
 
-use crate::book::{BookConfig, BookThread, Depth20, DepthRings, Update};
+use crate::book::{BookConfig, BookThread, Depth20, Update};
 use crate::chain::service::{ChainConfig, ChainLinks, ChainService};
 use crate::config::{Feed, RunConfig};
 use crate::fanout::front::Listener;
@@ -232,24 +236,24 @@ impl Engine {
             ..HistoryConfig::default()
         })
         .map_err(|e| StartError::Io(format!("cannot start the history thread: {e}")))?;
-        let book = BookThread::spawn_with_history(
+        let mut book = BookThread::spawn(
             BookConfig {
                 core: config.pin.book,
                 heartbeat: beats[1].clone(),
                 ..BookConfig::default()
             },
             tick_rx,
-            update_tx,
-            Some(DepthRings {
-                ticks: depth_tick_rx,
-                updates: depth_tx,
-            }),
-            Some(Box::new(move || {
-                let _ = waker.wake();
-            })),
+            Some(depth_tick_rx),
             Some(bar_sink),
         )
         .map_err(|e| StartError::Io(format!("cannot start the book thread: {e}")))?;
+        let live = book.live(
+            update_tx,
+            depth_tx,
+            Box::new(move || {
+                let _ = waker.wake();
+            }),
+        );
         let (recorder, tap) = match &config.record {
             Some(r) => {
                 let (recorder, tap) = Recorder::spawn(RecordConfig {
@@ -293,6 +297,7 @@ impl Engine {
             Some(depth_tick_tx),
             book.thread(),
             tap,
+            Some(live),
         )
         .map_err(|e| match e {
             crate::upstream::SpawnError::Config(why) => StartError::Config(why),

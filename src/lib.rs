@@ -29,6 +29,7 @@ pub mod record;
 pub mod sdnotify;
 pub mod serve_tls;
 pub mod sim;
+pub mod spsc;
 pub mod tick;
 pub mod token;
 pub mod trading;

@@ -406,7 +406,7 @@ fn net_rig(
     let (prod, _cons) = HeapRb::<dhan_relay::tick::Tick>::new(64).split();
     std::mem::forget(_cons);
     let (depth_prod, depth_cons) = HeapRb::<dhan_relay::tick::DepthTick>::new(64).split();
-    let up = Upstream::spawn_with_depth(cfg, prod, Some(depth_prod), None, None).unwrap();
+    let up = Upstream::spawn_with_depth(cfg, prod, Some(depth_prod), None, None, None).unwrap();
     (sim, up, depth_cons)
 }
 

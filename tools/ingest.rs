@@ -179,6 +179,7 @@ fn main() {
         None,
         Some(consumer.thread().clone()),
         tap,
+        None,
     )
     .expect("network thread");
     let keys: Vec<_> = (0..args.instruments)

@@ -1,28 +1,34 @@
-//! The book thread: the latest state of every instrument.
+//! The book: the latest state of every instrument, kept twice.
 //!
-//! It pops [`Tick`]s from the network ring, applies each to a dense table
-//! (`Vec` indexed by an id handed out the first time an instrument is seen;
-//! the `HashMap` from key to id allocates only then), forwards an [`Update`]
-//! carrying the instrument's whole new state to the fanout thread through a
-//! second SPSC ring, and publishes an immutable [`Snapshot`] through
-//! `arc-swap` at most every `snapshot_interval`, and only when something
-//! changed, for REST and `/ws/prices`.
+//! A [`Book`] is a dense table (`Vec` indexed by an id handed out the first
+//! time an instrument is seen; the `HashMap` from key to id allocates only
+//! then). Applying a [`Tick`] gives an [`Update`] carrying the instrument's
+//! whole new state, so the fanout can render any mode without a look-up.
+//!
+//! - **On the network thread** ([`LiveBook`]): ticks are applied as they
+//!   are decoded and updates go straight to the fanout over an SPSC ring —
+//!   one thread hop from socket to clients.
+//! - **On the book thread** ([`BookThread`]): the same ticks, taken off a
+//!   ring in batches, for what is not on the latency path: an immutable
+//!   [`Snapshot`] published through `arc-swap` at most every
+//!   `snapshot_interval` (REST, `/ws/prices`, snapshot-on-subscribe), the
+//!   market-status times, and bars.
 //!
 //! The 20-level depth feed has rings of its own (see
-//! [`crate::tick::DepthTick`]): side packets come in on one, and the book
-//! forwards each instrument's whole 20 + 20 rows ([`Depth20`]) on another,
-//! so the main `Tick`/`Update` records stay as small as before.
+//! [`crate::tick::DepthTick`]): side packets come in on one, and each
+//! instrument's whole 20 + 20 rows ([`Depth20`]) go to the fanout on
+//! another, so the main `Tick`/`Update` records stay as small as before.
 //!
-//! Bars: beside each state the book keeps the instrument's forming 1-minute
-//! bar ([`crate::history::BarBuilder`]); finished bars go to the history
-//! thread over a ring of their own (a full one drops and counts, never
-//! waits), the forming bar is in the [`Snapshot`], and once a second the
-//! book sweeps bars whose minute ended (see [`crate::history`]).
+//! Bars: beside each state the book thread keeps the instrument's forming
+//! 1-minute bar ([`crate::history::BarBuilder`]); finished bars go to the
+//! history thread over a ring of their own (a full one drops and counts,
+//! never waits), the forming bar is in the [`Snapshot`], and once a second
+//! the book sweeps bars whose minute ended (see [`crate::history`]).
 //!
-//! Backpressure: a full update ring is never a silent drop. The thread waits
-//! (counting it) and stops popping ticks, so the network ring fills and the
-//! network thread in turn stops reading its socket.
+//! Backpressure: a full ring is never a silent drop (see [`crate::spsc`]):
+//! the network thread waits, so it stops reading its socket.
 
+mod live;
 mod state;
 
 use std::collections::HashMap;
@@ -33,15 +39,16 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
-use ringbuf::traits::{Consumer, Observer, Producer};
+use ringbuf::traits::Consumer;
 use ringbuf::{HeapCons, HeapProd};
 
+pub use live::LiveBook;
 pub use state::{FullExtras, InstrumentState, UpdateKind};
 
 use crate::clock;
 use crate::domain::{InstrumentKey, Segment};
 use crate::history::{Bar, BarBuilder, BarEvent, BarSink, SWEEP_GRACE_SECS};
-use crate::metrics::{Counter, LatencyRecorder, SharedLatency};
+use crate::metrics::{Counter, SharedLatency};
 use crate::sdnotify::Heartbeat;
 use crate::tick::{DepthTick, Tick};
 use crate::wire::depth::{DepthRow, Side, ROWS};
@@ -176,12 +183,23 @@ pub struct Book {
     day_floor: u32,
     depth_ids: HashMap<InstrumentKey, usize>,
     depth: Vec<Depth20>,
+    /// No bars at all (the network thread's book: the book thread keeps
+    /// them).
+    states_only: bool,
 }
 
 impl Book {
     /// An empty book.
     pub fn new() -> Self {
         Book::default()
+    }
+
+    /// An empty book of states and depth only: no bars, no feed clock.
+    pub fn states_only() -> Self {
+        Book {
+            states_only: true,
+            ..Book::default()
+        }
     }
 
     /// An empty book that sends finished bars to the history thread.
@@ -198,11 +216,26 @@ impl Book {
             Some(&id) => id,
             None => {
                 self.table.push(InstrumentState::new(tick.key));
-                self.bars.push(BarBuilder::default());
+                if !self.states_only {
+                    self.bars.push(BarBuilder::default());
+                }
                 Arc::make_mut(&mut self.ids).insert(tick.key, self.table.len() - 1);
                 self.table.len() - 1
             }
         };
+        if !self.states_only {
+            self.apply_bar(id, tick);
+        }
+        let state = &mut self.table[id];
+        let kind = state.apply(tick)?;
+        Some(Update {
+            kind,
+            state: *state,
+        })
+    }
+
+    /// Feeds one tick to its instrument's forming bar and the feed clock.
+    fn apply_bar(&mut self, id: usize, tick: &Tick) {
         let out = self.bars[id].apply_from(&tick.data, self.day_floor);
         if let Some(sink) = &mut self.sink {
             if let Some(bar) = out.finished {
@@ -216,12 +249,6 @@ impl Book {
             }
         }
         self.raise_ltt_high(&tick.data);
-        let state = &mut self.table[id];
-        let kind = state.apply(tick)?;
-        Some(Update {
-            kind,
-            state: *state,
-        })
     }
 
     /// Applies one depth side packet; the instrument's new 20 + 20 rows.
@@ -447,34 +474,26 @@ pub enum BookCommand {
     Remove(Vec<InstrumentKey>),
 }
 
-/// Sends [`BookCommand`]s and wakes the book thread to apply them.
+/// Sends [`BookCommand`]s to both books and wakes the book thread to apply
+/// them (the network thread's book takes them at the end of its next loop
+/// turn).
 #[derive(Debug, Clone)]
 pub struct BookControl {
     tx: Sender<BookCommand>,
+    live: Option<Sender<BookCommand>>,
     thread: Option<std::thread::Thread>,
 }
 
 impl BookControl {
     /// Queues `cmd`; applied on the book's next loop turn.
     pub fn send(&self, cmd: BookCommand) {
+        if let Some(live) = &self.live {
+            let _ = live.send(cmd.clone());
+        }
         let _ = self.tx.send(cmd);
         if let Some(t) = &self.thread {
             t.unpark();
         }
-    }
-}
-
-/// The book's ends of the depth rings: side packets in, whole books out.
-pub struct DepthRings {
-    /// From the network thread.
-    pub ticks: HeapCons<DepthTick>,
-    /// To the fanout thread.
-    pub updates: HeapProd<Depth20>,
-}
-
-impl std::fmt::Debug for DepthRings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DepthRings")
     }
 }
 
@@ -495,58 +514,47 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Something to poke after a batch of updates (the fanout thread's waker).
 pub type Notify = Box<dyn Fn() + Send>;
 
-/// The running book thread.
+/// The running book thread: snapshots, market-status times and bars, off
+/// the latency path (the network thread's [`LiveBook`] forwards updates).
 #[derive(Debug)]
 pub struct BookThread {
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     control: Sender<BookCommand>,
+    /// The network thread's book's commands, once [`BookThread::live`]
+    /// made it.
+    live: Option<Sender<BookCommand>>,
     /// The latest snapshot.
     pub snapshot: SharedSnapshot,
     /// Counters.
     pub stats: Arc<BookStats>,
-    /// Network receive → book apply latency.
+    /// Network receive → applied and forwarded (by the [`LiveBook`]).
     pub latency: SharedLatency,
 }
 
 impl BookThread {
-    /// Starts the thread.
+    /// Starts the thread: ticks (and depth side packets) in, snapshots out,
+    /// finished 1-minute bars to `history`. Nothing wakes it but a filling
+    /// ring (see [`BookThread::WAKE_AT`]) and its snapshot interval.
     pub fn spawn(
         config: BookConfig,
         ticks: HeapCons<Tick>,
-        updates: HeapProd<Update>,
-        depth: Option<DepthRings>,
-        notify: Option<Notify>,
-    ) -> std::io::Result<BookThread> {
-        Self::spawn_with_history(config, ticks, updates, depth, notify, None)
-    }
-
-    /// Starts the thread, sending finished 1-minute bars to `history`.
-    pub fn spawn_with_history(
-        config: BookConfig,
-        ticks: HeapCons<Tick>,
-        updates: HeapProd<Update>,
-        depth: Option<DepthRings>,
-        notify: Option<Notify>,
+        depth: Option<HeapCons<DepthTick>>,
         history: Option<BarSink>,
     ) -> std::io::Result<BookThread> {
         let stop = Arc::new(AtomicBool::new(false));
         let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let stats = Arc::new(BookStats::default());
-        let latency = SharedLatency::default();
         let core = config.core;
         let (control, commands) = crossbeam_channel::unbounded();
         let worker = Worker {
             book: history.map_or_else(Book::new, Book::with_history),
             commands,
             ticks,
-            updates,
             depth,
-            notify,
             stop: Arc::clone(&stop),
             snapshot: Arc::clone(&snapshot),
             stats: Arc::clone(&stats),
-            latency: latency.recorder(),
             config,
         };
         let thread = std::thread::Builder::new()
@@ -559,10 +567,40 @@ impl BookThread {
             thread: Some(thread),
             stop,
             control,
+            live: None,
             snapshot,
             stats,
-            latency,
+            latency: SharedLatency::default(),
         })
+    }
+
+    /// Fill (in ring slots) at which the network thread wakes the book
+    /// thread rather than letting it wake on its own timer.
+    pub const WAKE_AT: usize = 4096;
+
+    /// The network thread's book, forwarding to the fanout over `updates`
+    /// and `depth` and waking it with `notify`; it shares this thread's
+    /// counters and [`BookThread::latency`], and takes the commands sent
+    /// through [`BookThread::control`] from now on.
+    pub fn live(
+        &mut self,
+        updates: HeapProd<Update>,
+        depth: HeapProd<Depth20>,
+        notify: Notify,
+    ) -> LiveBook {
+        let (tx, commands) = crossbeam_channel::unbounded();
+        self.live = Some(tx);
+        LiveBook {
+            book: Book::states_only(),
+            updates,
+            depth,
+            notify,
+            commands,
+            stats: Arc::clone(&self.stats),
+            latency: self.latency.recorder(),
+            forwarded: 0,
+            poke: false,
+        }
     }
 
     /// The thread's handle, for the network thread to unpark it.
@@ -574,6 +612,7 @@ impl BookThread {
     pub fn control(&self) -> BookControl {
         BookControl {
             tx: self.control.clone(),
+            live: self.live.clone(),
             thread: self.thread(),
         }
     }
@@ -602,13 +641,10 @@ struct Worker {
     book: Book,
     commands: Receiver<BookCommand>,
     ticks: HeapCons<Tick>,
-    updates: HeapProd<Update>,
-    depth: Option<DepthRings>,
-    notify: Option<Notify>,
+    depth: Option<HeapCons<DepthTick>>,
     stop: Arc<AtomicBool>,
     snapshot: SharedSnapshot,
     stats: Arc<BookStats>,
-    latency: LatencyRecorder,
     config: BookConfig,
 }
 
@@ -627,23 +663,17 @@ impl Worker {
                 if matches!(tick.data, FeedData::MarketStatus) {
                     self.stats.note_market_status(tick.key.segment);
                 }
-                if let Some(update) = self.book.apply(&tick) {
-                    self.latency
-                        .record(clock::now_ns().saturating_sub(tick.recv_ns));
-                    self.forward(update);
+                dirty |= self.book.apply(&tick).is_some();
+            }
+            if let Some(depth) = &mut self.depth {
+                while let Some(tick) = depth.try_pop() {
+                    applied += 1;
+                    self.book.apply_depth(&tick);
                     dirty = true;
                 }
-                // Bounded batches keep the fanout fed during a burst.
-                if applied % 256 == 0 {
-                    self.poke();
-                }
             }
-            let depth_applied = self.drain_depth();
-            dirty |= depth_applied > 0;
-            applied += depth_applied;
             if applied > 0 {
                 self.stats.ticks.add(applied);
-                self.poke();
             }
             // One empty-channel check per turn, not per tick.
             while let Ok(BookCommand::Remove(keys)) = self.commands.try_recv() {
@@ -672,84 +702,15 @@ impl Worker {
                 last_snapshot = now;
                 dirty = false;
             }
-            self.latency.maybe_publish(now);
             self.config.heartbeat.beat();
             if applied == 0 {
-                // The network thread unparks us after each batch; the timeout
-                // bounds snapshot staleness and shutdown latency.
+                // The network thread wakes us only when a ring fills past
+                // `WAKE_AT`; the timeout bounds snapshot staleness and
+                // shutdown latency.
                 std::thread::park_timeout(self.config.snapshot_interval);
             }
         }
-        self.latency.publish(Instant::now());
         self.snapshot.store(Arc::new(self.book.snapshot()));
-    }
-
-    /// Applies every depth packet waiting; how many.
-    fn drain_depth(&mut self) -> u64 {
-        let Worker {
-            depth: Some(rings),
-            book,
-            notify,
-            stop,
-            stats,
-            ..
-        } = self
-        else {
-            return 0;
-        };
-        let notify = &*notify;
-        let poke = || {
-            if let Some(notify) = notify {
-                notify();
-            }
-        };
-        let mut n = 0;
-        while let Some(tick) = rings.ticks.try_pop() {
-            n += 1;
-            let mut d = book.apply_depth(&tick);
-            // Same backpressure as `forward`: wait, never drop.
-            while let Err(back) = rings.updates.try_push(d) {
-                if !rings.updates.read_is_held() || stop.load(Relaxed) {
-                    break;
-                }
-                d = back;
-                stats.ring_full_waits.inc();
-                poke();
-                std::thread::sleep(Duration::from_micros(20));
-            }
-            if n % 64 == 0 {
-                poke();
-            }
-        }
-        n
-    }
-
-    fn forward(&mut self, update: Update) {
-        let Err(mut update) = self.updates.try_push(update) else {
-            self.stats.updates.inc();
-            return;
-        };
-        self.stats.ring_full_waits.inc();
-        loop {
-            if !self.updates.read_is_held() || self.stop.load(Relaxed) {
-                return;
-            }
-            self.poke();
-            std::thread::sleep(Duration::from_micros(20));
-            match self.updates.try_push(update) {
-                Ok(()) => {
-                    self.stats.updates.inc();
-                    return;
-                }
-                Err(back) => update = back,
-            }
-        }
-    }
-
-    fn poke(&self) {
-        if let Some(notify) = &self.notify {
-            notify();
-        }
     }
 }
 
@@ -758,7 +719,7 @@ mod tests {
     use super::*;
     use crate::domain::Segment;
     use crate::wire::feed::{FeedData, PrevClose, Ticker};
-    use ringbuf::traits::Split;
+    use ringbuf::traits::{Producer, Split};
     use ringbuf::HeapRb;
 
     fn tick(id: u32, data: FeedData) -> Tick {
@@ -1012,54 +973,80 @@ mod tests {
     }
 
     #[test]
-    fn thread_forwards_updates_in_order_and_publishes_snapshots() {
+    fn the_live_book_forwards_in_order_waits_on_a_full_ring_and_the_thread_follows() {
+        use std::sync::atomic::AtomicUsize;
         let (mut tick_tx, tick_rx) = HeapRb::<Tick>::new(64).split();
         let (update_tx, mut update_rx) = HeapRb::<Update>::new(4).split();
-        let book = BookThread::spawn(
+        let (depth_tx, _depth_rx) = HeapRb::<Depth20>::new(4).split();
+        let mut book = BookThread::spawn(
             BookConfig {
                 snapshot_interval: Duration::from_millis(5),
                 ..BookConfig::default()
             },
             tick_rx,
-            update_tx,
             None,
             None,
         )
         .unwrap();
-        // More ticks than the update ring holds: the book must wait, not drop.
-        for i in 0..20u32 {
-            tick_tx
-                .try_push(tick(
-                    7,
-                    FeedData::Ticker(Ticker {
-                        ltp: i as f32,
-                        ltt: i,
-                    }),
-                ))
-                .unwrap();
-        }
-        book.thread().unwrap().unpark();
-        let mut seen = Vec::new();
-        let end = Instant::now() + Duration::from_secs(5);
-        while seen.len() < 20 && Instant::now() < end {
-            match update_rx.try_pop() {
-                Some(u) => seen.push(u.state.ltt),
-                None => std::thread::sleep(Duration::from_millis(1)),
+        let pokes = Arc::new(AtomicUsize::new(0));
+        let mut live = {
+            let pokes = Arc::clone(&pokes);
+            book.live(
+                update_tx,
+                depth_tx,
+                Box::new(move || {
+                    pokes.fetch_add(1, Relaxed);
+                }),
+            )
+        };
+        let reader = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let end = Instant::now() + Duration::from_secs(5);
+            while seen.len() < 20 && Instant::now() < end {
+                match update_rx.try_pop() {
+                    Some(u) => seen.push(u.state.ltt),
+                    None => std::thread::sleep(Duration::from_millis(1)),
+                }
             }
+            seen
+        });
+        // More updates than the fanout's ring holds: the live book must
+        // wait (poking the fanout), not drop.
+        let stop = AtomicBool::new(false);
+        for i in 0..20u32 {
+            let t = tick(
+                7,
+                FeedData::Ticker(Ticker {
+                    ltp: i as f32,
+                    ltt: i,
+                }),
+            );
+            live.apply(&t, &stop);
+            tick_tx.try_push(t).unwrap();
         }
-        assert_eq!(seen, (0..20).collect::<Vec<_>>());
+        live.end_turn();
+        assert_eq!(reader.join().unwrap(), (0..20).collect::<Vec<_>>());
         assert!(book.stats.ring_full_waits.get() > 0);
+        assert!(pokes.load(Relaxed) > 0);
+        assert_eq!(book.stats.updates.get(), 20);
+        // Nobody unparks the book thread: it follows on its own timer.
+        let last_ltt = || book.snapshot.load().instruments.first().map(|s| s.ltt);
         let end = Instant::now() + Duration::from_secs(5);
-        while book.snapshot.load().instruments.is_empty() && Instant::now() < end {
+        while last_ltt() != Some(19) && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert_eq!(book.snapshot.load().instruments[0].ltt, 19);
-        assert!(book.latency.percentiles().count == 0 || book.latency.percentiles().count <= 20);
+        assert_eq!(last_ltt(), Some(19));
+        assert_eq!(book.stats.ticks.get(), 20);
+        live.finish();
+        assert_eq!(book.latency.percentiles().count, 20);
+        // Removal reaches both books.
         book.control()
             .send(BookCommand::Remove(vec![InstrumentKey::new(
                 Segment::NseEq,
                 7,
             )]));
+        live.end_turn();
+        assert!(live.book.snapshot().instruments.is_empty());
         let end = Instant::now() + Duration::from_secs(5);
         while !book.snapshot.load().instruments.is_empty() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(1));
@@ -1069,5 +1056,23 @@ mod tests {
             "removed and published"
         );
         book.shutdown();
+    }
+
+    #[test]
+    fn a_states_only_book_gives_the_same_updates_without_bars() {
+        let mut full = Book::new();
+        let mut lean = Book::states_only();
+        for i in 0..50u32 {
+            let t = tick(
+                i % 3,
+                FeedData::Ticker(Ticker {
+                    ltp: i as f32,
+                    ltt: 1_700_000_000 + i,
+                }),
+            );
+            assert_eq!(full.apply(&t), lean.apply(&t));
+        }
+        assert!(lean.bars.is_empty() && lean.ltt_high() == 0);
+        assert_eq!(full.bars.len(), 3);
     }
 }

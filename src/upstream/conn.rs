@@ -11,13 +11,13 @@
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use ringbuf::traits::{Observer, Producer};
+use ringbuf::traits::Observer;
 use ringbuf::HeapProd;
 use rustls::ClientConfig;
 use tungstenite::handshake::client::ClientHandshake;
@@ -30,8 +30,10 @@ use super::dns::Lookups;
 use super::stats::{SlotState, UpstreamStats};
 use super::tls::{self, Transport};
 use super::Credentials;
+use crate::book::{BookThread, LiveBook};
 use crate::clock;
 use crate::record::{FeedKind, RecordTap};
+use crate::spsc::push_or_wait;
 use crate::tick::DepthTick;
 use crate::tick::Tick;
 use crate::wire::depth::{self, DepthMessage};
@@ -68,7 +70,8 @@ pub(crate) struct Settings {
 /// their slot number).
 pub(crate) const DEPTH_TOKENS: usize = 1 << 16;
 
-/// Where decoded ticks go: the SPSC rings to the book thread.
+/// Where decoded ticks go: the network thread's book, when it keeps one
+/// (the engine), and the SPSC rings to the book thread.
 pub(crate) struct TickSink {
     pub ring: HeapProd<Tick>,
     /// The depth ring (see [`DepthTick`]); without one, depth packets are
@@ -76,6 +79,10 @@ pub(crate) struct TickSink {
     pub depth: Option<HeapProd<DepthTick>>,
     pub consumer: Option<std::thread::Thread>,
     pub pushed: bool,
+    /// Applies each tick here and forwards the update to the fanout (see
+    /// [`LiveBook`]); the rings' consumer then runs behind, woken only
+    /// when a ring fills past [`BookThread::WAKE_AT`].
+    pub live: Option<LiveBook>,
     /// `--record`: every binary frame, as received, goes here too (never
     /// blocks: a full recorder ring counts the frame lost).
     pub record: Option<RecordTap>,
@@ -91,70 +98,71 @@ impl std::fmt::Debug for TickSink {
 }
 
 impl TickSink {
-    /// Pushes one tick. A full ring is never a silent drop: the thread waits
-    /// (and counts the wait), which stops it reading the socket, so pressure
-    /// travels back to the sender through TCP. Only shutdown, or a consumer
-    /// that has gone away, makes it give up.
+    /// Applies (with a live book) and pushes one tick. A full ring is never
+    /// a silent drop: the thread waits (and counts the wait), which stops
+    /// it reading the socket, so pressure travels back to the sender
+    /// through TCP (see [`crate::spsc`]).
     fn push(&mut self, tick: Tick, stats: &UpstreamStats) {
-        let Err(mut tick) = self.ring.try_push(tick) else {
-            self.pushed = true;
-            return;
-        };
-        stats.ring_full_waits.inc();
-        loop {
-            if !self.ring.read_is_held() || self.stopping.load(Relaxed) {
-                return;
-            }
-            self.pushed = true;
-            self.wake();
-            std::thread::sleep(Duration::from_micros(20));
-            match self.ring.try_push(tick) {
-                Ok(()) => {
-                    self.pushed = true;
-                    return;
-                }
-                Err(back) => tick = back,
-            }
+        if let Some(live) = &mut self.live {
+            live.apply(&tick, &self.stopping);
         }
+        let TickSink {
+            ring,
+            consumer,
+            stopping,
+            ..
+        } = self;
+        push_or_wait(ring, tick, &stats.ring_full_waits, stopping, || {
+            unpark(consumer)
+        });
+        self.pushed = true;
     }
 
-    /// Pushes one depth side packet, with the same backpressure as
-    /// [`TickSink::push`].
+    /// [`TickSink::push`] for one depth side packet.
     fn push_depth(&mut self, tick: DepthTick, stats: &UpstreamStats) {
-        let Some(ring) = self.depth.as_mut() else {
-            return;
-        };
-        let Err(mut tick) = ring.try_push(tick) else {
-            self.pushed = true;
-            return;
-        };
-        stats.ring_full_waits.inc();
-        loop {
-            let ring = self.depth.as_mut().expect("checked above");
-            if !ring.read_is_held() || self.stopping.load(Relaxed) {
-                return;
-            }
-            self.pushed = true;
-            self.wake();
-            std::thread::sleep(Duration::from_micros(20));
-            let ring = self.depth.as_mut().expect("checked above");
-            match ring.try_push(tick) {
-                Ok(()) => {
-                    self.pushed = true;
-                    return;
-                }
-                Err(back) => tick = back,
-            }
+        if let Some(live) = &mut self.live {
+            live.apply_depth(&tick, &self.stopping);
         }
+        let TickSink {
+            depth: Some(ring),
+            consumer,
+            stopping,
+            ..
+        } = self
+        else {
+            return;
+        };
+        push_or_wait(ring, tick, &stats.ring_full_waits, stopping, || {
+            unpark(consumer)
+        });
+        self.pushed = true;
     }
 
-    /// Wakes the consumer once per batch of pushes.
+    /// The end of a loop turn: the live book wakes the fanout; the rings'
+    /// consumer is woken after each batch, or with a live book only once a
+    /// ring fills past [`BookThread::WAKE_AT`].
     pub fn wake(&mut self) {
-        if std::mem::take(&mut self.pushed) {
-            if let Some(t) = &self.consumer {
-                t.unpark();
+        let Some(live) = &mut self.live else {
+            if std::mem::take(&mut self.pushed) {
+                unpark(&self.consumer);
             }
+            return;
+        };
+        live.end_turn();
+        let filling = self.ring.occupied_len() >= BookThread::WAKE_AT
+            || self
+                .depth
+                .as_ref()
+                .is_some_and(|d| d.occupied_len() >= BookThread::WAKE_AT);
+        if std::mem::take(&mut self.pushed) && filling {
+            unpark(&self.consumer);
         }
+    }
+}
+
+fn unpark(consumer: &Option<std::thread::Thread>) {
+    if let Some(t) = consumer {
+        t.unpark();
     }
 }
 

@@ -48,6 +48,7 @@ pub use dns::{Resolver, SystemResolver};
 pub use stats::{SlotState, UpstreamStats, DISCONNECT_REASONS, MAX_SLOTS, PACKET_KINDS};
 pub use tls::load_ca_file;
 
+use crate::book::LiveBook;
 use crate::domain::{InstrumentKey, Mode};
 use crate::record::RecordTap;
 use crate::sdnotify::Heartbeat;
@@ -234,19 +235,23 @@ impl Upstream {
         ring: HeapProd<Tick>,
         consumer: Option<Thread>,
     ) -> Result<Upstream, SpawnError> {
-        Upstream::spawn_with_depth(config, ring, None, consumer, None)
+        Upstream::spawn_with_depth(config, ring, None, consumer, None, None)
     }
 
     /// [`Upstream::spawn`] with a ring for the 20-level depth feed (without
     /// one, depth subscriptions are still made but their packets dropped)
     /// and, with `--record`, the recorder's tap: every binary frame of
-    /// either feed is offered to it as received.
+    /// either feed is offered to it as received. With a `live` book (the
+    /// engine) every tick is applied on this thread and its update goes
+    /// straight to the fanout; the rings then feed the book thread, which
+    /// runs behind.
     pub fn spawn_with_depth(
         config: UpstreamConfig,
         ring: HeapProd<Tick>,
         depth_ring: Option<HeapProd<DepthTick>>,
         consumer: Option<Thread>,
         record: Option<RecordTap>,
+        live: Option<LiveBook>,
     ) -> Result<Upstream, SpawnError> {
         let settings = settings(&config).map_err(SpawnError::Config)?;
         let depth_settings =
@@ -281,6 +286,7 @@ impl Upstream {
                 depth: depth_ring,
                 consumer,
                 pushed: false,
+                live,
                 record,
                 stopping: Arc::clone(&stopping),
             },
@@ -675,6 +681,13 @@ impl Net {
             // The spare carries nothing of its own.
             return;
         }
+        if t != Transition::None {
+            // The fanout announces the change to clients now, not at its
+            // next timer.
+            if let Some(live) = &mut self.sink.live {
+                live.poke_fanout();
+            }
+        }
         match t {
             Transition::None => {}
             Transition::Lost => self.shards.connection_lost(slot),
@@ -884,6 +897,10 @@ impl Net {
             for slot in 0..self.depth_conns.len() {
                 self.with_depth_env(slot, |conn, env| conn.on_timer(env, now));
             }
+        }
+        self.sink.wake();
+        if let Some(live) = &mut self.sink.live {
+            live.finish();
         }
         log::info!("network thread stopped");
     }
