@@ -182,7 +182,7 @@ impl Session {
         Session {
             id,
             ws: WebSocket::from_partially_read(stream, early, Role::Server, Some(config)),
-            out: Outbound::with_capacity(64),
+            out: Outbound::with_capacity(8),
             cap,
             kind,
             subs: HashMap::new(),
