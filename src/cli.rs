@@ -157,6 +157,11 @@ pub struct RunArgs {
     /// (see docs/recording.md; `[record]` in the config file).
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
+    /// Busy-poll the DhanHQ sockets: the network thread never sleeps and
+    /// uses a whole core (for a dedicated box with an isolated core; see
+    /// README "CPU pinning"). Off by default.
+    #[arg(long)]
+    pub busy_poll: bool,
 }
 
 /// Flags of `dhan-relay check-config`.
@@ -192,6 +197,7 @@ impl RunArgs {
             keys_file: self.keys_file.clone(),
             insecure_no_auth: self.insecure_no_auth,
             record: self.record.clone(),
+            busy_poll: self.busy_poll,
         }
     }
 }

@@ -120,6 +120,8 @@ pub struct Flags {
     pub insecure_no_auth: bool,
     /// `--record DIR`: record every upstream frame into DIR.
     pub record: Option<PathBuf>,
+    /// `--busy-poll`.
+    pub busy_poll: bool,
 }
 
 /// Cores for each thread role.
@@ -158,6 +160,9 @@ pub struct RunConfig {
     pub silence_timeout: Duration,
     /// CPU pinning.
     pub pin: Pinning,
+    /// `busy_poll` / `--busy-poll`: the network thread polls its sockets
+    /// without sleeping (a core of its own).
+    pub busy_poll: bool,
     /// The watchlist as configured; the engine resolves it against the
     /// instrument master at start.
     pub watch: Vec<WatchSpec>,
@@ -269,6 +274,7 @@ struct FileConfig {
     watchlist: Option<Vec<WatchEntry>>,
     limits: Option<Limits>,
     pin: Option<Pinning>,
+    busy_poll: Option<bool>,
     instruments: Option<String>,
     instruments_cache: Option<PathBuf>,
     maintenance_at: Option<Spanned<String>>,
@@ -730,6 +736,7 @@ impl RunConfig {
                 .silence_timeout_ms
                 .map_or(Duration::from_secs(30), Duration::from_millis),
             pin,
+            busy_poll: flags.busy_poll || fc.busy_poll.unwrap_or(false),
             watch,
             instruments,
             maintenance_at,
@@ -990,6 +997,26 @@ mod tests {
             let e = build(&Flags::default(), Some(text)).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn busy_poll_is_off_unless_the_file_or_the_flag_says_so() {
+        assert!(!build(&Flags::default(), None).unwrap().busy_poll);
+        assert!(
+            build(&Flags::default(), Some("busy_poll = true\n"))
+                .unwrap()
+                .busy_poll
+        );
+        let flags = Flags {
+            busy_poll: true,
+            ..Flags::default()
+        };
+        assert!(
+            build(&flags, Some("busy_poll = false\n"))
+                .unwrap()
+                .busy_poll
+        );
+        assert!(build(&Flags::default(), Some("busy_poll = 1\n")).is_err());
     }
 
     #[test]

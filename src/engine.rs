@@ -290,6 +290,7 @@ impl Engine {
                 max_per_connection: config.instruments_per_connection,
                 silence_timeout: config.silence_timeout,
                 core: config.pin.net,
+                busy_poll: config.busy_poll,
                 heartbeat: beats[0].clone(),
                 ..UpstreamConfig::default()
             },

@@ -390,7 +390,17 @@ fn a_client_that_never_reads_is_conflated_then_closed_and_others_are_unharmed() 
 
 #[test]
 fn upstream_drop_is_announced_and_data_resumes_after_reconnect() {
-    let (engine, sim) = start(|_| {});
+    drop_is_announced_and_data_resumes(|_| {});
+}
+
+/// The same with the network thread busy-polling its sockets.
+#[test]
+fn a_busy_polling_network_thread_relays_and_reconnects() {
+    drop_is_announced_and_data_resumes(|c| c.busy_poll = true);
+}
+
+fn drop_is_announced_and_data_resumes(tweak: impl FnOnce(&mut RunConfig)) {
+    let (engine, sim) = start(tweak);
     let k = key(15);
     let mut c = WsClient::connect(engine.addr(), "/ws");
     c.recv_type("status");

@@ -118,6 +118,9 @@ pub struct UpstreamConfig {
     /// Beaten once per loop turn (at least once a second), for the service
     /// watchdog.
     pub heartbeat: Heartbeat,
+    /// Poll without sleeping: the thread spins on its sockets, trading a
+    /// whole core for the wake-up latency (a dedicated box only).
+    pub busy_poll: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -137,6 +140,7 @@ impl Default for UpstreamConfig {
             max_message_bytes: 1 << 20,
             core: None,
             heartbeat: Heartbeat::new(),
+            busy_poll: false,
         }
     }
 }
@@ -296,6 +300,7 @@ impl Upstream {
             spare: None,
             retiring: None,
             heartbeat: config.heartbeat.clone(),
+            busy_poll: config.busy_poll,
         };
         let core = config.core;
         let thread = std::thread::Builder::new()
@@ -406,6 +411,8 @@ fn settings_for(config: &UpstreamConfig, url: &str, what: &str) -> Result<Settin
 
 /// The network thread's state.
 struct Net {
+    /// Never sleep in the poll ([`UpstreamConfig::busy_poll`]).
+    busy_poll: bool,
     poll: Poll,
     rx: Receiver<Command>,
     settings: Settings,
@@ -458,24 +465,33 @@ const IDLE_TURN: Duration = Duration::from_secs(1);
 const RETIRE_WITHIN: Duration = Duration::from_secs(2);
 
 impl Net {
+    /// How long the loop may sleep: until the nearest connection or
+    /// retirement deadline, at most [`IDLE_TURN`].
+    fn timeout(&self) -> Duration {
+        self.conns
+            .iter()
+            .filter_map(|c| c.deadline(&self.settings))
+            .chain(
+                self.depth_conns
+                    .iter()
+                    .filter_map(|c| c.deadline(&self.depth_settings)),
+            )
+            .chain(self.retiring.map(|r| r.deadline))
+            .min()
+            .map_or(IDLE_TURN, |d| {
+                d.saturating_duration_since(Instant::now()).min(IDLE_TURN)
+            })
+    }
+
     fn run(mut self) {
         let mut events = Events::with_capacity(64);
         self.reconcile(Instant::now());
         loop {
-            let timeout = self
-                .conns
-                .iter()
-                .filter_map(|c| c.deadline(&self.settings))
-                .chain(
-                    self.depth_conns
-                        .iter()
-                        .filter_map(|c| c.deadline(&self.depth_settings)),
-                )
-                .chain(self.retiring.map(|r| r.deadline))
-                .min()
-                .map_or(IDLE_TURN, |d| {
-                    d.saturating_duration_since(Instant::now()).min(IDLE_TURN)
-                });
+            let timeout = if self.busy_poll {
+                Duration::ZERO
+            } else {
+                self.timeout()
+            };
             self.heartbeat.beat();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == std::io::ErrorKind::Interrupted {
