@@ -425,6 +425,62 @@ fn drop_is_announced_and_data_resumes(tweak: impl FnOnce(&mut RunConfig)) {
     engine.shutdown();
 }
 
+/// Arrival groups: messages that came within 2 ms of the one before are
+/// taken to be from the same write.
+fn arrival_groups(arrivals: &[Instant]) -> usize {
+    1 + arrivals
+        .windows(2)
+        .filter(|w| w[1] - w[0] > Duration::from_millis(2))
+        .count()
+}
+
+#[test]
+fn a_flush_interval_gathers_updates_into_fewer_writes_and_loses_none() {
+    let (engine, sim) = start(|_| {});
+    let k = key(16);
+    let mut c = WsClient::connect(engine.addr(), "/ws");
+    c.recv_type("status");
+    c.send(json!({"type": "options", "flushIntervalUs": 100001}));
+    assert!(c.recv_type("error")["message"]
+        .as_str()
+        .unwrap()
+        .contains("flushIntervalUs"));
+    c.send(json!({"type": "options", "flushIntervalUs": 50000}));
+    assert_eq!(c.recv_type("options")["flushIntervalUs"], 50000);
+    c.subscribe(k, "ticker");
+    wait_for("sub", || held(&sim).contains(&(k, Mode::Ticker)));
+    // 60 updates 5 ms apart (300 ms): one write per 50 ms means about 7
+    // groups of arrivals instead of 60.
+    let injector = {
+        let sim = sim.clone();
+        std::thread::spawn(move || {
+            for n in 1..=60u32 {
+                sim.inject(&FeedMessage::Data(
+                    k,
+                    FeedData::Ticker(Ticker {
+                        ltp: n as f32,
+                        ltt: n,
+                    }),
+                ));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let mut arrivals = Vec::new();
+    for n in 1..=60u32 {
+        let v = c.recv_type("ticker");
+        assert_eq!(v["ltp"], json!(n as f64), "every update, in order");
+        arrivals.push(Instant::now());
+    }
+    injector.join().unwrap();
+    let groups = arrival_groups(&arrivals);
+    assert!((2..=14).contains(&groups), "{groups} groups of arrivals");
+    // Back to writing at once.
+    c.send(json!({"type": "options", "flushIntervalUs": 0}));
+    assert_eq!(c.recv_type("options")["flushIntervalUs"], 0);
+    engine.shutdown();
+}
+
 #[test]
 fn rest_endpoints_say_what_they_claim() {
     let (engine, sim) = start(|_| {});

@@ -10,7 +10,7 @@
 //! a second, and a message naming symbols goes to the resolver thread
 //! while the client's socket waits.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
@@ -211,6 +211,14 @@ impl Worker {
                 s.orders = false;
                 s.reply(
                     r#"{"type":"unsubscribed","orders":true}"#.to_string(),
+                    &self.stats,
+                    now,
+                );
+            }
+            Ok(ClientMessage::Options { flush_interval_us }) => {
+                s.set_flush_interval(Duration::from_micros(u64::from(flush_interval_us)));
+                s.reply(
+                    format!(r#"{{"type":"options","flushIntervalUs":{flush_interval_us}}}"#),
                     &self.stats,
                     now,
                 );

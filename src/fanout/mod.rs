@@ -391,6 +391,7 @@ impl Fanout {
             next_second: Instant::now(),
             turn_recv: Vec::with_capacity(1024),
             dirty: Vec::with_capacity(1024),
+            held_until: None,
             orders: inputs.orders,
             orders_pending: false,
             chains: inputs.chains.map(|(requests, events)| chains::ChainLink {
@@ -506,8 +507,11 @@ struct Worker {
     next_second: Instant,
     /// Receive stamps of the updates delivered this turn.
     turn_recv: Vec<u64>,
-    /// Sessions with unflushed output this turn.
+    /// Sessions with unflushed output this turn (and those a flush
+    /// interval holds back).
     dirty: Vec<usize>,
+    /// The earliest time a held-back session may write.
+    held_until: Option<Instant>,
     /// Order updates for `subscribe_orders` clients (`None`: trading off).
     orders: Option<Receiver<Bytes>>,
     /// The order budget ran out last turn: do not sleep in the poll.
@@ -530,6 +534,7 @@ impl Worker {
                     .next_deadline()
                     .into_iter()
                     .chain(self.depth_topics.next_deadline())
+                    .chain(self.held_until)
                     .min()
                     .map(|d| d.saturating_duration_since(Instant::now()));
                 until.map_or(Duration::from_millis(100), |u| {
@@ -986,6 +991,7 @@ mod test_worker {
             next_second: Instant::now(),
             turn_recv: Vec::new(),
             dirty: Vec::new(),
+            held_until: None,
             orders: None,
             orders_pending: false,
             chains: None,

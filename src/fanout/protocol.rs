@@ -57,7 +57,18 @@ pub enum ClientMessage {
     SubscribeOrders,
     /// `{"type":"unsubscribe_orders"}`.
     UnsubscribeOrders,
+    /// `{"type":"options","flushIntervalUs":2000}`: write to this client at
+    /// most once per interval (fewer, larger writes; 0, the default: as
+    /// soon as anything is queued).
+    Options {
+        /// Microseconds, at most [`MAX_FLUSH_INTERVAL_US`].
+        flush_interval_us: u32,
+    },
 }
+
+/// Longest flush interval a client may ask for (100 ms): beyond it a
+/// client would rather poll REST.
+pub const MAX_FLUSH_INTERVAL_US: u32 = 100_000;
 
 /// Longest piece of client input quoted back in an error.
 const QUOTE_MAX: usize = 40;
@@ -135,8 +146,8 @@ pub enum ProtocolError {
     SecurityIdNotNumeric(Quoted),
     /// `securityId` does not parse (the domain's reason).
     BadSecurityId(Quoted, String),
-    /// A chain message's field is missing or of the wrong kind.
-    BadChainField(&'static str, &'static str),
+    /// A field is missing or of the wrong kind.
+    BadField(&'static str, &'static str),
 }
 
 impl std::fmt::Display for ProtocolError {
@@ -151,7 +162,7 @@ impl std::fmt::Display for ProtocolError {
             TypeNotString(q) => write!(f, "\"type\" must be a string, not {q}"),
             UnknownType(q) => write!(
                 f,
-                "unknown type {q} (expected subscribe, unsubscribe, subscribe_orders, unsubscribe_orders, subscribe_chain, unsubscribe_chain or ping)"
+                "unknown type {q} (expected subscribe, unsubscribe, subscribe_orders, unsubscribe_orders, subscribe_chain, unsubscribe_chain, options or ping)"
             ),
             ModeNotString(q) => write!(f, "\"mode\" must be a string, not {q}"),
             UnknownMode(q) => write!(
@@ -174,7 +185,7 @@ impl std::fmt::Display for ProtocolError {
             MissingSecurityId => f.write_str("an instrument needs \"securityId\""),
             SecurityIdNotNumeric(q) => write!(f, "securityId {q} is not numeric"),
             BadSecurityId(q, why) => write!(f, "securityId {q}: {why}"),
-            BadChainField(field, want) => write!(f, "\"{field}\" must be {want}"),
+            BadField(field, want) => write!(f, "\"{field}\" must be {want}"),
         }
     }
 }
@@ -218,28 +229,40 @@ pub fn parse(text: &str, max_instruments: usize) -> Result<ClientMessage, Protoc
         "ping" => Ok(ClientMessage::Ping),
         "subscribe_orders" => Ok(ClientMessage::SubscribeOrders),
         "unsubscribe_orders" => Ok(ClientMessage::UnsubscribeOrders),
+        "options" => match obj.get("flushIntervalUs").map(Value::as_u64) {
+            Some(Some(us)) if us <= u64::from(MAX_FLUSH_INTERVAL_US) => {
+                Ok(ClientMessage::Options {
+                    flush_interval_us: us as u32,
+                })
+            }
+            _ => Err(ProtocolError::BadField(
+                "flushIntervalUs",
+                "a whole number of microseconds from 0 to 100000",
+            )),
+        },
         "subscribe_chain" => {
             let text = |field: &'static str| match obj.get(field) {
                 Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 40 => {
                     Ok(Some(s.trim().to_string()))
                 }
                 None | Some(Value::Null) => Ok(None),
-                Some(_) => Err(ProtocolError::BadChainField(
+                Some(_) => Err(ProtocolError::BadField(
                     field,
                     "a name (a string of up to 40 characters)",
                 )),
             };
-            let underlying = text("underlying")?.ok_or(ProtocolError::BadChainField(
+            let underlying = text("underlying")?.ok_or(ProtocolError::BadField(
                 "underlying",
                 "given (e.g. \"NIFTY\")",
             ))?;
             let expiry = text("expiry")?.unwrap_or_else(|| "nearest".into());
-            let strikes = match obj.get("strikes") {
-                None | Some(Value::Null) => 10,
-                Some(v) => v.as_u64().filter(|n| (1..=50).contains(n)).ok_or(
-                    ProtocolError::BadChainField("strikes", "a whole number from 1 to 50"),
-                )? as usize,
-            };
+            let strikes =
+                match obj.get("strikes") {
+                    None | Some(Value::Null) => 10,
+                    Some(v) => v.as_u64().filter(|n| (1..=50).contains(n)).ok_or(
+                        ProtocolError::BadField("strikes", "a whole number from 1 to 50"),
+                    )? as usize,
+                };
             Ok(ClientMessage::SubscribeChain {
                 underlying,
                 expiry,
@@ -250,7 +273,7 @@ pub fn parse(text: &str, max_instruments: usize) -> Result<ClientMessage, Protoc
             Some(Value::String(id)) if !id.is_empty() && id.len() <= 64 => {
                 Ok(ClientMessage::UnsubscribeChain { chain: id.clone() })
             }
-            _ => Err(ProtocolError::BadChainField(
+            _ => Err(ProtocolError::BadField(
                 "chain",
                 "the id subscribe_chain answered (e.g. \"NIFTY:2026-12-08\")",
             )),
@@ -339,6 +362,30 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text, 3).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn options_take_a_flush_interval_within_bounds() {
+        assert_eq!(
+            ok(r#"{"type":"options","flushIntervalUs":2000}"#),
+            ClientMessage::Options {
+                flush_interval_us: 2000
+            }
+        );
+        assert_eq!(
+            ok(r#"{"type":"options","flushIntervalUs":0}"#),
+            ClientMessage::Options {
+                flush_interval_us: 0
+            }
+        );
+        for bad in [
+            r#"{"type":"options"}"#,
+            r#"{"type":"options","flushIntervalUs":100001}"#,
+            r#"{"type":"options","flushIntervalUs":-1}"#,
+            r#"{"type":"options","flushIntervalUs":"5"}"#,
+        ] {
+            assert!(err(bad).contains("flushIntervalUs"), "{bad}");
+        }
     }
 
     #[test]

@@ -140,21 +140,29 @@ impl Worker {
         }
     }
 
-    /// One flush per dirty client, then the tick-to-wire latencies.
+    /// One flush per dirty client (a client with a flush interval that
+    /// wrote less than one interval ago stays dirty for a later turn), then
+    /// the tick-to-wire latencies.
     pub(super) fn flush_dirty(&mut self, now: Instant) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
-        for &i in &dirty {
+        let mut held_until: Option<Instant> = None;
+        dirty.retain(|&i| {
             let Some(Some(s)) = self.sessions.get_mut(i) else {
-                continue;
+                return false;
             };
+            if let Some(at) = s.flush_wait(now) {
+                held_until = Some(held_until.map_or(at, |h| h.min(at)));
+                return true;
+            }
             if s.flush(&self.stats, now) == Health::Gone {
                 self.close_slot(i);
             }
-        }
-        dirty.clear();
+            false
+        });
         self.dirty = dirty;
+        self.held_until = held_until;
         if !self.turn_recv.is_empty() {
             let wire_ns = clock::now_ns();
             for recv in self.turn_recv.drain(..) {

@@ -161,6 +161,11 @@ pub struct Session {
     pub orders: bool,
     /// The option chains it subscribed (by number).
     pub chains: Vec<u32>,
+    /// `options` `flushIntervalUs`: at most one write per this (zero: as
+    /// soon as anything is queued).
+    flush_every: Duration,
+    /// With a flush interval: the earliest time of the next write.
+    next_flush: Option<Instant>,
 }
 
 impl Session {
@@ -205,6 +210,29 @@ impl Session {
             trade: false,
             orders: false,
             chains: Vec::new(),
+            flush_every: Duration::ZERO,
+            next_flush: None,
+        }
+    }
+
+    /// Writes to this client at most once per `every` from now on.
+    pub fn set_flush_interval(&mut self, every: Duration) {
+        self.flush_every = every;
+        self.next_flush = None;
+    }
+
+    /// With a flush interval, when this client's next write may go (`None`:
+    /// now, and the interval restarts). A closing client is never held.
+    pub fn flush_wait(&mut self, now: Instant) -> Option<Instant> {
+        if self.flush_every.is_zero() || self.closing.is_some() {
+            return None;
+        }
+        match self.next_flush {
+            Some(at) if now < at => Some(at),
+            _ => {
+                self.next_flush = Some(now + self.flush_every);
+                None
+            }
         }
     }
 
