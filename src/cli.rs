@@ -162,6 +162,11 @@ pub struct RunArgs {
     /// README "CPU pinning"). Off by default.
     #[arg(long)]
     pub busy_poll: bool,
+    /// Thread layout: `compact` runs the network and fanout loops on one
+    /// thread, `spread` gives each its own; `auto` (default) is compact on
+    /// 2 cores or fewer, spread above.
+    #[arg(long, value_name = "LAYOUT")]
+    pub threads: Option<crate::evloop::Threads>,
 }
 
 /// Flags of `dhan-relay check-config`.
@@ -198,6 +203,7 @@ impl RunArgs {
             insecure_no_auth: self.insecure_no_auth,
             record: self.record.clone(),
             busy_poll: self.busy_poll,
+            threads: self.threads,
         }
     }
 }

@@ -122,6 +122,8 @@ pub struct Flags {
     pub record: Option<PathBuf>,
     /// `--busy-poll`.
     pub busy_poll: bool,
+    /// `--threads auto|compact|spread`.
+    pub threads: Option<crate::evloop::Threads>,
 }
 
 /// Cores for each thread role.
@@ -163,6 +165,9 @@ pub struct RunConfig {
     /// `busy_poll` / `--busy-poll`: the network thread polls its sockets
     /// without sleeping (a core of its own).
     pub busy_poll: bool,
+    /// `threads` / `--threads`: the network and fanout loops on one thread
+    /// or on two ([`crate::evloop::Threads`]).
+    pub threads: crate::evloop::Threads,
     /// The watchlist as configured; the engine resolves it against the
     /// instrument master at start.
     pub watch: Vec<WatchSpec>,
@@ -275,6 +280,7 @@ struct FileConfig {
     limits: Option<Limits>,
     pin: Option<Pinning>,
     busy_poll: Option<bool>,
+    threads: Option<crate::evloop::Threads>,
     instruments: Option<String>,
     instruments_cache: Option<PathBuf>,
     maintenance_at: Option<Spanned<String>>,
@@ -737,6 +743,7 @@ impl RunConfig {
                 .map_or(Duration::from_secs(30), Duration::from_millis),
             pin,
             busy_poll: flags.busy_poll || fc.busy_poll.unwrap_or(false),
+            threads: flags.threads.or(fc.threads).unwrap_or_default(),
             watch,
             instruments,
             maintenance_at,
@@ -1017,6 +1024,25 @@ mod tests {
                 .busy_poll
         );
         assert!(build(&Flags::default(), Some("busy_poll = 1\n")).is_err());
+    }
+
+    #[test]
+    fn threads_come_from_the_flag_then_the_file_then_auto() {
+        use crate::evloop::Threads;
+        assert_eq!(
+            build(&Flags::default(), None).unwrap().threads,
+            Threads::Auto
+        );
+        let c = build(&Flags::default(), Some("threads = \"spread\"\n")).unwrap();
+        assert_eq!(c.threads, Threads::Spread);
+        let flags = Flags {
+            threads: Some(Threads::Compact),
+            ..Flags::default()
+        };
+        let c = build(&flags, Some("threads = \"spread\"\n")).unwrap();
+        assert_eq!(c.threads, Threads::Compact);
+        let e = build(&Flags::default(), Some("threads = \"fast\"\n")).unwrap_err();
+        assert!(e.contains("fast") && e.contains("compact"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use ringbuf::HeapRb;
 use crate::book::{BookConfig, BookThread, Depth20, Update};
 use crate::chain::service::{ChainConfig, ChainLinks, ChainService};
 use crate::config::{Feed, RunConfig};
+use crate::evloop::Threads;
 use crate::fanout::front::Listener;
 use crate::fanout::{Fanout, FanoutInputs, FanoutThread};
 use crate::history::{HistoryConfig, HistoryThread};
@@ -247,13 +248,35 @@ impl Engine {
             Some(bar_sink),
         )
         .map_err(|e| StartError::Io(format!("cannot start the book thread: {e}")))?;
-        let live = book.live(
-            update_tx,
-            depth_tx,
-            Box::new(move || {
-                let _ = waker.wake();
-            }),
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let layout = config.threads.resolve(cores);
+        log::info!(
+            "threads: {} ({}{} cores): network and fanout loops {}",
+            layout.name(),
+            if config.threads == Threads::Auto {
+                "auto, "
+            } else {
+                ""
+            },
+            cores,
+            match layout {
+                Threads::Compact => "share one thread",
+                _ => "on a thread each",
+            }
         );
+        let live = match layout {
+            // Same thread: nothing to wake, and a full ring must not wait.
+            Threads::Compact => book
+                .live(update_tx, depth_tx, Box::new(|| {}))
+                .spill_when_full(),
+            _ => book.live(
+                update_tx,
+                depth_tx,
+                Box::new(move || {
+                    let _ = waker.wake();
+                }),
+            ),
+        };
         let (recorder, tap) = match &config.record {
             Some(r) => {
                 let (recorder, tap) = Recorder::spawn(RecordConfig {
@@ -280,30 +303,50 @@ impl Engine {
             .depth_url
             .clone()
             .unwrap_or_else(|| crate::upstream::derive_depth_url(&feed_url));
-        let upstream = Upstream::spawn_with_depth(
-            UpstreamConfig {
-                feed_url,
-                depth_url,
-                credentials: start.account.credentials.clone(),
-                extra_ca: extra_ca.clone(),
-                max_connections: config.upstream_connections,
-                max_per_connection: config.instruments_per_connection,
-                silence_timeout: config.silence_timeout,
-                core: config.pin.net,
-                busy_poll: config.busy_poll,
-                heartbeat: beats[0].clone(),
-                ..UpstreamConfig::default()
-            },
-            tick_tx,
-            Some(depth_tick_tx),
-            book.thread(),
-            tap,
-            Some(live),
-        )
-        .map_err(|e| match e {
+        let upstream_config = UpstreamConfig {
+            feed_url,
+            depth_url,
+            credentials: start.account.credentials.clone(),
+            extra_ca: extra_ca.clone(),
+            max_connections: config.upstream_connections,
+            max_per_connection: config.instruments_per_connection,
+            silence_timeout: config.silence_timeout,
+            core: config.pin.net,
+            busy_poll: config.busy_poll,
+            heartbeat: beats[0].clone(),
+            ..UpstreamConfig::default()
+        };
+        let spawn_error = |e| match e {
             crate::upstream::SpawnError::Config(why) => StartError::Config(why),
             io @ crate::upstream::SpawnError::Io { .. } => StartError::Io(io.to_string()),
-        })?;
+        };
+        let (book_thread, depth_ring) = (book.thread(), Some(depth_tick_tx));
+        let (mut upstream, net_loop) = match layout {
+            Threads::Compact => {
+                let (u, l) = Upstream::build(
+                    upstream_config,
+                    tick_tx,
+                    depth_ring,
+                    book_thread,
+                    tap,
+                    Some(live),
+                )
+                .map_err(spawn_error)?;
+                (u, Some(l))
+            }
+            _ => {
+                let u = Upstream::spawn_with_depth(
+                    upstream_config,
+                    tick_tx,
+                    depth_ring,
+                    book_thread,
+                    tap,
+                    Some(live),
+                )
+                .map_err(spawn_error)?;
+                (u, None)
+            }
+        };
         let mut token_config = config.token.clone();
         if let Some(sim) = &demo {
             // Demo mode renews (if asked to) against the built-in simulator.
@@ -352,34 +395,52 @@ impl Engine {
         let (turn_tx, turn_rx) = crossbeam_channel::unbounded();
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let maintenance_stats = Arc::new(MaintenanceStats::default());
-        let fanout = fanout
-            .start(FanoutInputs {
-                token: keeper.handle(),
-                heartbeat: beats[2].clone(),
-                updates: update_rx,
-                depth_updates: Some(depth_rx),
-                snapshot: book.snapshot.clone(),
-                upstream: upstream.control(),
-                upstream_stats: upstream.stats(),
-                depth_stats: upstream.depth_stats(),
-                book_stats: book.stats.clone(),
-                receive_to_book: book.latency.clone(),
-                master: Arc::clone(&master),
-                watchlist: watchlist.clone(),
-                clock: config.clock.clone(),
-                day_turns: turn_rx,
-                day_done: done_tx,
-                maintenance: Arc::clone(&maintenance_stats),
-                calendar: config.calendar.clone(),
-                trading,
-                orders,
-                history: history.handle.clone(),
-                chain_board: Arc::clone(&chains.board),
-                chain_stats: Arc::clone(&chains.stats),
-                chains: Some((chains.requests.clone(), chain_events_rx)),
-                record: recorder.as_ref().map(Recorder::stats),
-            })
-            .map_err(|e| StartError::Io(format!("cannot start the fanout thread: {e}")))?;
+        let inputs = FanoutInputs {
+            token: keeper.handle(),
+            heartbeat: beats[2].clone(),
+            updates: update_rx,
+            depth_updates: Some(depth_rx),
+            snapshot: book.snapshot.clone(),
+            upstream: upstream.control(),
+            upstream_stats: upstream.stats(),
+            depth_stats: upstream.depth_stats(),
+            book_stats: book.stats.clone(),
+            receive_to_book: book.latency.clone(),
+            master: Arc::clone(&master),
+            watchlist: watchlist.clone(),
+            clock: config.clock.clone(),
+            day_turns: turn_rx,
+            day_done: done_tx,
+            maintenance: Arc::clone(&maintenance_stats),
+            calendar: config.calendar.clone(),
+            trading,
+            orders,
+            history: history.handle.clone(),
+            chain_board: Arc::clone(&chains.board),
+            chain_stats: Arc::clone(&chains.stats),
+            chains: Some((chains.requests.clone(), chain_events_rx)),
+            record: recorder.as_ref().map(Recorder::stats),
+        };
+        let fanout_error = |e| StartError::Io(format!("cannot start the fanout thread: {e}"));
+        let fanout = match net_loop {
+            Some(net_loop) => {
+                let (fanout, fanout_loop) = fanout.build(inputs).map_err(fanout_error)?;
+                let core = config.pin.net;
+                let thread = std::thread::Builder::new()
+                    .name("dhan-net-fanout".into())
+                    .spawn(move || {
+                        crate::affinity::pin("net+fanout", core);
+                        if let Err(e) = crate::evloop::run_together(net_loop, fanout_loop) {
+                            log::error!("the network and fanout loops stopped: {e}");
+                        }
+                    })
+                    .map_err(fanout_error)?;
+                // Stopping the upstream ends the shared thread.
+                upstream.attach(thread);
+                fanout
+            }
+            None => fanout.start(inputs).map_err(fanout_error)?,
+        };
         let maintenance = Maintenance::spawn(
             MaintenanceConfig {
                 at: config.maintenance_at,

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod evloop;
 pub mod fanout;
 pub mod fdlimit;
 pub mod history;

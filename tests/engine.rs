@@ -393,10 +393,14 @@ fn upstream_drop_is_announced_and_data_resumes_after_reconnect() {
     drop_is_announced_and_data_resumes(|_| {});
 }
 
-/// The same with the network thread busy-polling its sockets.
+/// The same with the network loop on a thread of its own, busy-polling
+/// its sockets (the tests' default on this box is the compact layout).
 #[test]
 fn a_busy_polling_network_thread_relays_and_reconnects() {
-    drop_is_announced_and_data_resumes(|c| c.busy_poll = true);
+    drop_is_announced_and_data_resumes(|c| {
+        c.threads = dhan_relay::evloop::Threads::Spread;
+        c.busy_poll = true;
+    });
 }
 
 fn drop_is_announced_and_data_resumes(tweak: impl FnOnce(&mut RunConfig)) {

@@ -875,3 +875,75 @@ fn a_bad_feed_url_is_a_config_error_not_an_os_one() {
     assert!(matches!(err, SpawnError::Config(_)), "{err:?}");
     assert!(err.to_string().contains("wss:// or ws://"), "{err}");
 }
+
+/// The compact layout's live book (fanout on the same thread): with the
+/// fanout's ring full, updates spill in order and the network loop reads no
+/// further frame until the ring has room again — none lost, none reordered,
+/// however far a frame overshoots the ring.
+#[test]
+fn a_spilling_live_book_stops_reading_while_the_fanout_ring_is_full() {
+    use dhan_relay::book::{BookConfig, BookThread, Depth20, Update, UpdateKind};
+    let sim = Simulator::start(sim_config()).expect("simulator starts");
+    let ctl = sim.control();
+    let (tick_tx, tick_rx) = HeapRb::<Tick>::new(1 << 16).split();
+    let (update_tx, mut update_rx) = HeapRb::<Update>::new(16).split();
+    let (depth_tx, _depth_rx) = HeapRb::<Depth20>::new(16).split();
+    let mut book = BookThread::spawn(BookConfig::default(), tick_rx, None, None).unwrap();
+    let live = book
+        .live(update_tx, depth_tx, Box::new(|| {}))
+        .spill_when_full();
+    let cfg = UpstreamConfig {
+        feed_url: sim.feed_url(),
+        credentials: Credentials::new("1100003626", "test-token-secret"),
+        backoff: quick_backoff(),
+        ..UpstreamConfig::default()
+    };
+    let up = Upstream::spawn_with_depth(cfg, tick_tx, None, book.thread(), None, Some(live))
+        .expect("upstream starts");
+    let key = nse(77);
+    assert!(up
+        .control()
+        .send(Command::Subscribe(vec![(key, Mode::Ticker)])));
+    wait_for("the simulator to hold the subscription", || {
+        ctl.subscriptions()
+            .iter()
+            .any(|c| c.instruments.get(&key) == Some(&Mode::Ticker))
+    });
+    // 20 frames of 100 packets each: every frame is 6× the ring.
+    let mut n = 0u32;
+    for _ in 0..20 {
+        let mut frame = Vec::new();
+        for _ in 0..100 {
+            n += 1;
+            FeedMessage::Data(
+                key,
+                FeedData::Ticker(Ticker {
+                    ltp: n as f32,
+                    ltt: n,
+                }),
+            )
+            .encode(&mut frame);
+        }
+        ctl.send_raw(frame);
+    }
+    // A slow fanout: 8 updates a millisecond at most.
+    let mut got = Vec::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while got.len() < 2000 && Instant::now() < end {
+        for _ in 0..8 {
+            match update_rx.try_pop() {
+                Some(u) if u.state.key == key && u.kind == UpdateKind::Ticker => {
+                    got.push(u.state.ltt)
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(got.len(), 2000, "every update");
+    assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "in order");
+    assert!(book.stats.ring_full_waits.get() > 0, "the ring did fill");
+    up.shutdown();
+    book.shutdown();
+}

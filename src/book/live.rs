@@ -3,29 +3,48 @@
 //! The network thread applies each tick to a [`Book`] of its own as soon as
 //! it is decoded and hands the [`Update`] (the instrument's whole new state)
 //! straight to the fanout, so a tick crosses one thread boundary (network →
-//! fanout), not two. The book thread still gets every tick, on its own ring,
-//! for what is not on the latency path: snapshots for REST and
+//! fanout), not two — none when both loops share a thread (`threads =
+//! "compact"`). The book thread still gets every tick, on its own ring, for
+//! what is not on the latency path: snapshots for REST and
 //! snapshot-on-subscribe, market-status times, and 1-minute bars. Both books
 //! apply the same ticks in the same order, so they agree; the book thread's
 //! simply runs behind, by at most its snapshot interval.
 //!
 //! Per tick this costs the network thread one [`Book::apply`] (a hash
 //! look-up and a copy) and one ring push; per loop turn one wake-up of the
-//! fanout. Nothing is allocated after an instrument is first seen, and
-//! nothing here waits but a full update ring (see [`crate::spsc`]).
+//! fanout (none in the compact layout). Nothing is allocated after an
+//! instrument is first seen.
+//!
+//! A full fanout ring is never a silent drop. With the fanout on another
+//! thread the network thread waits for it ([`crate::spsc`]). On the same
+//! thread waiting would never end, so instead the update goes to a spill
+//! queue, and the network loop reads no further frame until the fanout has
+//! drained the ring below [`ROOM`] (see [`LiveBook::has_room`]): the spill
+//! holds at most the rest of one frame, and pressure goes back to the
+//! socket as before.
 
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
+use ringbuf::traits::{Observer, Producer};
 use ringbuf::HeapProd;
 
 use super::{Book, BookCommand, BookStats, Depth20, Notify, Update};
 use crate::clock;
-use crate::metrics::LatencyRecorder;
+use crate::metrics::{Counter, LatencyRecorder};
 use crate::spsc::push_or_wait;
 use crate::tick::{DepthTick, Tick};
+
+/// Free slots the update ring must have before the network loop reads
+/// another frame, when it shares the fanout's thread: more than a DhanHQ
+/// frame carries in practice, so the spill stays empty.
+pub const ROOM: usize = 1024;
+
+/// [`ROOM`] for the depth ring (a depth frame carries a few side packets).
+pub const DEPTH_ROOM: usize = 64;
 
 /// The network thread's book and its ends of the fanout's rings. Made by
 /// [`super::BookThread::live`].
@@ -44,6 +63,16 @@ pub struct LiveBook {
     pub(super) forwarded: u64,
     /// Wake the fanout at the end of this turn even without updates.
     pub(super) poke: bool,
+    /// `Some`: the fanout runs on this thread; what a full ring did not
+    /// take waits here, in order.
+    pub(super) spill: Option<Spill>,
+}
+
+/// Updates a full ring did not take (the compact layout only).
+#[derive(Default)]
+pub(super) struct Spill {
+    updates: VecDeque<Update>,
+    depth: VecDeque<Depth20>,
 }
 
 impl std::fmt::Debug for LiveBook {
@@ -53,9 +82,15 @@ impl std::fmt::Debug for LiveBook {
 }
 
 impl LiveBook {
+    /// For a fanout on this same thread: a full ring spills instead of
+    /// waiting (see the module docs).
+    pub fn spill_when_full(mut self) -> LiveBook {
+        self.spill = Some(Spill::default());
+        self
+    }
+
     /// Applies one tick and forwards the update, if clients can see a
-    /// change. Waits while the fanout's ring is full (waking the fanout);
-    /// gives up only when `stop` is set or the fanout is gone.
+    /// change.
     #[inline]
     pub fn apply(&mut self, tick: &Tick, stop: &AtomicBool) {
         let Some(update) = self.book.apply(tick) else {
@@ -67,26 +102,55 @@ impl LiveBook {
             updates,
             notify,
             stats,
+            spill,
             ..
         } = self;
-        if push_or_wait(updates, update, &stats.ring_full_waits, stop, notify) {
+        let spill = spill.as_mut().map(|s| &mut s.updates);
+        if forward(updates, spill, update, &stats.ring_full_waits, stop, notify) {
             self.forwarded += 1;
         }
     }
 
     /// Applies one depth side packet and forwards the instrument's whole
-    /// 20 + 20 rows, with the same waiting as [`LiveBook::apply`].
+    /// 20 + 20 rows, as [`LiveBook::apply`] does.
     pub fn apply_depth(&mut self, tick: &DepthTick, stop: &AtomicBool) {
         let d = self.book.apply_depth(tick);
         let LiveBook {
             depth,
             notify,
             stats,
+            spill,
             ..
         } = self;
-        if push_or_wait(depth, d, &stats.ring_full_waits, stop, notify) {
+        let spill = spill.as_mut().map(|s| &mut s.depth);
+        if forward(depth, spill, d, &stats.ring_full_waits, stop, notify) {
             self.forwarded += 1;
         }
+    }
+
+    /// Whether the network loop may read another frame: always with the
+    /// fanout on another thread (a full ring waits); on the same thread,
+    /// once the spill has gone into the rings and they have [`ROOM`] (or
+    /// half their size, if smaller).
+    pub fn has_room(&mut self) -> bool {
+        let Some(spill) = &mut self.spill else {
+            return true;
+        };
+        refill(&mut self.updates, &mut spill.updates);
+        refill(&mut self.depth, &mut spill.depth);
+        let room = |vacant: usize, capacity: usize, want: usize| vacant >= want.min(capacity / 2);
+        spill.updates.is_empty()
+            && spill.depth.is_empty()
+            && room(
+                self.updates.vacant_len(),
+                self.updates.capacity().get(),
+                ROOM,
+            )
+            && room(
+                self.depth.vacant_len(),
+                self.depth.capacity().get(),
+                DEPTH_ROOM,
+            )
     }
 
     /// The end of a network loop turn: wakes the fanout once if anything
@@ -112,5 +176,43 @@ impl LiveBook {
     /// Publishes what the latency histogram holds (at shutdown).
     pub fn finish(&mut self) {
         self.latency.publish(Instant::now());
+    }
+}
+
+/// Pushes `item` to the fanout: behind anything spilled, else into the
+/// ring; a full ring spills (`spill` given) or waits. False only when a
+/// wait was given up (shutdown, or the fanout gone).
+fn forward<T>(
+    ring: &mut HeapProd<T>,
+    spill: Option<&mut VecDeque<T>>,
+    item: T,
+    full: &Counter,
+    stop: &AtomicBool,
+    notify: &mut Notify,
+) -> bool {
+    let Some(spill) = spill else {
+        return push_or_wait(ring, item, full, stop, notify);
+    };
+    if spill.is_empty() {
+        match ring.try_push(item) {
+            Ok(()) => return true,
+            Err(back) => {
+                full.inc();
+                spill.push_back(back);
+            }
+        }
+    } else {
+        spill.push_back(item);
+    }
+    true
+}
+
+/// Moves spilled items into the ring, oldest first, while it takes them.
+fn refill<T>(ring: &mut HeapProd<T>, spill: &mut VecDeque<T>) {
+    while let Some(item) = spill.pop_front() {
+        if let Err(back) = ring.try_push(item) {
+            spill.push_front(back);
+            return;
+        }
     }
 }

@@ -42,7 +42,7 @@ use crossbeam_channel::{Receiver, Sender};
 use ringbuf::traits::Consumer;
 use ringbuf::{HeapCons, HeapProd};
 
-pub use live::LiveBook;
+pub use live::{LiveBook, DEPTH_ROOM, ROOM};
 pub use state::{FullExtras, InstrumentState, UpdateKind};
 
 use crate::clock;
@@ -600,6 +600,7 @@ impl BookThread {
             latency: self.latency.recorder(),
             forwarded: 0,
             poke: false,
+            spill: None,
         }
     }
 

@@ -269,6 +269,22 @@ impl Fanout {
 
     /// Starts the front door, resolver and fanout threads.
     pub fn start(self, inputs: FanoutInputs) -> std::io::Result<FanoutThread> {
+        let core = self.config.core;
+        let (mut running, fanout) = self.build(inputs)?;
+        let thread = std::thread::Builder::new()
+            .name("dhan-fanout".into())
+            .spawn(move || {
+                crate::affinity::pin("fanout", core);
+                crate::evloop::run_alone(fanout);
+            })?;
+        running.threads.push(thread);
+        Ok(running)
+    }
+
+    /// Starts the front door and resolver threads; the fanout loop is the
+    /// caller's to run ([`crate::evloop`]). Stopping the returned handle
+    /// stops the loop, wherever it runs, and waits for it to end.
+    pub fn build(self, inputs: FanoutInputs) -> std::io::Result<(FanoutThread, FanoutLoop)> {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(FanoutStats::default());
         stats
@@ -349,8 +365,7 @@ impl Fanout {
             .iter()
             .map(|w| (w.key, w.symbol.clone()))
             .collect();
-        let core = self.config.core;
-        let worker = Worker {
+        let mut worker = Worker {
             topics: Topics::new(self.config.unsubscribe_grace, self.config.upstream_capacity),
             depth_topics: DepthTopics::new(self.config.unsubscribe_grace),
             depth_updates: inputs.depth_updates,
@@ -399,21 +414,20 @@ impl Fanout {
                 events,
                 ids: std::collections::HashMap::new(),
             }),
+            events: Events::with_capacity(1024),
+            events_full: false,
         };
-        let fanout = std::thread::Builder::new()
-            .name("dhan-fanout".into())
-            .spawn(move || {
-                crate::affinity::pin("fanout", core);
-                worker.run();
-            })?;
-        threads.push(fanout);
-        Ok(FanoutThread {
+        for w in worker.watchlist.items() {
+            worker.topics.add(Topics::RELAY, w.key, Mode::Ticker);
+        }
+        let running = FanoutThread {
             threads,
             stop,
             wakers: [Arc::clone(&self.waker), front_waker],
             stats,
             tick_to_wire,
-        })
+        };
+        Ok((running, FanoutLoop(worker)))
     }
 }
 
@@ -451,6 +465,34 @@ impl FanoutThread {
 impl Drop for FanoutThread {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+/// The fanout loop, to run with [`crate::evloop`]: alone on the fanout
+/// thread, or sharing a thread with the network loop.
+pub struct FanoutLoop(Worker);
+
+impl std::fmt::Debug for FanoutLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FanoutLoop")
+    }
+}
+
+impl crate::evloop::EventLoop for FanoutLoop {
+    fn poll_fd(&self) -> std::os::fd::RawFd {
+        self.0.poll.as_raw_fd()
+    }
+
+    fn timeout(&self) -> Duration {
+        self.0.sleep_for()
+    }
+
+    fn turn(&mut self, timeout: Duration) -> bool {
+        self.0.turn(timeout)
+    }
+
+    fn finish(&mut self) {
+        self.0.shutdown();
     }
 }
 
@@ -518,73 +560,82 @@ struct Worker {
     orders_pending: bool,
     /// Option chains (`None`: none served).
     chains: Option<chains::ChainLink>,
+    events: Events,
+    /// The last poll filled `events`: poll again without sleeping.
+    events_full: bool,
 }
 
 impl Worker {
-    fn run(mut self) {
-        let mut events = Events::with_capacity(1024);
-        for w in self.watchlist.items() {
-            self.topics.add(Topics::RELAY, w.key, Mode::Ticker);
+    /// How long the loop may sleep: not at all with clients left to read
+    /// or order updates waiting (no readiness event will announce them),
+    /// else until the nearest unsubscribe grace or held flush, at most
+    /// 100 ms.
+    fn sleep_for(&self) -> Duration {
+        if !self.readable.is_empty() || self.orders_pending || self.events_full {
+            return Duration::ZERO;
         }
-        loop {
-            self.heartbeat.beat();
-            let timeout = if self.readable.is_empty() && !self.orders_pending {
-                let until = self
-                    .topics
-                    .next_deadline()
-                    .into_iter()
-                    .chain(self.depth_topics.next_deadline())
-                    .chain(self.held_until)
-                    .min()
-                    .map(|d| d.saturating_duration_since(Instant::now()));
-                until.map_or(Duration::from_millis(100), |u| {
-                    u.min(Duration::from_millis(100))
-                })
-            } else {
-                Duration::ZERO
-            };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != ErrorKind::Interrupted {
-                    log::error!("fanout poll failed: {e}; stopping");
-                    return;
-                }
+        let until = self
+            .topics
+            .next_deadline()
+            .into_iter()
+            .chain(self.depth_topics.next_deadline())
+            .chain(self.held_until)
+            .min()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        until.map_or(Duration::from_millis(100), |u| {
+            u.min(Duration::from_millis(100))
+        })
+    }
+
+    /// One loop turn; false once the loop has ended (after
+    /// [`Worker::shutdown`], on `stop`).
+    fn turn(&mut self, timeout: Duration) -> bool {
+        self.heartbeat.beat();
+        if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
+            if e.kind() != ErrorKind::Interrupted {
+                log::error!("fanout poll failed: {e}; stopping");
+                return false;
             }
-            let now = Instant::now();
-            for event in events.iter() {
-                match event.token() {
-                    WAKER => {}
-                    Token(i) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.readable.push(i);
-                        }
-                        if event.is_writable() {
-                            self.dirty.push(i);
-                        }
+        }
+        // A full batch may leave events behind, which an edge-triggered
+        // poll (and a poll nesting this one) will not report again.
+        self.events_full = self.events.iter().count() == self.events.capacity();
+        let now = Instant::now();
+        for event in self.events.iter() {
+            match event.token() {
+                WAKER => {}
+                Token(i) => {
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.readable.push(i);
+                    }
+                    if event.is_writable() {
+                        self.dirty.push(i);
                     }
                 }
             }
-            if self.stop.load(Relaxed) {
-                self.shutdown();
-                return;
-            }
-            self.take_handoffs(now);
-            self.take_answers(now);
-            self.read_clients(now);
-            self.drain_updates(now);
-            self.drain_depth(now);
-            self.drain_orders(now);
-            self.drain_chains(now);
-            self.check_upstream(now);
-            self.flush_dirty(now);
-            self.push_changes(now);
-            if self.view_dirty && now >= self.next_view {
-                self.publish_view(now);
-            }
-            if now >= self.next_second {
-                self.next_second = now + Duration::from_secs(1);
-                self.every_second(now);
-            }
         }
+        if self.stop.load(Relaxed) {
+            self.shutdown();
+            return false;
+        }
+        self.take_handoffs(now);
+        self.take_answers(now);
+        self.read_clients(now);
+        self.drain_updates(now);
+        self.drain_depth(now);
+        self.drain_orders(now);
+        self.drain_chains(now);
+        self.check_upstream(now);
+        self.flush_dirty(now);
+        self.push_changes(now);
+        if self.view_dirty && now >= self.next_view {
+            self.publish_view(now);
+        }
+        if now >= self.next_second {
+            self.next_second = now + Duration::from_secs(1);
+            self.every_second(now);
+        }
+        true
     }
 
     /// New clients and this second's prices object from the front door.
@@ -995,6 +1046,8 @@ mod test_worker {
             orders: None,
             orders_pending: false,
             chains: None,
+            events: Events::with_capacity(64),
+            events_full: false,
         };
         Harness {
             worker,

@@ -138,6 +138,11 @@ impl TickSink {
         self.pushed = true;
     }
 
+    /// Whether another frame may be read (see [`LiveBook::has_room`]).
+    pub fn has_room(&mut self) -> bool {
+        self.live.as_mut().map_or(true, LiveBook::has_room)
+    }
+
     /// The end of a loop turn: the live book wakes the fanout; the rings'
     /// consumer is woken after each batch, or with a live book only once a
     /// ring fills past [`BookThread::WAKE_AT`].
@@ -226,6 +231,10 @@ pub(crate) struct Conn {
     /// Instrument packets received (market status aside), over every
     /// connection of this slot.
     instrument_packets: u64,
+    /// Reading stopped with data possibly left on the socket, because the
+    /// fanout's ring had no room ([`TickSink::has_room`]); the loop reads
+    /// again once it has (edge-triggered readiness would not say so).
+    pub unread: bool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -251,6 +260,7 @@ impl Conn {
             phase: Phase::Down { retry_at: None },
             backoff: Backoff::new(backoff, clock::now_ns() ^ (slot as u64) << 32),
             generation: 0,
+            unread: false,
             instrument_packets: 0,
         }
     }
@@ -694,7 +704,12 @@ impl Conn {
             return Transition::None;
         };
         let mut ended = None;
+        self.unread = false;
         loop {
+            if !env.sink.has_room() {
+                self.unread = true;
+                break;
+            }
             match ws.read() {
                 Ok(Message::Binary(frame)) => {
                     *last_rx = now;

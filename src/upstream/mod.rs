@@ -32,6 +32,7 @@ mod stats;
 pub(crate) mod tls;
 
 use std::fmt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
@@ -50,6 +51,7 @@ pub use tls::load_ca_file;
 
 use crate::book::LiveBook;
 use crate::domain::{InstrumentKey, Mode};
+use crate::evloop::EventLoop;
 use crate::record::RecordTap;
 use crate::sdnotify::Heartbeat;
 use crate::tick::{DepthTick, Tick};
@@ -257,6 +259,31 @@ impl Upstream {
         record: Option<RecordTap>,
         live: Option<LiveBook>,
     ) -> Result<Upstream, SpawnError> {
+        let core = config.core;
+        let (mut upstream, net) =
+            Upstream::build(config, ring, depth_ring, consumer, record, live)?;
+        let thread = std::thread::Builder::new()
+            .name("dhan-net".into())
+            .spawn(move || {
+                crate::affinity::pin("net", core);
+                crate::evloop::run_alone(net);
+            })
+            .map_err(os("network thread"))?;
+        upstream.attach(thread);
+        Ok(upstream)
+    }
+
+    /// [`Upstream::spawn_with_depth`] without the thread: the network loop,
+    /// for the caller to run ([`crate::evloop`]), and the handle, to be
+    /// given the running thread with [`Upstream::attach`].
+    pub fn build(
+        config: UpstreamConfig,
+        ring: HeapProd<Tick>,
+        depth_ring: Option<HeapProd<DepthTick>>,
+        consumer: Option<Thread>,
+        record: Option<RecordTap>,
+        live: Option<LiveBook>,
+    ) -> Result<(Upstream, NetLoop), SpawnError> {
         let settings = settings(&config).map_err(SpawnError::Config)?;
         let depth_settings =
             settings_for(&config, &config.depth_url, "depth URL").map_err(SpawnError::Config)?;
@@ -301,22 +328,22 @@ impl Upstream {
             retiring: None,
             heartbeat: config.heartbeat.clone(),
             busy_poll: config.busy_poll,
+            events: Events::with_capacity(64),
+            begun: false,
         };
-        let core = config.core;
-        let thread = std::thread::Builder::new()
-            .name("dhan-net".into())
-            .spawn(move || {
-                crate::affinity::pin("net", core);
-                net.run();
-            })
-            .map_err(os("network thread"))?;
-        Ok(Upstream {
+        let upstream = Upstream {
             control: UpstreamControl { tx, waker },
             stopping,
             stats,
             depth_stats,
-            thread: Some(thread),
-        })
+            thread: None,
+        };
+        Ok((upstream, NetLoop(net)))
+    }
+
+    /// The thread running the network loop: joined by [`Upstream::shutdown`].
+    pub fn attach(&mut self, thread: JoinHandle<()>) {
+        self.thread = Some(thread);
     }
 
     /// A handle for sending commands from other threads.
@@ -409,10 +436,41 @@ fn settings_for(config: &UpstreamConfig, url: &str, what: &str) -> Result<Settin
     })
 }
 
+/// The network loop, to run with [`crate::evloop`]: alone on the
+/// network thread, or sharing a thread with the fanout.
+pub struct NetLoop(Net);
+
+impl std::fmt::Debug for NetLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NetLoop")
+    }
+}
+
+impl EventLoop for NetLoop {
+    fn poll_fd(&self) -> RawFd {
+        self.0.poll.as_raw_fd()
+    }
+
+    fn timeout(&self) -> Duration {
+        self.0.sleep_for()
+    }
+
+    fn turn(&mut self, timeout: Duration) -> bool {
+        self.0.turn(timeout)
+    }
+
+    fn finish(&mut self) {
+        self.0.shutdown();
+    }
+}
+
 /// The network thread's state.
 struct Net {
     /// Never sleep in the poll ([`UpstreamConfig::busy_poll`]).
     busy_poll: bool,
+    events: Events,
+    /// The first turn has run (it opens the connections).
+    begun: bool,
     poll: Poll,
     rx: Receiver<Command>,
     settings: Settings,
@@ -483,56 +541,91 @@ impl Net {
             })
     }
 
-    fn run(mut self) {
-        let mut events = Events::with_capacity(64);
-        self.reconcile(Instant::now());
-        loop {
-            let timeout = if self.busy_poll {
-                Duration::ZERO
-            } else {
-                self.timeout()
-            };
-            self.heartbeat.beat();
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                log::error!("network thread poll failed: {e}; stopping");
-                return;
+    /// How long the loop may sleep: not at all when busy-polling or when
+    /// a connection has unread data, else [`Net::timeout`].
+    fn sleep_for(&self) -> Duration {
+        let unread = self.conns.iter().chain(&self.depth_conns).any(|c| c.unread);
+        if self.busy_poll || unread {
+            Duration::ZERO
+        } else {
+            self.timeout()
+        }
+    }
+
+    /// One loop turn; false once the thread is to end (after
+    /// [`Net::shutdown`] on a Shutdown command).
+    fn turn(&mut self, timeout: Duration) -> bool {
+        if !self.begun {
+            self.begun = true;
+            self.reconcile(Instant::now());
+        }
+        self.heartbeat.beat();
+        // Taken out for the turn so handlers may borrow `self`.
+        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        let more = self.turn_with(&mut events, timeout);
+        self.events = events;
+        more
+    }
+
+    fn turn_with(&mut self, events: &mut Events, timeout: Duration) -> bool {
+        if let Err(e) = self.poll.poll(events, Some(timeout)) {
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return true;
             }
-            let now = Instant::now();
-            let mut commands = false;
-            for event in events.iter() {
-                match event.token() {
-                    WAKER => commands = true,
-                    Token(slot) if slot < self.conns.len() => {
-                        let t = self.with_env(slot, |conn, env| conn.on_ready(env, now));
-                        self.after(slot, t, now);
-                    }
-                    Token(t) if t >= DEPTH_TOKENS && t - DEPTH_TOKENS < self.depth_conns.len() => {
-                        let slot = t - DEPTH_TOKENS;
-                        let t = self.with_depth_env(slot, |conn, env| conn.on_ready(env, now));
-                        self.after_depth(slot, t, now);
-                    }
-                    Token(_) => {}
+            log::error!("network thread poll failed: {e}; stopping");
+            return false;
+        }
+        let now = Instant::now();
+        let mut commands = false;
+        for event in events.iter() {
+            match event.token() {
+                WAKER => commands = true,
+                Token(slot) if slot < self.conns.len() => {
+                    let t = self.with_env(slot, |conn, env| conn.on_ready(env, now));
+                    self.after(slot, t, now);
                 }
-            }
-            if commands {
-                self.take_answers(now);
-                if self.apply_commands(now) {
-                    self.shutdown();
-                    return;
+                Token(t) if t >= DEPTH_TOKENS && t - DEPTH_TOKENS < self.depth_conns.len() => {
+                    let slot = t - DEPTH_TOKENS;
+                    let t = self.with_depth_env(slot, |conn, env| conn.on_ready(env, now));
+                    self.after_depth(slot, t, now);
                 }
+                Token(_) => {}
             }
-            for slot in 0..self.conns.len() {
-                let t = self.with_env(slot, |conn, env| conn.on_timer(env, now));
+        }
+        self.resume_reads(now);
+        if commands {
+            self.take_answers(now);
+            if self.apply_commands(now) {
+                self.shutdown();
+                return false;
+            }
+        }
+        for slot in 0..self.conns.len() {
+            let t = self.with_env(slot, |conn, env| conn.on_timer(env, now));
+            self.after(slot, t, now);
+        }
+        self.depth_timers(now);
+        if self.rotating {
+            self.rotate(now);
+        }
+        self.sink.wake();
+        true
+    }
+
+    /// Reads again from connections that stopped for want of room in the
+    /// fanout's ring, now that there is room.
+    fn resume_reads(&mut self, now: Instant) {
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].unread && self.sink.has_room() {
+                let t = self.with_env(slot, |conn, env| conn.on_ready(env, now));
                 self.after(slot, t, now);
             }
-            self.depth_timers(now);
-            if self.rotating {
-                self.rotate(now);
+        }
+        for slot in 0..self.depth_conns.len() {
+            if self.depth_conns[slot].unread && self.sink.has_room() {
+                let t = self.with_depth_env(slot, |conn, env| conn.on_ready(env, now));
+                self.after_depth(slot, t, now);
             }
-            self.sink.wake();
         }
     }
 
