@@ -140,6 +140,11 @@ pub struct Args {
     /// packets). The floor always speaks DhanHQ's protocol.
     #[arg(long, value_enum, default_value_t = ClientProtocol::Json)]
     pub protocol: ClientProtocol,
+    /// JSON clients ask the engine to write to them at most once per this
+    /// many µs (`{"type":"options","flushIntervalUs":N}`; 0: the engine's
+    /// default, a write as soon as anything is queued).
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    pub flush_us: u32,
     /// Drive the exchange side with recorded traffic instead of the
     /// synthetic schedule: the simulator replays these recordings (in
     /// order) to the engine, one client subscribes every instrument in
@@ -281,6 +286,8 @@ pub struct Plan {
     pub ca: Option<PathBuf>,
     /// The engine-side client protocol.
     pub protocol: ClientProtocol,
+    /// Flush interval the JSON clients ask for, µs (0: none).
+    pub flush_us: u32,
     /// `--compare N`: rounds of floor + engine.
     pub compare: Option<u32>,
 }
@@ -515,6 +522,7 @@ impl Args {
             wss: self.tls || attach_tls,
             ca: self.ca.clone(),
             protocol: self.protocol,
+            flush_us: self.flush_us.min(100_000),
             compare: self.compare,
         };
         plan.client_threads = match self.client_threads {

@@ -73,6 +73,8 @@ pub struct ClientConfig {
     pub slow: SlowReader,
     /// wss://: the client TLS configuration.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Relay clients' `flushIntervalUs` (0: not sent).
+    pub flush_us: u32,
 }
 
 /// A deliberately slow reader: at most `bytes` per `every`, so the server
@@ -569,6 +571,12 @@ impl Thread {
         let mut texts = Vec::new();
         match self.config.protocol {
             Protocol::Relay => {
+                if self.config.flush_us > 0 {
+                    texts.push(format!(
+                        r#"{{"type":"options","flushIntervalUs":{}}}"#,
+                        self.config.flush_us
+                    ));
+                }
                 for batch in keys.chunks(1000) {
                     let mut s = String::from(r#"{"type":"subscribe","instruments":["#);
                     for (j, k) in batch.iter().enumerate() {

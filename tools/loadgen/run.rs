@@ -402,6 +402,7 @@ pub fn run_phase(plan: &Plan, mode: Mode, watchdog: &Watchdog) -> Result<PhaseRe
             rcvbuf: plan.slow_rcvbuf,
         },
         tls,
+        flush_us: plan.flush_us,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
