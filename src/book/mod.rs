@@ -414,9 +414,10 @@ impl Default for BookConfig {
 pub struct BookStats {
     /// Ticks popped and applied.
     pub ticks: Counter,
-    /// Updates pushed to the fanout ring.
+    /// Updates the network thread's book pushed to the fanout ring.
     pub updates: Counter,
-    /// Times an update found the fanout ring full and the thread waited.
+    /// Times an update found the fanout ring full (the network thread
+    /// waited, or in the compact layout spilled and paused its reads).
     pub ring_full_waits: Counter,
     /// Snapshots published.
     pub snapshots: Counter,
@@ -433,7 +434,7 @@ impl Default for BookStats {
             updates: Counter::new("book_updates_total", "Updates forwarded to the fanout"),
             ring_full_waits: Counter::new(
                 "book_ring_full_waits_total",
-                "Times the book waited on a full update ring",
+                "Times an update found the fanout's ring full",
             ),
             snapshots: Counter::new("book_snapshots_total", "Snapshots published"),
             market_status_at: Default::default(),
