@@ -35,6 +35,31 @@ pub fn background(role: &str) {
     }
 }
 
+/// CPU seconds (user + system) used so far by this process's thread named
+/// `name` (`/proc/self/task/*/comm`); 0 when there is none. For tools and
+/// tests that watch one thread's cost.
+pub fn thread_cpu_seconds(name: &str) -> f64 {
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised comm: state is 3rd, utime 14th, stime 15th.
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        return (utime + stime) / ticks_per_sec;
+    }
+    0.0
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -876,17 +876,23 @@ fn a_bad_feed_url_is_a_config_error_not_an_os_one() {
     assert!(err.to_string().contains("wss:// or ws://"), "{err}");
 }
 
-/// The compact layout's live book (fanout on the same thread): with the
-/// fanout's ring full, updates spill in order and the network loop reads no
-/// further frame until the ring has room again — none lost, none reordered,
-/// however far a frame overshoots the ring.
-#[test]
-fn a_spilling_live_book_stops_reading_while_the_fanout_ring_is_full() {
-    use dhan_relay::book::{BookConfig, BookThread, Depth20, Update, UpdateKind};
+/// A network thread with a spilling live book (as in the compact layout,
+/// where the fanout shares its thread) whose fanout ring holds 16 updates.
+struct SpillRig {
+    _sim: Simulator,
+    ctl: SimControl,
+    up: Upstream,
+    book: dhan_relay::book::BookThread,
+    updates: HeapCons<dhan_relay::book::Update>,
+    key: InstrumentKey,
+}
+
+fn spill_rig(backoff: BackoffConfig) -> SpillRig {
+    use dhan_relay::book::{BookConfig, BookThread, Depth20, Update};
     let sim = Simulator::start(sim_config()).expect("simulator starts");
     let ctl = sim.control();
     let (tick_tx, tick_rx) = HeapRb::<Tick>::new(1 << 16).split();
-    let (update_tx, mut update_rx) = HeapRb::<Update>::new(16).split();
+    let (update_tx, updates) = HeapRb::<Update>::new(16).split();
     let (depth_tx, _depth_rx) = HeapRb::<Depth20>::new(16).split();
     let mut book = BookThread::spawn(BookConfig::default(), tick_rx, None, None).unwrap();
     let live = book
@@ -895,7 +901,7 @@ fn a_spilling_live_book_stops_reading_while_the_fanout_ring_is_full() {
     let cfg = UpstreamConfig {
         feed_url: sim.feed_url(),
         credentials: Credentials::new("1100003626", "test-token-secret"),
-        backoff: quick_backoff(),
+        backoff,
         ..UpstreamConfig::default()
     };
     let up = Upstream::spawn_with_depth(cfg, tick_tx, None, book.thread(), None, Some(live))
@@ -909,41 +915,111 @@ fn a_spilling_live_book_stops_reading_while_the_fanout_ring_is_full() {
             .iter()
             .any(|c| c.instruments.get(&key) == Some(&Mode::Ticker))
     });
-    // 20 frames of 100 packets each: every frame is 6× the ring.
-    let mut n = 0u32;
-    for _ in 0..20 {
-        let mut frame = Vec::new();
-        for _ in 0..100 {
-            n += 1;
-            FeedMessage::Data(
-                key,
-                FeedData::Ticker(Ticker {
-                    ltp: n as f32,
-                    ltt: n,
-                }),
-            )
-            .encode(&mut frame);
-        }
-        ctl.send_raw(frame);
+    SpillRig {
+        _sim: sim,
+        ctl,
+        up,
+        book,
+        updates,
+        key,
     }
-    // A slow fanout: 8 updates a millisecond at most.
-    let mut got = Vec::new();
-    let end = Instant::now() + Duration::from_secs(20);
-    while got.len() < 2000 && Instant::now() < end {
-        for _ in 0..8 {
-            match update_rx.try_pop() {
-                Some(u) if u.state.key == key && u.kind == UpdateKind::Ticker => {
-                    got.push(u.state.ltt)
-                }
-                Some(_) => {}
-                None => break,
+}
+
+impl SpillRig {
+    /// `frames` frames of 100 ticker packets each (LTT 1, 2, …), the last
+    /// one followed, in the same frame, by `last`.
+    fn send(&self, frames: u32, last: Option<FeedMessage>) {
+        let mut n = 0u32;
+        for f in 0..frames {
+            let mut frame = Vec::new();
+            for _ in 0..100 {
+                n += 1;
+                FeedMessage::Data(
+                    self.key,
+                    FeedData::Ticker(Ticker {
+                        ltp: n as f32,
+                        ltt: n,
+                    }),
+                )
+                .encode(&mut frame);
             }
+            if let (true, Some(m)) = (f + 1 == frames, &last) {
+                m.encode(&mut frame);
+            }
+            self.ctl.send_raw(frame);
         }
-        std::thread::sleep(Duration::from_millis(1));
     }
+
+    /// Reads like a slow fanout (8 updates a millisecond at most) until
+    /// `n` ticker updates came or 10 s passed; their LTTs.
+    fn read_slowly(&mut self, n: usize) -> Vec<u32> {
+        use dhan_relay::book::UpdateKind;
+        let mut got = Vec::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        while got.len() < n && Instant::now() < end {
+            for _ in 0..8 {
+                match self.updates.try_pop() {
+                    Some(u) if u.state.key == self.key && u.kind == UpdateKind::Ticker => {
+                        got.push(u.state.ltt)
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        got
+    }
+
+    fn stop(self) {
+        self.up.shutdown();
+        self.book.shutdown();
+    }
+}
+
+/// With the fanout's ring full, updates spill in order and the network loop
+/// reads no further frame until the ring has room again — none lost, none
+/// reordered, however far a frame overshoots the ring.
+#[test]
+fn a_spilling_live_book_stops_reading_while_the_fanout_ring_is_full() {
+    let mut r = spill_rig(quick_backoff());
+    // 20 frames of 100 packets each: every frame is 6× the ring.
+    r.send(20, None);
+    let got = r.read_slowly(2000);
     assert_eq!(got.len(), 2000, "every update");
     assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "in order");
-    assert!(book.stats.ring_full_waits.get() > 0, "the ring did fill");
-    up.shutdown();
-    book.shutdown();
+    assert!(r.book.stats.ring_full_waits.get() > 0, "the ring did fill");
+    r.stop();
+}
+
+/// A frame that spills and ends its connection (a disconnect packet after
+/// the data): the spilled updates still go on at once, not at the next
+/// frame after the reconnect (30 s away here), and the network thread does
+/// not spin while the connection is down.
+#[test]
+fn a_frame_that_spills_and_ends_its_connection_still_delivers_and_nothing_spins() {
+    let mut r = spill_rig(BackoffConfig {
+        initial: Duration::from_secs(30),
+        max: Duration::from_secs(30),
+        auth_failure: Duration::from_secs(60),
+    });
+    r.send(
+        3,
+        Some(FeedMessage::Disconnect(DisconnectReason::Other(899))),
+    );
+    let got = r.read_slowly(300);
+    assert_eq!(got.len(), 300, "every update before the disconnect");
+    assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "in order");
+    wait_for("the connection to be down", || {
+        r.up.stats().connections_up() == 0
+    });
+    let cpu = dhan_relay::affinity::thread_cpu_seconds;
+    let before = cpu("dhan-net");
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu("dhan-net") - before;
+    assert!(
+        used < 0.5,
+        "the network thread used {used:.2} s of CPU in 1 s while down"
+    );
+    r.stop();
 }

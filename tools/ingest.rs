@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dhan_relay::affinity::thread_cpu_seconds;
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
 use dhan_relay::record::{RecordConfig, Recorder};
 use dhan_relay::tick::Tick;
@@ -66,29 +67,6 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(a)
-}
-
-/// CPU seconds used so far by this process's thread named `name`.
-fn thread_cpu(name: &str) -> f64 {
-    let ticks_per_sec = 100.0; // USER_HZ on Linux
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    for task in tasks.flatten() {
-        let path = task.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        // Fields after the parenthesised comm: state is 3rd, utime 14th, stime 15th.
-        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        return (utime + stime) / ticks_per_sec;
-    }
-    0.0
 }
 
 fn main() {
@@ -192,8 +170,8 @@ fn main() {
         popped.load(Relaxed),
         stats.frames.get(),
         stats.bytes.get(),
-        thread_cpu("dhan-net"),
-        thread_cpu("dhan-record"),
+        thread_cpu_seconds("dhan-net"),
+        thread_cpu_seconds("dhan-record"),
         Instant::now(),
     );
     std::thread::sleep(Duration::from_secs(args.seconds));
@@ -201,8 +179,8 @@ fn main() {
         popped.load(Relaxed),
         stats.frames.get(),
         stats.bytes.get(),
-        thread_cpu("dhan-net"),
-        thread_cpu("dhan-record"),
+        thread_cpu_seconds("dhan-net"),
+        thread_cpu_seconds("dhan-record"),
         t0.elapsed().as_secs_f64(),
     );
     let packets = (p1 - p0) as f64;

@@ -41,10 +41,10 @@ use crate::tick::{DepthTick, Tick};
 /// Free slots the update ring must have before the network loop reads
 /// another frame, when it shares the fanout's thread: more than a DhanHQ
 /// frame carries in practice, so the spill stays empty.
-pub const ROOM: usize = 1024;
+const ROOM: usize = 1024;
 
 /// [`ROOM`] for the depth ring (a depth frame carries a few side packets).
-pub const DEPTH_ROOM: usize = 64;
+const DEPTH_ROOM: usize = 64;
 
 /// The network thread's book and its ends of the fanout's rings. Made by
 /// [`super::BookThread::live`].
@@ -57,7 +57,7 @@ pub struct LiveBook {
     /// [`BookCommand`]s, also sent to the book thread.
     pub(super) commands: Receiver<BookCommand>,
     pub(super) stats: Arc<BookStats>,
-    /// Network receive → applied and forwarded.
+    /// Network receive → applied (recorded just before the push).
     pub(super) latency: LatencyRecorder,
     /// Updates forwarded since the fanout was last woken.
     pub(super) forwarded: u64,
@@ -157,6 +157,12 @@ impl LiveBook {
     /// was forwarded, applies [`BookCommand`]s (one empty-channel check),
     /// and publishes the latency histogram once a second.
     pub fn end_turn(&mut self) {
+        // What a frame spilled goes on even when no further frame is read
+        // (the frame that spilled ended its connection, say).
+        if let Some(spill) = &mut self.spill {
+            refill(&mut self.updates, &mut spill.updates);
+            refill(&mut self.depth, &mut spill.depth);
+        }
         if self.forwarded > 0 || std::mem::take(&mut self.poke) {
             (self.notify)();
             self.stats.updates.add(std::mem::take(&mut self.forwarded));
@@ -165,6 +171,13 @@ impl LiveBook {
             self.book.remove(&keys);
         }
         self.latency.maybe_publish(Instant::now());
+    }
+
+    /// Updates wait in the spill for room in the fanout's ring.
+    pub fn spilled(&self) -> bool {
+        self.spill
+            .as_ref()
+            .is_some_and(|s| !s.updates.is_empty() || !s.depth.is_empty())
     }
 
     /// Wakes the fanout at the end of this turn: an upstream connection

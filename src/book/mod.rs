@@ -39,10 +39,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
-use ringbuf::traits::Consumer;
+use ringbuf::traits::{Consumer, Observer};
 use ringbuf::{HeapCons, HeapProd};
 
-pub use live::{LiveBook, DEPTH_ROOM, ROOM};
+pub use live::LiveBook;
 pub use state::{FullExtras, InstrumentState, UpdateKind};
 
 use crate::clock;
@@ -535,8 +535,9 @@ pub struct BookThread {
 
 impl BookThread {
     /// Starts the thread: ticks (and depth side packets) in, snapshots out,
-    /// finished 1-minute bars to `history`. Nothing wakes it but a filling
-    /// ring (see [`BookThread::WAKE_AT`]) and its snapshot interval.
+    /// finished 1-minute bars to `history`. It wakes for a filling ring
+    /// (see [`BookThread::should_wake`]), a [`BookCommand`], and otherwise
+    /// once per snapshot interval.
     pub fn spawn(
         config: BookConfig,
         ticks: HeapCons<Tick>,
@@ -576,8 +577,13 @@ impl BookThread {
     }
 
     /// Fill (in ring slots) at which the network thread wakes the book
-    /// thread rather than letting it wake on its own timer.
-    pub const WAKE_AT: usize = 4096;
+    /// thread rather than letting it wake on its own timer …
+    const WAKE_AT: usize = 4096;
+
+    /// … or a quarter of a smaller ring: whether `ring` is that full.
+    pub fn should_wake<T>(ring: &HeapProd<T>) -> bool {
+        ring.occupied_len() >= Self::WAKE_AT.min(ring.capacity().get() / 4)
+    }
 
     /// The network thread's book, forwarding to the fanout over `updates`
     /// and `depth` and waking it with `notify`; it shares this thread's
@@ -706,8 +712,8 @@ impl Worker {
             }
             self.config.heartbeat.beat();
             if applied == 0 {
-                // The network thread wakes us only when a ring fills past
-                // `WAKE_AT`; the timeout bounds snapshot staleness and
+                // The network thread wakes us only when a ring fills (see
+                // `should_wake`); the timeout bounds snapshot staleness and
                 // shutdown latency.
                 std::thread::park_timeout(self.config.snapshot_interval);
             }

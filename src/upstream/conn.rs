@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use ringbuf::traits::Observer;
 use ringbuf::HeapProd;
 use rustls::ClientConfig;
 use tungstenite::handshake::client::ClientHandshake;
@@ -81,7 +80,7 @@ pub(crate) struct TickSink {
     pub pushed: bool,
     /// Applies each tick here and forwards the update to the fanout (see
     /// [`LiveBook`]); the rings' consumer then runs behind, woken only
-    /// when a ring fills past [`BookThread::WAKE_AT`].
+    /// when a ring fills past [`BookThread::should_wake`].
     pub live: Option<LiveBook>,
     /// `--record`: every binary frame, as received, goes here too (never
     /// blocks: a full recorder ring counts the frame lost).
@@ -145,7 +144,7 @@ impl TickSink {
 
     /// The end of a loop turn: the live book wakes the fanout; the rings'
     /// consumer is woken after each batch, or with a live book only once a
-    /// ring fills past [`BookThread::WAKE_AT`].
+    /// ring fills past [`BookThread::should_wake`].
     pub fn wake(&mut self) {
         let Some(live) = &mut self.live else {
             if std::mem::take(&mut self.pushed) {
@@ -154,14 +153,17 @@ impl TickSink {
             return;
         };
         live.end_turn();
-        let filling = self.ring.occupied_len() >= BookThread::WAKE_AT
-            || self
-                .depth
-                .as_ref()
-                .is_some_and(|d| d.occupied_len() >= BookThread::WAKE_AT);
+        let filling = BookThread::should_wake(&self.ring)
+            || self.depth.as_ref().is_some_and(BookThread::should_wake);
         if std::mem::take(&mut self.pushed) && filling {
             unpark(&self.consumer);
         }
+    }
+
+    /// Updates wait in the live book's spill for room in the fanout's ring
+    /// (compact layout): the loop must turn again soon, not sleep.
+    pub fn spilled(&self) -> bool {
+        self.live.as_ref().is_some_and(LiveBook::spilled)
     }
 }
 
@@ -350,6 +352,13 @@ impl Conn {
 
     pub fn is_up(&self) -> bool {
         matches!(self.phase, Phase::Up { .. })
+    }
+
+    /// Up, with data possibly left unread for want of room (see
+    /// [`Conn::unread`]); a connection that went down since has nothing to
+    /// resume.
+    pub fn wants_read(&self) -> bool {
+        self.unread && self.is_up()
     }
 
     pub fn is_closed(&self) -> bool {

@@ -262,14 +262,7 @@ impl Upstream {
         let core = config.core;
         let (mut upstream, net) =
             Upstream::build(config, ring, depth_ring, consumer, record, live)?;
-        let thread = std::thread::Builder::new()
-            .name("dhan-net".into())
-            .spawn(move || {
-                crate::affinity::pin("net", core);
-                crate::evloop::run_alone(net);
-            })
-            .map_err(os("network thread"))?;
-        upstream.attach(thread);
+        upstream.attach(net.spawn(core).map_err(os("network thread"))?);
         Ok(upstream)
     }
 
@@ -446,6 +439,18 @@ impl std::fmt::Debug for NetLoop {
     }
 }
 
+impl NetLoop {
+    /// Runs the loop on a thread of its own, `dhan-net` (pinned to `core`).
+    pub fn spawn(self, core: Option<usize>) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("dhan-net".into())
+            .spawn(move || {
+                crate::affinity::pin("net", core);
+                crate::evloop::run_alone(self);
+            })
+    }
+}
+
 impl EventLoop for NetLoop {
     fn poll_fd(&self) -> RawFd {
         self.0.poll.as_raw_fd()
@@ -541,11 +546,16 @@ impl Net {
             })
     }
 
-    /// How long the loop may sleep: not at all when busy-polling or when
-    /// a connection has unread data, else [`Net::timeout`].
+    /// How long the loop may sleep: not at all when busy-polling, when a
+    /// connection has unread data or when updates wait in the spill, else
+    /// [`Net::timeout`].
     fn sleep_for(&self) -> Duration {
-        let unread = self.conns.iter().chain(&self.depth_conns).any(|c| c.unread);
-        if self.busy_poll || unread {
+        let unread = self
+            .conns
+            .iter()
+            .chain(&self.depth_conns)
+            .any(Conn::wants_read);
+        if self.busy_poll || unread || self.sink.spilled() {
             Duration::ZERO
         } else {
             self.timeout()
@@ -616,13 +626,13 @@ impl Net {
     /// fanout's ring, now that there is room.
     fn resume_reads(&mut self, now: Instant) {
         for slot in 0..self.conns.len() {
-            if self.conns[slot].unread && self.sink.has_room() {
+            if self.conns[slot].wants_read() && self.sink.has_room() {
                 let t = self.with_env(slot, |conn, env| conn.on_ready(env, now));
                 self.after(slot, t, now);
             }
         }
         for slot in 0..self.depth_conns.len() {
-            if self.depth_conns[slot].unread && self.sink.has_room() {
+            if self.depth_conns[slot].wants_read() && self.sink.has_room() {
                 let t = self.with_depth_env(slot, |conn, env| conn.on_ready(env, now));
                 self.after_depth(slot, t, now);
             }
