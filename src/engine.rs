@@ -8,13 +8,16 @@
 //! ```
 //!
 //! A tick is applied where it is decoded and crosses one thread boundary
-//! to reach clients; the book thread follows on its own ring for snapshots
+//! to reach clients, none when the network and fanout loops share a thread
+//! (`threads = "compact"`, [`crate::evloop`]); the book thread follows on its own ring for snapshots
 //! and bars (see [`crate::book`]). The listener is bound first, so a port
 //! in use fails before anything else starts. The fanout's waker exists
 //! before the network thread starts (its live book pokes it), and the book
 //! thread exists before the network thread (which wakes it when its ring
 //! fills). Shutdown runs the other way: clients get close frames, the upstream
-//! gets RequestCode 12, then every thread is joined.
+//! gets RequestCode 12, then every thread is joined. (In the compact layout
+//! the two happen together: the shared thread closes the clients, then the
+//! upstream, as soon as the fanout is stopped.)
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicBool;
@@ -217,11 +220,30 @@ impl Engine {
                 (None, url.clone(), start)
             }
         };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let layout = config.threads.resolve(cores);
+        log::info!(
+            "threads: {} ({}{} cores): network and fanout loops {}",
+            layout.name(),
+            if config.threads == Threads::Auto {
+                "auto, "
+            } else {
+                ""
+            },
+            cores,
+            match layout {
+                Threads::Compact => "share one thread",
+                _ => "on a thread each",
+            }
+        );
         let fanout = Fanout::new(
             listeners,
             Arc::clone(&reload_tls),
             access,
-            config.fanout.clone(),
+            crate::fanout::FanoutConfig {
+                threads: layout.name(),
+                ..config.fanout.clone()
+            },
         )
         .map_err(|e| StartError::Io(e.to_string()))?;
         let (tick_tx, tick_rx) = HeapRb::<Tick>::new(RING).split();
@@ -248,22 +270,6 @@ impl Engine {
             Some(bar_sink),
         )
         .map_err(|e| StartError::Io(format!("cannot start the book thread: {e}")))?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let layout = config.threads.resolve(cores);
-        log::info!(
-            "threads: {} ({}{} cores): network and fanout loops {}",
-            layout.name(),
-            if config.threads == Threads::Auto {
-                "auto, "
-            } else {
-                ""
-            },
-            cores,
-            match layout {
-                Threads::Compact => "share one thread",
-                _ => "on a thread each",
-            }
-        );
         let live = match layout {
             // Same thread: nothing to wake, and a full ring must not wait.
             Threads::Compact => book
@@ -316,37 +322,18 @@ impl Engine {
             heartbeat: beats[0].clone(),
             ..UpstreamConfig::default()
         };
-        let spawn_error = |e| match e {
+        let (mut upstream, net_loop) = Upstream::build(
+            upstream_config,
+            tick_tx,
+            Some(depth_tick_tx),
+            book.thread(),
+            tap,
+            Some(live),
+        )
+        .map_err(|e| match e {
             crate::upstream::SpawnError::Config(why) => StartError::Config(why),
             io @ crate::upstream::SpawnError::Io { .. } => StartError::Io(io.to_string()),
-        };
-        let (book_thread, depth_ring) = (book.thread(), Some(depth_tick_tx));
-        let (mut upstream, net_loop) = match layout {
-            Threads::Compact => {
-                let (u, l) = Upstream::build(
-                    upstream_config,
-                    tick_tx,
-                    depth_ring,
-                    book_thread,
-                    tap,
-                    Some(live),
-                )
-                .map_err(spawn_error)?;
-                (u, Some(l))
-            }
-            _ => {
-                let u = Upstream::spawn_with_depth(
-                    upstream_config,
-                    tick_tx,
-                    depth_ring,
-                    book_thread,
-                    tap,
-                    Some(live),
-                )
-                .map_err(spawn_error)?;
-                (u, None)
-            }
-        };
+        })?;
         let mut token_config = config.token.clone();
         if let Some(sim) = &demo {
             // Demo mode renews (if asked to) against the built-in simulator.
@@ -421,10 +408,14 @@ impl Engine {
             chains: Some((chains.requests.clone(), chain_events_rx)),
             record: recorder.as_ref().map(Recorder::stats),
         };
-        let fanout_error = |e| StartError::Io(format!("cannot start the fanout thread: {e}"));
-        let fanout = match net_loop {
-            Some(net_loop) => {
-                let (fanout, fanout_loop) = fanout.build(inputs).map_err(fanout_error)?;
+        let thread_error =
+            |e| StartError::Io(format!("cannot start the network or fanout thread: {e}"));
+        let (mut fanout, fanout_loop) = fanout.build(inputs).map_err(thread_error)?;
+        match layout {
+            Threads::Compact => {
+                if config.pin.fanout.is_some() {
+                    log::warn!("threads = compact: the network and fanout loops share one thread, pinned as `net`; the `fanout` pin is ignored");
+                }
                 let core = config.pin.net;
                 let thread = std::thread::Builder::new()
                     .name("dhan-net-fanout".into())
@@ -434,13 +425,19 @@ impl Engine {
                             log::error!("the network and fanout loops stopped: {e}");
                         }
                     })
-                    .map_err(fanout_error)?;
-                // Stopping the upstream ends the shared thread.
+                    .map_err(thread_error)?;
+                // Stopping either handle ends the shared thread.
                 upstream.attach(thread);
-                fanout
             }
-            None => fanout.start(inputs).map_err(fanout_error)?,
-        };
+            _ => {
+                upstream.attach(net_loop.spawn(config.pin.net).map_err(thread_error)?);
+                fanout.attach(
+                    fanout_loop
+                        .spawn(config.fanout.core)
+                        .map_err(thread_error)?,
+                );
+            }
+        }
         let maintenance = Maintenance::spawn(
             MaintenanceConfig {
                 at: config.maintenance_at,

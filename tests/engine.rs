@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::domain::{InstrumentKey, Mode, Segment};
 use dhan_relay::engine::Engine;
+use dhan_relay::evloop::Threads;
 use dhan_relay::instrument::date::ist_instant;
 use dhan_relay::instrument::{Date, WallClock};
 use dhan_relay::sim::SimControl;
@@ -388,23 +389,28 @@ fn a_client_that_never_reads_is_conflated_then_closed_and_others_are_unharmed() 
     engine.shutdown();
 }
 
+/// The network and fanout loops on one thread.
 #[test]
 fn upstream_drop_is_announced_and_data_resumes_after_reconnect() {
-    drop_is_announced_and_data_resumes(|_| {});
+    drop_is_announced_and_data_resumes(Threads::Compact, false);
 }
 
 /// The same with the network loop on a thread of its own, busy-polling
-/// its sockets (the tests' default on this box is the compact layout).
+/// its sockets.
 #[test]
 fn a_busy_polling_network_thread_relays_and_reconnects() {
-    drop_is_announced_and_data_resumes(|c| {
-        c.threads = dhan_relay::evloop::Threads::Spread;
-        c.busy_poll = true;
-    });
+    drop_is_announced_and_data_resumes(Threads::Spread, true);
 }
 
-fn drop_is_announced_and_data_resumes(tweak: impl FnOnce(&mut RunConfig)) {
-    let (engine, sim) = start(tweak);
+fn drop_is_announced_and_data_resumes(threads: Threads, busy_poll: bool) {
+    let (engine, sim) = start(|c| {
+        c.threads = threads;
+        c.busy_poll = busy_poll;
+    });
+    assert_eq!(
+        http_get_json(engine.addr(), "/stats").1["threads"],
+        threads.name()
+    );
     let k = key(15);
     let mut c = WsClient::connect(engine.addr(), "/ws");
     c.recv_type("status");

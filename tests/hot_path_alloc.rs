@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use dhan_relay::config::{Flags, RunConfig};
 use dhan_relay::engine::Engine;
+use dhan_relay::evloop::Threads;
 use dhan_relay::token::sources::CredentialSources;
 use dhan_relay::upstream::Credentials;
 use serde_json::{json, Value};
@@ -162,13 +163,23 @@ fn book_with_bars_allocates_nothing_per_tick() {
     assert_eq!(allocs, 0, "the book's bar path allocated");
 }
 
+/// One test, both thread layouts one after the other: the counting
+/// allocator is process-wide, so two engines must not run at once.
 #[test]
 fn hot_paths_allocate_per_update_at_most_once_and_never_per_tick_or_subscriber() {
     book_with_bars_allocates_nothing_per_tick();
     let sim = SimProcess::start(3000);
+    for layout in [Threads::Compact, Threads::Spread] {
+        println!("threads = {}", layout.name());
+        engine_hot_paths(&sim.1, layout);
+    }
+}
+
+fn engine_hot_paths(feed_url: &str, layout: Threads) {
     let flags = Flags {
         listen: vec!["127.0.0.1:0".into()],
-        feed_url: Some(sim.1.clone()),
+        feed_url: Some(feed_url.to_string()),
+        threads: Some(layout),
         ..Flags::default()
     };
     let config = RunConfig::build(

@@ -131,6 +131,8 @@ pub struct FanoutConfig {
     pub allowed_hosts: Vec<String>,
     /// Running against the built-in simulator.
     pub demo: bool,
+    /// The thread layout in use (`compact` or `spread`), for `/stats`.
+    pub threads: &'static str,
     /// Pin the fanout thread to this core, when set.
     pub core: Option<usize>,
 }
@@ -154,6 +156,7 @@ impl Default for FanoutConfig {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             demo: false,
+            threads: "spread",
             core: None,
         }
     }
@@ -267,23 +270,11 @@ impl Fanout {
         self.front.waker()
     }
 
-    /// Starts the front door, resolver and fanout threads.
-    pub fn start(self, inputs: FanoutInputs) -> std::io::Result<FanoutThread> {
-        let core = self.config.core;
-        let (mut running, fanout) = self.build(inputs)?;
-        let thread = std::thread::Builder::new()
-            .name("dhan-fanout".into())
-            .spawn(move || {
-                crate::affinity::pin("fanout", core);
-                crate::evloop::run_alone(fanout);
-            })?;
-        running.threads.push(thread);
-        Ok(running)
-    }
-
     /// Starts the front door and resolver threads; the fanout loop is the
-    /// caller's to run ([`crate::evloop`]). Stopping the returned handle
-    /// stops the loop, wherever it runs, and waits for it to end.
+    /// caller's to run: on a thread of its own ([`FanoutLoop::spawn`], then
+    /// [`FanoutThread::attach`]) or sharing one ([`crate::evloop`]).
+    /// Stopping the returned handle stops the loop, wherever it runs, and
+    /// waits for it to end.
     pub fn build(self, inputs: FanoutInputs) -> std::io::Result<(FanoutThread, FanoutLoop)> {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(FanoutStats::default());
@@ -327,6 +318,7 @@ impl Fanout {
             client_message: client_message.clone(),
             started: Instant::now(),
             demo: self.config.demo,
+            threads: self.config.threads,
             token: inputs.token.clone(),
             maintenance: inputs.maintenance,
             calendar: inputs.calendar,
@@ -444,6 +436,11 @@ pub struct FanoutThread {
 }
 
 impl FanoutThread {
+    /// The thread running the fanout loop alone: joined first on stop.
+    pub fn attach(&mut self, thread: JoinHandle<()>) {
+        self.threads.push(thread);
+    }
+
     /// Sends close frames (1001) to every client and joins the threads.
     pub fn shutdown(mut self) {
         self.stop_now();
@@ -454,8 +451,10 @@ impl FanoutThread {
         for w in &self.wakers {
             let _ = w.wake();
         }
-        // The fanout owns the resolver's job sender: joining the fanout
-        // first closes that channel and ends the resolver.
+        // The fanout loop owns the resolver's job sender: it ends (its own
+        // thread joined first, or the thread it shares with the network
+        // loop ending both), which closes that channel and ends the
+        // resolver.
         while let Some(t) = self.threads.pop() {
             let _ = t.join();
         }
@@ -475,6 +474,19 @@ pub struct FanoutLoop(Worker);
 impl std::fmt::Debug for FanoutLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("FanoutLoop")
+    }
+}
+
+impl FanoutLoop {
+    /// Runs the loop on a thread of its own, `dhan-fanout` (pinned to
+    /// `core`).
+    pub fn spawn(self, core: Option<usize>) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("dhan-fanout".into())
+            .spawn(move || {
+                crate::affinity::pin("fanout", core);
+                crate::evloop::run_alone(self);
+            })
     }
 }
 

@@ -120,6 +120,8 @@ pub struct RestState {
     pub started: Instant,
     /// Running against the built-in simulator.
     pub demo: bool,
+    /// The thread layout in use.
+    pub threads: &'static str,
     /// The token keeper: its status, and where admin calls go.
     pub token: KeeperHandle,
     /// The daily maintenance's counters and last run.
@@ -771,6 +773,7 @@ impl RestState {
         let [book, wire, message] = self.latencies();
         json!({
             "uptimeSeconds": self.started.elapsed().as_secs_f64(),
+            "threads": self.threads,
             "status": UpstreamStatus::of(&self.upstream).detail,
             "token": self.token.status().json(crate::token::unix_now()),
             "trading": self.trading.json(),
@@ -965,6 +968,7 @@ mod tests {
             client_message: SharedLatency::default(),
             started: Instant::now(),
             demo: true,
+            threads: "compact",
             token: KeeperHandle::detached(TokenStatus {
                 source: "demo".into(),
                 expires_at: Some(crate::token::unix_now() + 7200),
