@@ -416,26 +416,24 @@ impl Engine {
                 if config.pin.fanout.is_some() {
                     log::warn!("threads = compact: the network and fanout loops share one thread, pinned as `net`; the `fanout` pin is ignored");
                 }
-                let core = config.pin.net;
-                let thread = std::thread::Builder::new()
-                    .name("dhan-net-fanout".into())
-                    .spawn(move || {
-                        crate::affinity::pin("net+fanout", core);
-                        if let Err(e) = crate::evloop::run_together(net_loop, fanout_loop) {
-                            log::error!("the network and fanout loops stopped: {e}");
-                        }
-                    })
-                    .map_err(thread_error)?;
+                let thread = crate::evloop::spawn_together(
+                    "dhan-net-fanout",
+                    "net+fanout",
+                    config.pin.net,
+                    net_loop,
+                    fanout_loop,
+                )
+                .map_err(thread_error)?;
                 // Stopping either handle ends the shared thread.
                 upstream.attach(thread);
             }
             _ => {
-                upstream.attach(net_loop.spawn(config.pin.net).map_err(thread_error)?);
-                fanout.attach(
-                    fanout_loop
-                        .spawn(config.fanout.core)
-                        .map_err(thread_error)?,
-                );
+                let (net_core, fanout_core) = (config.pin.net, config.fanout.core);
+                let net = crate::evloop::spawn_alone("dhan-net", "net", net_core, net_loop);
+                upstream.attach(net.map_err(thread_error)?);
+                let fan =
+                    crate::evloop::spawn_alone("dhan-fanout", "fanout", fanout_core, fanout_loop);
+                fanout.attach(fan.map_err(thread_error)?);
             }
         }
         let maintenance = Maintenance::spawn(

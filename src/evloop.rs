@@ -12,6 +12,7 @@
 //! client writes.
 
 use std::os::fd::RawFd;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use mio::unix::SourceFd;
@@ -82,6 +83,41 @@ pub trait EventLoop: Send {
 /// Runs one loop on this thread until it ends.
 pub fn run_alone(mut l: impl EventLoop) {
     while l.turn(l.timeout()) {}
+}
+
+/// Runs `l` alone on a new thread named `name`, pinned to `core` (logged
+/// as `role`).
+pub fn spawn_alone(
+    name: &str,
+    role: &'static str,
+    core: Option<usize>,
+    l: impl EventLoop + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            crate::affinity::pin(role, core);
+            run_alone(l);
+        })
+}
+
+/// [`run_together`] on a new thread named `name`, pinned to `core`
+/// (logged as `role`).
+pub fn spawn_together(
+    name: &str,
+    role: &'static str,
+    core: Option<usize>,
+    first: impl EventLoop + 'static,
+    second: impl EventLoop + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            crate::affinity::pin(role, core);
+            if let Err(e) = run_together(first, second) {
+                log::error!("the loops of {role} stopped: {e}");
+            }
+        })
 }
 
 const FIRST: Token = Token(0);

@@ -271,8 +271,8 @@ impl Fanout {
     }
 
     /// Starts the front door and resolver threads; the fanout loop is the
-    /// caller's to run: on a thread of its own ([`FanoutLoop::spawn`], then
-    /// [`FanoutThread::attach`]) or sharing one ([`crate::evloop`]).
+    /// caller's to run ([`crate::evloop`]): on a thread of its own (then
+    /// given to [`FanoutThread::attach`]) or sharing one.
     /// Stopping the returned handle stops the loop, wherever it runs, and
     /// waits for it to end.
     pub fn build(self, inputs: FanoutInputs) -> std::io::Result<(FanoutThread, FanoutLoop)> {
@@ -474,19 +474,6 @@ pub struct FanoutLoop(Worker);
 impl std::fmt::Debug for FanoutLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("FanoutLoop")
-    }
-}
-
-impl FanoutLoop {
-    /// Runs the loop on a thread of its own, `dhan-fanout` (pinned to
-    /// `core`).
-    pub fn spawn(self, core: Option<usize>) -> std::io::Result<JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("dhan-fanout".into())
-            .spawn(move || {
-                crate::affinity::pin("fanout", core);
-                crate::evloop::run_alone(self);
-            })
     }
 }
 

@@ -262,7 +262,8 @@ impl Upstream {
         let core = config.core;
         let (mut upstream, net) =
             Upstream::build(config, ring, depth_ring, consumer, record, live)?;
-        upstream.attach(net.spawn(core).map_err(os("network thread"))?);
+        let thread = crate::evloop::spawn_alone("dhan-net", "net", core, net);
+        upstream.attach(thread.map_err(os("network thread"))?);
         Ok(upstream)
     }
 
@@ -436,18 +437,6 @@ pub struct NetLoop(Net);
 impl std::fmt::Debug for NetLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("NetLoop")
-    }
-}
-
-impl NetLoop {
-    /// Runs the loop on a thread of its own, `dhan-net` (pinned to `core`).
-    pub fn spawn(self, core: Option<usize>) -> std::io::Result<JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("dhan-net".into())
-            .spawn(move || {
-                crate::affinity::pin("net", core);
-                crate::evloop::run_alone(self);
-            })
     }
 }
 
