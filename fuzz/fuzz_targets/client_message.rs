@@ -13,7 +13,9 @@
 //! - an accepted message is a JSON object whose `type` names its kind.
 #![no_main]
 
-use dhan_relay::fanout::protocol::{error_message, parse, ClientMessage, InstrumentRef};
+use dhan_relay::fanout::protocol::{
+    error_message, parse, ClientMessage, InstrumentRef, MAX_FLUSH_INTERVAL_US,
+};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -80,6 +82,12 @@ fuzz_target!(|data: &[u8]| {
                     ClientMessage::UnsubscribeChain { chain } => {
                         assert_eq!(kind, "unsubscribe_chain");
                         assert!(!chain.is_empty() && chain.len() <= 64);
+                        continue;
+                    }
+                    ClientMessage::Options { flush_interval_us } => {
+                        assert_eq!(kind, "options");
+                        assert!(*flush_interval_us <= MAX_FLUSH_INTERVAL_US);
+                        assert_eq!(v["flushIntervalUs"], *flush_interval_us);
                         continue;
                     }
                 };
