@@ -31,6 +31,7 @@ pub mod sdnotify;
 pub mod serve_tls;
 pub mod sim;
 pub mod spsc;
+pub mod stoppable;
 pub mod tick;
 pub mod token;
 pub mod trading;

@@ -19,7 +19,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -33,6 +32,7 @@ use crate::instrument::date::ist_instant;
 use crate::instrument::source::{self, SourceConfig};
 use crate::instrument::{Date, Master, SharedMaster, TimeOfDay, WallClock};
 use crate::metrics::Counter;
+use crate::stoppable::Stoppable;
 use crate::token::KeeperHandle;
 use crate::upstream::UpstreamStats;
 
@@ -235,8 +235,7 @@ impl DayCounts {
 /// The running maintenance thread.
 #[derive(Debug)]
 pub struct Maintenance {
-    thread: Option<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    worker: Stoppable,
 }
 
 impl Maintenance {
@@ -256,32 +255,14 @@ impl Maintenance {
             stats,
             stop: Arc::clone(&stop),
         };
-        let thread = std::thread::Builder::new()
-            .name("dhan-maintenance".into())
-            .spawn(move || worker.run())?;
-        Ok(Maintenance {
-            thread: Some(thread),
-            stop,
-        })
+        let worker = Stoppable::spawn("dhan-maintenance", stop, move || worker.run())?;
+        Ok(Maintenance { worker })
     }
 
-    /// Stops and joins the thread (a run in progress finishes its step).
+    /// Stops and joins the thread (a run in progress finishes its step;
+    /// also on drop).
     pub fn shutdown(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.stop.store(true, Relaxed);
-            t.thread().unpark();
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Maintenance {
-    fn drop(&mut self) {
-        self.stop_now();
+        self.worker.stop();
     }
 }
 

@@ -17,6 +17,7 @@
 //! quiet market does not. [`Heartbeat`] is such a check at the cost of one
 //! relaxed atomic add per loop turn.
 
+use crate::stoppable::Stoppable;
 use std::ffi::OsString;
 use std::io;
 use std::os::linux::net::SocketAddrExt;
@@ -24,7 +25,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long a send may block when systemd's socket queue is full: a
@@ -243,28 +243,13 @@ pub fn all_beating(beats: Vec<(&'static str, Heartbeat)>) -> impl FnMut() -> boo
 /// drop.
 #[derive(Debug)]
 pub struct Watchdog {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    worker: Stoppable,
 }
 
 impl Watchdog {
-    /// Stops pinging and joins the thread.
+    /// Stops pinging and joins the thread (also on drop).
     pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.halt();
+        self.worker.stop();
     }
 }
 
@@ -283,40 +268,35 @@ pub fn spawn_watchdog(
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let mut health = health;
-    let spawned = std::thread::Builder::new()
-        .name("dhan-watchdog".into())
-        .spawn(move || {
-            let mut next = Instant::now() + every;
+    let spawned = Stoppable::spawn("dhan-watchdog", stop, move || {
+        let mut next = Instant::now() + every;
+        loop {
+            // park_timeout may wake early (unpark, spuriously): wait
+            // out the deadline, leaving as soon as asked to stop.
             loop {
-                // park_timeout may wake early (unpark, spuriously): wait
-                // out the deadline, leaving as soon as asked to stop.
-                loop {
-                    if flag.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let now = Instant::now();
-                    if now >= next {
-                        break;
-                    }
-                    std::thread::park_timeout(next - now);
+                if flag.load(Ordering::Relaxed) {
+                    return;
                 }
-                next += every;
-                if health() {
-                    notifier.watchdog();
+                let now = Instant::now();
+                if now >= next {
+                    break;
                 }
+                std::thread::park_timeout(next - now);
             }
-        });
+            next += every;
+            if health() {
+                notifier.watchdog();
+            }
+        }
+    });
     match spawned {
-        Ok(thread) => {
+        Ok(worker) => {
             log::debug!(
                 "systemd watchdog: {} ms, pinging every {} ms while healthy",
                 interval.as_millis(),
                 every.as_millis()
             );
-            Some(Watchdog {
-                stop,
-                thread: Some(thread),
-            })
+            Some(Watchdog { worker })
         }
         Err(e) => {
             log::warn!(

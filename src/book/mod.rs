@@ -34,7 +34,6 @@ mod state;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -50,6 +49,7 @@ use crate::domain::{InstrumentKey, Segment};
 use crate::history::{Bar, BarBuilder, BarEvent, BarSink, SWEEP_GRACE_SECS};
 use crate::metrics::{Counter, SharedLatency};
 use crate::sdnotify::Heartbeat;
+use crate::stoppable::Stoppable;
 use crate::tick::{DepthTick, Tick};
 use crate::wire::depth::{DepthRow, Side, ROWS};
 use crate::wire::feed::FeedData;
@@ -519,8 +519,7 @@ pub type Notify = Box<dyn Fn() + Send>;
 /// the latency path (the network thread's [`LiveBook`] forwards updates).
 #[derive(Debug)]
 pub struct BookThread {
-    thread: Option<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    worker: Stoppable,
     control: Sender<BookCommand>,
     /// The network thread's book's commands, once [`BookThread::live`]
     /// made it.
@@ -559,15 +558,12 @@ impl BookThread {
             stats: Arc::clone(&stats),
             config,
         };
-        let thread = std::thread::Builder::new()
-            .name("dhan-book".into())
-            .spawn(move || {
-                crate::affinity::pin("book", core);
-                worker.run();
-            })?;
+        let worker = Stoppable::spawn("dhan-book", stop, move || {
+            crate::affinity::pin("book", core);
+            worker.run();
+        })?;
         Ok(BookThread {
-            thread: Some(thread),
-            stop,
+            worker,
             control,
             live: None,
             snapshot,
@@ -613,7 +609,7 @@ impl BookThread {
 
     /// The thread's handle, for the network thread to unpark it.
     pub fn thread(&self) -> Option<std::thread::Thread> {
-        self.thread.as_ref().map(|t| t.thread().clone())
+        self.worker.thread()
     }
 
     /// Where to send [`BookCommand`]s.
@@ -625,23 +621,9 @@ impl BookThread {
         }
     }
 
-    /// Stops and joins the thread.
+    /// Stops and joins the thread (also on drop).
     pub fn shutdown(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.stop.store(true, Relaxed);
-            t.thread().unpark();
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for BookThread {
-    fn drop(&mut self) {
-        self.stop_now();
+        self.worker.stop();
     }
 }
 

@@ -25,7 +25,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -36,6 +35,7 @@ use super::store::{initial_capacity, Board, Series, SharedBoard};
 use super::{backfill, ist_day, Bar, BarEvent};
 use crate::domain::InstrumentKey;
 use crate::metrics::Counter;
+use crate::stoppable::Stoppable;
 
 /// Events the ring between the book and the history thread holds (40 B
 /// each: 1.3 MB). A minute's roll over 25,000 instruments fits.
@@ -452,8 +452,7 @@ impl Drop for Store {
 /// The running history thread.
 #[derive(Debug)]
 pub struct HistoryThread {
-    thread: Option<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    worker: Stoppable,
     /// What readers need.
     pub handle: HistoryHandle,
 }
@@ -472,44 +471,21 @@ impl HistoryThread {
             stop: Arc::clone(&stop),
             config,
         };
-        let thread = std::thread::Builder::new()
-            .name("dhan-history".into())
-            .spawn(move || {
-                crate::affinity::background("history");
-                worker.run();
-            })?;
+        let worker = Stoppable::spawn("dhan-history", stop, move || {
+            crate::affinity::background("history");
+            worker.run();
+        })?;
         let sink = BarSink {
             ring: tx,
             stats: Arc::clone(&handle.stats),
-            thread: Some(thread.thread().clone()),
+            thread: worker.thread(),
         };
-        Ok((
-            HistoryThread {
-                thread: Some(thread),
-                stop,
-                handle,
-            },
-            sink,
-        ))
+        Ok((HistoryThread { worker, handle }, sink))
     }
 
-    /// Stops and joins the thread.
+    /// Stops and joins the thread (also on drop).
     pub fn shutdown(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.stop.store(true, Relaxed);
-            t.thread().unpark();
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for HistoryThread {
-    fn drop(&mut self) {
-        self.stop_now();
+        self.worker.stop();
     }
 }
 

@@ -48,6 +48,7 @@ use super::format::{self, Header, MAX_PAYLOAD, RECORD_HEADER_LEN, VERSION};
 use super::reader::Reader;
 use super::FeedKind;
 use crate::instrument::Date;
+use crate::stoppable::Stoppable;
 
 /// Default ring size: 64 MiB, about half a second of a 1 M packets/s burst
 /// of ticker packets (≈ 100 MB/s with record headers) the disk may stall.
@@ -186,8 +187,7 @@ impl RecordTap {
 #[derive(Debug)]
 pub struct Recorder {
     stats: Arc<RecordStats>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    worker: Stoppable,
 }
 
 impl Recorder {
@@ -274,24 +274,15 @@ impl Recorder {
                 }),
             },
         };
-        let stop2 = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("dhan-record".into())
-            .spawn(move || worker.run(&stop2))?;
+        let flag = Arc::clone(&stop);
+        let worker = Stoppable::spawn("dhan-record", stop, move || worker.run(&flag))?;
         let tap = RecordTap {
             ring: prod,
             offset_ns,
             stats: Arc::clone(&stats),
             _not_sync: PhantomData,
         };
-        Ok((
-            Recorder {
-                stats,
-                stop,
-                thread: Some(thread),
-            },
-            tap,
-        ))
+        Ok((Recorder { stats, worker }, tap))
     }
 
     /// The shared counters.
@@ -301,24 +292,9 @@ impl Recorder {
 
     /// Drains the ring, writes and fsyncs the file, waits for a running
     /// compression, and joins the thread.
+    /// (Also on drop.)
     pub fn shutdown(mut self) {
-        self.finish();
-    }
-
-    fn finish(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.stop.store(true, Ordering::Release);
-            t.thread().unpark();
-            if t.join().is_err() {
-                log::error!("record: the recorder thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.finish();
+        self.worker.stop();
     }
 }
 
