@@ -167,6 +167,11 @@ pub struct RunArgs {
     /// 2 cores or fewer, spread above.
     #[arg(long, value_name = "LAYOUT")]
     pub threads: Option<crate::evloop::Threads>,
+    /// Fanout shards in the spread layout: threads that each serve their
+    /// share of the clients [default: one per core the network thread
+    /// leaves, at most 8; always 1 in the compact layout].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub fanout_threads: Option<u16>,
 }
 
 /// Flags of `dhan-relay check-config`.
@@ -204,6 +209,7 @@ impl RunArgs {
             record: self.record.clone(),
             busy_poll: self.busy_poll,
             threads: self.threads,
+            fanout_threads: self.fanout_threads.map(usize::from),
         }
     }
 }

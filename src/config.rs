@@ -124,6 +124,8 @@ pub struct Flags {
     pub busy_poll: bool,
     /// `--threads auto|compact|spread`.
     pub threads: Option<crate::evloop::Threads>,
+    /// `--fanout-threads N`.
+    pub fanout_threads: Option<usize>,
 }
 
 /// Cores for each thread role.
@@ -168,6 +170,9 @@ pub struct RunConfig {
     /// `threads` / `--threads`: the network and fanout loops on one thread
     /// or on two ([`crate::evloop::Threads`]).
     pub threads: crate::evloop::Threads,
+    /// `fanout_threads` / `--fanout-threads`: fanout shards in the spread
+    /// layout (`None`: auto, see [`crate::evloop::Threads::fanout_shards`]).
+    pub fanout_threads: Option<usize>,
     /// The watchlist as configured; the engine resolves it against the
     /// instrument master at start.
     pub watch: Vec<WatchSpec>,
@@ -281,6 +286,7 @@ struct FileConfig {
     pin: Option<Pinning>,
     busy_poll: Option<bool>,
     threads: Option<crate::evloop::Threads>,
+    fanout_threads: Option<toml::Value>,
     instruments: Option<String>,
     instruments_cache: Option<PathBuf>,
     maintenance_at: Option<Spanned<String>>,
@@ -744,6 +750,13 @@ impl RunConfig {
             pin,
             busy_poll: flags.busy_poll || fc.busy_poll.unwrap_or(false),
             threads: flags.threads.or(fc.threads).unwrap_or_default(),
+            fanout_threads: match flags.fanout_threads {
+                Some(n) => fanout_threads(&toml::Value::Integer(n as i64))?,
+                None => match &fc.fanout_threads {
+                    Some(v) => fanout_threads(v)?,
+                    None => None,
+                },
+            },
             watch,
             instruments,
             maintenance_at,
@@ -761,6 +774,24 @@ impl RunConfig {
             chain_rate,
             record,
         })
+    }
+}
+
+/// `fanout_threads`: `"auto"` (`None`) or 1 to 64 shards.
+fn fanout_threads(v: &toml::Value) -> Result<Option<usize>, String> {
+    match v {
+        toml::Value::String(s) if s == "auto" => Ok(None),
+        toml::Value::Integer(n) if (1..=64).contains(n) => Ok(Some(*n as usize)),
+        other => {
+            let shown = match other {
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::String(s) => format!("\"{s}\""),
+                v => format!("a {}", v.type_str()),
+            };
+            Err(format!(
+                "fanout_threads: {shown} is not \"auto\" or a count from 1 to 64"
+            ))
+        }
     }
 }
 
@@ -1043,6 +1074,31 @@ mod tests {
         assert_eq!(c.threads, Threads::Compact);
         let e = build(&Flags::default(), Some("threads = \"fast\"\n")).unwrap_err();
         assert!(e.contains("fast") && e.contains("compact"), "{e}");
+    }
+
+    #[test]
+    fn fanout_threads_come_from_the_flag_then_the_file_then_auto() {
+        assert_eq!(build(&Flags::default(), None).unwrap().fanout_threads, None);
+        let c = build(&Flags::default(), Some("fanout_threads = 3\n")).unwrap();
+        assert_eq!(c.fanout_threads, Some(3));
+        let c = build(&Flags::default(), Some("fanout_threads = \"auto\"\n")).unwrap();
+        assert_eq!(c.fanout_threads, None);
+        let flags = Flags {
+            fanout_threads: Some(2),
+            ..Flags::default()
+        };
+        assert_eq!(
+            build(&flags, Some("fanout_threads = 3\n"))
+                .unwrap()
+                .fanout_threads,
+            Some(2)
+        );
+        for bad in ["fanout_threads = 0\n", "fanout_threads = 65\n"] {
+            let e = build(&Flags::default(), Some(bad)).unwrap_err();
+            assert!(e.contains("fanout_threads") && e.contains("1 to 64"), "{e}");
+        }
+        let e = build(&Flags::default(), Some("fanout_threads = \"many\"\n")).unwrap_err();
+        assert!(e.contains("fanout_threads"), "{e}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::time::Duration;
 use ringbuf::traits::Split;
 use ringbuf::HeapRb;
 
-use crate::book::{BookConfig, BookThread, Depth20, Update};
+use crate::book::{BookConfig, BookThread, Depth20, Outlet, Update};
 use crate::chain::service::{ChainConfig, ChainLinks, ChainService};
 use crate::config::{Feed, RunConfig};
 use crate::evloop::Threads;
@@ -95,8 +95,8 @@ pub struct Engine {
     broker: Option<Broker>,
     /// The option chain thread.
     chains: Option<ChainService>,
-    /// Network, book and fanout loop heartbeats.
-    beats: [Heartbeat; 3],
+    /// Network, book and fanout shard loop heartbeats.
+    beats: Vec<Heartbeat>,
     fanout: Option<FanoutThread>,
     upstream: Option<Upstream>,
     book: Option<BookThread>,
@@ -222,8 +222,12 @@ impl Engine {
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let layout = config.threads.resolve(cores);
+        let shards = layout.fanout_shards(config.fanout_threads, cores);
+        if layout == Threads::Compact && config.fanout_threads.is_some_and(|n| n > 1) {
+            log::warn!("threads = compact: one fanout loop shares the network thread; fanout_threads is ignored");
+        }
         log::info!(
-            "threads: {} ({}{} cores): network and fanout loops {}",
+            "threads: {} ({}{} cores): {}",
             layout.name(),
             if config.threads == Threads::Auto {
                 "auto, "
@@ -232,8 +236,8 @@ impl Engine {
             },
             cores,
             match layout {
-                Threads::Compact => "share one thread",
-                _ => "on a thread each",
+                Threads::Compact => "network and fanout loops share one thread".to_string(),
+                _ => format!("network loop and {shards} fanout shard(s) on a thread each"),
             }
         );
         let fanout = Fanout::new(
@@ -242,16 +246,36 @@ impl Engine {
             access,
             crate::fanout::FanoutConfig {
                 threads: layout.name(),
+                shards,
                 ..config.fanout.clone()
             },
         )
         .map_err(|e| StartError::Io(e.to_string()))?;
         let (tick_tx, tick_rx) = HeapRb::<Tick>::new(RING).split();
-        let (update_tx, update_rx) = HeapRb::<Update>::new(RING).split();
         let (depth_tick_tx, depth_tick_rx) = HeapRb::<DepthTick>::new(DEPTH_RING).split();
-        let (depth_tx, depth_rx) = HeapRb::<Depth20>::new(DEPTH_RING).split();
-        let waker = fanout.waker();
-        let beats = [Heartbeat::new(), Heartbeat::new(), Heartbeat::new()];
+        // One update ring and one depth ring per fanout shard.
+        let mut outlets = Vec::with_capacity(shards);
+        let (mut update_rxs, mut depth_rxs) = (Vec::new(), Vec::new());
+        for waker in fanout.wakers() {
+            let (updates, update_rx) = HeapRb::<Update>::new(RING).split();
+            let (depth, depth_rx) = HeapRb::<Depth20>::new(DEPTH_RING).split();
+            update_rxs.push(update_rx);
+            depth_rxs.push(depth_rx);
+            let notify: crate::book::Notify = match layout {
+                // Same thread: nothing to wake.
+                Threads::Compact => Box::new(|| {}),
+                _ => Box::new(move || {
+                    let _ = waker.wake();
+                }),
+            };
+            outlets.push(Outlet {
+                updates,
+                depth,
+                notify,
+            });
+        }
+        // Network, book, then one per fanout shard.
+        let beats: Vec<Heartbeat> = (0..2 + shards).map(|_| Heartbeat::new()).collect();
         let (history, bar_sink) = HistoryThread::spawn(HistoryConfig {
             // Instruments subscribed mid-day get the day's earlier bars
             // from the recording, when there is one.
@@ -271,17 +295,9 @@ impl Engine {
         )
         .map_err(|e| StartError::Io(format!("cannot start the book thread: {e}")))?;
         let live = match layout {
-            // Same thread: nothing to wake, and a full ring must not wait.
-            Threads::Compact => book
-                .live(update_tx, depth_tx, Box::new(|| {}))
-                .spill_when_full(),
-            _ => book.live(
-                update_tx,
-                depth_tx,
-                Box::new(move || {
-                    let _ = waker.wake();
-                }),
-            ),
+            // Same thread: a full ring must not wait.
+            Threads::Compact => book.live(outlets).spill_when_full(),
+            _ => book.live(outlets),
         };
         let (recorder, tap) = match &config.record {
             Some(r) => {
@@ -384,9 +400,9 @@ impl Engine {
         let maintenance_stats = Arc::new(MaintenanceStats::default());
         let inputs = FanoutInputs {
             token: keeper.handle(),
-            heartbeat: beats[2].clone(),
-            updates: update_rx,
-            depth_updates: Some(depth_rx),
+            heartbeats: beats[2..].to_vec(),
+            updates: update_rxs,
+            depth_updates: Some(depth_rxs),
             snapshot: book.snapshot.clone(),
             upstream: upstream.control(),
             upstream_stats: upstream.stats(),
@@ -410,9 +426,10 @@ impl Engine {
         };
         let thread_error =
             |e| StartError::Io(format!("cannot start the network or fanout thread: {e}"));
-        let (mut fanout, fanout_loop) = fanout.build(inputs).map_err(thread_error)?;
+        let (mut fanout, fanout_loops) = fanout.build(inputs).map_err(thread_error)?;
         match layout {
             Threads::Compact => {
+                let fanout_loop = fanout_loops.into_iter().next().expect("one shard");
                 if config.pin.fanout.is_some() {
                     log::warn!("threads = compact: the network and fanout loops share one thread, pinned as `net`; the `fanout` pin is ignored");
                 }
@@ -431,9 +448,15 @@ impl Engine {
                 let (net_core, fanout_core) = (config.pin.net, config.fanout.core);
                 let net = crate::evloop::spawn_alone("dhan-net", "net", net_core, net_loop);
                 upstream.attach(net.map_err(thread_error)?);
-                let fan =
-                    crate::evloop::spawn_alone("dhan-fanout", "fanout", fanout_core, fanout_loop);
-                fanout.attach(fan.map_err(thread_error)?);
+                for (k, shard) in fanout_loops.into_iter().enumerate() {
+                    let name = match k {
+                        0 => "dhan-fanout".to_string(),
+                        k => format!("dhan-fanout-{k}"),
+                    };
+                    let core = fanout_core.map(|c| c + k);
+                    let fan = crate::evloop::spawn_alone(&name, "fanout", core, shard);
+                    fanout.attach(fan.map_err(thread_error)?);
+                }
             }
         }
         let maintenance = Maintenance::spawn(
@@ -448,6 +471,7 @@ impl Engine {
                 to_fanout: turn_tx,
                 fanout_waker,
                 from_fanout: done_rx,
+                fanout_shards: shards,
                 book: book.control(),
                 snapshot: book.snapshot.clone(),
                 counts: DayCounts {
@@ -519,10 +543,19 @@ impl Engine {
 
     /// The network, book and fanout loops' heartbeats, named, for the
     /// service watchdog.
-    pub fn heartbeats(&self) -> Vec<(&'static str, Heartbeat)> {
-        ["network", "book", "fanout"]
-            .into_iter()
-            .zip(self.beats.iter().cloned())
+    pub fn heartbeats(&self) -> Vec<(String, Heartbeat)> {
+        self.beats
+            .iter()
+            .enumerate()
+            .map(|(i, beat)| {
+                let name = match i {
+                    0 => "network".to_string(),
+                    1 => "book".to_string(),
+                    2 => "fanout".to_string(),
+                    k => format!("fanout-{}", k - 2),
+                };
+                (name, beat.clone())
+            })
             .collect()
     }
 

@@ -18,6 +18,11 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+/// Most fanout shards `fanout_threads = "auto"` gives: past this the one
+/// network thread, which hands every update to every shard, is the limit
+/// (README "Scaling").
+pub const AUTO_SHARDS_MAX: usize = 8;
+
 /// The thread layout (`threads` in the config).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +46,18 @@ impl Threads {
             Threads::Auto if cores <= 2 => Threads::Compact,
             Threads::Auto => Threads::Spread,
             other => other,
+        }
+    }
+
+    /// Fanout shards for this (resolved) layout: one in `compact` (a
+    /// single fanout loop shares the network thread), else `asked`, or by
+    /// default a shard per core the network thread leaves, at most
+    /// [`AUTO_SHARDS_MAX`].
+    pub fn fanout_shards(self, asked: Option<usize>, cores: usize) -> usize {
+        match (self, asked) {
+            (Threads::Compact, _) => 1,
+            (_, Some(n)) => n.max(1),
+            _ => cores.saturating_sub(1).clamp(1, AUTO_SHARDS_MAX),
         }
     }
 
@@ -245,5 +262,14 @@ mod tests {
             .parse::<Threads>()
             .unwrap_err()
             .contains("auto, compact or spread"));
+    }
+
+    #[test]
+    fn fanout_shards_fill_the_cores_the_network_thread_leaves() {
+        assert_eq!(Threads::Compact.fanout_shards(Some(4), 16), 1);
+        assert_eq!(Threads::Spread.fanout_shards(Some(3), 2), 3);
+        assert_eq!(Threads::Spread.fanout_shards(None, 2), 1);
+        assert_eq!(Threads::Spread.fanout_shards(None, 4), 3);
+        assert_eq!(Threads::Spread.fanout_shards(None, 64), AUTO_SHARDS_MAX);
     }
 }

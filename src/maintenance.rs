@@ -101,6 +101,15 @@ pub struct DayDone {
     pub client_subscriptions: usize,
 }
 
+impl DayDone {
+    /// Adds one fanout shard's answer (only the lead rolls and drops).
+    pub fn add(&mut self, other: DayDone) {
+        self.rolled += other.rolled;
+        self.dropped.extend(other.dropped);
+        self.client_subscriptions += other.client_subscriptions;
+    }
+}
+
 /// The last run, for `/stats`.
 #[derive(Debug, Clone)]
 pub struct LastRun {
@@ -184,12 +193,14 @@ pub struct MaintenanceConfig {
 pub struct MaintenanceLinks {
     /// The master, swapped here.
     pub master: SharedMaster,
-    /// [`DayTurn`]s to the fanout …
+    /// [`DayTurn`]s to the fanout's lead shard …
     pub to_fanout: Sender<DayTurn>,
     /// … woken with this …
     pub fanout_waker: Arc<Waker>,
-    /// … answering here.
+    /// … every shard answering here …
     pub from_fanout: Receiver<DayDone>,
+    /// … this many.
+    pub fanout_shards: usize,
     /// The book's commands.
     pub book: BookControl,
     /// The book's latest snapshot (which instruments it holds).
@@ -323,14 +334,21 @@ impl Worker {
             previous: Arc::clone(&previous),
         });
         let _ = self.links.fanout_waker.wake();
-        let done = self
-            .links
-            .from_fanout
-            .recv_timeout(FANOUT_ANSWER)
-            .unwrap_or_else(|_| {
-                log::warn!("daily maintenance: the fanout did not answer in {FANOUT_ANSWER:?}");
-                DayDone::default()
-            });
+        let deadline = Instant::now() + FANOUT_ANSWER;
+        let mut done = DayDone::default();
+        for answered in 0..self.links.fanout_shards {
+            match self.links.from_fanout.recv_deadline(deadline) {
+                Ok(shard) => done.add(shard),
+                Err(_) => {
+                    log::warn!(
+                        "daily maintenance: {} of {} fanout shards did not answer in {FANOUT_ANSWER:?}",
+                        self.links.fanout_shards - answered,
+                        self.links.fanout_shards
+                    );
+                    break;
+                }
+            }
+        }
         let removed = self.forget_expired(today, &previous);
         let now = self.links.counts.totals();
         let d = Totals {

@@ -209,7 +209,7 @@ impl Heartbeat {
 /// heartbeat has beaten since the previous call (or since this was made).
 /// The first loop that stops is logged as a warning by name, once until it
 /// turns again.
-pub fn all_beating(beats: Vec<(&'static str, Heartbeat)>) -> impl FnMut() -> bool + Send + 'static {
+pub fn all_beating(beats: Vec<(String, Heartbeat)>) -> impl FnMut() -> bool + Send + 'static {
     let mut seen: Vec<u64> = beats.iter().map(|(_, b)| b.count()).collect();
     let mut stalled = false;
     move || {
@@ -217,7 +217,7 @@ pub fn all_beating(beats: Vec<(&'static str, Heartbeat)>) -> impl FnMut() -> boo
         for ((name, beat), last) in beats.iter().zip(seen.iter_mut()) {
             let now = beat.count();
             if now == *last && stuck.is_none() {
-                stuck = Some(*name);
+                stuck = Some(name.as_str());
             }
             *last = now;
         }
@@ -521,7 +521,10 @@ mod tests {
     fn all_beating_needs_every_loop_to_turn_between_checks() {
         let net = Heartbeat::new();
         let fanout = Heartbeat::new();
-        let mut check = all_beating(vec![("net", net.clone()), ("fanout", fanout.clone())]);
+        let mut check = all_beating(vec![
+            ("net".into(), net.clone()),
+            ("fanout".into(), fanout.clone()),
+        ]);
         assert!(!check(), "nothing turned yet");
         net.beat();
         fanout.beat();

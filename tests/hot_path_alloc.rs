@@ -163,23 +163,29 @@ fn book_with_bars_allocates_nothing_per_tick() {
     assert_eq!(allocs, 0, "the book's bar path allocated");
 }
 
-/// One test, both thread layouts one after the other: the counting
-/// allocator is process-wide, so two engines must not run at once.
+/// One test, both thread layouts (the spread one with one fanout shard,
+/// then two) one after the other: the counting allocator is process-wide,
+/// so two engines must not run at once.
 #[test]
 fn hot_paths_allocate_per_update_at_most_once_and_never_per_tick_or_subscriber() {
     book_with_bars_allocates_nothing_per_tick();
     let sim = SimProcess::start(3000);
-    for layout in [Threads::Compact, Threads::Spread] {
-        println!("threads = {}", layout.name());
-        engine_hot_paths(&sim.1, layout);
+    for (layout, shards) in [
+        (Threads::Compact, 1),
+        (Threads::Spread, 1),
+        (Threads::Spread, 2),
+    ] {
+        println!("threads = {}, fanout shards = {shards}", layout.name());
+        engine_hot_paths(&sim.1, layout, shards);
     }
 }
 
-fn engine_hot_paths(feed_url: &str, layout: Threads) {
+fn engine_hot_paths(feed_url: &str, layout: Threads, shards: usize) {
     let flags = Flags {
         listen: vec!["127.0.0.1:0".into()],
         feed_url: Some(feed_url.to_string()),
         threads: Some(layout),
+        fanout_threads: Some(shards),
         ..Flags::default()
     };
     let config = RunConfig::build(

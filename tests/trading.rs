@@ -752,3 +752,31 @@ fn the_token_never_appears_in_the_log_or_the_page() {
         assert!(!text.contains(CLIENT_ID), "the client id is in the {what}");
     }
 }
+
+/// With two fanout shards, the lead takes the order stream and passes each
+/// update on: a subscriber on either shard gets every one, once.
+#[test]
+fn order_updates_reach_subscribers_on_every_fanout_shard() {
+    let dir = TempDir::new("trading-shards");
+    let sim = sim();
+    let control = sim.control();
+    let engine = engine(
+        &sim,
+        &dir.0,
+        "threads = \"spread\"\nfanout_threads = 2",
+        None,
+    );
+    let addr = engine.addr();
+    let mut first = order_client(addr);
+    let mut second = order_client(addr);
+    let shards = common::get_json(addr, "/stats")["fanoutShards"].clone();
+    assert_eq!(shards, json!([1, 1]), "one client on each shard");
+    settle(&control, addr, 1400.0);
+    let r = place(addr, market("BUY", 3));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["orderId"].as_str().unwrap().to_string();
+    for ws in [&mut first, &mut second] {
+        let traded = update(ws, &id, "TRADED");
+        assert_eq!(traded["filledQty"], 3, "{traded}");
+    }
+}

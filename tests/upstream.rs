@@ -888,7 +888,7 @@ struct SpillRig {
 }
 
 fn spill_rig(backoff: BackoffConfig) -> SpillRig {
-    use dhan_relay::book::{BookConfig, BookThread, Depth20, Update};
+    use dhan_relay::book::{BookConfig, BookThread, Depth20, Outlet, Update};
     let sim = Simulator::start(sim_config()).expect("simulator starts");
     let ctl = sim.control();
     let (tick_tx, tick_rx) = HeapRb::<Tick>::new(1 << 16).split();
@@ -896,7 +896,11 @@ fn spill_rig(backoff: BackoffConfig) -> SpillRig {
     let (depth_tx, _depth_rx) = HeapRb::<Depth20>::new(16).split();
     let mut book = BookThread::spawn(BookConfig::default(), tick_rx, None, None).unwrap();
     let live = book
-        .live(update_tx, depth_tx, Box::new(|| {}))
+        .live(vec![Outlet {
+            updates: update_tx,
+            depth: depth_tx,
+            notify: Box::new(|| {}),
+        }])
         .spill_when_full();
     let cfg = UpstreamConfig {
         feed_url: sim.feed_url(),

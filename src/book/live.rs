@@ -11,9 +11,9 @@
 //! simply runs behind, by at most its snapshot interval.
 //!
 //! Per tick this costs the network thread one [`Book::apply`] (a hash
-//! look-up and a copy) and one ring push; per loop turn one wake-up of the
-//! fanout (none in the compact layout). Nothing is allocated after an
-//! instrument is first seen.
+//! look-up and a copy) and one ring push per fanout shard ([`Outlet`]);
+//! per loop turn one wake-up of each shard that got something (none in the
+//! compact layout). Nothing is allocated after an instrument is first seen.
 //!
 //! A full fanout ring is never a silent drop. With the fanout on another
 //! thread the network thread waits for it ([`crate::spsc`]). On the same
@@ -46,25 +46,39 @@ const ROOM: usize = 1024;
 /// [`ROOM`] for the depth ring (a depth frame carries a few side packets).
 const DEPTH_ROOM: usize = 64;
 
+/// One fanout shard's rings, and how to wake it.
+pub struct Outlet {
+    /// Every update, in order.
+    pub updates: HeapProd<Update>,
+    /// Every 20-level book, in order.
+    pub depth: HeapProd<Depth20>,
+    /// Wakes the shard.
+    pub notify: Notify,
+}
+
+impl std::fmt::Debug for Outlet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outlet")
+    }
+}
+
 /// The network thread's book and its ends of the fanout's rings. Made by
 /// [`super::BookThread::live`].
 pub struct LiveBook {
     pub(super) book: Book,
-    pub(super) updates: HeapProd<Update>,
-    pub(super) depth: HeapProd<Depth20>,
-    /// Wakes the fanout.
-    pub(super) notify: Notify,
+    /// One per fanout shard: each gets every update.
+    pub(super) outlets: Vec<Outlet>,
     /// [`BookCommand`]s, also sent to the book thread.
     pub(super) commands: Receiver<BookCommand>,
     pub(super) stats: Arc<BookStats>,
     /// Network receive → applied (recorded just before the push).
     pub(super) latency: LatencyRecorder,
-    /// Updates forwarded since the fanout was last woken.
+    /// Updates forwarded since the shards were last woken.
     pub(super) forwarded: u64,
-    /// Wake the fanout at the end of this turn even without updates.
+    /// Wake the shards at the end of this turn even without updates.
     pub(super) poke: bool,
-    /// `Some`: the fanout runs on this thread; what a full ring did not
-    /// take waits here, in order.
+    /// `Some`: the (single) fanout shard runs on this thread; what a full
+    /// ring did not take waits here, in order.
     pub(super) spill: Option<Spill>,
 }
 
@@ -82,9 +96,14 @@ impl std::fmt::Debug for LiveBook {
 }
 
 impl LiveBook {
-    /// For a fanout on this same thread: a full ring spills instead of
-    /// waiting (see the module docs).
+    /// For a fanout on this same thread (one shard): a full ring spills
+    /// instead of waiting (see the module docs).
     pub fn spill_when_full(mut self) -> LiveBook {
+        assert_eq!(
+            self.outlets.len(),
+            1,
+            "only a single shard shares the thread"
+        );
         self.spill = Some(Spill::default());
         self
     }
@@ -99,14 +118,25 @@ impl LiveBook {
         self.latency
             .record(clock::now_ns().saturating_sub(tick.recv_ns));
         let LiveBook {
-            updates,
-            notify,
+            outlets,
             stats,
             spill,
             ..
         } = self;
-        let spill = spill.as_mut().map(|s| &mut s.updates);
-        if forward(updates, spill, update, &stats.ring_full_waits, stop, notify) {
+        let mut spill = spill.as_mut().map(|s| &mut s.updates);
+        let mut forwarded = false;
+        for o in outlets {
+            let full = &stats.ring_full_waits;
+            forwarded |= forward(
+                &mut o.updates,
+                spill.as_deref_mut(),
+                update,
+                full,
+                stop,
+                &mut o.notify,
+            );
+        }
+        if forwarded {
             self.forwarded += 1;
         }
     }
@@ -116,14 +146,25 @@ impl LiveBook {
     pub fn apply_depth(&mut self, tick: &DepthTick, stop: &AtomicBool) {
         let d = self.book.apply_depth(tick);
         let LiveBook {
-            depth,
-            notify,
+            outlets,
             stats,
             spill,
             ..
         } = self;
-        let spill = spill.as_mut().map(|s| &mut s.depth);
-        if forward(depth, spill, d, &stats.ring_full_waits, stop, notify) {
+        let mut spill = spill.as_mut().map(|s| &mut s.depth);
+        let mut forwarded = false;
+        for o in outlets {
+            let full = &stats.ring_full_waits;
+            forwarded |= forward(
+                &mut o.depth,
+                spill.as_deref_mut(),
+                d,
+                full,
+                stop,
+                &mut o.notify,
+            );
+        }
+        if forwarded {
             self.forwarded += 1;
         }
     }
@@ -133,24 +174,16 @@ impl LiveBook {
     /// once the spill has gone into the rings and they have [`ROOM`] (or
     /// half their size, if smaller).
     pub fn has_room(&mut self) -> bool {
-        let Some(spill) = &mut self.spill else {
+        let (Some(spill), [o]) = (&mut self.spill, &mut self.outlets[..]) else {
             return true;
         };
-        refill(&mut self.updates, &mut spill.updates);
-        refill(&mut self.depth, &mut spill.depth);
+        refill(&mut o.updates, &mut spill.updates);
+        refill(&mut o.depth, &mut spill.depth);
         let room = |vacant: usize, capacity: usize, want: usize| vacant >= want.min(capacity / 2);
         spill.updates.is_empty()
             && spill.depth.is_empty()
-            && room(
-                self.updates.vacant_len(),
-                self.updates.capacity().get(),
-                ROOM,
-            )
-            && room(
-                self.depth.vacant_len(),
-                self.depth.capacity().get(),
-                DEPTH_ROOM,
-            )
+            && room(o.updates.vacant_len(), o.updates.capacity().get(), ROOM)
+            && room(o.depth.vacant_len(), o.depth.capacity().get(), DEPTH_ROOM)
     }
 
     /// The end of a network loop turn: wakes the fanout once if anything
@@ -159,12 +192,14 @@ impl LiveBook {
     pub fn end_turn(&mut self) {
         // What a frame spilled goes on even when no further frame is read
         // (the frame that spilled ended its connection, say).
-        if let Some(spill) = &mut self.spill {
-            refill(&mut self.updates, &mut spill.updates);
-            refill(&mut self.depth, &mut spill.depth);
+        if let (Some(spill), [o]) = (&mut self.spill, &mut self.outlets[..]) {
+            refill(&mut o.updates, &mut spill.updates);
+            refill(&mut o.depth, &mut spill.depth);
         }
         if self.forwarded > 0 || std::mem::take(&mut self.poke) {
-            (self.notify)();
+            for o in &mut self.outlets {
+                (o.notify)();
+            }
             self.stats.updates.add(std::mem::take(&mut self.forwarded));
         }
         while let Ok(BookCommand::Remove(keys)) = self.commands.try_recv() {

@@ -41,7 +41,7 @@ use crossbeam_channel::{Receiver, Sender};
 use ringbuf::traits::{Consumer, Observer};
 use ringbuf::{HeapCons, HeapProd};
 
-pub use live::LiveBook;
+pub use live::{LiveBook, Outlet};
 pub use state::{FullExtras, InstrumentState, UpdateKind};
 
 use crate::clock;
@@ -581,23 +581,16 @@ impl BookThread {
         ring.occupied_len() >= Self::WAKE_AT.min(ring.capacity().get() / 4)
     }
 
-    /// The network thread's book, forwarding to the fanout over `updates`
-    /// and `depth` and waking it with `notify`; it shares this thread's
+    /// The network thread's book, forwarding every update to each fanout
+    /// shard's [`Outlet`]; it shares this thread's
     /// counters and [`BookThread::latency`], and takes the commands sent
     /// through [`BookThread::control`] from now on.
-    pub fn live(
-        &mut self,
-        updates: HeapProd<Update>,
-        depth: HeapProd<Depth20>,
-        notify: Notify,
-    ) -> LiveBook {
+    pub fn live(&mut self, outlets: Vec<Outlet>) -> LiveBook {
         let (tx, commands) = crossbeam_channel::unbounded();
         self.live = Some(tx);
         LiveBook {
             book: Book::states_only(),
-            updates,
-            depth,
-            notify,
+            outlets,
             commands,
             stats: Arc::clone(&self.stats),
             latency: self.latency.recorder(),
@@ -981,13 +974,13 @@ mod tests {
         let pokes = Arc::new(AtomicUsize::new(0));
         let mut live = {
             let pokes = Arc::clone(&pokes);
-            book.live(
-                update_tx,
-                depth_tx,
-                Box::new(move || {
+            book.live(vec![Outlet {
+                updates: update_tx,
+                depth: depth_tx,
+                notify: Box::new(move || {
                     pokes.fetch_add(1, Relaxed);
                 }),
-            )
+            }])
         };
         let reader = std::thread::spawn(move || {
             let mut seen = Vec::new();

@@ -13,6 +13,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::session::{Kind, Session, Slot};
+use super::shard::{of_session, Relayed};
 use super::topics::Topics;
 use super::Worker;
 use crate::chain::service::{ChainEvent, ChainRequest};
@@ -26,9 +27,10 @@ const EVENTS_BUDGET: usize = 256;
 pub struct ChainLink {
     /// Requests to it.
     pub requests: Sender<ChainRequest>,
-    /// Its events.
+    /// Its events (on the lead; the other shards get theirs from it).
     pub events: Receiver<ChainEvent>,
-    /// Chain ids to numbers, as the chain thread named them.
+    /// Chain ids to numbers, as the chain thread named them (on each
+    /// shard, those its clients subscribed to).
     pub ids: HashMap<Arc<str>, u32>,
 }
 
@@ -98,19 +100,41 @@ impl Worker {
         }
     }
 
-    /// The chain thread's events of this turn.
+    /// The lead: the chain thread's events of this turn, each handled
+    /// here or passed on to the shard it concerns (a render to all).
     pub(super) fn drain_chains(&mut self, now: Instant) {
         let Some(link) = self.chains.as_mut() else {
             return;
         };
-        let mut events = Vec::new();
-        while events.len() < EVENTS_BUDGET {
-            match link.events.try_recv() {
-                Ok(e) => events.push(e),
-                Err(_) => break,
+        let events: Vec<ChainEvent> = link.events.try_iter().take(EVENTS_BUDGET).collect();
+        for event in events {
+            let to = match &event {
+                ChainEvent::Subscribed { session, .. } | ChainEvent::Refused { session, .. } => {
+                    of_session(*session, self.shards)
+                }
+                ChainEvent::Render { chain, body } => {
+                    for f in &self.followers {
+                        let _ = f.send(Relayed::Chain(ChainEvent::Render {
+                            chain: *chain,
+                            body: body.clone(),
+                        }));
+                    }
+                    0
+                }
+                ChainEvent::Hold { .. } => 0,
+            };
+            match to {
+                0 => self.chain_event(event, now),
+                k => {
+                    let _ = self.followers[k - 1].send(Relayed::Chain(event));
+                }
             }
         }
-        for event in events {
+    }
+
+    /// One chain event for this shard's clients (or, a hold, the union).
+    pub(super) fn chain_event(&mut self, event: ChainEvent, now: Instant) {
+        {
             match event {
                 ChainEvent::Subscribed {
                     slot,
@@ -158,12 +182,12 @@ impl Worker {
                 ChainEvent::Hold { chain, add, remove } => {
                     let client = topic_client(chain);
                     for (key, mode) in add {
-                        self.topics.add(client, key, mode);
+                        self.union.hold(client, key, Some(mode));
                     }
                     for key in remove {
-                        self.topics.remove(client, key);
+                        self.union.hold(client, key, None);
                     }
-                    self.view_dirty = true;
+                    self.union_dirty = true;
                 }
                 ChainEvent::Render { chain, body } => {
                     for (i, s) in self.sessions.iter_mut().enumerate() {

@@ -70,7 +70,9 @@ impl Worker {
                 Ok(Read::Gone) => self.close_slot(i),
                 Err(_) => {
                     log::error!("a client handler panicked; that client was dropped");
-                    self.topics.remove_client(i);
+                    for key in self.local.held_by(i) {
+                        self.release(i, key);
+                    }
                     self.close_slot(i);
                 }
             }
@@ -269,7 +271,7 @@ impl Worker {
                 // A plain mode replaces depth20 on these instruments.
                 for key in &keys {
                     if s.depth20.remove(key) {
-                        self.depth_topics.remove(i, *key);
+                        self.release_depth(i, *key);
                     }
                 }
                 self.subscribe(i, s, keys, mode, now)
@@ -374,13 +376,13 @@ impl Worker {
             if s.subs.insert(key, mode).is_none() {
                 self.stats.subscriptions.inc();
             }
-            if self.topics.add(i, key, mode) == Admission::Queued {
+            if self.hold(i, key, mode) == Admission::Queued {
                 queued.push(key);
                 continue;
             }
             // Snapshot on subscribe: the fanout's own latest, else the book's.
             let state = self
-                .topics
+                .local
                 .get(&key)
                 .and_then(|t| t.last.map(|u| u.state))
                 .or_else(|| snapshot.get(key).copied());
@@ -393,9 +395,8 @@ impl Worker {
                 }
             }
         }
-        self.view_dirty = true;
         if !queued.is_empty() {
-            let (held, waiting) = self.topics.load();
+            let (held, waiting) = self.union.load();
             log::warn!(
                 "upstream capacity full ({held} of {} instruments): {} more queued for client {} ({waiting} queued in all)",
                 self.config.upstream_capacity,
@@ -444,7 +445,7 @@ impl Worker {
             if !s.subs.contains_key(&key) || !s.depth20.insert(key) {
                 continue; // refused (limit), or already held in depth20
             }
-            self.depth_topics.add(i, key);
+            self.hold_depth(i, key);
             if let Some(d) = snapshot.depth20(key) {
                 let symbol = self.symbols.get(&key).map(String::as_str);
                 let msg = self.renderer.depth20(d, symbol);
@@ -457,16 +458,15 @@ impl Worker {
         let mut missing = Vec::new();
         for key in keys {
             if s.depth20.remove(&key) {
-                self.depth_topics.remove(i, key);
+                self.release_depth(i, key);
             }
             if s.subs.remove(&key).is_some() {
-                self.topics.remove(i, key);
+                self.release(i, key);
                 self.stats.subscriptions.sub(1);
             } else {
                 missing.push(key);
             }
         }
-        self.view_dirty = true;
         if !missing.is_empty() {
             self.client_error(s, &format!("not subscribed: {}", name_some(&missing)), now);
         }
@@ -581,10 +581,10 @@ mod tests {
         }
         let now = Instant::now();
         h.worker.drain_orders(now);
-        assert!(h.worker.orders_pending, "the rest wait a turn");
+        assert!(h.worker.backlog, "the rest wait a turn");
         h.worker.flush_dirty(now);
         h.worker.drain_orders(now);
-        assert!(!h.worker.orders_pending);
+        assert!(!h.worker.backlog);
         h.worker.flush_dirty(now);
         for p in [&mut pa, &mut pb] {
             let got = frames(p, total as usize);

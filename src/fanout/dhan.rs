@@ -312,11 +312,10 @@ impl Worker {
             // client does not hold is ignored.
             for key in req.instruments {
                 if s.subs.remove(&key).is_some() {
-                    self.topics.remove(i, key);
+                    self.release(i, key);
                     self.stats.subscriptions.sub(1);
                 }
             }
-            self.view_dirty = true;
         }
     }
 
@@ -389,7 +388,7 @@ impl Worker {
                     if !s.depth20.insert(key) {
                         continue;
                     }
-                    self.depth_topics.add(i, key);
+                    self.hold_depth(i, key);
                     if let Some(d) = snapshot.depth20(key) {
                         for side in [Side::Bid, Side::Ask] {
                             let b = self.dhan.depth(d, side);
@@ -402,7 +401,7 @@ impl Worker {
             RequestCode::UnsubscribeDepth => {
                 for key in req.instruments {
                     if s.depth20.remove(&key) {
-                        self.depth_topics.remove(i, key);
+                        self.release_depth(i, key);
                     }
                 }
             }

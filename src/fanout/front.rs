@@ -32,8 +32,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::shard::{Door as ShardDoor, Load};
 use bytes::Bytes;
-use crossbeam_channel::Sender;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -258,13 +258,14 @@ impl FrontDoor {
         Arc::clone(&self.waker)
     }
 
-    /// Runs until `stop`; `to_fanout` + `fanout_waker` reach the fanout.
+    /// Runs until `stop`; `to_fanout` reaches the fanout shards, `load`
+    /// says which serves the fewest clients.
     pub fn run(
         self,
         config: FanoutConfig,
         rest: RestState,
-        to_fanout: Sender<Handoff>,
-        fanout_waker: Arc<Waker>,
+        to_fanout: Vec<ShardDoor<Handoff>>,
+        load: Load,
         stop: Arc<AtomicBool>,
         trading: TradingDoor,
     ) {
@@ -278,7 +279,7 @@ impl FrontDoor {
             config,
             rest,
             to_fanout,
-            fanout_waker,
+            load,
             last_prices: None,
             auth: self.access.auth,
             keys: self.access.watch,
@@ -352,8 +353,10 @@ struct Front {
     again: Vec<usize>,
     config: FanoutConfig,
     rest: RestState,
-    to_fanout: Sender<Handoff>,
-    fanout_waker: Arc<Waker>,
+    /// Each fanout shard.
+    to_fanout: Vec<ShardDoor<Handoff>>,
+    /// Clients per shard: a new one goes to the least loaded.
+    load: Load,
     /// The last `/ws/prices` body, for greeting new clients.
     last_prices: Option<(Instant, Bytes)>,
     /// Access control.
@@ -984,11 +987,12 @@ impl Front {
             limits: who.limits,
             refused: who.refused,
         };
-        match self.to_fanout.send(Handoff::Client(client)) {
-            Ok(()) => {
-                let _ = self.fanout_waker.wake();
-            }
+        let shard = self.load.least_loaded();
+        self.load.add(shard);
+        match self.to_fanout[shard].send(Handoff::Client(client)) {
+            Ok(()) => {}
             Err(crossbeam_channel::SendError(Handoff::Client(c))) => {
+                self.load.remove(shard);
                 self.auth.connection_closed(c.principal.key);
             }
             Err(_) => {}
@@ -1013,8 +1017,8 @@ impl Front {
             return;
         }
         let body = self.prices_body();
-        if self.to_fanout.send(Handoff::Prices(body)).is_ok() {
-            let _ = self.fanout_waker.wake();
+        for shard in &self.to_fanout {
+            let _ = shard.send(Handoff::Prices(body.clone()));
         }
     }
 

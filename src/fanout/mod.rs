@@ -1,23 +1,29 @@
-//! Everything that faces clients: three threads around one contract.
+//! Everything that faces clients: the fanout shards and two threads
+//! around one contract.
 //!
 //! - **front door** ([`front`]): the listener, HTTP heads, REST
 //!   ([`rest`]), the dashboard, WebSocket handshakes. Upgraded sockets are
-//!   handed to the fanout over a channel.
-//! - **fanout** (this module, [`client`], [`pump`]): WebSocket sessions
-//!   only. Each loop turn: take new clients and resolver answers, read
-//!   what clients sent (a budget of frames per client per turn), take every
-//!   update the book queued, render each once per message type and queue
-//!   the same bytes to every subscriber, flush each dirty client with one
-//!   vectored write, tell the network thread what changed upstream.
+//!   handed to the least loaded fanout shard over its channel.
+//! - **fanout shards** (this module, [`client`], [`pump`]): WebSocket
+//!   sessions only, each shard a loop serving its share of the clients
+//!   (`fanout_threads`; one in the compact layout, where it shares the
+//!   network thread). Each loop turn: take new clients and resolver
+//!   answers, read what clients sent (a budget of frames per client per
+//!   turn), take every update from the shard's own ring, render each once
+//!   per message type and queue the same bytes to every subscriber, flush
+//!   each dirty client with one vectored write, and bring the shared
+//!   subscription [`union`] up to date, which tells the network thread
+//!   what changed upstream. Shard 0, the lead, also takes order updates,
+//!   chain events and the day's turn, and passes them on ([`shard`]).
 //! - **resolver** ([`resolver`]): symbol look-ups for subscribe messages,
 //!   so a client sending 1,000 unknown names costs the others nothing.
 //!
-//! No client can make the fanout loop wait: sockets are non-blocking,
-//! queues bounded ([`session`]), work per client per turn budgeted, and
-//! anything heavy (REST bodies, the `/ws/prices` object, search, symbol
-//! resolution) runs on the other two threads. The fanout publishes what
-//! they need — the upstream subscriptions and the watchlist — as a
-//! [`rest::View`] through `arc-swap`.
+//! No client can make a shard wait: sockets are non-blocking, queues
+//! bounded ([`session`]), work per client per turn budgeted, and anything
+//! heavy (REST bodies, the `/ws/prices` object, search, symbol resolution)
+//! runs on the other two threads. The union publishes what they need — the
+//! upstream subscriptions and the watchlist — as a [`rest::View`] through
+//! `arc-swap`.
 
 mod admin;
 pub(crate) mod assets;
@@ -27,6 +33,7 @@ mod day;
 pub mod dhan;
 pub mod front;
 pub mod http;
+mod local;
 pub mod outbound;
 pub mod protocol;
 mod pump;
@@ -34,9 +41,11 @@ pub mod render;
 pub mod resolver;
 pub mod rest;
 pub mod session;
+pub mod shard;
 pub mod stats;
 pub mod topics;
 pub mod trade;
+mod union;
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -65,12 +74,15 @@ use crate::sdnotify::Heartbeat;
 use crate::token::KeeperHandle;
 use crate::upstream::{UpstreamControl, UpstreamStats};
 use front::{FrontDoor, Handoff, NewClient};
+use local::Local;
 use render::Renderer;
 use resolver::{Answer, Job};
 use rest::{RestState, SharedView, UpstreamStatus, View};
 use session::{Kind, Session, Slot};
+use shard::{Door, Load, Relayed};
 use stats::FanoutStats;
-use topics::{DepthTopics, Topics};
+use topics::Admission;
+use union::Union;
 
 const WAKER: Token = Token(usize::MAX);
 /// How long a queued close frame may wait without the socket taking a
@@ -133,7 +145,11 @@ pub struct FanoutConfig {
     pub demo: bool,
     /// The thread layout in use (`compact` or `spread`), for `/stats`.
     pub threads: &'static str,
-    /// Pin the fanout thread to this core, when set.
+    /// Fanout shards: loops on threads of their own, each serving its
+    /// share of the clients (1 in the compact layout).
+    pub shards: usize,
+    /// Pin the fanout thread to this core, when set (shard `k` to this
+    /// core + `k`).
     pub core: Option<usize>,
 }
 
@@ -157,6 +173,7 @@ impl Default for FanoutConfig {
             allowed_hosts: Vec::new(),
             demo: false,
             threads: "spread",
+            shards: 1,
             core: None,
         }
     }
@@ -164,10 +181,10 @@ impl Default for FanoutConfig {
 
 /// What the fanout reads from the rest of the engine at run time.
 pub struct FanoutInputs {
-    /// Updates from the book thread.
-    pub updates: HeapCons<Update>,
-    /// 20-level books from the book thread (none: no depth feed).
-    pub depth_updates: Option<HeapCons<Depth20>>,
+    /// Updates from the network thread's book, one ring per shard.
+    pub updates: Vec<HeapCons<Update>>,
+    /// 20-level books, one ring per shard (none: no depth feed).
+    pub depth_updates: Option<Vec<HeapCons<Depth20>>>,
     /// The book's latest snapshot.
     pub snapshot: SharedSnapshot,
     /// Commands to the network thread.
@@ -189,11 +206,11 @@ pub struct FanoutInputs {
     pub clock: WallClock,
     /// The token keeper (status for REST, admin credential changes).
     pub token: KeeperHandle,
-    /// Beaten once per loop turn, for the service watchdog.
-    pub heartbeat: Heartbeat,
-    /// The daily maintenance's turns of the day …
+    /// Beaten once per loop turn, one per shard, for the service watchdog.
+    pub heartbeats: Vec<Heartbeat>,
+    /// The daily maintenance's turns of the day (to the lead shard) …
     pub day_turns: Receiver<DayTurn>,
-    /// … and the answers to them.
+    /// … and the answers to them (one from each shard).
     pub day_done: Sender<DayDone>,
     /// Its counters and last run, for REST.
     pub maintenance: Arc<MaintenanceStats>,
@@ -227,12 +244,12 @@ impl std::fmt::Debug for FanoutInputs {
     }
 }
 
-/// The listener and the fanout's poll, created before the threads so the
-/// book thread can be given the fanout's waker.
+/// The listener and the shards' polls, created before the threads so the
+/// network thread can be given the shards' wakers.
 #[derive(Debug)]
 pub struct Fanout {
-    poll: Poll,
-    waker: Arc<Waker>,
+    /// Each shard's poll and the waker registered with it.
+    shards: Vec<(Poll, Arc<Waker>)>,
     front: FrontDoor,
     config: FanoutConfig,
     auth: Arc<Auth>,
@@ -249,20 +266,30 @@ impl Fanout {
     ) -> std::io::Result<Fanout> {
         let auth = Arc::clone(&access.auth);
         let front = FrontDoor::new(listeners, reload, access)?;
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let shards = (0..config.shards.max(1))
+            .map(|_| {
+                let poll = Poll::new()?;
+                let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+                Ok((poll, waker))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Fanout {
-            poll,
-            waker,
+            shards,
             front,
             config,
             auth,
         })
     }
 
-    /// Wakes the fanout loop (the book thread calls it after a batch).
+    /// Wakes the lead shard, the one that takes relay-wide events (order
+    /// updates, chain events, the day's turn) for all.
     pub fn waker(&self) -> Arc<Waker> {
-        Arc::clone(&self.waker)
+        Arc::clone(&self.shards[0].1)
+    }
+
+    /// Every shard's waker, by shard: shard `k` reads update ring `k`.
+    pub fn wakers(&self) -> Vec<Arc<Waker>> {
+        self.shards.iter().map(|(_, w)| Arc::clone(w)).collect()
     }
 
     /// Wakes the front door (the broker threads call it with an answer).
@@ -270,12 +297,15 @@ impl Fanout {
         self.front.waker()
     }
 
-    /// Starts the front door and resolver threads; the fanout loop is the
-    /// caller's to run ([`crate::evloop`]): on a thread of its own (then
-    /// given to [`FanoutThread::attach`]) or sharing one.
-    /// Stopping the returned handle stops the loop, wherever it runs, and
-    /// waits for it to end.
-    pub fn build(self, inputs: FanoutInputs) -> std::io::Result<(FanoutThread, FanoutLoop)> {
+    /// Starts the front door and resolver threads; the shards' loops are
+    /// the caller's to run ([`crate::evloop`]), on threads of their own
+    /// (then given to [`FanoutThread::attach`]) or, for a single shard,
+    /// sharing one with the network loop. Stopping the returned handle
+    /// stops the loops, wherever they run, and waits for them to end.
+    pub fn build(self, inputs: FanoutInputs) -> std::io::Result<(FanoutThread, Vec<FanoutLoop>)> {
+        let n = self.shards.len();
+        assert_eq!(inputs.updates.len(), n, "one update ring per shard");
+        assert_eq!(inputs.heartbeats.len(), n, "one heartbeat per shard");
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(FanoutStats::default());
         stats
@@ -287,21 +317,23 @@ impl Fanout {
             watchlist: inputs.watchlist.items().to_vec(),
             active: Vec::new(),
         }));
-        let (handoff_tx, handoff_rx) = crossbeam_channel::unbounded::<Handoff>();
+        let wakers: Vec<Arc<Waker>> = self.shards.iter().map(|(_, w)| Arc::clone(w)).collect();
+        let (handoff_doors, handoff_rx) = shard::doors::<Handoff>(&wakers);
+        let (answer_doors, answer_rx) = shard::doors::<Answer>(&wakers);
+        let (relay_doors, relay_rx) = shard::doors::<Relayed>(&wakers);
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
-        let (answer_tx, answer_rx) = crossbeam_channel::unbounded::<Answer>();
+        let load = Load::new(n);
         let mut threads = Vec::new();
 
         let resolver = {
-            let (waker, master, view, clock) = (
-                Arc::clone(&self.waker),
+            let (master, view, clock) = (
                 Arc::clone(&inputs.master),
                 Arc::clone(&view),
                 inputs.clock.clone(),
             );
             std::thread::Builder::new()
                 .name("dhan-resolver".into())
-                .spawn(move || resolver::run(job_rx, answer_tx, waker, master, view, clock))?
+                .spawn(move || resolver::run(job_rx, answer_doors, master, view, clock))?
         };
         threads.push(resolver);
 
@@ -319,6 +351,7 @@ impl Fanout {
             started: Instant::now(),
             demo: self.config.demo,
             threads: self.config.threads,
+            shard_load: load.clone(),
             token: inputs.token.clone(),
             maintenance: inputs.maintenance,
             calendar: inputs.calendar,
@@ -333,93 +366,127 @@ impl Fanout {
         };
         let front_waker = self.front.waker();
         let front = {
-            let (config, waker, stop) = (
-                self.config.clone(),
-                Arc::clone(&self.waker),
-                Arc::clone(&stop),
-            );
+            let (config, stop, load) = (self.config.clone(), Arc::clone(&stop), load.clone());
             let door = self.front;
             let trading = inputs.trading;
             std::thread::Builder::new()
                 .name("dhan-front".into())
-                .spawn(move || door.run(config, rest, handoff_tx, waker, stop, trading))?
+                .spawn(move || door.run(config, rest, handoff_doors, load, stop, trading))?
         };
         threads.push(front);
 
+        let union = Arc::new(Union::new(
+            self.config.unsubscribe_grace,
+            self.config.upstream_capacity,
+            inputs.upstream,
+            Arc::clone(&stats),
+            view,
+            inputs.watchlist.items(),
+            wakers.clone(),
+        ));
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(1024)
             .write_buffer_size(0)
             .max_message_size(Some(self.config.max_frame_bytes))
             .max_frame_size(Some(self.config.max_frame_bytes));
-        let symbols = inputs
+        let symbols: HashMap<InstrumentKey, String> = inputs
             .watchlist
             .items()
             .iter()
             .map(|w| (w.key, w.symbol.clone()))
             .collect();
-        let mut worker = Worker {
-            topics: Topics::new(self.config.unsubscribe_grace, self.config.upstream_capacity),
-            depth_topics: DepthTopics::new(self.config.unsubscribe_grace),
-            depth_updates: inputs.depth_updates,
-            poll: self.poll,
-            stop: Arc::clone(&stop),
-            ws_config,
-            updates: inputs.updates,
-            snapshot: inputs.snapshot,
-            upstream: inputs.upstream,
-            upstream_stats: inputs.upstream_stats,
-            master: inputs.master,
-            watchlist: inputs.watchlist,
-            config: self.config,
-            sessions: Vec::new(),
-            free: Vec::new(),
-            next_id: 1,
-            readable: Vec::with_capacity(64),
-            renderer: Renderer::new(),
-            dhan: dhan::DhanRenderer::new(),
-            stats: Arc::clone(&stats),
-            latency: tick_to_wire.recorder(),
-            message_latency: client_message.recorder(),
-            symbols,
-            view,
-            view_dirty: true,
-            next_view: Instant::now(),
-            handoff: handoff_rx,
-            jobs: job_tx,
-            answers: answer_rx,
-            upstream_up: false,
-            announced: "connecting",
-            rotations_announced: 0,
-            heartbeat: inputs.heartbeat,
-            day_turns: inputs.day_turns,
-            day_done: inputs.day_done,
-            keys_generation: self.auth.store().generation(),
-            auth: self.auth,
-            next_second: Instant::now(),
-            turn_recv: Vec::with_capacity(1024),
-            dirty: Vec::with_capacity(1024),
-            held_until: None,
-            orders: inputs.orders,
-            orders_pending: false,
-            chains: inputs.chains.map(|(requests, events)| chains::ChainLink {
-                requests,
-                events,
-                ids: std::collections::HashMap::new(),
-            }),
-            events: Events::with_capacity(1024),
-            events_full: false,
+        let mut depth_updates = inputs
+            .depth_updates
+            .map(|v| v.into_iter().map(Some).collect::<Vec<_>>())
+            .unwrap_or_else(|| (0..n).map(|_| None).collect());
+        let (chain_requests, mut chain_events) = match inputs.chains {
+            Some((requests, events)) => (Some(requests), Some(events)),
+            None => (None, None),
         };
-        for w in worker.watchlist.items() {
-            worker.topics.add(Topics::RELAY, w.key, Mode::Ticker);
+        let mut orders = inputs.orders;
+        let trading_on = orders.is_some();
+        let mut day_turns = Some(inputs.day_turns);
+        let keys_generation = self.auth.store().generation();
+        let (mut handoff_rx, mut answer_rx) = (handoff_rx.into_iter(), answer_rx.into_iter());
+        let mut loops = Vec::with_capacity(n);
+        let shards = self.shards.into_iter().zip(inputs.updates).zip(relay_rx);
+        for (k, (((poll, _), updates), relayed)) in shards.enumerate() {
+            let lead = k == 0;
+            loops.push(FanoutLoop(Box::new(Worker {
+                shard: k,
+                shards: n,
+                union: Arc::clone(&union),
+                union_dirty: true,
+                load: load.clone(),
+                followers: if lead {
+                    relay_doors[1..].to_vec()
+                } else {
+                    Vec::new()
+                },
+                relayed,
+                local: Local::default(),
+                depth_updates: depth_updates[k].take(),
+                poll,
+                stop: Arc::clone(&stop),
+                ws_config,
+                updates,
+                snapshot: Arc::clone(&inputs.snapshot),
+                upstream_stats: Arc::clone(&inputs.upstream_stats),
+                master: Arc::clone(&inputs.master),
+                watchlist: inputs.watchlist.clone(),
+                config: self.config.clone(),
+                sessions: Vec::new(),
+                free: Vec::new(),
+                next_id: k as u64 + 1,
+                readable: Vec::with_capacity(64),
+                renderer: Renderer::new(),
+                dhan: dhan::DhanRenderer::new(),
+                stats: Arc::clone(&stats),
+                latency: tick_to_wire.recorder(),
+                message_latency: client_message.recorder(),
+                symbols: symbols.clone(),
+                handoff: handoff_rx.next().expect("one per shard"),
+                jobs: job_tx.clone(),
+                answers: answer_rx.next().expect("one per shard"),
+                upstream_up: false,
+                announced: "connecting",
+                rotations_announced: 0,
+                heartbeat: inputs.heartbeats[k].clone(),
+                day_turns: day_turns.take().unwrap_or_else(crossbeam_channel::never),
+                day_done: inputs.day_done.clone(),
+                keys_generation,
+                auth: Arc::clone(&self.auth),
+                next_second: Instant::now(),
+                turn_recv: Vec::with_capacity(1024),
+                dirty: Vec::with_capacity(1024),
+                held_until: None,
+                // The lead drains the broker's order updates and passes
+                // them on; the others get them from it.
+                orders: match orders.take() {
+                    Some(rx) => Some(rx),
+                    None if trading_on => Some(crossbeam_channel::never()),
+                    None => None,
+                },
+                backlog: false,
+                chains: chain_requests.as_ref().map(|requests| chains::ChainLink {
+                    requests: requests.clone(),
+                    events: chain_events.take().unwrap_or_else(crossbeam_channel::never),
+                    ids: HashMap::new(),
+                }),
+                events: Events::with_capacity(1024),
+                events_full: false,
+            })));
         }
+        let mut all_wakers = wakers;
+        all_wakers.push(front_waker);
         let running = FanoutThread {
             threads,
             stop,
-            wakers: [Arc::clone(&self.waker), front_waker],
+            wakers: all_wakers,
             stats,
             tick_to_wire,
         };
-        Ok((running, FanoutLoop(worker)))
+        Ok((running, loops))
     }
 }
 
@@ -428,7 +495,8 @@ impl Fanout {
 pub struct FanoutThread {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    wakers: [Arc<Waker>; 2],
+    /// Every shard's and the front door's.
+    wakers: Vec<Arc<Waker>>,
     /// Counters.
     pub stats: Arc<FanoutStats>,
     /// Network receive → client socket write latency.
@@ -436,7 +504,8 @@ pub struct FanoutThread {
 }
 
 impl FanoutThread {
-    /// The thread running the fanout loop alone: joined first on stop.
+    /// A thread running a shard's loop alone: joined before the front
+    /// door and resolver on stop.
     pub fn attach(&mut self, thread: JoinHandle<()>) {
         self.threads.push(thread);
     }
@@ -451,10 +520,10 @@ impl FanoutThread {
         for w in &self.wakers {
             let _ = w.wake();
         }
-        // The fanout loop owns the resolver's job sender: it ends (its own
-        // thread joined first, or the thread it shares with the network
-        // loop ending both), which closes that channel and ends the
-        // resolver.
+        // The shards own the resolver's job senders: they end (their own
+        // threads joined first, or the thread a single shard shares with
+        // the network loop ending both), which closes that channel and
+        // ends the resolver.
         while let Some(t) = self.threads.pop() {
             let _ = t.join();
         }
@@ -467,9 +536,9 @@ impl Drop for FanoutThread {
     }
 }
 
-/// The fanout loop, to run with [`crate::evloop`]: alone on the fanout
-/// thread, or sharing a thread with the network loop.
-pub struct FanoutLoop(Worker);
+/// A shard's loop, to run with [`crate::evloop`]: alone on a thread, or
+/// (a single shard) sharing a thread with the network loop.
+pub struct FanoutLoop(Box<Worker>);
 
 impl std::fmt::Debug for FanoutLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -495,8 +564,24 @@ impl crate::evloop::EventLoop for FanoutLoop {
     }
 }
 
-/// The fanout thread's state.
+/// One shard's state.
 struct Worker {
+    /// This shard's number (0: the lead).
+    shard: usize,
+    /// How many shards there are.
+    shards: usize,
+    /// The subscription union of every shard.
+    union: Arc<Union>,
+    /// Something changed in the union this turn: sync it at the turn's end.
+    union_dirty: bool,
+    /// Clients per shard (this one's is lowered as its clients go).
+    load: Load,
+    /// The lead's ways into the other shards (empty on the others).
+    followers: Vec<Door<Relayed>>,
+    /// What the lead passed on (nothing arrives on the lead's own).
+    relayed: Receiver<Relayed>,
+    /// Who holds which instrument on this shard.
+    local: Local,
     poll: Poll,
     stop: Arc<AtomicBool>,
     config: FanoutConfig,
@@ -504,21 +589,19 @@ struct Worker {
     updates: HeapCons<Update>,
     depth_updates: Option<HeapCons<Depth20>>,
     snapshot: SharedSnapshot,
-    upstream: UpstreamControl,
     upstream_stats: Arc<UpstreamStats>,
     master: SharedMaster,
     watchlist: Watchlist,
     /// Sessions by slot (the mio token).
     sessions: Vec<Option<Box<Session>>>,
     free: Vec<usize>,
+    /// The next session's id (steps by the shard count, see
+    /// [`shard::of_session`]).
     next_id: u64,
     /// Sessions to read this turn: readiness events, plus those whose
     /// read budget ran out last turn (edge-triggered readiness will not
     /// report them again).
     readable: Vec<usize>,
-    topics: Topics,
-    /// Who holds which instrument in `depth20`.
-    depth_topics: DepthTopics,
     renderer: Renderer,
     /// Packets for `/dhan` clients.
     dhan: dhan::DhanRenderer,
@@ -527,9 +610,6 @@ struct Worker {
     message_latency: LatencyRecorder,
     /// Names shown on updates: the watchlist's, then the master's.
     symbols: HashMap<InstrumentKey, String>,
-    view: SharedView,
-    view_dirty: bool,
-    next_view: Instant,
     handoff: Receiver<Handoff>,
     jobs: Sender<Job>,
     answers: Receiver<Answer>,
@@ -553,10 +633,13 @@ struct Worker {
     dirty: Vec<usize>,
     /// The earliest time a held-back session may write.
     held_until: Option<Instant>,
-    /// Order updates for `subscribe_orders` clients (`None`: trading off).
+    /// Order updates for `subscribe_orders` clients (`None`: trading off;
+    /// on the other shards a channel that stays empty, their updates come
+    /// from the lead).
     orders: Option<Receiver<Bytes>>,
-    /// The order budget ran out last turn: do not sleep in the poll.
-    orders_pending: bool,
+    /// The order or relay budget ran out last turn: do not sleep in the
+    /// poll.
+    backlog: bool,
     /// Option chains (`None`: none served).
     chains: Option<chains::ChainLink>,
     events: Events,
@@ -567,17 +650,16 @@ struct Worker {
 impl Worker {
     /// How long the loop may sleep: not at all with clients left to read
     /// or order updates waiting (no readiness event will announce them),
-    /// else until the nearest unsubscribe grace or held flush, at most
-    /// 100 ms.
+    /// else until the union's next due time (an unsubscribe grace, the
+    /// view) or a held flush, at most 100 ms.
     fn sleep_for(&self) -> Duration {
-        if !self.readable.is_empty() || self.orders_pending || self.events_full {
+        if !self.readable.is_empty() || self.backlog || self.events_full {
             return Duration::ZERO;
         }
         let until = self
-            .topics
-            .next_deadline()
+            .union
+            .next_due()
             .into_iter()
-            .chain(self.depth_topics.next_deadline())
             .chain(self.held_until)
             .min()
             .map(|d| d.saturating_duration_since(Instant::now()));
@@ -624,12 +706,10 @@ impl Worker {
         self.drain_depth(now);
         self.drain_orders(now);
         self.drain_chains(now);
+        self.drain_relayed(now);
         self.check_upstream(now);
         self.flush_dirty(now);
         self.push_changes(now);
-        if self.view_dirty && now >= self.next_view {
-            self.publish_view(now);
-        }
         if now >= self.next_second {
             self.next_second = now + Duration::from_secs(1);
             self.every_second(now);
@@ -669,12 +749,13 @@ impl Worker {
         ) {
             log::warn!("cannot watch a new client: {e}");
             self.auth.connection_closed(principal.key);
+            self.load.remove(self.shard);
             self.free.push(slot);
             return;
         }
         set_send_buffer(stream.tcp(), self.config.client_send_buffer);
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id += self.shards as u64;
         let rate = limits
             .messages_per_sec
             .map_or(self.config.max_messages_per_sec, |r| {
@@ -737,33 +818,56 @@ impl Worker {
         self.readable.push(slot);
     }
 
-    /// Relays order updates (at most [`ORDERS_BUDGET`] a turn) to every
-    /// `/ws` session that subscribed to them: the same bytes to each, never
-    /// conflated (a client that does not read its replies is closed, as
-    /// for any reply).
+    /// The lead: takes order updates from the broker (at most
+    /// [`ORDERS_BUDGET`] a turn), passes them on to the other shards and
+    /// relays them to its own subscribers.
     fn drain_orders(&mut self, now: Instant) {
+        self.backlog = false;
         let Some(rx) = &self.orders else {
             return;
         };
-        self.orders_pending = false;
-        let mut subscribers: Option<Vec<usize>> = None;
-        for _ in 0..ORDERS_BUDGET {
-            let Ok(msg) = rx.try_recv() else {
-                break;
-            };
-            let subscribers = subscribers.get_or_insert_with(|| {
-                (0..self.sessions.len())
-                    .filter(|&i| self.sessions[i].as_ref().is_some_and(|s| s.orders))
-                    .collect()
-            });
-            for &i in subscribers.iter() {
-                if let Some(s) = self.sessions[i].as_mut() {
-                    s.reply_bytes(&msg, &self.stats, now);
-                }
+        let msgs: Vec<Bytes> = rx.try_iter().take(ORDERS_BUDGET).collect();
+        self.backlog = !rx.is_empty();
+        for f in &self.followers {
+            for msg in &msgs {
+                let _ = f.send(Relayed::Order(msg.clone()));
             }
         }
-        self.orders_pending = !rx.is_empty();
-        self.dirty.extend(subscribers.into_iter().flatten());
+        self.deliver_orders(&msgs, now);
+    }
+
+    /// Relays order updates to every `/ws` session of this shard that
+    /// subscribed to them: the same bytes to each, never conflated (a
+    /// client that does not read its replies is closed, as for any reply).
+    fn deliver_orders(&mut self, msgs: &[Bytes], now: Instant) {
+        if msgs.is_empty() {
+            return;
+        }
+        for (i, s) in self.sessions.iter_mut().enumerate() {
+            let Some(s) = s.as_mut().filter(|s| s.orders) else {
+                continue;
+            };
+            for msg in msgs {
+                s.reply_bytes(msg, &self.stats, now);
+            }
+            self.dirty.push(i);
+        }
+    }
+
+    /// Another shard: what the lead passed on (at most [`ORDERS_BUDGET`]
+    /// a turn).
+    fn drain_relayed(&mut self, now: Instant) {
+        let mut orders = Vec::new();
+        for _ in 0..ORDERS_BUDGET {
+            match self.relayed.try_recv() {
+                Ok(Relayed::Order(msg)) => orders.push(msg),
+                Ok(Relayed::Chain(event)) => self.chain_event(event, now),
+                Ok(Relayed::Day(day)) => self.follow_day(&day, now),
+                Err(_) => break,
+            }
+        }
+        self.backlog |= !self.relayed.is_empty();
+        self.deliver_orders(&orders, now);
     }
 
     fn push_prices(&mut self, body: &Bytes, now: Instant) {
@@ -812,6 +916,7 @@ impl Worker {
     }
 
     fn every_second(&mut self, now: Instant) {
+        self.local.sweep(now);
         self.take_day_turns(now);
         self.ping_dhan(now);
         self.check_revoked(now);
@@ -887,31 +992,20 @@ impl Worker {
         }
     }
 
-    /// Publishes the upstream subscriptions and the watchlist for REST and
-    /// the resolver (at most every [`VIEW_EVERY`]).
-    fn publish_view(&mut self, now: Instant) {
-        self.view_dirty = false;
-        self.next_view = now + VIEW_EVERY;
-        self.view.store(Arc::new(View {
-            watchlist: self.watchlist.items().to_vec(),
-            active: self.topics.active(),
-        }));
-    }
-
     /// Removes the session in slot `i` and everything it held.
     fn close_slot(&mut self, i: usize) {
         let Some(mut s) = self.sessions.get_mut(i).and_then(Option::take) else {
             return;
         };
         for key in s.subs.keys() {
-            self.topics.remove(i, *key);
+            self.release(i, *key);
         }
         for key in s.depth20.iter() {
-            self.depth_topics.remove(i, *key);
+            self.release_depth(i, *key);
         }
         self.release_chains(&s);
-        self.view_dirty |= !s.subs.is_empty();
         self.auth.connection_closed(s.key);
+        self.load.remove(self.shard);
         self.stats.subscriptions.sub(s.subs.len() as u64);
         self.stats.clients.sub(1);
         if s.kind == Kind::Prices {
@@ -943,6 +1037,42 @@ impl Worker {
         self.latency.publish(Instant::now());
         self.message_latency.publish(Instant::now());
         log::info!("fanout stopped");
+    }
+}
+
+impl Worker {
+    /// Client `i` of this shard takes `key` in `mode` (new, or a mode
+    /// change): whether it flows now or waits for upstream capacity.
+    fn hold(&mut self, i: usize, key: InstrumentKey, mode: Mode) -> Admission {
+        let held = self.local.add(i, key, mode);
+        self.union_dirty = true;
+        self.union.add(self.shard, key, held)
+    }
+
+    /// Client `i` lets go of `key`; true if it held it.
+    fn release(&mut self, i: usize, key: InstrumentKey) -> bool {
+        let held = self.local.remove(i, key);
+        if held.changed {
+            self.union_dirty = true;
+            self.union.remove(self.shard, key, held);
+        }
+        held.changed
+    }
+
+    /// Client `i` takes `key`'s 20-level book.
+    fn hold_depth(&mut self, i: usize, key: InstrumentKey) {
+        if self.local.add_depth(i, key) {
+            self.union_dirty = true;
+            self.union.add_depth(self.shard, key);
+        }
+    }
+
+    /// Client `i` lets go of `key`'s 20-level book.
+    fn release_depth(&mut self, i: usize, key: InstrumentKey) {
+        if self.local.remove_depth(i, key) {
+            self.union_dirty = true;
+            self.union.remove_depth(self.shard, key);
+        }
     }
 }
 
@@ -1000,16 +1130,31 @@ mod test_worker {
             upstream_capacity: capacity,
             ..FanoutConfig::default()
         };
+        let stats: Arc<FanoutStats> = Arc::default();
+        let union = Union::new(
+            config.unsubscribe_grace,
+            capacity,
+            UpstreamControl::new(cmd_tx, Arc::clone(&waker)),
+            Arc::clone(&stats),
+            Arc::default(),
+            &[],
+            vec![waker],
+        );
         let worker = Worker {
-            topics: Topics::new(config.unsubscribe_grace, capacity),
-            depth_topics: DepthTopics::new(config.unsubscribe_grace),
+            shard: 0,
+            shards: 1,
+            union: Arc::new(union),
+            union_dirty: false,
+            load: Load::new(1),
+            followers: Vec::new(),
+            relayed: crossbeam_channel::never(),
+            local: Local::default(),
             depth_updates: None,
             poll,
             stop: Arc::default(),
             ws_config: WebSocketConfig::default(),
             updates: rx,
             snapshot: Arc::default(),
-            upstream: UpstreamControl::new(cmd_tx, waker),
             upstream_stats: Arc::default(),
             master: Arc::new(ArcSwap::from_pointee(Master::sample())),
             watchlist: Watchlist::new(ResolvedWatchlist::default()),
@@ -1020,13 +1165,10 @@ mod test_worker {
             readable: Vec::new(),
             renderer: Renderer::new(),
             dhan: dhan::DhanRenderer::new(),
-            stats: Arc::default(),
+            stats,
             latency: SharedLatency::default().recorder(),
             message_latency: SharedLatency::default().recorder(),
             symbols: HashMap::new(),
-            view: Arc::default(),
-            view_dirty: false,
-            next_view: Instant::now(),
             handoff,
             jobs,
             answers,
@@ -1043,7 +1185,7 @@ mod test_worker {
             dirty: Vec::new(),
             held_until: None,
             orders: None,
-            orders_pending: false,
+            backlog: false,
             chains: None,
             events: Events::with_capacity(64),
             events_full: false,

@@ -17,14 +17,14 @@ use super::render::message_mode;
 use super::session::{Health, Kind, Slot};
 use super::{client::name_some, Worker};
 use crate::clock;
-use crate::upstream::Command;
 
 impl Worker {
     /// Takes every queued update and hands it to its subscribers.
     pub(super) fn drain_updates(&mut self, now: Instant) {
         let Worker {
+            shard,
             updates,
-            topics,
+            local,
             sessions,
             renderer,
             dhan: dhan_renderer,
@@ -38,11 +38,12 @@ impl Worker {
         while let Some(update) = updates.try_pop() {
             n += 1;
             let key = update.state.key;
-            let Some(topic) = topics.get_mut(&key) else {
-                continue;
-            };
+            let topic = local.seen(key, now);
             let oi_changed = dhan::oi_changed(topic.last.as_ref(), &update);
             topic.last = Some(update);
+            if topic.subscribers.is_empty() {
+                continue;
+            }
             // Rendered at most once per message type, shared by all.
             let mut rendered: [Option<Option<Bytes>>; 3] = [None, None, None];
             let mut packets: [Option<Option<Bytes>>; 5] = [None, None, None, None, None];
@@ -81,7 +82,8 @@ impl Worker {
                 turn_recv.push(update.state.recv_ns);
             }
         }
-        if n > 0 {
+        // Every shard takes every update: the lead counts them.
+        if n > 0 && *shard == 0 {
             stats.updates.add(n);
         }
     }
@@ -91,7 +93,7 @@ impl Worker {
     pub(super) fn drain_depth(&mut self, now: Instant) {
         let Worker {
             depth_updates: Some(updates),
-            depth_topics,
+            local,
             sessions,
             renderer,
             dhan: dhan_renderer,
@@ -105,12 +107,12 @@ impl Worker {
             return;
         };
         while let Some(d) = updates.try_pop() {
-            let Some(topic) = depth_topics.get(&d.key) else {
+            let Some(subscribers) = local.depth(&d.key) else {
                 continue;
             };
             let mut rendered: Option<Bytes> = None;
             let mut packet: Option<Bytes> = None;
-            for &client in &topic.subscribers {
+            for &client in subscribers {
                 let Some(Some(s)) = sessions.get_mut(client) else {
                     continue;
                 };
@@ -171,46 +173,24 @@ impl Worker {
         }
     }
 
-    /// Tells the network thread what changed, and clients whose queued
-    /// instruments just got an upstream slot.
+    /// Brings the union up to date when this turn changed it or something
+    /// there fell due (the union tells the network thread), then tells this
+    /// shard's clients whose queued instruments just got an upstream slot.
     pub(super) fn push_changes(&mut self, now: Instant) {
-        let changes = self.topics.take_changes(now);
-        let (held, queued) = self.topics.load();
-        self.stats.upstream_held.set(held as u64);
-        self.stats.upstream_queued.set(queued as u64);
-        if !changes.promoted.is_empty() {
-            self.announce_promoted(&changes.promoted, now);
+        if !std::mem::take(&mut self.union_dirty) && !self.union.due(self.shard, now) {
+            return;
         }
-        // Unsubscribes first: the network thread applies commands in order,
-        // and a promoted instrument needs the slot the unsubscribe frees.
-        if !changes.unsubscribe.is_empty() {
-            self.upstream
-                .send(Command::Unsubscribe(changes.unsubscribe));
-            self.view_dirty = true;
-        }
-        if !changes.subscribe.is_empty() {
-            self.upstream.send(Command::Subscribe(changes.subscribe));
-            self.view_dirty = true;
-        }
-        let depth = self.depth_topics.take_changes(now);
-        if !depth.unsubscribe.is_empty() {
-            self.upstream
-                .send(Command::UnsubscribeDepth(depth.unsubscribe));
-        }
-        if !depth.subscribe.is_empty() {
-            self.upstream.send(Command::SubscribeDepth(depth.subscribe));
+        let promoted = self.union.sync(self.shard, now);
+        if !promoted.is_empty() {
+            self.announce_promoted(&promoted, now);
         }
     }
 
     fn announce_promoted(&mut self, promoted: &[crate::domain::InstrumentKey], now: Instant) {
-        log::info!(
-            "upstream capacity freed: {} queued instruments subscribed",
-            promoted.len()
-        );
         let mut per_client: std::collections::HashMap<usize, Vec<crate::domain::InstrumentKey>> =
             std::collections::HashMap::new();
         for key in promoted {
-            if let Some(t) = self.topics.get(key) {
+            if let Some(t) = self.local.get(key) {
                 for &(client, _) in &t.subscribers {
                     per_client.entry(client).or_default().push(*key);
                 }
@@ -293,7 +273,7 @@ mod tests {
         let i = h.worker.sessions.len();
         for k in keys {
             s.subs.insert(*k, mode);
-            h.worker.topics.add(i, *k, mode);
+            h.worker.hold(i, *k, mode);
         }
         h.worker.sessions.push(Some(Box::new(s)));
         (i, peer)
@@ -309,7 +289,9 @@ mod tests {
         let (_, mut ticker) = client(&mut h, 64 * 1024, &[key(1)], Mode::Ticker);
         let (_, mut quote) = client(&mut h, 64 * 1024, &[key(1)], Mode::Quote);
         let (_, mut other) = client(&mut h, 64 * 1024, &[key(2)], Mode::Quote);
-        h.worker.topics.add(Topics::RELAY, key(1), Mode::Ticker);
+        h.worker
+            .union
+            .hold(Topics::RELAY, key(1), Some(Mode::Ticker));
         let now = Instant::now();
         h.updates.try_push(quote_update(1, 10.5)).unwrap();
         h.updates.try_push(quote_update(9, 1.0)).unwrap(); // nobody holds it
@@ -400,14 +382,14 @@ mod tests {
         // the unsubscribe that freed its slot, refused upstream, and never
         // retried.
         let mut h = worker(1);
-        h.worker.topics.add(1, key(1), Mode::Ticker);
+        h.worker.hold(1, key(1), Mode::Ticker);
         let now = Instant::now();
         h.worker.push_changes(now);
         assert!(
             matches!(h.upstream.try_recv(), Ok(Command::Subscribe(s)) if s == vec![(key(1), Mode::Ticker)])
         );
-        h.worker.topics.add(2, key(2), Mode::Ticker); // queued: capacity 1
-        h.worker.topics.remove(1, key(1));
+        h.worker.hold(2, key(2), Mode::Ticker); // queued: capacity 1
+        h.worker.release(1, key(1));
         h.worker.push_changes(now);
         assert_eq!(h.worker.stats.upstream_queued.get(), 1);
         h.worker.push_changes(now + Duration::from_secs(3)); // after the grace

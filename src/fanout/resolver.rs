@@ -9,13 +9,11 @@
 //! computed for the first [`SUGGEST_FOR`] failures of a message, and all
 //! failures come back as one error message.
 
-use std::sync::Arc;
-
-use crossbeam_channel::{Receiver, Sender};
-use mio::Waker;
+use crossbeam_channel::Receiver;
 
 use super::protocol::InstrumentRef;
 use super::rest::SharedView;
+use super::shard::Door;
 use crate::domain::{InstrumentKey, Mode};
 use crate::instrument::{Master, SharedMaster, WallClock};
 
@@ -97,11 +95,11 @@ pub fn resolve(job: Job, master: &Master, view: &SharedView, clock: &WallClock) 
     }
 }
 
-/// Runs the resolver until the job channel closes.
+/// Runs the resolver until the job channel closes; each answer goes to
+/// the shard its session lives on ([`super::shard::of_session`]).
 pub fn run(
     jobs: Receiver<Job>,
-    answers: Sender<Answer>,
-    fanout: Arc<Waker>,
+    answers: Vec<Door<Answer>>,
     master: SharedMaster,
     view: SharedView,
     clock: WallClock,
@@ -109,10 +107,10 @@ pub fn run(
     crate::affinity::background("resolver");
     for job in jobs {
         let answer = resolve(job, &master.load(), &view, &clock);
-        if answers.send(answer).is_err() {
+        let shard = super::shard::of_session(answer.session, answers.len());
+        if answers[shard].send(answer).is_err() {
             return;
         }
-        let _ = fanout.wake();
     }
 }
 
@@ -123,6 +121,7 @@ mod tests {
     use crate::fanout::rest::View;
     use crate::instrument::watch::WatchItem;
     use arc_swap::ArcSwap;
+    use std::sync::Arc;
 
     #[test]
     fn watchlist_names_then_the_master_and_one_error_for_the_rest() {

@@ -122,6 +122,8 @@ pub struct RestState {
     pub demo: bool,
     /// The thread layout in use.
     pub threads: &'static str,
+    /// Clients per fanout shard.
+    pub shard_load: super::shard::Load,
     /// The token keeper: its status, and where admin calls go.
     pub token: KeeperHandle,
     /// The daily maintenance's counters and last run.
@@ -774,6 +776,7 @@ impl RestState {
         json!({
             "uptimeSeconds": self.started.elapsed().as_secs_f64(),
             "threads": self.threads,
+            "fanoutShards": self.shard_load.counts(),
             "status": UpstreamStatus::of(&self.upstream).detail,
             "token": self.token.status().json(crate::token::unix_now()),
             "trading": self.trading.json(),
@@ -969,6 +972,7 @@ mod tests {
             started: Instant::now(),
             demo: true,
             threads: "compact",
+            shard_load: super::super::shard::Load::new(1),
             token: KeeperHandle::detached(TokenStatus {
                 source: "demo".into(),
                 expires_at: Some(crate::token::unix_now() + 7200),

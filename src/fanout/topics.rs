@@ -2,6 +2,10 @@
 //! told: the subscription union with reference counts, within the
 //! account's capacity.
 //!
+//! The holders ([`ClientId`]) are the fanout shards (each standing for its
+//! own clients, see [`super::union`]), the watchlist ([`Topics::RELAY`]) and
+//! the option chains; unit tests use them as clients.
+//!
 //! An instrument is subscribed upstream when its first client wants it, in
 //! the highest mode any client holds; the mode drops back as soon as that
 //! client leaves. When the last client leaves, the upstream unsubscribe waits
@@ -22,19 +26,17 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::book::Update;
 use crate::domain::{InstrumentKey, Mode};
 
-/// A client, by its connection slot.
+/// A holder: a connection slot within a shard, a shard in the union, the
+/// watchlist or a chain.
 pub type ClientId = usize;
 
 /// One instrument's subscribers.
 #[derive(Debug, Default)]
 pub struct Topic {
-    /// Each subscribed client with its mode.
+    /// Each holder with its mode.
     pub subscribers: Vec<(ClientId, Mode)>,
-    /// The latest update seen, for snapshot-on-subscribe.
-    pub last: Option<Update>,
     /// The mode held upstream (the subscribe was sent).
     upstream: Option<Mode>,
     /// Counted against capacity (subscribed, or about to be).
@@ -128,11 +130,6 @@ impl Topics {
         self.topics.get(key)
     }
 
-    /// The topic for `key`, mutable (for recording updates).
-    pub fn get_mut(&mut self, key: &InstrumentKey) -> Option<&mut Topic> {
-        self.topics.get_mut(key)
-    }
-
     /// Instruments counted against capacity, and instruments queued.
     pub fn load(&self) -> (usize, usize) {
         (self.held, self.queued)
@@ -174,17 +171,6 @@ impl Topics {
             self.dirty.push(key);
         }
         removed
-    }
-
-    /// Removes `client` from every topic (recovery path; O(topics)).
-    pub fn remove_client(&mut self, client: ClientId) {
-        for (key, topic) in self.topics.iter_mut() {
-            let before = topic.subscribers.len();
-            topic.subscribers.retain(|(c, _)| *c != client);
-            if topic.subscribers.len() != before {
-                self.dirty.push(*key);
-            }
-        }
     }
 
     /// What the upstream must be told now: instruments touched since the
