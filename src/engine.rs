@@ -446,6 +446,24 @@ impl Engine {
             }
             _ => {
                 let (net_core, fanout_core) = (config.pin.net, config.fanout.core);
+                if let Some(first) = fanout_core.filter(|_| shards > 1) {
+                    let last = first + shards - 1;
+                    let shared = [("net", net_core), ("book", config.pin.book)]
+                        .into_iter()
+                        .filter(|(_, c)| c.is_some_and(|c| (first..=last).contains(&c)))
+                        .map(|(role, _)| role)
+                        .collect::<Vec<_>>();
+                    if !shared.is_empty() || last >= cores {
+                        log::warn!(
+                            "{shards} fanout shards pinned to cores {first}-{last}: {}",
+                            if shared.is_empty() {
+                                format!("this box has cores 0-{}", cores - 1)
+                            } else {
+                                format!("shared with the {} pin", shared.join(" and "))
+                            }
+                        );
+                    }
+                }
                 let net = crate::evloop::spawn_alone("dhan-net", "net", net_core, net_loop);
                 upstream.attach(net.map_err(thread_error)?);
                 for (k, shard) in fanout_loops.into_iter().enumerate() {

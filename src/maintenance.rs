@@ -329,6 +329,9 @@ impl Worker {
                 (note, false)
             }
         };
+        // Answers that came after an earlier run stopped waiting are not
+        // this run's.
+        while self.links.from_fanout.try_recv().is_ok() {}
         let _ = self.links.to_fanout.send(DayTurn {
             today,
             previous: Arc::clone(&previous),

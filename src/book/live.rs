@@ -15,8 +15,10 @@
 //! per loop turn one wake-up of each shard that got something (none in the
 //! compact layout). Nothing is allocated after an instrument is first seen.
 //!
-//! A full fanout ring is never a silent drop. With the fanout on another
-//! thread the network thread waits for it ([`crate::spsc`]). On the same
+//! A full fanout ring is never a silent drop. With the fanout on other
+//! threads the network thread waits for the shard whose ring is full
+//! ([`crate::spsc`]): so the slowest shard paces every shard, as a single
+//! fanout loop paced itself, and nothing is lost. On the same
 //! thread waiting would never end, so instead the update goes to a spill
 //! queue, and the network loop reads no further frame until the fanout has
 //! drained the ring below [`ROOM`] (see [`LiveBook::has_room`]): the spill

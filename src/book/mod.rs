@@ -512,7 +512,7 @@ fn unix_now() -> u32 {
 /// How often the book sweeps bars whose minute ended.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Something to poke after a batch of updates (the fanout thread's waker).
+/// Something to poke after a batch of updates (a fanout shard's waker).
 pub type Notify = Box<dyn Fn() + Send>;
 
 /// The running book thread: snapshots, market-status times and bars, off

@@ -107,6 +107,7 @@ impl Worker {
             return;
         };
         let events: Vec<ChainEvent> = link.events.try_iter().take(EVENTS_BUDGET).collect();
+        let mut to_wake = vec![false; self.followers.len()];
         for event in events {
             let to = match &event {
                 ChainEvent::Subscribed { session, .. } | ChainEvent::Refused { session, .. } => {
@@ -114,11 +115,12 @@ impl Worker {
                 }
                 ChainEvent::Render { chain, body } => {
                     for f in &self.followers {
-                        let _ = f.send(Relayed::Chain(ChainEvent::Render {
+                        let _ = f.queue(Relayed::Chain(ChainEvent::Render {
                             chain: *chain,
                             body: body.clone(),
                         }));
                     }
+                    to_wake.fill(true);
                     0
                 }
                 ChainEvent::Hold { .. } => 0,
@@ -126,9 +128,14 @@ impl Worker {
             match to {
                 0 => self.chain_event(event, now),
                 k => {
-                    let _ = self.followers[k - 1].send(Relayed::Chain(event));
+                    let _ = self.followers[k - 1].queue(Relayed::Chain(event));
+                    to_wake[k - 1] = true;
                 }
             }
+        }
+        // One wake-up per shard that got something, not one per event.
+        for (f, _) in self.followers.iter().zip(to_wake).filter(|(_, w)| *w) {
+            f.wake();
         }
     }
 

@@ -1,4 +1,4 @@
-//! The client protocol on the fanout thread: reading frames (a budget per
+//! The client protocol on a fanout shard: reading frames (a budget per
 //! client per turn), the rate limit, subscribe/unsubscribe/ping, and
 //! applying the resolver's answers.
 //!
@@ -377,6 +377,7 @@ impl Worker {
                 self.stats.subscriptions.inc();
             }
             if self.hold(i, key, mode) == Admission::Queued {
+                s.queued.insert(key);
                 queued.push(key);
                 continue;
             }
@@ -461,6 +462,7 @@ impl Worker {
                 self.release_depth(i, key);
             }
             if s.subs.remove(&key).is_some() {
+                s.queued.remove(&key);
                 self.release(i, key);
                 self.stats.subscriptions.sub(1);
             } else {

@@ -121,6 +121,7 @@ impl Worker {
                 Vec::new()
             };
             for &key in &held {
+                s.queued.remove(&key);
                 self.release(i, key);
             }
             if !held.is_empty() {

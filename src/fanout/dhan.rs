@@ -312,6 +312,7 @@ impl Worker {
             // client does not hold is ignored.
             for key in req.instruments {
                 if s.subs.remove(&key).is_some() {
+                    s.queued.remove(&key);
                     self.release(i, key);
                     self.stats.subscriptions.sub(1);
                 }

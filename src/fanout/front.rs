@@ -1,7 +1,8 @@
 //! The front door thread: owns the public listeners (plain and TLS, all
 //! polled here), completes TLS handshakes, reads request heads,
 //! answers plain HTTP (REST, the dashboard) with keep-alive, and completes
-//! WebSocket handshakes, handing each upgraded socket to the fanout thread.
+//! WebSocket handshakes, handing each upgraded socket to the least loaded
+//! fanout shard.
 //!
 //! Everything slow or client-controlled about HTTP lives here, off the
 //! fanout's loop: slowloris heads, big REST bodies (`/prices` with every
@@ -121,7 +122,7 @@ pub struct NewClient {
     pub refused: bool,
 }
 
-/// What the front door hands the fanout thread.
+/// What the front door hands a fanout shard.
 #[derive(Debug)]
 pub enum Handoff {
     /// A new WebSocket client.

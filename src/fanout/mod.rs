@@ -702,6 +702,7 @@ impl Worker {
         self.take_handoffs(now);
         self.take_answers(now);
         self.read_clients(now);
+        self.take_promoted(now);
         self.drain_updates(now);
         self.drain_depth(now);
         self.drain_orders(now);
@@ -828,10 +829,11 @@ impl Worker {
         };
         let msgs: Vec<Bytes> = rx.try_iter().take(ORDERS_BUDGET).collect();
         self.backlog = !rx.is_empty();
-        for f in &self.followers {
+        for f in self.followers.iter().filter(|_| !msgs.is_empty()) {
             for msg in &msgs {
-                let _ = f.send(Relayed::Order(msg.clone()));
+                let _ = f.queue(Relayed::Order(msg.clone()));
             }
+            f.wake();
         }
         self.deliver_orders(&msgs, now);
     }

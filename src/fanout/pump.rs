@@ -39,11 +39,12 @@ impl Worker {
             n += 1;
             let key = update.state.key;
             let topic = local.seen(key, now);
-            let oi_changed = dhan::oi_changed(topic.last.as_ref(), &update);
-            topic.last = Some(update);
             if topic.subscribers.is_empty() {
+                topic.last = Some(update);
                 continue;
             }
+            let oi_changed = dhan::oi_changed(topic.last.as_ref(), &update);
+            topic.last = Some(update);
             // Rendered at most once per message type, shared by all.
             let mut rendered: [Option<Option<Bytes>>; 3] = [None, None, None];
             let mut packets: [Option<Option<Bytes>>; 5] = [None, None, None, None, None];
@@ -177,22 +178,39 @@ impl Worker {
     /// there fell due (the union tells the network thread), then tells this
     /// shard's clients whose queued instruments just got an upstream slot.
     pub(super) fn push_changes(&mut self, now: Instant) {
-        if !std::mem::take(&mut self.union_dirty) && !self.union.due(self.shard, now) {
+        if !std::mem::take(&mut self.union_dirty) && !self.union.due(now) {
             return;
         }
         let promoted = self.union.sync(self.shard, now);
-        if !promoted.is_empty() {
-            self.announce_promoted(&promoted, now);
-        }
+        self.announce_promoted(&promoted, now);
     }
 
+    /// Tells this shard's clients about queued instruments that another
+    /// shard's turn gave a slot (before this turn's updates, so a client
+    /// hears it before the first tick).
+    pub(super) fn take_promoted(&mut self, now: Instant) {
+        let promoted = self.union.take_promoted(self.shard);
+        self.announce_promoted(&promoted, now);
+    }
+
+    /// Tells each client that was waiting for one of `promoted` (and only
+    /// those: a client that subscribed after the slot was given got it
+    /// live).
     fn announce_promoted(&mut self, promoted: &[crate::domain::InstrumentKey], now: Instant) {
+        if promoted.is_empty() {
+            return;
+        }
         let mut per_client: std::collections::HashMap<usize, Vec<crate::domain::InstrumentKey>> =
             std::collections::HashMap::new();
         for key in promoted {
-            if let Some(t) = self.local.get(key) {
-                for &(client, _) in &t.subscribers {
-                    per_client.entry(client).or_default().push(*key);
+            let Some(t) = self.local.get(key) else {
+                continue;
+            };
+            for &(client, _) in &t.subscribers {
+                if let Some(Some(s)) = self.sessions.get_mut(client) {
+                    if s.queued.remove(key) {
+                        per_client.entry(client).or_default().push(*key);
+                    }
                 }
             }
         }
@@ -374,6 +392,37 @@ mod tests {
             Instant::now() + Duration::from_secs(10),
             Duration::from_secs(5)
         ));
+    }
+
+    #[test]
+    fn a_freed_slot_is_announced_only_to_the_clients_that_waited_for_it() {
+        let mut h = worker(100);
+        let (waited, mut waited_peer) = client(&mut h, 64 * 1024, &[key(2)], Mode::Ticker);
+        let (_, mut live_peer) = client(&mut h, 64 * 1024, &[key(2)], Mode::Ticker);
+        h.worker.sessions[waited]
+            .as_mut()
+            .unwrap()
+            .queued
+            .insert(key(2));
+        let now = Instant::now();
+        h.worker.announce_promoted(&[key(2)], now);
+        h.worker.flush_dirty(now);
+        let told = json(&read_frames(&mut waited_peer, 1)[0]);
+        assert!(
+            told["message"].as_str().unwrap().contains("capacity freed"),
+            "{told}"
+        );
+        live_peer
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert!(
+            std::io::Read::read(&mut live_peer, &mut byte).is_err(),
+            "a client that got it live is not told"
+        );
+        // Told once.
+        h.worker.announce_promoted(&[key(2)], now);
+        assert!(h.worker.dirty.is_empty());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::token::KeeperHandle;
 use crate::upstream::{UpstreamStats, DISCONNECT_REASONS, PACKET_KINDS};
 use crate::wire::WireError;
 
-/// What the fanout thread publishes for REST and the resolver: the
+/// What the fanout's union publishes for REST and the resolver: the
 /// watchlist as it stands (it rolls) and the upstream subscriptions.
 #[derive(Debug, Default)]
 pub struct View {

@@ -126,6 +126,9 @@ pub struct Session {
     pub subs: HashMap<InstrumentKey, Mode>,
     /// Instruments held in `depth20` (also in `subs`, in full mode).
     pub depth20: std::collections::HashSet<InstrumentKey>,
+    /// Instruments it holds that wait for upstream capacity (told when
+    /// each gets a slot).
+    pub queued: std::collections::HashSet<InstrumentKey>,
     conflated: HashMap<Slot, Bytes>,
     behind_since: Option<Instant>,
     dirty: bool,
@@ -192,6 +195,7 @@ impl Session {
             kind,
             subs: HashMap::new(),
             depth20: std::collections::HashSet::new(),
+            queued: std::collections::HashSet::new(),
             conflated: HashMap::new(),
             behind_since: None,
             dirty: false,

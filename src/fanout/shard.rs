@@ -41,9 +41,20 @@ impl<T> Door<T> {
 
     /// Sends and wakes the shard; the message back if it has ended.
     pub fn send(&self, msg: T) -> Result<(), SendError<T>> {
-        self.tx.send(msg)?;
-        let _ = self.waker.wake();
+        self.queue(msg)?;
+        self.wake();
         Ok(())
+    }
+
+    /// Sends without waking: for several messages in a row, then one
+    /// [`Door::wake`].
+    pub fn queue(&self, msg: T) -> Result<(), SendError<T>> {
+        self.tx.send(msg)
+    }
+
+    /// Wakes the shard (one system call).
+    pub fn wake(&self) {
+        let _ = self.waker.wake();
     }
 }
 

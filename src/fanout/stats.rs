@@ -1,4 +1,5 @@
-//! The fanout thread's counters, each named for `/metrics` and `/stats`.
+//! The fanout's counters (shared by its shards), each named for `/metrics`
+//! and `/stats`.
 
 use crate::metrics::Counter;
 

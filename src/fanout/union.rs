@@ -15,9 +15,11 @@
 //! and at the end of a turn in which the shard changed something, a grace
 //! period fell due or a queued instrument of its clients got a slot. Never
 //! per tick: ticks are delivered from the shard's own index. Whoever holds
-//! it does bookkeeping only (hash maps, a channel send): no I/O, no wait.
-//! Commands go to the network thread under the lock, so they reach it in
-//! the order the union decided them, whichever shard sends them.
+//! it does bookkeeping only (hash maps, a lock-free channel send): no
+//! system call, no log line, no wait. Commands are queued to the network
+//! thread under the lock, so they reach it in the order the union decided
+//! them, whichever shard sends them; the wake-ups (the network thread's,
+//! other shards') and the log line come after the lock is released.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -197,11 +199,11 @@ impl Union {
         self.lock().active()
     }
 
-    /// Whether `shard` must [`Union::sync`] this turn even though it
-    /// changed nothing: a grace period or the view fell due, or some of
-    /// its clients' queued instruments got a slot. Two atomic loads.
-    pub fn due(&self, shard: usize, now: Instant) -> bool {
-        self.promoted[shard].load(Relaxed) || self.due_ns.load(Relaxed) <= self.ns(now)
+    /// Whether a shard must [`Union::sync`] this turn even though it
+    /// changed nothing: a grace period or the view fell due. One atomic
+    /// load.
+    pub fn due(&self, now: Instant) -> bool {
+        self.due_ns.load(Relaxed) <= self.ns(now)
     }
 
     /// When [`Union::due`] turns true without anyone's change.
@@ -220,16 +222,40 @@ impl Union {
     /// due, hands each shard the queued instruments of its clients that
     /// got a slot (waking the others), and returns `shard`'s own.
     pub fn sync(&self, shard: usize, now: Instant) -> Vec<InstrumentKey> {
+        let done = self.sync_locked(shard, now);
+        if done.queued {
+            done.upstream.wake();
+        }
+        if done.promoted > 0 {
+            log::info!(
+                "upstream capacity freed: {} queued instruments subscribed",
+                done.promoted
+            );
+        }
+        for h in done.wake {
+            let _ = self.wakers[h].wake();
+        }
+        self.take_promoted(shard)
+    }
+
+    /// `shard`'s queued instruments that got a slot since it last asked
+    /// (the lock only when [`Union::sync`] left some for it).
+    pub fn take_promoted(&self, shard: usize) -> Vec<InstrumentKey> {
+        if !self.promoted[shard].swap(false, Relaxed) {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.lock().promoted[shard])
+    }
+
+    /// [`Union::sync`]'s work under the lock.
+    fn sync_locked(&self, shard: usize, now: Instant) -> Synced {
         let mut u = self.lock();
         let changes = u.topics.take_changes(now);
         let (held, queued) = u.topics.load();
         u.stats.upstream_held.set(held as u64);
         u.stats.upstream_queued.set(queued as u64);
+        let mut wake = Vec::new();
         if !changes.promoted.is_empty() {
-            log::info!(
-                "upstream capacity freed: {} queued instruments subscribed",
-                changes.promoted.len()
-            );
             let shards = u.promoted.len();
             for key in &changes.promoted {
                 let holders: Vec<usize> = u.topics.get(key).map_or_else(Vec::new, |t| {
@@ -245,27 +271,23 @@ impl Union {
             }
             for (h, keys) in u.promoted.iter().enumerate() {
                 if !keys.is_empty() && !self.promoted[h].swap(true, Relaxed) && h != shard {
-                    let _ = self.wakers[h].wake();
+                    wake.push(h);
                 }
             }
         }
+        u.view_dirty |= !changes.is_empty();
+        let depth = u.depth.take_changes(now);
         // Unsubscribes first: the network thread applies commands in order,
         // and a promoted instrument needs the slot the unsubscribe frees.
-        if !changes.unsubscribe.is_empty() {
-            u.upstream.send(Command::Unsubscribe(changes.unsubscribe));
-            u.view_dirty = true;
-        }
-        if !changes.subscribe.is_empty() {
-            u.upstream.send(Command::Subscribe(changes.subscribe));
-            u.view_dirty = true;
-        }
-        let depth = u.depth.take_changes(now);
-        if !depth.unsubscribe.is_empty() {
-            u.upstream
-                .send(Command::UnsubscribeDepth(depth.unsubscribe));
-        }
-        if !depth.subscribe.is_empty() {
-            u.upstream.send(Command::SubscribeDepth(depth.subscribe));
+        let commands = [
+            (!changes.unsubscribe.is_empty()).then_some(Command::Unsubscribe(changes.unsubscribe)),
+            (!changes.subscribe.is_empty()).then_some(Command::Subscribe(changes.subscribe)),
+            (!depth.unsubscribe.is_empty()).then_some(Command::UnsubscribeDepth(depth.unsubscribe)),
+            (!depth.subscribe.is_empty()).then_some(Command::SubscribeDepth(depth.subscribe)),
+        ];
+        let mut sent = false;
+        for command in commands.into_iter().flatten() {
+            sent |= u.upstream.queue(command);
         }
         if u.view_dirty && now >= u.next_view {
             u.view_dirty = false;
@@ -285,9 +307,25 @@ impl Union {
             .min()
             .map_or(u64::MAX, |at| self.ns(at));
         self.due_ns.store(due, Relaxed);
-        self.promoted[shard].store(false, Relaxed);
-        std::mem::take(&mut u.promoted[shard])
+        Synced {
+            upstream: u.upstream.clone(),
+            queued: sent,
+            promoted: changes.promoted.len(),
+            wake,
+        }
     }
+}
+
+/// What [`Union::sync_locked`] leaves to do once the lock is released.
+struct Synced {
+    /// The network thread's control, to wake …
+    upstream: UpstreamControl,
+    /// … if commands were queued.
+    queued: bool,
+    /// Instruments that got a slot, for the log.
+    promoted: usize,
+    /// Other shards whose clients' instruments got a slot.
+    wake: Vec<usize>,
 }
 
 impl Inner {
@@ -392,15 +430,14 @@ mod tests {
             "shard 1 waits for the slot shard 0 holds"
         );
         assert!(r.union.sync(0, now).is_empty());
-        assert!(!r.union.due(1, now));
+        assert!(r.union.take_promoted(1).is_empty());
         r.union.remove(0, key(1), a.remove(1, key(1)));
         // Grace zero: the first sync starts it, a later one ends it.
         r.union.sync(0, now);
         let later = now + Duration::from_millis(1);
-        assert!(r.union.due(0, later), "the grace's end is due");
+        assert!(r.union.due(later), "the grace's end is due");
         assert!(r.union.sync(0, later).is_empty(), "shard 0 holds nothing");
-        assert!(r.union.due(1, later), "shard 1 is told");
-        assert_eq!(r.union.sync(1, later), vec![key(2)]);
-        assert!(!r.union.due(1, later));
+        assert_eq!(r.union.take_promoted(1), vec![key(2)], "shard 1 is told");
+        assert!(r.union.take_promoted(1).is_empty(), "once");
     }
 }

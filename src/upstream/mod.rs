@@ -182,7 +182,18 @@ impl UpstreamControl {
 
     /// Sends a command; false if the thread has ended.
     pub fn send(&self, command: Command) -> bool {
-        self.tx.send(command).is_ok() && self.waker.wake().is_ok()
+        self.queue(command) && self.wake()
+    }
+
+    /// Queues a command without waking the thread (no system call: the
+    /// caller may hold a lock); [`UpstreamControl::wake`] it afterwards.
+    pub fn queue(&self, command: Command) -> bool {
+        self.tx.send(command).is_ok()
+    }
+
+    /// Wakes the thread to take what was queued.
+    pub fn wake(&self) -> bool {
+        self.waker.wake().is_ok()
     }
 }
 
