@@ -107,6 +107,9 @@ impl Worker {
             return;
         };
         let events: Vec<ChainEvent> = link.events.try_iter().take(EVENTS_BUDGET).collect();
+        if events.is_empty() {
+            return; // the common turn: nothing allocated
+        }
         let mut to_wake = vec![false; self.followers.len()];
         for event in events {
             let to = match &event {
