@@ -446,7 +446,7 @@ impl Engine {
             }
             _ => {
                 let (net_core, fanout_core) = (config.pin.net, config.fanout.core);
-                if let Some(first) = fanout_core.filter(|_| shards > 1) {
+                if let Some(first) = fanout_core {
                     let last = first + shards - 1;
                     let shared = [("net", net_core), ("book", config.pin.book)]
                         .into_iter()
@@ -455,7 +455,7 @@ impl Engine {
                         .collect::<Vec<_>>();
                     if !shared.is_empty() || last >= cores {
                         log::warn!(
-                            "{shards} fanout shards pinned to cores {first}-{last}: {}",
+                            "fanout pinned to core(s) {first}-{last} ({shards} shard(s)): {}",
                             if shared.is_empty() {
                                 format!("this box has cores 0-{}", cores - 1)
                             } else {

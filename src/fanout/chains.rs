@@ -107,6 +107,7 @@ impl Worker {
             return;
         };
         let events: Vec<ChainEvent> = link.events.try_iter().take(EVENTS_BUDGET).collect();
+        self.backlog |= !link.events.is_empty();
         if events.is_empty() {
             return; // the common turn: nothing allocated
         }

@@ -122,6 +122,9 @@ impl Worker {
             };
             for &key in &held {
                 s.queued.remove(&key);
+                if s.depth20.remove(&key) {
+                    self.release_depth(i, key);
+                }
                 self.release(i, key);
             }
             if !held.is_empty() {

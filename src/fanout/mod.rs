@@ -653,7 +653,9 @@ impl Worker {
     /// else until the union's next due time (an unsubscribe grace, the
     /// view) or a held flush, at most 100 ms.
     fn sleep_for(&self) -> Duration {
-        if !self.readable.is_empty() || self.backlog || self.events_full {
+        // `union_dirty` here: the once-a-second pass changed the union
+        // after this turn's sync (a client closed, the day turned).
+        if !self.readable.is_empty() || self.backlog || self.events_full || self.union_dirty {
             return Duration::ZERO;
         }
         let until = self
@@ -709,8 +711,10 @@ impl Worker {
         self.drain_chains(now);
         self.drain_relayed(now);
         self.check_upstream(now);
-        self.flush_dirty(now);
+        // The union before the flush, so what it tells clients (a freed
+        // slot) goes out this turn.
         self.push_changes(now);
+        self.flush_dirty(now);
         if now >= self.next_second {
             self.next_second = now + Duration::from_secs(1);
             self.every_second(now);

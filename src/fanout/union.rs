@@ -43,13 +43,19 @@ pub struct Union {
     /// Each shard's waker, to tell it a queued instrument got a slot.
     wakers: Vec<Arc<Waker>>,
     /// Per shard: [`Inner::promoted`] holds something for it.
-    promoted: Vec<AtomicBool>,
+    promoted: Vec<Flag>,
     epoch: Instant,
     /// When a grace period ends or the view is due, in nanoseconds after
     /// `epoch` (`u64::MAX`: nothing pending): read by every shard each
     /// turn without the lock.
     due_ns: AtomicU64,
 }
+
+/// A shard's "promoted" flag, on a cache line of its own (each shard reads
+/// its own every turn).
+#[derive(Default)]
+#[repr(align(64))]
+struct Flag(AtomicBool);
 
 impl std::fmt::Debug for Union {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,7 +108,7 @@ impl Union {
                 view_dirty: true,
                 next_view: now,
             }),
-            promoted: wakers.iter().map(|_| AtomicBool::new(false)).collect(),
+            promoted: wakers.iter().map(|_| Flag::default()).collect(),
             wakers,
             epoch: now,
             // The watchlist's subscribe is due at once.
@@ -241,7 +247,10 @@ impl Union {
     /// `shard`'s queued instruments that got a slot since it last asked
     /// (the lock only when [`Union::sync`] left some for it).
     pub fn take_promoted(&self, shard: usize) -> Vec<InstrumentKey> {
-        if !self.promoted[shard].swap(false, Relaxed) {
+        // A load first: every shard asks every turn, and a swap would take
+        // the cache line for writing each time.
+        let flag = &self.promoted[shard].0;
+        if !flag.load(Relaxed) || !flag.swap(false, Relaxed) {
             return Vec::new();
         }
         std::mem::take(&mut self.lock().promoted[shard])
@@ -270,7 +279,7 @@ impl Union {
                 }
             }
             for (h, keys) in u.promoted.iter().enumerate() {
-                if !keys.is_empty() && !self.promoted[h].swap(true, Relaxed) && h != shard {
+                if !keys.is_empty() && !self.promoted[h].0.swap(true, Relaxed) && h != shard {
                     wake.push(h);
                 }
             }
