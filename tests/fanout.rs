@@ -6,7 +6,9 @@
 //! Each test names the old behaviour it guards against.
 
 mod common;
-use common::{counter, exchange, find, get, get_json, stats, wait_for, wait_or, Resp, WsClient};
+use common::{
+    counter, exchange, find, get, get_json, held, stats, wait_for, wait_or, Resp, WsClient,
+};
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -49,14 +51,6 @@ fn start(demo_rate: u32, toml: &str) -> (Engine, SimControl) {
     let sim = engine.demo_simulator().expect("demo mode").control();
     wait_for("upstream up", || sim.subscriptions().len() == 1);
     (engine, sim)
-}
-
-/// What the simulator's connections hold now.
-fn held(sim: &SimControl) -> Vec<(InstrumentKey, Mode)> {
-    sim.subscriptions()
-        .into_iter()
-        .flat_map(|c| c.instruments)
-        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -762,9 +756,11 @@ fn pings_without_reading(toml: &str, shrink: bool) -> (usize, Option<(u16, Strin
     w.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     let all = masked(0x1, PING).repeat(N);
     let writer = std::thread::spawn(move || w.write_all(&all));
-    // Nothing is read until every ping is written (or the relay hung up)
-    // and the relay has answered them all (or given up on this client).
-    let _ = writer.join().unwrap();
+    // Nothing is read until the relay has answered every ping or given up
+    // on this client (it stops queueing). Not until the writer is done: a
+    // relay that gave up reads no more, so the writer may block for its
+    // whole timeout, longer than the relay waits for its close frame to
+    // be taken before it drops the socket.
     let (mut last, mut still) = (0, 0);
     let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end {
@@ -808,6 +804,7 @@ fn pings_without_reading(toml: &str, shrink: bool) -> (usize, Option<(u16, Strin
         }
     }
     eprintln!("{pongs} pongs of {N}, close {close:?}");
+    let _ = writer.join().unwrap();
     engine.shutdown();
     match close.clone() {
         None => assert_eq!(pongs, N, "pongs lost without a close frame"),
