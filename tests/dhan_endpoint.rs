@@ -4,7 +4,7 @@
 //! packet it gets is compared byte for byte with what the simulator sent.
 
 mod common;
-use common::{wait_for, TempDir, WsClient, READ_TIMEOUT};
+use common::{held, wait_for, TempDir, WsClient, READ_TIMEOUT};
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -47,13 +47,6 @@ fn start() -> (Engine, SimControl) {
     let sim = engine.demo_simulator().expect("demo mode").control();
     wait_for("upstream up", || sim.subscriptions().len() == 1);
     (engine, sim)
-}
-
-fn held(sim: &SimControl) -> Vec<(InstrumentKey, Mode)> {
-    sim.subscriptions()
-        .into_iter()
-        .flat_map(|c| c.instruments)
-        .collect()
 }
 
 fn nse(id: u32) -> InstrumentKey {

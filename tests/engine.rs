@@ -2,7 +2,7 @@
 //! upstream, WebSocket and HTTP clients downstream.
 
 mod common;
-use common::{http_get, http_get_json, wait_for, WsClient};
+use common::{held, http_get, http_get_json, wait_for, WsClient};
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -65,13 +65,6 @@ fn shrink_receive_buffer(stream: &TcpStream) {
 
 fn key(i: u32) -> InstrumentKey {
     InstrumentKey::new(Segment::NseEq, i)
-}
-
-fn held(sim: &SimControl) -> Vec<(InstrumentKey, Mode)> {
-    sim.subscriptions()
-        .into_iter()
-        .flat_map(|c| c.instruments)
-        .collect()
 }
 
 fn full_sample(ltp: f32) -> Full {

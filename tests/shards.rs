@@ -4,7 +4,7 @@
 //! union upstream, with one capacity and one queue.
 
 mod common;
-use common::{get_json, wait_for, WsClient};
+use common::{get_json, held, wait_for, WsClient};
 
 use std::path::Path;
 
@@ -47,14 +47,6 @@ fn start(extra: &str) -> (Engine, SimControl) {
 
 fn key(i: u32) -> InstrumentKey {
     InstrumentKey::new(Segment::NseEq, i)
-}
-
-/// What the simulator's connections hold now.
-fn held(sim: &SimControl) -> Vec<(InstrumentKey, Mode)> {
-    sim.subscriptions()
-        .into_iter()
-        .flat_map(|c| c.instruments)
-        .collect()
 }
 
 fn holding(sim: &SimControl, k: InstrumentKey) -> Vec<Mode> {

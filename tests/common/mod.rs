@@ -9,7 +9,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use dhan_relay::domain::InstrumentKey;
+use dhan_relay::domain::{InstrumentKey, Mode};
+use dhan_relay::sim::SimControl;
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
@@ -297,4 +298,12 @@ impl WsClient {
     pub fn into_stream(self) -> TcpStream {
         self.0.into_inner()
     }
+}
+
+/// What the simulator's connections hold now, with each instrument's mode.
+pub fn held(sim: &SimControl) -> Vec<(InstrumentKey, Mode)> {
+    sim.subscriptions()
+        .into_iter()
+        .flat_map(|c| c.instruments)
+        .collect()
 }
